@@ -1,0 +1,97 @@
+/// The Redis key layout of pyredis-cache 0.1.3, so that an existing cache keeps working.
+///
+/// `"%s#%010d" % (name.zfill(10).upper(), identity)`: key `Student`, identity 12 is
+/// `000STUDENT#0000000012`. A hash entry lives in the hash named from (hashKey, hashId), in the field
+/// named from (key, identity).
+public enum KeyLayout {
+    /// The most characters a key (or hash key) may have.
+    public static let maxKeyLength = 128
+
+    /// Validates a key name: more than 2 and at most ``maxKeyLength`` characters, each an ASCII letter,
+    /// digit, or one of `_ - . : / @ +`.
+    public static func validateKey(_ key: String, name: String = "key") throws(CachedError) {
+        let utf8 = key.utf8
+        guard utf8.count > 2 else {
+            throw .invalidParams("\"\(name)\" must be longer than 2 characters")
+        }
+        guard utf8.count <= maxKeyLength else {
+            throw .invalidParams("\"\(name)\" must be at most \(maxKeyLength) characters")
+        }
+        for b in utf8 {
+            switch b {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                UInt8(ascii: "0")...UInt8(ascii: "9"),
+                UInt8(ascii: "_"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: ":"),
+                UInt8(ascii: "/"), UInt8(ascii: "@"), UInt8(ascii: "+"):
+                continue
+            default:
+                throw .invalidParams(
+                    "\"\(name)\" may contain only ASCII letters, digits and _ - . : / @ +")
+            }
+        }
+    }
+
+    /// Python's `str.zfill(10).upper()` for a validated (ASCII) key.
+    public static func paddedName(_ key: String) -> String {
+        let upper = key.uppercased()
+        let count = upper.utf8.count
+        guard count < 10 else { return upper }
+        let zeros = String(repeating: "0", count: 10 - count)
+        if let first = upper.first, first == "+" || first == "-" {
+            return String(first) + zeros + upper.dropFirst()
+        }
+        return zeros + upper
+    }
+
+    /// The name `NAME#ID` of an entry: a Redis key, or a field inside a hash.
+    public static func entryName(key: String, identity: Identity) -> String {
+        paddedName(key) + "#" + identity.formatted
+    }
+}
+
+/// Where an entry lives: a plain Redis string key, or a field of a Redis hash.
+public struct EntryAddress: Sendable, Hashable, CustomStringConvertible {
+    /// The key as the client named it (its configuration section is `[keys.<key>]`).
+    public var key: String
+    public var identity: Identity
+    /// The hash (hashKey, hashId) for the hash layout, nil for the plain layout.
+    public var hash: HashAddress?
+
+    /// The Redis key: the entry's own key, or the hash's name.
+    public let storeKey: String
+    /// The hash field for the hash layout.
+    public let storeField: String?
+
+    public init(key: String, identity: Identity, hash: HashAddress?) {
+        self.key = key
+        self.identity = identity
+        self.hash = hash
+        let name = KeyLayout.entryName(key: key, identity: identity)
+        if let hash {
+            self.storeKey = hash.storeKey
+            self.storeField = name
+        } else {
+            self.storeKey = name
+            self.storeField = nil
+        }
+    }
+
+    public var description: String {
+        if let storeField { return "\(storeKey)[\(storeField)]" }
+        return storeKey
+    }
+}
+
+/// A hash of entries: pyredis-cache's (hash_key, hash_id).
+public struct HashAddress: Sendable, Hashable {
+    public var hashKey: String
+    public var hashId: Identity
+    /// The Redis key of the hash.
+    public let storeKey: String
+
+    public init(hashKey: String, hashId: Identity) {
+        self.hashKey = hashKey
+        self.hashId = hashId
+        self.storeKey = KeyLayout.entryName(key: hashKey, identity: hashId)
+    }
+}

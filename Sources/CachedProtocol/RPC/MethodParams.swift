@@ -1,0 +1,149 @@
+import NIOCore
+
+/// The methods of the client protocol (see `docs/protocol.md`).
+public enum CachedMethod: String, Sendable, CaseIterable {
+    case get
+    case set
+    case delete
+    case deleteHash
+    case ping
+    case stats
+}
+
+// MARK: - Entry addressing
+
+extension ParamReader {
+    /// Reads `key`, `identity`, and the optional pair `hashKey`/`hashId`.
+    public mutating func entryAddress() throws(CachedError) -> EntryAddress {
+        let key = try requiredString("key")
+        try KeyLayout.validateKey(key)
+        let identity = try Identity(json: try required("identity"), name: "identity")
+        let hash = try optionalHashAddress()
+        return EntryAddress(key: key, identity: identity, hash: hash)
+    }
+
+    mutating func optionalHashAddress() throws(CachedError) -> HashAddress? {
+        let hashKey = try string("hashKey")
+        let hashId = optional("hashId")
+        switch (hashKey, hashId) {
+        case (nil, nil):
+            return nil
+        case (let hashKey?, let hashId?):
+            try KeyLayout.validateKey(hashKey, name: "hashKey")
+            return HashAddress(hashKey: hashKey, hashId: try Identity(json: hashId, name: "hashId"))
+        default:
+            throw .invalidParams("\(method): \"hashKey\" and \"hashId\" must be given together")
+        }
+    }
+
+    /// Reads `args` (array) and `kwargs` (object), passed through to a sync handler.
+    public mutating func handlerArguments() throws(CachedError) -> HandlerArguments {
+        var result = HandlerArguments()
+        if let args = optional("args") {
+            guard case .array(let a) = args else {
+                throw .invalidParams("\(method): \"args\" must be an array, got \(args.typeName)")
+            }
+            result.args = a
+        }
+        if let kwargs = optional("kwargs") {
+            guard case .object(let o) = kwargs else {
+                throw .invalidParams("\(method): \"kwargs\" must be an object, got \(kwargs.typeName)")
+            }
+            result.kwargs = o
+        }
+        return result
+    }
+}
+
+/// Positional and keyword arguments for a sync handler.
+public struct HandlerArguments: Sendable, Hashable {
+    public var args: [JSONValue] = []
+    public var kwargs: [String: JSONValue] = [:]
+    public init(args: [JSONValue] = [], kwargs: [String: JSONValue] = [:]) {
+        self.args = args
+        self.kwargs = kwargs
+    }
+}
+
+// MARK: - Params of each method
+
+/// `get {key, identity, hashKey?, hashId?, args?, kwargs?}`.
+public struct GetParams: Sendable, Hashable {
+    public var address: EntryAddress
+    public var arguments: HandlerArguments
+
+    public init(_ params: JSONValue?) throws(CachedError) {
+        var reader = try ParamReader(params, method: "get")
+        address = try reader.entryAddress()
+        arguments = try reader.handlerArguments()
+        try reader.finish()
+    }
+}
+
+/// `set {key, identity, hashKey?, hashId?, value, encoding?, ttl?}`.
+public struct SetParams: Sendable, Hashable {
+    public var address: EntryAddress
+    /// The value's bytes; nil asks the daemon to fill it from the key's handler.
+    public var value: ByteBuffer?
+    /// Seconds; 0 = no expiry; nil = the key's configured default.
+    public var ttl: Double?
+    public var arguments: HandlerArguments
+    /// A lease token from a `get` miss (see the lease flow in `docs/protocol.md`).
+    public var lease: String?
+
+    public init(_ params: JSONValue?) throws(CachedError) {
+        var reader = try ParamReader(params, method: "set")
+        address = try reader.entryAddress()
+        let encoding: ValueEncoding
+        if let name = try reader.string("encoding") {
+            guard let e = ValueEncoding(rawValue: name) else {
+                throw .invalidParams("set: \"encoding\" must be \"utf8\" or \"base64\"")
+            }
+            encoding = e
+        } else {
+            encoding = .utf8
+        }
+        if let raw = try reader.string("value") {
+            value = try ValueEncoding.decode(raw, encoding: encoding)
+        } else {
+            value = nil
+        }
+        ttl = try reader.seconds("ttl")
+        arguments = try reader.handlerArguments()
+        lease = try reader.string("lease")
+        try reader.finish()
+    }
+}
+
+/// `delete {key, identity, hashKey?, hashId?}`.
+public struct DeleteParams: Sendable, Hashable {
+    public var address: EntryAddress
+
+    public init(_ params: JSONValue?) throws(CachedError) {
+        var reader = try ParamReader(params, method: "delete")
+        address = try reader.entryAddress()
+        try reader.finish()
+    }
+}
+
+/// `deleteHash {hashKey, hashId}`.
+public struct DeleteHashParams: Sendable, Hashable {
+    public var hash: HashAddress
+
+    public init(_ params: JSONValue?) throws(CachedError) {
+        var reader = try ParamReader(params, method: "deleteHash")
+        guard let hash = try reader.optionalHashAddress() else {
+            throw .invalidParams("deleteHash: missing parameters \"hashKey\" and \"hashId\"")
+        }
+        self.hash = hash
+        try reader.finish()
+    }
+}
+
+/// Methods without parameters (`ping`, `stats`).
+public struct EmptyParams: Sendable, Hashable {
+    public init(_ params: JSONValue?, method: String) throws(CachedError) {
+        let reader = try ParamReader(params, method: method)
+        try reader.finish()
+    }
+}

@@ -1,0 +1,59 @@
+/// Reads named parameters, rejecting missing, mistyped and unknown ones with -32602.
+public struct ParamReader {
+    let members: [String: JSONValue]
+    var used: Set<String> = []
+    let method: String
+
+    /// - Parameter params: a request's `params` (absent is treated as `{}`; an array is rejected).
+    public init(_ params: JSONValue?, method: String) throws(CachedError) {
+        self.method = method
+        switch params {
+        case nil: self.members = [:]
+        case .object(let members)?: self.members = members
+        case let other?:
+            throw .invalidParams("\(method): params must be an object of named parameters, got \(other.typeName)")
+        }
+    }
+
+    public mutating func optional(_ name: String) -> JSONValue? {
+        used.insert(name)
+        guard let value = members[name], value != .null else { return nil }
+        return value
+    }
+
+    public mutating func required(_ name: String) throws(CachedError) -> JSONValue {
+        guard let value = optional(name) else {
+            throw .invalidParams("\(method): missing parameter \"\(name)\"")
+        }
+        return value
+    }
+
+    public mutating func string(_ name: String) throws(CachedError) -> String? {
+        guard let value = optional(name) else { return nil }
+        guard case .string(let s) = value else {
+            throw .invalidParams("\(method): \"\(name)\" must be a string, got \(value.typeName)")
+        }
+        return s
+    }
+
+    public mutating func requiredString(_ name: String) throws(CachedError) -> String {
+        guard let s = try string(name) else { throw .invalidParams("\(method): missing parameter \"\(name)\"") }
+        return s
+    }
+
+    /// A non-negative, finite number of seconds.
+    public mutating func seconds(_ name: String, max: Double = 1e9) throws(CachedError) -> Double? {
+        guard let value = optional(name) else { return nil }
+        guard case .number(let raw) = value, let seconds = Double(raw), seconds.isFinite, seconds >= 0, seconds <= max else {
+            throw .invalidParams("\(method): \"\(name)\" must be a number of seconds from 0 to \(Int(max))")
+        }
+        return seconds
+    }
+
+    /// Fails if a parameter was given that the method does not take.
+    public func finish() throws(CachedError) {
+        for name in members.keys.sorted() where !used.contains(name) {
+            throw .invalidParams("\(method): unknown parameter \"\(name)\"")
+        }
+    }
+}
