@@ -1,0 +1,131 @@
+import Logging
+import TOMLKit
+
+/// A configuration file that could not be used.
+public struct ConfigurationError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+extension DaemonConfiguration {
+    /// Reads a TOML configuration. Unknown keys and wrong types are errors naming the key, so a typo
+    /// never silently falls back to a default.
+    public init(toml text: String) throws(ConfigurationError) {
+        self.init()
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ConfigurationError("invalid TOML at line \(error.source.begin.line), column \(error.source.begin.column): \(error.description)")
+        } catch {
+            throw ConfigurationError("invalid TOML: \(error)")
+        }
+        var root = TableReader(table, path: "")
+        if let v = try root.string("socket") { socketPath = v }
+        if let v = try root.int("socket_mode", range: 0...0o777) { socketMode = UInt16(v) }
+        if let v = try root.string("redis") { redisURL = v.isEmpty ? nil : v }
+        if let v = try root.string("log_level") { logLevel = try Self.logLevel(v) }
+        if let v = try root.int("threads", range: 0...256) { threads = v }
+        if var t = try root.table("redis_options") {
+            if let v = try t.int("pool_size", range: 1...64) { redis.poolSize = v }
+            if let v = try t.seconds("connect_timeout") { redis.connectTimeout = v }
+            if let v = try t.seconds("command_timeout") { redis.commandTimeout = v }
+            if let v = try t.seconds("reconnect_max_delay") { redis.reconnectMaxDelay = v }
+            try t.finish()
+        }
+        if var t = try root.table("limits") {
+            if let v = try t.int("max_line_bytes", range: 256...(1 << 30)) { limits.maxLineBytes = v }
+            if let v = try t.int("max_depth", range: 2...512) { limits.maxDepth = v }
+            if let v = try t.int("max_batch", range: 1...100_000) { limits.maxBatch = v }
+            if let v = try t.int("max_connections", range: 1...1_000_000) { limits.maxConnections = v }
+            if let v = try t.int("max_in_flight", range: 1...100_000) { limits.maxInFlight = v }
+            if let v = try t.int("max_output_bytes", range: 4096...(1 << 32)) { limits.maxOutputBytes = v }
+            try t.finish()
+        }
+        if var t = try root.table("embedded") {
+            if let v = try t.int("max_bytes", range: 1024...(1 << 40)) { embedded.maxBytes = v }
+            try t.finish()
+        }
+        if var t = try root.table("keys") {
+            for name in t.table.keys.sorted() {
+                guard var k = try t.table(name) else { continue }
+                var key = KeyConfiguration()
+                if let v = try k.seconds("ttl") { key.ttl = v }
+                try k.finish()
+                keys[name] = key
+            }
+            try t.finish()
+        }
+        try root.finish()
+    }
+
+    static func logLevel(_ name: String) throws(ConfigurationError) -> Logger.Level {
+        guard let level = Logger.Level(rawValue: name.lowercased()) else {
+            throw ConfigurationError("log_level must be one of trace, debug, info, notice, warning, error, critical")
+        }
+        return level
+    }
+}
+
+/// Reads a TOML table, remembering which keys were used.
+struct TableReader {
+    let table: TOMLTable
+    let path: String
+    private var used: Set<String> = []
+
+    init(_ table: TOMLTable, path: String) {
+        self.table = table
+        self.path = path
+    }
+
+    private func name(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+
+    mutating func string(_ key: String) throws(ConfigurationError) -> String? {
+        used.insert(key)
+        guard let value = table[key] else { return nil }
+        guard let s = value.string else { throw ConfigurationError("\(name(key)) must be a string") }
+        return s
+    }
+
+    mutating func int(_ key: String, range: ClosedRange<Int>) throws(ConfigurationError) -> Int? {
+        used.insert(key)
+        guard let value = table[key] else { return nil }
+        guard let i = value.int else { throw ConfigurationError("\(name(key)) must be an integer") }
+        guard range.contains(i) else {
+            throw ConfigurationError("\(name(key)) must be between \(range.lowerBound) and \(range.upperBound)")
+        }
+        return i
+    }
+
+    /// A non-negative number of seconds (integer or float).
+    mutating func seconds(_ key: String) throws(ConfigurationError) -> Double? {
+        used.insert(key)
+        guard let value = table[key] else { return nil }
+        let seconds: Double
+        if let i = value.int {
+            seconds = Double(i)
+        } else if let d = value.double {
+            seconds = d
+        } else {
+            throw ConfigurationError("\(name(key)) must be a number of seconds")
+        }
+        guard seconds.isFinite, seconds >= 0, seconds <= 1e9 else {
+            throw ConfigurationError("\(name(key)) must be between 0 and 1e9 seconds")
+        }
+        return seconds
+    }
+
+    mutating func table(_ key: String) throws(ConfigurationError) -> TableReader? {
+        used.insert(key)
+        guard let value = table[key] else { return nil }
+        guard let t = value.table else { throw ConfigurationError("\(name(key)) must be a table") }
+        return TableReader(t, path: name(key))
+    }
+
+    func finish() throws(ConfigurationError) {
+        for key in table.keys.sorted() where !used.contains(key) {
+            throw ConfigurationError("unknown setting \(name(key))")
+        }
+    }
+}

@@ -1,0 +1,54 @@
+import CachedProtocol
+import NIOCore
+
+/// The result of a method, written into the answer without an intermediate JSON tree.
+public enum MethodResult: Sendable {
+    /// `{hit, value}` (+ `encoding` for binary values). The value's bytes are spliced in unparsed.
+    case get(hit: Bool, value: ByteBuffer?)
+    /// `{stored}`.
+    case stored(Bool)
+    /// `{deleted}`.
+    case deleted(Int)
+    /// `"pong"`.
+    case pong
+    /// Any other JSON result.
+    case json(JSONValue)
+}
+
+extension ByteBuffer {
+    /// Writes a result value (the part after `"result":`).
+    public mutating func writeMethodResult(_ result: MethodResult) {
+        switch result {
+        case .get(let hit, let value):
+            self.writeStaticString(hit ? "{\"hit\":true," : "{\"hit\":false,")
+            if let value {
+                self.writeValueMember(value)
+            } else {
+                self.writeStaticString("\"value\":null")
+            }
+            self.writeInteger(UInt8(ascii: "}"))
+        case .stored(let stored):
+            self.writeStaticString(stored ? "{\"stored\":true}" : "{\"stored\":false}")
+        case .deleted(let n):
+            self.writeStaticString("{\"deleted\":")
+            self.writeString(String(n))
+            self.writeInteger(UInt8(ascii: "}"))
+        case .pong:
+            self.writeStaticString("\"pong\"")
+        case .json(let value):
+            self.writeJSONValue(value)
+        }
+    }
+
+    /// Writes a whole response object (no newline) for a completed request.
+    public mutating func writeResponse(id: JSONRPCID, _ result: Result<MethodResult, CachedError>) {
+        switch result {
+        case .success(let value):
+            self.writeJSONRPCResultPrefix(id: id)
+            self.writeMethodResult(value)
+            self.writeInteger(UInt8(ascii: "}"))
+        case .failure(let error):
+            self.writeJSONRPCError(id: id, error)
+        }
+    }
+}

@@ -1,0 +1,233 @@
+import CachedProtocol
+import Logging
+import NIOCore
+import NIOExtras
+
+/// Serves one client connection: one JSON-RPC message per line in, one answer per line out.
+///
+/// Requests run concurrently and are answered as they complete (clients match answers by id). When a
+/// connection has `maxInFlight` unanswered requests, reading stops until some are answered, so a
+/// pipelining client is throttled by TCP-style backpressure instead of buffered without bound.
+final class ClientConnectionHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let dispatcher: RequestDispatcher
+    private let limits: DaemonConfiguration.Limits
+    private let logger: Logger
+
+    private var inFlight = 0
+    private var readSuppressed = false
+    private var inputClosed = false
+    private var quiescing = false
+    private var closing = false
+    private var flushScheduled = false
+
+    init(dispatcher: RequestDispatcher, limits: DaemonConfiguration.Limits, logger: Logger) {
+        self.dispatcher = dispatcher
+        self.limits = limits
+        self.logger = logger
+    }
+
+    // MARK: Inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !closing else { return }
+        let line = unwrapInboundIn(data)
+        let message = line.withUnsafeReadableBytes {
+            JSONRPCMessage.parse($0, maxDepth: limits.maxDepth, maxBatch: limits.maxBatch)
+        }
+        switch message {
+        case .unparseable(let error):
+            dispatcher.stats.protocolError()
+            writeLine(context: context) { $0.writeJSONRPCError(id: .null, error) }
+        case .single(.invalid(let id, let error)):
+            dispatcher.stats.protocolError()
+            writeLine(context: context) { $0.writeJSONRPCError(id: id, error) }
+        case .single(.request(let request)):
+            run(request, context: context)
+        case .batch(let entries):
+            runBatch(entries, context: context)
+        }
+    }
+
+    private func run(_ request: JSONRPCRequest, context: ChannelHandlerContext) {
+        let future = dispatcher.dispatch(request, on: context.eventLoop)
+        started(context: context)
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        future.hop(to: context.eventLoop).whenComplete { result in
+            let (handler, context) = loopBound.value
+            if let id = request.id {
+                handler.writeLine(context: context) { $0.writeResponse(id: id, result.mapCachedError()) }
+            }
+            handler.finished(context: context)
+        }
+    }
+
+    private func runBatch(_ entries: [JSONRPCEntry], context: ChannelHandlerContext) {
+        var futures: [EventLoopFuture<(JSONRPCID?, Result<MethodResult, CachedError>)>] = []
+        futures.reserveCapacity(entries.count)
+        for entry in entries {
+            switch entry {
+            case .invalid(let id, let error):
+                dispatcher.stats.protocolError()
+                futures.append(context.eventLoop.makeSucceededFuture((id, .failure(error))))
+            case .request(let request):
+                futures.append(
+                    dispatcher.dispatch(request, on: context.eventLoop).hop(to: context.eventLoop)
+                        .map { (request.id, .success($0)) }
+                        .recover { (request.id, .failure(($0 as? CachedError) ?? CachedError(.internalError, "Internal error"))) })
+            }
+        }
+        started(context: context)
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        EventLoopFuture.whenAllSucceed(futures, on: context.eventLoop).whenSuccess { answers in
+            let (handler, context) = loopBound.value
+            let answered = answers.compactMap { answer in answer.0.map { ($0, answer.1) } }
+            if !answered.isEmpty {  // a batch of notifications only gets no line at all
+                handler.writeLine(context: context) { buffer in
+                    buffer.writeInteger(UInt8(ascii: "["))
+                    for (i, (id, result)) in answered.enumerated() {
+                        if i > 0 { buffer.writeInteger(UInt8(ascii: ",")) }
+                        buffer.writeResponse(id: id, result)
+                    }
+                    buffer.writeInteger(UInt8(ascii: "]"))
+                }
+            }
+            handler.finished(context: context)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            // The client half-closed: answer what is in flight, then close.
+            inputClosed = true
+            closeIfIdle(context: context)
+            return
+        }
+        if event is ChannelShouldQuiesceEvent {
+            quiescing = true
+            closeIfIdle(context: context)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if error is ByteToMessageDecoderError.PayloadTooLargeError {
+            dispatcher.stats.oversizedLine()
+            logger.notice("closing a connection that sent a line over the limit", metadata: ["limit": "\(limits.maxLineBytes)"])
+            let error = CachedError(
+                .limitExceeded, "Line longer than \(limits.maxLineBytes) bytes",
+                data: .object(["limit": .string("max_line_bytes"), "value": .number(String(limits.maxLineBytes))]))
+            writeLine(context: context) { $0.writeJSONRPCError(id: .null, error) }
+            closeNow(context: context, flushFirst: true)
+            return
+        }
+        // Connection reset, or bytes left without a newline at EOF: nothing to answer.
+        logger.debug("connection error", metadata: ["error": "\(error)"])
+        closeNow(context: context, flushFirst: false)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if !context.channel.isWritable && !closing {
+            // Past the high-water mark: a client that does not read its answers is dropped rather than buffered for.
+            logger.notice("closing a connection whose unread answers passed the output limit", metadata: ["limit": "\(limits.maxOutputBytes)"])
+            closeNow(context: context, flushFirst: false)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: Outbound
+
+    func read(context: ChannelHandlerContext) {
+        if inFlight >= limits.maxInFlight || quiescing || closing {
+            readSuppressed = true
+            return
+        }
+        context.read()
+    }
+
+    // MARK: Flow control
+
+    private func started(context: ChannelHandlerContext) {
+        inFlight += 1
+    }
+
+    private func finished(context: ChannelHandlerContext) {
+        inFlight -= 1
+        if readSuppressed && inFlight < limits.maxInFlight && !quiescing && !closing {
+            readSuppressed = false
+            context.read()
+        }
+        closeIfIdle(context: context)
+    }
+
+    private func closeIfIdle(context: ChannelHandlerContext) {
+        if (inputClosed || quiescing) && inFlight == 0 {
+            closeNow(context: context, flushFirst: true)
+        }
+    }
+
+    private func closeNow(context: ChannelHandlerContext, flushFirst: Bool) {
+        guard !closing else { return }
+        closing = true
+        if flushFirst {
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+                loopBound.value.close(promise: nil)
+            }
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
+    private func writeLine(context: ChannelHandlerContext, _ body: (inout ByteBuffer) -> Void) {
+        guard context.channel.isActive else { return }
+        var buffer = context.channel.allocator.buffer(capacity: 256)
+        body(&buffer)
+        buffer.writeInteger(UInt8(ascii: "\n"))
+        context.write(wrapOutboundOut(buffer), promise: nil)
+        scheduleFlush(context: context)
+    }
+
+    /// Answers completed in one event-loop tick go out in one flush.
+    private func scheduleFlush(context: ChannelHandlerContext) {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let (handler, context) = loopBound.value
+            handler.flushScheduled = false
+            context.flush()
+        }
+    }
+}
+
+extension Result where Success == MethodResult {
+    func mapCachedError() -> Result<MethodResult, CachedError> {
+        mapError { ($0 as? CachedError) ?? CachedError(.internalError, "Internal error") }
+    }
+}
+
+/// Answers a connection over the limit with one error line, then closes it.
+final class RefuseConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let error: CachedError
+
+    init(error: CachedError) { self.error = error }
+
+    func channelActive(context: ChannelHandlerContext) {
+        var buffer = context.channel.allocator.buffer(capacity: 128)
+        buffer.writeJSONRPCError(id: .null, error)
+        buffer.writeInteger(UInt8(ascii: "\n"))
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in
+            loopBound.value.close(promise: nil)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+}

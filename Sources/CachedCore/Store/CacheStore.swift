@@ -1,0 +1,34 @@
+import CachedProtocol
+import NIOCore
+
+/// Where entries live: Redis in production, or the embedded in-process store.
+///
+/// Futures fail with ``CachedError`` (store unavailable, timeout, store error).
+public protocol CacheStore: Sendable {
+    /// The entry's bytes, or nil on a miss. One round trip.
+    func get(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer?>
+    /// Stores the entry; `ttl` in seconds, 0 = no expiry (ignored for hash fields, which cannot expire).
+    func set(_ address: EntryAddress, value: ByteBuffer, ttl: Double, on eventLoop: any EventLoop) -> EventLoopFuture<Void>
+    /// Deletes the entry; the number deleted (0 or 1).
+    func delete(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int>
+    /// Deletes a whole hash; the number deleted (0 or 1).
+    func deleteHash(_ hash: HashAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int>
+    /// A short description of the store's state for `stats`.
+    func status() -> StoreStatus
+    /// Starts the store (connects); returns when the first attempt has ended.
+    func start() async
+    /// Stops the store (closes connections).
+    func shutdown() async
+}
+
+/// The state of the store, reported by `stats` and in systemd's `STATUS=`.
+public struct StoreStatus: Sendable, Hashable {
+    public var kind: String
+    public var available: Bool
+    public var detail: [String: JSONValue]
+}
+
+extension CacheStore {
+    public func start() async {}
+    public func shutdown() async {}
+}

@@ -1,0 +1,203 @@
+import CachedProtocol
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// An in-process store with Redis's semantics for what `cached` uses (strings with TTLs, hashes),
+/// bounded by a memory budget with least-recently-used eviction.
+public final class EmbeddedStore: CacheStore {
+    private let state: NIOLockedValueBox<LRUStore>
+
+    /// - Parameter maxBytes: budget for keys, fields, values and per-entry overhead.
+    public init(maxBytes: Int) {
+        self.state = NIOLockedValueBox(LRUStore(maxBytes: maxBytes))
+    }
+
+    public func get(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer?> {
+        let now = NIODeadline.now()
+        let value = state.withLockedValue { $0.get(address.storeKey, field: address.storeField, now: now) }
+        return eventLoop.makeSucceededFuture(value)
+    }
+
+    public func set(_ address: EntryAddress, value: ByteBuffer, ttl: Double, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        let now = NIODeadline.now()
+        let expiry: NIODeadline? = (ttl > 0 && address.storeField == nil) ? now + .nanoseconds(Int64(ttl * 1e9)) : nil
+        state.withLockedValue { $0.set(address.storeKey, field: address.storeField, value: value, expiry: expiry, now: now) }
+        return eventLoop.makeSucceededVoidFuture()
+    }
+
+    public func delete(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int> {
+        let now = NIODeadline.now()
+        let n = state.withLockedValue { $0.delete(address.storeKey, field: address.storeField, now: now) }
+        return eventLoop.makeSucceededFuture(n)
+    }
+
+    public func deleteHash(_ hash: HashAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int> {
+        let now = NIODeadline.now()
+        let n = state.withLockedValue { $0.delete(hash.storeKey, field: nil, now: now) }
+        return eventLoop.makeSucceededFuture(n)
+    }
+
+    public func status() -> StoreStatus {
+        let (count, bytes, max, evictions) = state.withLockedValue { ($0.count, $0.usedBytes, $0.maxBytes, $0.evictions) }
+        return StoreStatus(
+            kind: "embedded", available: true,
+            detail: [
+                "keys": .number(String(count)), "bytes": .number(String(bytes)),
+                "maxBytes": .number(String(max)), "evictions": .number(String(evictions)),
+            ])
+    }
+}
+
+// MARK: - LRU
+
+/// The embedded store's data: a dictionary plus an intrusive doubly linked list in recency order.
+///
+/// `@unchecked Sendable`: its nodes are reference types, but they never leave the store, and the store
+/// is only ever reached through ``EmbeddedStore``'s lock.
+struct LRUStore: @unchecked Sendable {
+    enum Value {
+        case string(ByteBuffer)
+        case hash([String: ByteBuffer])
+    }
+
+    final class Node {
+        let key: String
+        var value: Value
+        var expiry: NIODeadline?
+        var size: Int
+        var prev: Node?
+        var next: Node?
+        init(key: String, value: Value, expiry: NIODeadline?, size: Int) {
+            self.key = key
+            self.value = value
+            self.expiry = expiry
+            self.size = size
+        }
+    }
+
+    /// Per-entry bookkeeping estimate, in bytes.
+    static let entryOverhead = 96
+    static let fieldOverhead = 48
+
+    let maxBytes: Int
+    private(set) var usedBytes = 0
+    private(set) var evictions = 0
+    private var nodes: [String: Node] = [:]
+    private var head: Node?  // most recent
+    private var tail: Node?  // least recent
+
+    init(maxBytes: Int) { self.maxBytes = maxBytes }
+
+    var count: Int { nodes.count }
+
+    mutating func get(_ key: String, field: String?, now: NIODeadline) -> ByteBuffer? {
+        guard let node = live(key, now: now) else { return nil }
+        touch(node)
+        switch (node.value, field) {
+        case (.string(let v), nil): return v
+        case (.hash(let fields), let field?): return fields[field]
+        default: return nil  // wrong type: treated as a miss
+        }
+    }
+
+    mutating func set(_ key: String, field: String?, value: ByteBuffer, expiry: NIODeadline?, now: NIODeadline) {
+        if let field {
+            let node: Node
+            if let existing = live(key, now: now), case .hash = existing.value {
+                node = existing
+            } else {
+                remove(key)
+                node = insert(key, value: .hash([:]), expiry: nil)
+            }
+            guard case .hash(var fields) = node.value else { return }
+            let old = fields[field].map { $0.readableBytes + field.utf8.count + Self.fieldOverhead } ?? 0
+            node.value = .string(ByteBuffer())  // drop the reference so `fields` is uniquely owned
+            fields[field] = value
+            node.value = .hash(fields)
+            resize(node, by: value.readableBytes + field.utf8.count + Self.fieldOverhead - old)
+            touch(node)
+        } else {
+            remove(key)
+            let node = insert(key, value: .string(value), expiry: expiry)
+            resize(node, by: value.readableBytes)
+        }
+        evict(keeping: key)
+    }
+
+    mutating func delete(_ key: String, field: String?, now: NIODeadline) -> Int {
+        guard let node = live(key, now: now) else { return 0 }
+        guard let field else {
+            remove(key)
+            return 1
+        }
+        guard case .hash(var fields) = node.value, let old = fields[field] else { return 0 }
+        node.value = .string(ByteBuffer())
+        fields[field] = nil
+        if fields.isEmpty {
+            remove(key)  // like Redis: an empty hash does not exist
+        } else {
+            node.value = .hash(fields)
+            resize(node, by: -(old.readableBytes + field.utf8.count + Self.fieldOverhead))
+        }
+        return 1
+    }
+
+    // MARK: Internals
+
+    private mutating func live(_ key: String, now: NIODeadline) -> Node? {
+        guard let node = nodes[key] else { return nil }
+        if let expiry = node.expiry, expiry <= now {
+            remove(key)
+            return nil
+        }
+        return node
+    }
+
+    private mutating func insert(_ key: String, value: Value, expiry: NIODeadline?) -> Node {
+        let node = Node(key: key, value: value, expiry: expiry, size: key.utf8.count + Self.entryOverhead)
+        nodes[key] = node
+        usedBytes += node.size
+        linkAtHead(node)
+        return node
+    }
+
+    private mutating func resize(_ node: Node, by delta: Int) {
+        node.size += delta
+        usedBytes += delta
+    }
+
+    private mutating func remove(_ key: String) {
+        guard let node = nodes.removeValue(forKey: key) else { return }
+        unlink(node)
+        usedBytes -= node.size
+    }
+
+    private mutating func evict(keeping key: String) {
+        while usedBytes > maxBytes, let victim = tail {
+            if victim.key == key && victim === head { break }  // a single entry larger than the budget stays
+            remove(victim.key)
+            evictions += 1
+        }
+    }
+
+    private mutating func touch(_ node: Node) {
+        guard head !== node else { return }
+        unlink(node)
+        linkAtHead(node)
+    }
+
+    private mutating func linkAtHead(_ node: Node) {
+        node.prev = nil
+        node.next = head
+        head?.prev = node
+        head = node
+        if tail == nil { tail = node }
+    }
+
+    private mutating func unlink(_ node: Node) {
+        if let prev = node.prev { prev.next = node.next } else { head = node.next }
+        if let next = node.next { next.prev = node.prev } else { tail = node.prev }
+        node.prev = nil
+        node.next = nil
+    }
+}

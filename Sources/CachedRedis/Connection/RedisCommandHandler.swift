@@ -1,0 +1,116 @@
+import NIOCore
+
+/// A command on its way to Redis, with the promise its reply completes.
+public struct RedisRequest: Sendable {
+    public var command: RedisCommand
+    public var promise: EventLoopPromise<RedisReply>
+    public init(command: RedisCommand, promise: EventLoopPromise<RedisReply>) {
+        self.command = command
+        self.promise = promise
+    }
+}
+
+/// Matches replies to commands in FIFO order, flushes once per event-loop tick, and enforces the
+/// command timeout. All decisions are made by ``RedisCommandStateMachine``.
+public final class RedisCommandHandler: ChannelDuplexHandler {
+    public typealias InboundIn = RedisReply
+    public typealias OutboundIn = RedisRequest
+    public typealias OutboundOut = ByteBuffer
+
+    private var stateMachine = RedisCommandStateMachine<EventLoopPromise<RedisReply>>()
+    private let commandTimeout: TimeAmount
+    private var flushScheduled = false
+    private var timeoutTask: RepeatedTask?
+
+    public init(commandTimeout: TimeAmount) {
+        self.commandTimeout = commandTimeout
+    }
+
+    // MARK: Lifecycle
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { startTimer(context: context) }
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        startTimer(context: context)
+        context.fireChannelActive()
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        timeoutTask?.cancel()
+        timeoutTask = nil
+        let (promises, error) = stateMachine.close(RedisClientError(.connectionClosed, "connection to Redis closed"))
+        for promise in promises { promise.fail(error) }
+        context.fireChannelInactive()
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let clientError = (error as? RedisClientError) ?? RedisClientError(.connectionClosed, "connection to Redis failed: \(error)")
+        let (promises, failure) = stateMachine.close(clientError)
+        for promise in promises { promise.fail(failure) }
+        context.close(promise: nil)
+    }
+
+    private func startTimer(context: ChannelHandlerContext) {
+        guard timeoutTask == nil else { return }
+        let interval = TimeAmount.nanoseconds(max(5_000_000, commandTimeout.nanoseconds / 10))
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timeoutTask = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            let (handler, context) = loopBound.value
+            handler.checkTimeouts(context: context)
+        }
+    }
+
+    private func checkTimeouts(context: ChannelHandlerContext) {
+        switch stateMachine.checkTimeouts(now: .now()) {
+        case .none:
+            break
+        case .failAllAndClose(let promises, let error):
+            for promise in promises { promise.fail(error) }
+            context.close(promise: nil)
+        }
+    }
+
+    // MARK: Outbound
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let request = unwrapOutboundIn(data)
+        // The reply promise now belongs to the state machine; the write promise only says "taken".
+        promise?.succeed()
+        switch stateMachine.send(request.promise, deadline: .now() + commandTimeout) {
+        case .write:
+            context.write(wrapOutboundOut(request.command.encoded), promise: nil)
+            scheduleFlush(context: context)
+        case .fail(let error):
+            request.promise.fail(error)
+        }
+    }
+
+    /// Many commands written in one tick go out in one flush (auto-pipelining).
+    private func scheduleFlush(context: ChannelHandlerContext) {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let (handler, context) = loopBound.value
+            handler.flushScheduled = false
+            context.flush()
+        }
+    }
+
+    // MARK: Inbound
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let reply = unwrapInboundIn(data)
+        switch stateMachine.receive() {
+        case .succeed(let promise):
+            promise.succeed(reply)
+        case .failAllAndClose(let promises, let error):
+            for promise in promises { promise.fail(error) }
+            context.close(promise: nil)
+        case .ignore:
+            break
+        }
+    }
+}

@@ -1,0 +1,93 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// One multiplexed, pipelined connection to Redis.
+public final class RedisConnection: Sendable {
+    public let channel: any Channel
+
+    init(channel: any Channel) {
+        self.channel = channel
+    }
+
+    public var eventLoop: any EventLoop { channel.eventLoop }
+    public var isActive: Bool { channel.isActive }
+
+    /// Sends a command; the future completes with Redis's reply (an error reply is a *successful* future
+    /// holding `.error`), or fails with a ``RedisClientError``.
+    public func send(_ command: RedisCommand) -> EventLoopFuture<RedisReply> {
+        let promise = channel.eventLoop.makePromise(of: RedisReply.self)
+        let request = RedisRequest(command: command, promise: promise)
+        if channel.eventLoop.inEventLoop {
+            channel.pipeline.syncOperations.write(NIOAny(request)).whenFailure { _ in
+                promise.fail(RedisClientError(.connectionClosed, "connection to Redis closed"))
+            }
+        } else {
+            let channel = self.channel
+            channel.eventLoop.execute {
+                channel.pipeline.syncOperations.write(NIOAny(request)).whenFailure { _ in
+                    promise.fail(RedisClientError(.connectionClosed, "connection to Redis closed"))
+                }
+            }
+        }
+        return promise.futureResult
+    }
+
+    public func close() -> EventLoopFuture<Void> {
+        channel.close()
+    }
+
+    /// Connects, then authenticates and selects the database.
+    public static func connect(
+        configuration: RedisConfiguration, eventLoop: any EventLoop
+    ) -> EventLoopFuture<RedisConnection> {
+        let timeout = configuration.commandTimeout
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(configuration.connectTimeout)
+            .channelOption(.socketOption(.so_keepalive), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers([
+                        ByteToMessageHandler(RedisReplyDecoder()),
+                        RedisCommandHandler(commandTimeout: timeout),
+                    ])
+                }
+            }
+        let connected: EventLoopFuture<any Channel>
+        switch configuration.endpoint {
+        case .tcp(let host, let port):
+            connected = bootstrap.channelOption(.socketOption(.tcp_nodelay), value: 1).connect(host: host, port: port)
+        case .unix(let path):
+            connected = bootstrap.connect(unixDomainSocketPath: path)
+        }
+        return connected.flatMap { channel in
+            let connection = RedisConnection(channel: channel)
+            return connection.handshake(configuration).map { connection }.flatMapError { error in
+                channel.close(promise: nil)
+                return channel.eventLoop.makeFailedFuture(error)
+            }
+        }
+    }
+
+    private func handshake(_ configuration: RedisConfiguration) -> EventLoopFuture<Void> {
+        var steps: [RedisCommand] = []
+        if let password = configuration.password {
+            if let username = configuration.username {
+                steps.append(RedisCommand("AUTH", .string(username), .string(password)))
+            } else {
+                steps.append(RedisCommand("AUTH", .string(password)))
+            }
+        }
+        if configuration.database != 0 {
+            steps.append(RedisCommand("SELECT", .string(String(configuration.database))))
+        }
+        let futures = steps.map { send($0) }
+        return EventLoopFuture.whenAllSucceed(futures, on: eventLoop).flatMapThrowing { replies in
+            for reply in replies {
+                if case .error(let message) = reply {
+                    throw RedisClientError(.errorReply, message)
+                }
+            }
+        }
+    }
+}

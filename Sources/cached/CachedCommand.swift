@@ -1,0 +1,64 @@
+import ArgumentParser
+import CachedCore
+import Foundation
+import Logging
+
+/// `cached`: the local read-through cache daemon.
+@main
+struct CachedCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cached",
+        abstract: "A local read-through cache daemon in front of Redis, serving JSON-RPC on a Unix socket.")
+
+    @Option(name: .long, help: "TOML configuration file.")
+    var config: String?
+
+    @Option(name: .long, help: "Unix socket path to serve (overrides the file).")
+    var socket: String?
+
+    @Option(name: .long, help: "Redis URL: redis://[:password@]host:port/db or unix:///path?db=N (overrides the file).")
+    var redis: String?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String?
+
+    @Flag(name: .customLong("check-config"), help: "Validate the configuration and exit.")
+    var checkConfig = false
+
+    func run() async throws {
+        var configuration = DaemonConfiguration()
+        if let config {
+            let text: String
+            do {
+                text = try String(contentsOfFile: config, encoding: .utf8)
+            } catch {
+                throw ValidationError("cannot read \(config): \(error.localizedDescription)")
+            }
+            do {
+                configuration = try DaemonConfiguration(toml: text)
+            } catch {
+                throw ValidationError("\(config): \(error)")
+            }
+        }
+        if let socket { configuration.socketPath = socket }
+        if let redis { configuration.redisURL = redis.isEmpty ? nil : redis }
+        if let logLevel {
+            guard let level = Logger.Level(rawValue: logLevel.lowercased()) else {
+                throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
+            }
+            configuration.logLevel = level
+        }
+        if checkConfig {
+            print("configuration OK")
+            return
+        }
+        let level = configuration.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "cached")
+        try await Daemon(configuration: configuration, logger: logger).run()
+    }
+}
