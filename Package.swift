@@ -69,6 +69,14 @@ let package = Package(
         ),
 
         // MARK: Tests
+        .target(
+            name: "CachedTestSupport",
+            dependencies: [
+                "CachedProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Tests/CachedTestSupport"
+        ),
         .testTarget(
             name: "CachedProtocolTests",
             dependencies: ["CachedProtocol"]
@@ -77,6 +85,7 @@ let package = Package(
             name: "CachedRedisTests",
             dependencies: [
                 "CachedRedis",
+                "CachedTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -86,6 +95,7 @@ let package = Package(
             name: "CachedCoreTests",
             dependencies: [
                 "CachedCore",
+                "CachedTestSupport",
                 "CachedProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -96,6 +106,7 @@ let package = Package(
             name: "CachedIntegrationTests",
             dependencies: [
                 "CachedProtocol",
+                "CachedTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),

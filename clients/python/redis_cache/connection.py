@@ -132,7 +132,7 @@ class Connection:
             sock.settimeout(self.connect_timeout)
             sock.connect(self.path)
             sock.settimeout(self.timeout)
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
             sock.close()
             raise DaemonUnavailable("cannot connect to cached at %s: %s" % (self.path, e)) from None
         state = _ThreadState(sock)
@@ -251,7 +251,7 @@ class _AsyncChannel:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_unix_connection(path, limit=_MAX_LINE),
                     self.connection.connect_timeout)
-            except (OSError, asyncio.TimeoutError) as e:
+            except (OSError, ValueError, asyncio.TimeoutError) as e:
                 raise DaemonUnavailable("cannot connect to cached at %s: %s"
                                         % (path, e or type(e).__name__)) from None
             self.writer = writer

@@ -54,7 +54,7 @@ def wire_identity(identity: Any, name: str = "identity") -> Union[int, str]:
     except TypeError:
         pass
     if isinstance(identity, numbers.Real):
-        return int(identity)
+        return int(identity.__trunc__())  # what "%d" does with a float: truncate
     raise TypeError("%s must be an int or a str, not %s" % (name, type(identity).__name__))
 
 

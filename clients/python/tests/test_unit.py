@@ -406,3 +406,26 @@ def test_one_socket_per_thread(fake: FakeDaemon) -> None:
         t.join()
     assert errors == []
     assert len(fake.connections) == 4
+
+
+def test_async_reconnects_and_times_out(fake: FakeDaemon) -> None:
+    log = ListLog()
+
+    async def sync(identity: Any) -> Any:
+        return "fresh-%s" % identity
+
+    cache = CacheClient(Connection(fake.path, timeout=0.2), "Student", sync, log=log, asynchronous=True)
+
+    async def main() -> None:
+        assert await cache.set(1, data="one") == 1
+        fake.drop_connections()
+        await asyncio.sleep(0.05)
+        assert await cache.get(1) == b"one"  # a new stream, transparently
+        fake.delay = lambda r: 1.0 if r["method"] == "get" else 0.0
+        assert await cache.get(1) == "fresh-1"  # timed out: fallback
+        fake.delay = lambda r: 0.0
+        assert await cache.get(1) == b"one"  # the late answer is ignored by id
+
+    asyncio.run(main())
+    assert len(log.errors) == 1 and "did not answer" in log.errors[0]
+    assert len(fake.connections) == 2

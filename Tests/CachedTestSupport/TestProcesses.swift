@@ -1,0 +1,212 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Errors from the test harness.
+public struct HarnessError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// A fresh temporary directory with a short path (Unix socket paths must fit in 108 bytes).
+public func makeTemporaryDirectory(_ prefix: String = "cached") throws -> String {
+    var template = Array("/tmp/\(prefix)-XXXXXX".utf8CString)
+    guard let result = mkdtemp(&template) else { throw HarnessError("mkdtemp failed") }
+    return String(cString: result)
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+public func waitUntil(timeout: Double = 10, interval: Double = 0.01, _ condition: () throws -> Bool) throws -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if (try? condition()) == true { return true }
+        Thread.sleep(forTimeInterval: interval)
+    }
+    return (try? condition()) == true
+}
+
+/// A private `redis-server` for one test, on a Unix socket (and optionally a TCP port) in a temp dir.
+public final class RedisServer: @unchecked Sendable {
+    public let directory: String
+    public let socketPath: String
+    public let port: Int?
+    public let password: String?
+    private var process: Process?
+
+    public static var binary: String { ProcessInfo.processInfo.environment["REDIS_SERVER"] ?? "/usr/bin/redis-server" }
+
+    /// - Parameters:
+    ///   - tcp: also listen on a free loopback TCP port.
+    public init(tcp: Bool = false, password: String? = nil) throws {
+        directory = try makeTemporaryDirectory("redis")
+        socketPath = directory + "/redis.sock"
+        port = tcp ? Self.freePort() : nil
+        self.password = password
+        try start()
+    }
+
+    deinit {
+        stop(signal: SIGKILL)
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// The URL `cached` should use.
+    public var unixURL: String {
+        "unix://\(socketPath)?db=0" + (password.map { "&password=\($0)" } ?? "")
+    }
+
+    public var tcpURL: String {
+        "redis://\(password.map { ":\($0)@" } ?? "")127.0.0.1:\(port ?? 0)/0"
+    }
+
+    public var pid: Int32? { process?.processIdentifier }
+
+    /// Starts (or restarts) the server on the same socket and port.
+    public func start() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.binary)
+        var args = [
+            "--port", String(port ?? 0), "--bind", "127.0.0.1", "--unixsocket", socketPath, "--unixsocketperm", "700",
+            "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", directory,
+            "--logfile", directory + "/redis.log",
+        ]
+        if let password { args += ["--requirepass", password] }
+        p.arguments = args
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        process = p
+        guard try waitUntil(timeout: 10, { (try? cli(["PING"]))?.hasPrefix("PONG") == true || (try? cli(["PING"]))?.contains("NOAUTH") == true })
+        else {
+            throw HarnessError("redis-server did not start: \((try? String(contentsOfFile: directory + "/redis.log", encoding: .utf8)) ?? "")")
+        }
+    }
+
+    /// Stops the server (SIGTERM, or SIGKILL to simulate a crash) and waits for it.
+    public func stop(signal: Int32 = SIGTERM) {
+        guard let p = process, p.isRunning else { return }
+        kill(p.processIdentifier, signal)
+        p.waitUntilExit()
+        process = nil
+    }
+
+    /// Sends SIGSTOP/SIGCONT.
+    public func send(signal: Int32) {
+        if let p = process { kill(p.processIdentifier, signal) }
+    }
+
+    /// Runs `redis-cli` against this server and returns its output without the last newline.
+    @discardableResult
+    public func cli(_ arguments: [String], raw: Bool = true) throws -> String {
+        String(decoding: try cliBytes(arguments, raw: raw), as: UTF8.self)
+    }
+
+    /// Runs `redis-cli` and returns the exact bytes of its output without the last newline.
+    public func cliBytes(_ arguments: [String], raw: Bool = true) throws -> [UInt8] {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/redis-cli")
+        var args = ["-s", socketPath]
+        if raw { args.append("--raw") }
+        if let password { args += ["-a", password, "--no-auth-warning"] }
+        p.arguments = args + arguments
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        var bytes = [UInt8](data)
+        if bytes.last == UInt8(ascii: "\n") { bytes.removeLast() }
+        return bytes
+    }
+
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+}
+
+/// The real `cached` binary, started for one test.
+public final class DaemonProcess: @unchecked Sendable {
+    public let directory: String
+    public let socketPath: String
+    public let logPath: String
+    private let process: Process
+
+    /// The `cached` executable: `$CACHED_BIN`, else next to the test bundle, else `<repo>/.build/debug/cached`.
+    public static var binary: String {
+        if let path = ProcessInfo.processInfo.environment["CACHED_BIN"] { return path }
+        let besideTests = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+            .appendingPathComponent("cached").path
+        if FileManager.default.isExecutableFile(atPath: besideTests) { return besideTests }
+        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        return repo.appendingPathComponent(".build/debug/cached").path
+    }
+
+    /// Starts `cached` with a configuration file and extra arguments; waits until it answers `ping`.
+    public init(config: String = "", arguments: [String] = [], waitForReady: Bool = true, environment: [String: String] = [:]) throws {
+        directory = try makeTemporaryDirectory("cached")
+        socketPath = directory + "/cached.sock"
+        logPath = directory + "/cached.log"
+        let configPath = directory + "/cached.toml"
+        try config.write(toFile: configPath, atomically: true, encoding: .utf8)
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = ["--config", configPath, "--socket", socketPath] + arguments
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let logHandle = FileHandle(forWritingAtPath: logPath)!
+        process.standardOutput = logHandle
+        process.standardError = logHandle
+        try process.run()
+        if waitForReady {
+            let ok = try waitUntil(timeout: 15) {
+                guard let client = try? LineClient(path: socketPath) else { return false }
+                return (try? client.call("ping"))?["result"] == .string("pong")
+            }
+            guard ok else { throw HarnessError("cached did not start:\n\(self.log())") }
+        }
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    public var pid: Int32 { process.processIdentifier }
+    public var isRunning: Bool { process.isRunning }
+
+    /// The daemon's log so far.
+    public func log() -> String {
+        (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+    }
+
+    /// Sends a signal and waits for exit (up to `timeout`); returns the exit status, or nil if still running.
+    @discardableResult
+    public func stop(signal: Int32 = SIGTERM, timeout: Double = 15) -> Int32? {
+        guard process.isRunning else { return process.terminationStatus }
+        kill(process.processIdentifier, signal)
+        _ = try? waitUntil(timeout: timeout) { !process.isRunning }
+        return process.isRunning ? nil : process.terminationStatus
+    }
+
+    /// A new client connected to this daemon.
+    public func client() throws -> LineClient {
+        try LineClient(path: socketPath)
+    }
+}

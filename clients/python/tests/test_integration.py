@@ -1,0 +1,278 @@
+"""The shim against the real cached daemon and a private redis-server.
+
+The values are checked in Redis directly, under pyredis-cache's key names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+from helpers import Daemon, RedisServer, Resp
+from redis_cache import (CacheClient, Connection, ConnectionPool, HashCacheClient, InvalidParamsError,
+                         LengthError)
+
+STUDENTS: Dict[int, Dict[str, Any]] = {
+    12: {"name": "Jane Roe", "age": 15},
+    14: {"name": "Richard Roe", "age": 17},
+}
+
+
+class ListLog:
+    def __init__(self) -> None:
+        self.errors: List[str] = []
+
+    def error(self, msg: str, *args: Any) -> None:
+        self.errors.append(msg % args)
+
+
+def make_sync_func(calls: List[Any]) -> Any:
+    # "The first argument should define the uniqueness of the data"
+    def sync_func(student_id: int, *lots_of_args: Any, **kwargs: Any) -> Dict[str, Any]:
+        calls.append((student_id, lots_of_args, kwargs))
+        data = dict(STUDENTS.get(student_id, {"name": "Student %d" % student_id}))
+        data.update(kwargs)
+        return data
+    return sync_func
+
+
+def test_readme_simple_example(cached: Daemon, redis: Resp) -> None:
+    calls: List[Any] = []
+    cache = CacheClient(cached.socket, "Student", make_sync_func(calls), set_func=json.dumps,
+                        get_func=json.loads, expire_time=10)
+
+    # This will set cache for ID: 12
+    assert cache.set(12) == 1
+    assert json.loads(redis("GET", "000STUDENT#0000000012")) == STUDENTS[12]
+    assert 0 < redis("TTL", "000STUDENT#0000000012") <= 10
+
+    # This will set cache for ID: 13, with custom data
+    assert cache.set(13, data={"name": "John Doe", "age": 16}) == 1
+    assert json.loads(redis("GET", "000STUDENT#0000000013")) == {"name": "John Doe", "age": 16}
+
+    # This will get cache for ID: 12 (no need to do a set, it will automatically set the data)
+    assert cache.get(12) == STUDENTS[12]
+    assert cache.get(13) == {"name": "John Doe", "age": 16}
+    assert len(calls) == 1  # only the first set(12) called sync_func
+
+    # The get function will pass extra arguments to the sync_func
+    assert cache.get(14, age=15) == {"name": "Richard Roe", "age": 15}
+    assert calls[-1] == (14, (), {"age": 15})
+    assert json.loads(redis("GET", "000STUDENT#0000000014")) == {"name": "Richard Roe", "age": 15}
+    assert 0 < redis("TTL", "000STUDENT#0000000014") <= 10
+    assert cache.get(14, age=99) == {"name": "Richard Roe", "age": 15}  # now a hit
+    assert len(calls) == 2
+
+    # This will delete the cache for ID: 12
+    assert cache.delete(12) == 1
+    assert redis("EXISTS", "000STUDENT#0000000012") == 0
+    assert cache.delete(12) == 0
+
+
+def test_readme_simple_example_with_swapped_connection_pool(cached: Daemon, redis: Resp,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CACHED_SOCKET", cached.socket)
+    # from redis import ConnectionPool  ->  from redis_cache import ConnectionPool
+    redis_pool = ConnectionPool()
+    cache = CacheClient(redis_pool, "Student", make_sync_func([]), set_func=json.dumps, get_func=json.loads)
+    assert cache.get(12) == STUDENTS[12]
+    assert json.loads(redis("GET", "000STUDENT#0000000012")) == STUDENTS[12]
+    assert redis("TTL", "000STUDENT#0000000012") == -1  # expire_time=0: persistent
+
+
+def test_readme_hash_example(cached: Daemon, redis: Resp) -> None:
+    calls: List[Any] = []
+    hcache = HashCacheClient(cached.socket, "Class", "Student", make_sync_func(calls),
+                             set_func=json.dumps, get_func=json.loads)
+
+    # This will set cache for ID: 12 for hash_id: 3
+    assert hcache.set(3, 12) == 1
+    assert json.loads(redis("HGET", "00000CLASS#0000000003", "000STUDENT#0000000012")) == STUDENTS[12]
+
+    # This will get cache for ID: 12 for hash_id: 3
+    assert hcache.get(3, 12) == STUDENTS[12]
+    assert len(calls) == 1
+    assert hcache.get(3, 14) == STUDENTS[14]
+    assert json.loads(redis("HGET", "00000CLASS#0000000003", "000STUDENT#0000000014")) == STUDENTS[14]
+    assert redis("TTL", "00000CLASS#0000000003") == -1
+
+    # This will delete the cache for ID: 12 for hash_id: 3
+    assert hcache.delete(3, 12) == 1
+    assert redis("HEXISTS", "00000CLASS#0000000003", "000STUDENT#0000000012") == 0
+    assert hcache.delete(3, 12) == 0
+
+    # This will delete the hash with hash_id: 3
+    assert hcache.delete_hash(3) == 1
+    assert redis("EXISTS", "00000CLASS#0000000003") == 0
+    assert hcache.delete_hash(3) == 0
+
+
+def test_readme_async_examples(cached: Daemon, redis: Resp) -> None:
+    calls: List[Any] = []
+
+    async def sync_func(student_id: int, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        await asyncio.sleep(0)
+        return make_sync_func(calls)(student_id, *args, **kwargs)
+
+    cache = CacheClient(cached.socket, "Student", sync_func, set_func=json.dumps, get_func=json.loads,
+                        expire_time=10, asynchronous=True)
+    hcache = HashCacheClient(cached.socket, "Class", "Student", sync_func, set_func=json.dumps,
+                             get_func=json.loads, asynchronous=True)
+
+    async def some_func() -> None:
+        data = await cache.get(23)
+        assert data == {"name": "Student 23"}
+        assert await cache.get(23) == data
+        assert await cache.set(13, data={"name": "John Doe", "age": 16}) == 1
+        assert await cache.get(14, age=15) == {"name": "Richard Roe", "age": 15}
+        assert await hcache.set(3, 12) == 1
+        assert await hcache.get(3, 12) == STUDENTS[12]
+        results = await asyncio.gather(*(cache.get(100 + i) for i in range(20)))
+        assert results == [{"name": "Student %d" % (100 + i)} for i in range(20)]
+
+    asyncio.run(some_func())
+    assert json.loads(redis("GET", "000STUDENT#0000000023")) == {"name": "Student 23"}
+    assert 0 < redis("TTL", "000STUDENT#0000000023") <= 10
+    assert json.loads(redis("GET", "000STUDENT#0000000013"))["name"] == "John Doe"
+    assert json.loads(redis("HGET", "00000CLASS#0000000003", "000STUDENT#0000000012")) == STUDENTS[12]
+    assert json.loads(redis("GET", "000STUDENT#0000000119")) == {"name": "Student 119"}
+    assert [c[0] for c in calls].count(23) == 1
+    assert cache.delete(23) == 1 and hcache.delete_hash(3) == 1
+
+
+def test_values_are_bytes_exactly(cached: Daemon, redis: Resp) -> None:
+    blob = bytes(range(256)) * 3
+    cache = CacheClient(cached.socket, "Blobs", lambda i: blob)
+    assert cache.set(1) == 1
+    assert redis("GET", "00000BLOBS#0000000001") == blob
+    assert cache.get(1) == blob
+    redis("SET", "00000BLOBS#0000000002", "d\xe9j\xe0 vu ☃".encode())
+    assert cache.get(2) == "d\xe9j\xe0 vu ☃".encode()
+    assert cache.set("name", data="text") == 1  # a str identity, used verbatim
+    assert redis("GET", "00000BLOBS#name") == b"text"
+    assert cache.set(-7, data=b"neg") == 1
+    assert redis("GET", "00000BLOBS#-000000007") == b"neg"
+
+
+def test_invalid_params(cached: Daemon) -> None:
+    cache = CacheClient(cached.socket, "Student", lambda i: "x")
+    with pytest.raises(InvalidParamsError):
+        cache.get("bad\nidentity")  # refused by the daemon (-32602)
+    with pytest.raises(LengthError):
+        CacheClient(cached.socket, "St", lambda i: "x").get(1)
+    assert cache.get(1) == "x"  # the connection is still fine
+
+
+def test_threads_share_one_client(cached: Daemon, redis: Resp) -> None:
+    calls: List[int] = []
+    lock = threading.Lock()
+
+    def sync_func(identity: int) -> str:
+        with lock:
+            calls.append(identity)
+        return "value-%d" % identity
+
+    cache = CacheClient(cached.socket, "Threads", sync_func)
+    errors: List[BaseException] = []
+    start = threading.Barrier(8)
+
+    def worker(n: int) -> None:
+        try:
+            start.wait()
+            for i in range(200):
+                identity = (n * 7 + i) % 50
+                value = cache.get(identity)
+                assert value in ("value-%d" % identity, b"value-%d" % identity), value
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(set(calls)) == 50 and len(calls) < 8 * 200  # fills happened, hits were served
+    for identity in range(50):
+        assert redis("GET", "000THREADS#%010d" % identity) == b"value-%d" % identity
+    # Connections are reused: one per thread (plus this thread's and the fixture's pings),
+    # not one per call.
+    stats = cache.connection.call("stats")
+    assert stats["connections"]["total"] < 20, stats["connections"]
+
+
+def test_fork_child_uses_its_own_socket(cached: Daemon, redis: Resp) -> None:
+    conn = Connection(cached.socket)
+    cache = CacheClient(conn, "Forks", lambda i: "v%d" % i)
+    assert cache.set(1) == 1
+    parent_inode = os.fstat(conn._local.state.sock.fileno()).st_ino
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            ok = cache.get(1) == b"v1" and cache.set(2) == 1 and cache.get(2) == b"v2"
+            child_inode = os.fstat(conn._local.state.sock.fileno()).st_ino
+            os.write(w, json.dumps({"ok": ok, "inode": child_inode}).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        report = json.loads(f.read() or b"{}")
+    os.waitpid(pid, 0)
+    assert report["ok"] is True
+    assert report["inode"] != parent_inode
+    # The parent's socket is untouched and still in use.
+    assert cache.get(2) == b"v2" and cache.get(1) == b"v1"
+    assert os.fstat(conn._local.state.sock.fileno()).st_ino == parent_inode
+    assert redis("GET", "00000FORKS#0000000002") == b"v2"
+
+
+def test_fallback_when_daemon_stops(daemon_bin: Path, redis_server: RedisServer, redis: Resp,
+                                    sockdir: Path) -> None:
+    daemon = Daemon(daemon_bin, sockdir, redis_server.url)
+    log = ListLog()
+    calls: List[Any] = []
+    cache = CacheClient(daemon.socket, "Fallback", make_sync_func(calls), set_func=json.dumps,
+                        get_func=json.loads, log=log)
+    hcache = HashCacheClient(daemon.socket, "Class", "Fallback", make_sync_func(calls), set_func=json.dumps,
+                             get_func=json.loads, log=log)
+    try:
+        assert cache.set(1) == 1 and hcache.set(3, 1) == 1  # connections are open now
+    finally:
+        daemon.stop()
+    assert log.errors == []
+    assert cache.get(1, 2, age=3) == {"name": "Student 1", "age": 3}
+    assert calls[-1] == (1, (2,), {"age": 3})
+    assert cache.set(1) == 0
+    assert cache.delete(1) == 0
+    assert hcache.get(3, 1) == {"name": "Student 1"}
+    assert hcache.set(3, 1) == 0 and hcache.delete(3, 1) == 0 and hcache.delete_hash(3) == 0
+    assert len(log.errors) == 7
+    # A daemon that was never there at all.
+    never = CacheClient(str(sockdir / "never.sock"), "Fallback", make_sync_func(calls), log=log)
+    assert never.get(5) == {"name": "Student 5"} and never.set(5) == 0 and never.delete(5) == 0
+    assert len(log.errors) == 10
+
+
+def test_fallback_when_redis_is_down(daemon_bin: Path, workdir: Path, sockdir: Path) -> None:
+    own_redis = RedisServer(sockdir / "redis")
+    daemon = Daemon(daemon_bin, sockdir, own_redis.url)
+    log = ListLog()
+    try:
+        cache = CacheClient(Connection(daemon.socket, timeout=20), "Outage", lambda i: "fresh-%d" % i, log=log)
+        assert cache.set(1, data="cached") == 1
+        own_redis.stop()
+        assert cache.get(1) in ("fresh-1", b"cached")  # a daemon-side copy may still answer
+        assert cache.get(2) == "fresh-2"
+        assert cache.set(3) == 0
+        assert log.errors, "the outage was not logged"
+    finally:
+        daemon.stop()
+        own_redis.stop()
