@@ -96,6 +96,8 @@ let package = Package(
             dependencies: [
                 "CachedCore",
                 "CachedTestSupport",
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
+                .product(name: "Logging", package: "swift-log"),
                 "CachedProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

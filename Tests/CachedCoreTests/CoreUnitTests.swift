@@ -1,0 +1,144 @@
+import CachedProtocol
+@testable import CachedCore
+import NIOCore
+import NIOEmbedded
+import Logging
+import NIOExtras
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Embedded store")
+struct EmbeddedStoreTests {
+    let loop = EmbeddedEventLoop()
+
+    func address(_ id: Int, hash: Int? = nil) -> EntryAddress {
+        EntryAddress(key: "Student", identity: .integer(String(id)), hash: hash.map { HashAddress(hashKey: "Class", hashId: .integer(String($0))) })
+    }
+
+    @Test func stringsHashesAndDeletes() throws {
+        let store = EmbeddedStore(maxBytes: 1 << 20)
+        try store.set(address(1), value: ByteBuffer(string: "a"), ttl: 0, on: loop).wait()
+        try store.set(address(1, hash: 3), value: ByteBuffer(string: "h"), ttl: 0, on: loop).wait()
+        #expect(try store.get(address(1), on: loop).wait() == ByteBuffer(string: "a"))
+        #expect(try store.get(address(1, hash: 3), on: loop).wait() == ByteBuffer(string: "h"))
+        #expect(try store.get(address(2, hash: 3), on: loop).wait() == nil)
+        #expect(try store.delete(address(1, hash: 3), on: loop).wait() == 1)
+        #expect(try store.delete(address(1, hash: 3), on: loop).wait() == 0)
+        // Deleting the last field removes the hash, like Redis.
+        #expect(try store.deleteHash(HashAddress(hashKey: "Class", hashId: .integer("3")), on: loop).wait() == 0)
+        #expect(try store.delete(address(1), on: loop).wait() == 1)
+        #expect(store.status().detail["keys"] == .number("0"))
+    }
+
+    @Test func expiry() throws {
+        let store = EmbeddedStore(maxBytes: 1 << 20)
+        try store.set(address(1), value: ByteBuffer(string: "a"), ttl: 0.05, on: loop).wait()
+        #expect(try store.get(address(1), on: loop).wait() != nil)
+        usleep(80_000)
+        #expect(try store.get(address(1), on: loop).wait() == nil)
+    }
+
+    @Test func leastRecentlyUsedIsEvictedWithinTheBudget() throws {
+        let store = EmbeddedStore(maxBytes: 10_000)
+        let value = ByteBuffer(repeating: 0x61, count: 1000)
+        for i in 0..<5 { try store.set(address(i), value: value, ttl: 0, on: loop).wait() }
+        _ = try store.get(address(0), on: loop).wait()  // 0 becomes most recent
+        for i in 5..<20 { try store.set(address(i), value: value, ttl: 0, on: loop).wait() }
+        let status = store.status()
+        #expect(Int(status.detail["bytes"].flatMap { if case .number(let n) = $0 { return n } else { return nil } } ?? "") ?? .max <= 10_000)
+        #expect(try store.get(address(19), on: loop).wait() != nil)
+        #expect(try store.get(address(1), on: loop).wait() == nil)
+        #expect(status.detail["evictions"] != .number("0"))
+    }
+}
+
+@Suite("Configuration")
+struct ConfigurationTests {
+    @Test func emptyFileIsValidAndDefaultsAreSafe() throws {
+        let c = try DaemonConfiguration(toml: "")
+        #expect(c == DaemonConfiguration())
+        #expect(c.socketMode == 0o660)
+        #expect(c.redisURL == nil)
+    }
+
+    @Test func fullFile() throws {
+        let c = try DaemonConfiguration(toml: """
+            socket = "/tmp/x.sock"
+            socket_mode = 0o600
+            redis = "redis://127.0.0.1:6379/0"
+            log_level = "debug"
+            [redis_options]
+            pool_size = 4
+            command_timeout = 0.5
+            [limits]
+            max_line_bytes = 65536
+            [embedded]
+            max_bytes = 1048576
+            [keys.Student]
+            ttl = 10
+            [keys.Fast]
+            ttl = 0.25
+            """)
+        #expect(c.socketPath == "/tmp/x.sock")
+        #expect(c.socketMode == 0o600)
+        #expect(c.redisURL == "redis://127.0.0.1:6379/0")
+        #expect(c.logLevel == .debug)
+        #expect(c.redis.poolSize == 4)
+        #expect(c.redis.commandTimeout == 0.5)
+        #expect(c.limits.maxLineBytes == 65536)
+        #expect(c.embedded.maxBytes == 1_048_576)
+        #expect(c.key("Student").ttl == 10)
+        #expect(c.key("Fast").ttl == 0.25)
+        #expect(c.key("Other").ttl == 0)
+    }
+
+    @Test(arguments: ["bogus = 1", "[limits]\nmax_depth = 1", "[keys.S]\nttl = \"x\"", "[keys.S]\nhandlr = []", "socket = 5", "log_level = \"loud\""])
+    func rejects(_ text: String) {
+        #expect(throws: ConfigurationError.self) { try DaemonConfiguration(toml: text) }
+    }
+}
+
+@Suite("Client connection handler (in-memory channel)")
+struct ClientConnectionHandlerTests {
+    func makeChannel(_ limits: DaemonConfiguration.Limits = .init()) throws -> EmbeddedChannel {
+        let dispatcher = RequestDispatcher(store: EmbeddedStore(maxBytes: 1 << 20), configuration: DaemonConfiguration(), logger: Logger(label: "test"))
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandlers([
+            ByteToMessageHandler(LineBasedFrameDecoder(), maximumBufferSize: limits.maxLineBytes),
+            ClientConnectionHandler(dispatcher: dispatcher, limits: limits, logger: Logger(label: "test")),
+        ])
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        return channel
+    }
+
+    func lines(_ channel: EmbeddedChannel) throws -> [String] {
+        channel.embeddedEventLoop.run()
+        var out: [String] = []
+        while let b = try channel.readOutbound(as: ByteBuffer.self) {
+            out += String(buffer: b).split(separator: "\n").map(String.init)
+        }
+        return out
+    }
+
+    @Test func answersEachLine() throws {
+        let channel = try makeChannel()
+        try channel.writeInbound(ByteBuffer(string: "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\r\n{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"get\",\"params\":{\"key\":\"abc\",\"identity\":1}}\n"))
+        #expect(try lines(channel) == [
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":\"pong\"}",
+            "{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"hit\":false,\"value\":null}}",
+        ])
+    }
+
+    @Test func overLongLineAnswersThenCloses() throws {
+        var limits = DaemonConfiguration.Limits()
+        limits.maxLineBytes = 300
+        let channel = try makeChannel(limits)
+        _ = try? channel.writeInbound(ByteBuffer(repeating: 0x61, count: 301))
+        let out = try lines(channel)
+        #expect(out.count == 1)
+        #expect(out.first?.contains("-32001") == true)
+        #expect(!channel.isActive)
+    }
+}
