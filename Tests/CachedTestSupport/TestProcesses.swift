@@ -33,7 +33,7 @@ public final class RedisServer: @unchecked Sendable {
     public let socketPath: String
     public let port: Int?
     public let password: String?
-    private var process: Process?
+    private var process: ChildProcess?
 
     public static var binary: String { ProcessInfo.processInfo.environment["REDIS_SERVER"] ?? "/usr/bin/redis-server" }
 
@@ -61,23 +61,17 @@ public final class RedisServer: @unchecked Sendable {
         "redis://\(password.map { ":\($0)@" } ?? "")127.0.0.1:\(port ?? 0)/0"
     }
 
-    public var pid: Int32? { process?.processIdentifier }
+    public var pid: Int32? { process?.pid }
 
     /// Starts (or restarts) the server on the same socket and port.
     public func start() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Self.binary)
         var args = [
             "--port", String(port ?? 0), "--bind", "127.0.0.1", "--unixsocket", socketPath, "--unixsocketperm", "700",
             "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", directory,
             "--logfile", directory + "/redis.log",
         ]
         if let password { args += ["--requirepass", password] }
-        p.arguments = args
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        process = p
+        process = try ChildProcess(Self.binary, args)
         guard try waitUntil(timeout: 10, { (try? cli(["PING"]))?.hasPrefix("PONG") == true || (try? cli(["PING"]))?.contains("NOAUTH") == true })
         else {
             throw HarnessError("redis-server did not start: \((try? String(contentsOfFile: directory + "/redis.log", encoding: .utf8)) ?? "")")
@@ -87,14 +81,14 @@ public final class RedisServer: @unchecked Sendable {
     /// Stops the server (SIGTERM, or SIGKILL to simulate a crash) and waits for it.
     public func stop(signal: Int32 = SIGTERM) {
         guard let p = process, p.isRunning else { return }
-        kill(p.processIdentifier, signal)
-        p.waitUntilExit()
+        p.signal(signal)
+        p.wait()
         process = nil
     }
 
     /// Sends SIGSTOP/SIGCONT.
     public func send(signal: Int32) {
-        if let p = process { kill(p.processIdentifier, signal) }
+        process?.signal(signal)
     }
 
     /// Runs `redis-cli` against this server and returns its output without the last newline.
@@ -105,19 +99,10 @@ public final class RedisServer: @unchecked Sendable {
 
     /// Runs `redis-cli` and returns the exact bytes of its output without the last newline.
     public func cliBytes(_ arguments: [String], raw: Bool = true) throws -> [UInt8] {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/redis-cli")
         var args = ["-s", socketPath]
         if raw { args.append("--raw") }
         if let password { args += ["-a", password, "--no-auth-warning"] }
-        p.arguments = args + arguments
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        var bytes = [UInt8](data)
+        var bytes = try ChildProcess.output("/usr/bin/redis-cli", args + arguments)
         if bytes.last == UInt8(ascii: "\n") { bytes.removeLast() }
         return bytes
     }
@@ -141,7 +126,7 @@ public final class DaemonProcess: @unchecked Sendable {
     public let directory: String
     public let socketPath: String
     public let logPath: String
-    private let process: Process
+    private let process: ChildProcess
 
     /// The `cached` executable: `$CACHED_BIN`, else next to the test bundle, else `<repo>/.build/debug/cached`.
     public static var binary: String {
@@ -160,17 +145,10 @@ public final class DaemonProcess: @unchecked Sendable {
         logPath = directory + "/cached.log"
         let configPath = directory + "/cached.toml"
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = ["--config", configPath, "--socket", socketPath] + arguments
         var env = ProcessInfo.processInfo.environment
         for (k, v) in environment { env[k] = v }
-        process.environment = env
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        let logHandle = FileHandle(forWritingAtPath: logPath)!
-        process.standardOutput = logHandle
-        process.standardError = logHandle
-        try process.run()
+        process = try ChildProcess(
+            Self.binary, ["--config", configPath, "--socket", socketPath] + arguments, outputPath: logPath, environment: env)
         if waitForReady {
             let ok = try waitUntil(timeout: 15) {
                 guard let client = try? LineClient(path: socketPath) else { return false }
@@ -182,13 +160,13 @@ public final class DaemonProcess: @unchecked Sendable {
 
     deinit {
         if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            process.signal(SIGKILL)
+            process.wait()
         }
         try? FileManager.default.removeItem(atPath: directory)
     }
 
-    public var pid: Int32 { process.processIdentifier }
+    public var pid: Int32 { process.pid }
     public var isRunning: Bool { process.isRunning }
 
     /// The daemon's log so far.
@@ -199,10 +177,10 @@ public final class DaemonProcess: @unchecked Sendable {
     /// Sends a signal and waits for exit (up to `timeout`); returns the exit status, or nil if still running.
     @discardableResult
     public func stop(signal: Int32 = SIGTERM, timeout: Double = 15) -> Int32? {
-        guard process.isRunning else { return process.terminationStatus }
-        kill(process.processIdentifier, signal)
+        guard process.isRunning else { return process.exitCode }
+        process.signal(signal)
         _ = try? waitUntil(timeout: timeout) { !process.isRunning }
-        return process.isRunning ? nil : process.terminationStatus
+        return process.exitCode
     }
 
     /// A new client connected to this daemon.

@@ -1,0 +1,42 @@
+# cached: build, run and test. `make run` and `make test` are all a fresh machine needs.
+SWIFT ?= swift
+PYTHON ?= python3
+PREFIX ?= /usr/local
+DESTDIR ?=
+RUN_DIR := $(CURDIR)/run
+REDIS_URL ?=
+
+.PHONY: all deps build release run test test-swift test-python clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+## Start cached in the foreground with the example configuration, on run/cached.sock.
+## Uses the embedded store unless REDIS_URL is set (e.g. REDIS_URL=redis://127.0.0.1:6379/0).
+run: build
+	@mkdir -p $(RUN_DIR)
+	@echo "cached: serving on $(RUN_DIR)/cached.sock; try: echo '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}' | socat - UNIX-CONNECT:$(RUN_DIR)/cached.sock"
+	$$($(SWIFT) build --show-bin-path)/cached --config examples/cached.toml --socket $(RUN_DIR)/cached.sock $(if $(REDIS_URL),--redis "$(REDIS_URL)")
+
+## Every suite. Each test starts its own private redis-server (temp dir, Unix socket or free port)
+## and its own cached process, and stops them.
+test: build
+	$(MAKE) test-swift
+	$(MAKE) test-python
+
+test-swift:
+	$(SWIFT) test
+
+test-python:
+	CACHED_BIN=$$($(SWIFT) build --show-bin-path)/cached $(PYTHON) -m pytest clients/python/tests -q
+
+clean:
+	rm -rf .build run

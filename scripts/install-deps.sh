@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what building and testing cached needs, skipping what is already there.
+# Debian packages: hiredis and libsystemd headers, redis-server/redis-cli, socat, systemd tooling.
+# Python packages: pytest for the shim's suite.
+set -euo pipefail
+
+packages=(libhiredis-dev libsystemd-dev redis-server redis-tools socat systemd)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing Debian packages: ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    # The package starts a system redis-server on 6379; the tests never use it (they start their own).
+fi
+
+PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c "import pytest" 2>/dev/null; then
+    echo "installing pytest"
+    "$PYTHON" -m pip install --quiet pytest
+fi
