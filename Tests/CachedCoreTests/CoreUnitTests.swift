@@ -80,6 +80,14 @@ struct ConfigurationTests {
             ttl = 10
             [keys.Fast]
             ttl = 0.25
+            negative_ttl = 2
+            [keys.Loaded]
+            handler = ["python3", "-m", "school.loaders", "student"]
+            workers = 4
+            timeout = 2.5
+            environment = { SCHOOL_DB = "postgres://x" }
+            working_directory = "/srv"
+            queue_limit = 10
             """)
         #expect(c.socketPath == "/tmp/x.sock")
         #expect(c.socketMode == 0o600)
@@ -92,9 +100,18 @@ struct ConfigurationTests {
         #expect(c.key("Student").ttl == 10)
         #expect(c.key("Fast").ttl == 0.25)
         #expect(c.key("Other").ttl == 0)
+        #expect(c.key("Fast").negativeTTL == 2)
+        #expect(c.key("Student").handler == nil)
+        let handler = try #require(c.key("Loaded").handler)
+        #expect(handler.command == ["python3", "-m", "school.loaders", "student"])
+        #expect(handler.workers == 4)
+        #expect(handler.timeout == 2.5)
+        #expect(handler.environment == ["SCHOOL_DB": "postgres://x"])
+        #expect(handler.workingDirectory == "/srv")
+        #expect(handler.queueLimit == 10)
     }
 
-    @Test(arguments: ["bogus = 1", "[limits]\nmax_depth = 1", "[keys.S]\nttl = \"x\"", "[keys.S]\nhandlr = []", "socket = 5", "log_level = \"loud\""])
+    @Test(arguments: ["bogus = 1", "[limits]\nmax_depth = 1", "[keys.S]\nttl = \"x\"", "[keys.S]\nhandlr = []", "socket = 5", "log_level = \"loud\"", "[keys.S]\nhandler = []", "[keys.S]\nhandler = [1]", "[keys.S]\nworkers = 2"])
     func rejects(_ text: String) {
         #expect(throws: ConfigurationError.self) { try DaemonConfiguration(toml: text) }
     }

@@ -52,6 +52,25 @@ extension DaemonConfiguration {
                 guard var k = try t.table(name) else { continue }
                 var key = KeyConfiguration()
                 if let v = try k.seconds("ttl") { key.ttl = v }
+                if let v = try k.seconds("negative_ttl") { key.negativeTTL = v }
+                if let v = try k.seconds("lease_timeout") { key.leaseTimeout = max(v, 0.01) }
+                if let v = try k.seconds("wait_timeout") { key.waitTimeout = max(v, 0.01) }
+                if let v = try k.int("fallback_concurrency", range: 0...1024) { key.fallbackConcurrency = v }
+                if let command = try k.stringArray("handler") {
+                    guard !command.isEmpty, !command[0].isEmpty else {
+                        throw ConfigurationError("keys.\(name).handler must name a program")
+                    }
+                    var handler = HandlerConfiguration(command: command)
+                    if let v = try k.int("workers", range: 1...256) { handler.workers = v }
+                    if let v = try k.seconds("timeout") { handler.timeout = max(v, 0.001) }
+                    if let v = try k.stringTable("environment") { handler.environment = v }
+                    if let v = try k.string("working_directory") { handler.workingDirectory = v }
+                    if let v = try k.int("queue_limit", range: 0...1_000_000) { handler.queueLimit = v }
+                    if let v = try k.seconds("restart_min_delay") { handler.restartMinDelay = v }
+                    if let v = try k.seconds("restart_max_delay") { handler.restartMaxDelay = v }
+                    if let v = try k.int("max_line_bytes", range: 1024...(1 << 30)) { handler.maxLineBytes = v }
+                    key.handler = handler
+                }
                 try k.finish()
                 keys[name] = key
             }
@@ -114,6 +133,30 @@ struct TableReader {
             throw ConfigurationError("\(name(key)) must be between 0 and 1e9 seconds")
         }
         return seconds
+    }
+
+    mutating func stringArray(_ key: String) throws(ConfigurationError) -> [String]? {
+        used.insert(key)
+        guard let value = table[key] else { return nil }
+        guard let array = value.array else { throw ConfigurationError("\(name(key)) must be an array of strings") }
+        var result: [String] = []
+        for element in array {
+            guard let s = element.string else { throw ConfigurationError("\(name(key)) must be an array of strings") }
+            result.append(s)
+        }
+        return result
+    }
+
+    mutating func stringTable(_ key: String) throws(ConfigurationError) -> [String: String]? {
+        used.insert(key)
+        guard let value = table[key] else { return nil }
+        guard let t = value.table else { throw ConfigurationError("\(name(key)) must be a table of strings") }
+        var result: [String: String] = [:]
+        for k in t.keys {
+            guard let s = t[k]?.string else { throw ConfigurationError("\(name(key)).\(k) must be a string") }
+            result[k] = s
+        }
+        return result
     }
 
     mutating func table(_ key: String) throws(ConfigurationError) -> TableReader? {

@@ -56,7 +56,43 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public struct KeyConfiguration: Sendable, Equatable {
         /// Default TTL in seconds for entries stored without an explicit `ttl`; 0 = no expiry.
         public var ttl: Double = 0
-        public init(ttl: Double = 0) { self.ttl = ttl }
+        /// The sync handler that fills a missing entry; nil = clients fill it themselves under a lease.
+        public var handler: HandlerConfiguration?
+        /// Seconds a "no such entry" answer from the handler is remembered (in the daemon only); 0 = never.
+        public var negativeTTL: Double = 0
+        /// Seconds a lease is held for a client fill before the next waiter gets a new lease.
+        public var leaseTimeout: Double = 5
+        /// Seconds a waiter waits for another caller's fill before giving up with a timeout error.
+        public var waitTimeout: Double = 10
+        /// Handler calls at once for this key while the store is unavailable (fallback cap).
+        public var fallbackConcurrency = 2
+        public init(ttl: Double = 0, handler: HandlerConfiguration? = nil) {
+            self.ttl = ttl
+            self.handler = handler
+        }
+    }
+
+    /// How a key's sync handler runs: long-lived worker processes speaking JSON-RPC on stdin/stdout.
+    public struct HandlerConfiguration: Sendable, Equatable {
+        /// The worker program and its arguments (`argv[0]` is looked up in `PATH`).
+        public var command: [String]
+        /// Worker processes kept running.
+        public var workers = 1
+        /// Seconds one sync call may take; past it the call fails and the worker is replaced.
+        public var timeout = 5.0
+        /// Extra environment variables for the workers (added to the daemon's environment).
+        public var environment: [String: String] = [:]
+        /// Working directory of the workers; nil = the daemon's.
+        public var workingDirectory: String?
+        /// Calls that may wait for a free worker; beyond it callers get the overload error.
+        public var queueLimit = 1000
+        /// Restart backoff after a worker exits: first delay, doubled per consecutive failure up to the maximum.
+        public var restartMinDelay = 0.1
+        public var restartMaxDelay = 5.0
+        /// Longest answer line a worker may write, in bytes.
+        public var maxLineBytes = 16 * 1024 * 1024
+
+        public init(command: [String]) { self.command = command }
     }
 
     /// The configuration of a key, or the defaults.
