@@ -54,7 +54,6 @@ extension DaemonConfiguration {
                 if let v = try k.seconds("ttl") { key.ttl = v }
                 if let v = try k.seconds("negative_ttl") { key.negativeTTL = v }
                 if let v = try k.seconds("lease_timeout") { key.leaseTimeout = max(v, 0.01) }
-                if let v = try k.seconds("wait_timeout") { key.waitTimeout = max(v, 0.01) }
                 if let v = try k.int("fallback_concurrency", range: 0...1024) { key.fallbackConcurrency = v }
                 if let command = try k.stringArray("handler") {
                     guard !command.isEmpty, !command[0].isEmpty else {

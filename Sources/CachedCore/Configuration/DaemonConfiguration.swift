@@ -62,8 +62,6 @@ public struct DaemonConfiguration: Sendable, Equatable {
         public var negativeTTL: Double = 0
         /// Seconds a lease is held for a client fill before the next waiter gets a new lease.
         public var leaseTimeout: Double = 5
-        /// Seconds a waiter waits for another caller's fill before giving up with a timeout error.
-        public var waitTimeout: Double = 10
         /// Handler calls at once for this key while the store is unavailable (fallback cap).
         public var fallbackConcurrency = 2
         public init(ttl: Double = 0, handler: HandlerConfiguration? = nil) {
@@ -96,7 +94,11 @@ public struct DaemonConfiguration: Sendable, Equatable {
     }
 
     /// The configuration of a key, or the defaults.
+    ///
+    /// Names match without regard to case, as the store does (`Student` and `student` are one entry).
     public func key(_ name: String) -> KeyConfiguration {
-        keys[name] ?? KeyConfiguration()
+        if let exact = keys[name] { return exact }
+        let upper = name.uppercased()
+        return keys.first { $0.key.uppercased() == upper }?.value ?? KeyConfiguration()
     }
 }

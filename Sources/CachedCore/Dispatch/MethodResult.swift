@@ -5,8 +5,12 @@ import NIOCore
 public enum MethodResult: Sendable {
     /// `{hit, value}` (+ `encoding` for binary values). The value's bytes are spliced in unparsed.
     case get(hit: Bool, value: ByteBuffer?)
+    /// A miss answered by a fill: `{hit: false, value, lease?, cached?}`; `cached` is written only when false.
+    case fill(value: ByteBuffer?, lease: String?, cached: Bool)
     /// `{stored}`.
     case stored(Bool)
+    /// `{stored: false, reason}`.
+    case storedRefused(String)
     /// `{deleted}`.
     case deleted(Int)
     /// `"pong"`.
@@ -26,6 +30,23 @@ extension ByteBuffer {
             } else {
                 self.writeStaticString("\"value\":null")
             }
+            self.writeInteger(UInt8(ascii: "}"))
+        case .fill(let value, let lease, let cached):
+            self.writeStaticString("{\"hit\":false,")
+            if let value {
+                self.writeValueMember(value)
+            } else {
+                self.writeStaticString("\"value\":null")
+            }
+            if let lease {
+                self.writeStaticString(",\"lease\":")
+                self.writeJSONString(lease)
+            }
+            if !cached { self.writeStaticString(",\"cached\":false") }
+            self.writeInteger(UInt8(ascii: "}"))
+        case .storedRefused(let reason):
+            self.writeStaticString("{\"stored\":false,\"reason\":")
+            self.writeJSONString(reason)
             self.writeInteger(UInt8(ascii: "}"))
         case .stored(let stored):
             self.writeStaticString(stored ? "{\"stored\":true}" : "{\"stored\":false}")

@@ -3,17 +3,24 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// Runs one request: validates its params, talks to the store, counts it.
+/// Runs one request: validates its params, talks to the store, fills misses, counts it.
 public final class RequestDispatcher: Sendable {
     public let store: any CacheStore
     public let stats: Stats
+    public let coordinator: FillCoordinator
+    public let handlers: HandlerRegistry
     private let configuration: NIOLockedValueBox<DaemonConfiguration>
     private let startTime = NIODeadline.now()
     private let logger: Logger
 
-    public init(store: any CacheStore, configuration: DaemonConfiguration, stats: Stats = Stats(), logger: Logger) {
+    public init(
+        store: any CacheStore, configuration: DaemonConfiguration, handlers: HandlerRegistry? = nil,
+        stats: Stats = Stats(), logger: Logger
+    ) {
         self.store = store
         self.stats = stats
+        self.coordinator = FillCoordinator()
+        self.handlers = handlers ?? HandlerRegistry(factory: { key, _ in UnavailableHandler(key: key) })
         self.configuration = NIOLockedValueBox(configuration)
         self.logger = logger
     }
@@ -28,8 +35,14 @@ public final class RequestDispatcher: Sendable {
         configuration.withLockedValue { $0 = new }
     }
 
+    /// A client connection closed: its leases pass on, its waits end.
+    public func connectionClosed(_ connection: ConnectionID) {
+        coordinator.connectionClosed(connection)
+    }
+
     /// Runs a request. The future fails only with ``CachedError``.
-    public func dispatch(_ request: JSONRPCRequest, on eventLoop: any EventLoop) -> EventLoopFuture<MethodResult> {
+    public func dispatch(_ request: JSONRPCRequest, context: RequestContext) -> EventLoopFuture<MethodResult> {
+        let eventLoop = context.eventLoop
         guard let method = CachedMethod(rawValue: request.method) else {
             stats.record(method: request.method, key: nil, outcome: .error)
             return eventLoop.makeFailedFuture(
@@ -40,29 +53,23 @@ public final class RequestDispatcher: Sendable {
             switch method {
             case .get:
                 let params = try GetParams(request.params)
-                let key = params.address.key
-                return store.get(params.address, on: eventLoop)
-                    .map { value in MethodResult.get(hit: value != nil, value: value) }
-                    .counted(self, method: "get", key: key) { result in
-                        if case .get(let hit, _) = result { return hit ? .hit : .miss }
-                        return .ok
+                return get(params, context: context)
+                    .counted(self, method: "get", key: params.address.key) { result in
+                        if case .get(let hit, _) = result, hit { return .hit }
+                        return .miss
                     }
             case .set:
                 let params = try SetParams(request.params)
-                guard let value = params.value else {
-                    throw CachedError(.invalidParams, "set: missing parameter \"value\" (key \(params.address.key) has no handler to fill it)")
-                }
-                let ttl = params.ttl ?? currentConfiguration.key(params.address.key).ttl
-                return store.set(params.address, value: value, ttl: ttl, on: eventLoop)
-                    .map { MethodResult.stored(true) }
-                    .counted(self, method: "set", key: params.address.key)
+                return set(params, context: context).counted(self, method: "set", key: params.address.key)
             case .delete:
                 let params = try DeleteParams(request.params)
+                coordinator.entryDeleted(FillCoordinator.EntryKey(params.address))
                 return store.delete(params.address, on: eventLoop)
                     .map { MethodResult.deleted($0) }
                     .counted(self, method: "delete", key: params.address.key)
             case .deleteHash:
                 let params = try DeleteHashParams(request.params)
+                coordinator.hashDeleted(params.hash.storeKey)
                 return store.deleteHash(params.hash, on: eventLoop)
                     .map { MethodResult.deleted($0) }
                     .counted(self, method: "deleteHash", key: params.hash.hashKey)
@@ -73,18 +80,166 @@ public final class RequestDispatcher: Sendable {
             case .stats:
                 _ = try EmptyParams(request.params, method: "stats")
                 stats.record(method: "stats", key: nil, outcome: .ok)
-                let uptime = Double((NIODeadline.now() - startTime).nanoseconds) / 1e9
-                return eventLoop.makeSucceededFuture(.json(stats.snapshot(store: store.status(), uptimeSeconds: uptime)))
+                return eventLoop.makeSucceededFuture(.json(statsSnapshot()))
             }
-        } catch let error as CachedError {
+        } catch {
+            // Only parameter validation throws here, and only CachedError.
             stats.record(method: request.method, key: nil, outcome: .error)
             return eventLoop.makeFailedFuture(error)
-        } catch {
-            stats.record(method: request.method, key: nil, outcome: .error)
-            logger.error("internal error", metadata: ["error": "\(error)"])
-            return eventLoop.makeFailedFuture(CachedError(.internalError, "Internal error"))
         }
     }
+
+    func statsSnapshot() -> JSONValue {
+        let uptime = Double((NIODeadline.now() - startTime).nanoseconds) / 1e9
+        guard case .object(var members) = stats.snapshot(store: store.status(), uptimeSeconds: uptime) else { return .null }
+        members["fills"] = coordinator.statistics
+        members["handlers"] = handlers.status
+        return .object(members)
+    }
+
+    // MARK: get
+
+    private func get(_ params: GetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
+        let eventLoop = context.eventLoop
+        let address = params.address
+        let keyConfig = currentConfiguration.key(address.key)
+        let entry = FillCoordinator.EntryKey(address)
+        let handler = handlers.handler(for: address.key)
+        return store.get(address, on: eventLoop).flatMap { value -> EventLoopFuture<MethodResult> in
+            if let value { return eventLoop.makeSucceededFuture(.get(hit: true, value: value)) }
+            if self.coordinator.isKnownAbsent(entry) {
+                return eventLoop.makeSucceededFuture(.get(hit: false, value: nil))
+            }
+            if let handler {
+                return self.coordinator.handlerFill(entry, on: eventLoop) { stillValid in
+                    self.fillAndStore(handler, params.address, params.arguments, keyConfig, ttl: keyConfig.ttl, recheck: true, stillValid: stillValid, on: eventLoop)
+                }.map(Self.result(of:))
+            }
+            return self.coordinator.leaseMiss(entry, context: context, leaseTimeout: keyConfig.leaseTimeout).map(Self.result(of:))
+        }.flatMapError { error -> EventLoopFuture<MethodResult> in
+            // The store is down: a key with a handler still answers, from the handler, capped per key.
+            guard let handler, let cached = error as? CachedError, cached.code == .storeUnavailable || cached.code == .storeTimeout,
+                keyConfig.fallbackConcurrency > 0
+            else { return eventLoop.makeFailedFuture(error) }
+            return self.coordinator.handlerFill(entry, on: eventLoop) { _ in
+                guard self.coordinator.acquireFallback(address.key.uppercased(), limit: keyConfig.fallbackConcurrency) else {
+                    return eventLoop.makeFailedFuture(
+                        CachedError(.overloaded, "store unavailable and \(keyConfig.fallbackConcurrency) handler calls already running for key \(address.key)"))
+                }
+                return self.callHandler(handler, address, params.arguments, on: eventLoop)
+                    .map { ($0, false) }
+                    .always { _ in self.coordinator.releaseFallback(address.key.uppercased()) }
+            }.map(Self.result(of:))
+        }
+    }
+
+    static func result(of answer: FillCoordinator.Answer) -> MethodResult {
+        switch answer {
+        case .value(let value, let cached): .fill(value: value, lease: nil, cached: cached)
+        case .lease(let token): .fill(value: nil, lease: token, cached: true)
+        }
+    }
+
+    /// Runs the handler and stores its value (unless the entry was written or deleted meanwhile).
+    /// With `recheck`, reads the store once more first: a miss that raced with a finished fill finds the value there.
+    private func fillAndStore(
+        _ handler: any SyncHandler, _ address: EntryAddress, _ arguments: HandlerArguments,
+        _ keyConfig: DaemonConfiguration.KeyConfiguration, ttl: Double, recheck: Bool,
+        stillValid: @escaping @Sendable () -> Bool, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<(ByteBuffer?, Bool)> {
+        let existing: EventLoopFuture<ByteBuffer?> =
+            recheck ? store.get(address, on: eventLoop).recover { _ in nil } : eventLoop.makeSucceededFuture(nil)
+        return existing.flatMap { existing in
+            if let existing { return eventLoop.makeSucceededFuture((existing, true)) }
+            return self.callHandler(handler, address, arguments, on: eventLoop).flatMap { value in
+                guard let value else {
+                    self.coordinator.rememberAbsent(FillCoordinator.EntryKey(address), for: keyConfig.negativeTTL)
+                    return eventLoop.makeSucceededFuture((nil, false))
+                }
+                guard stillValid() else { return eventLoop.makeSucceededFuture((value, false)) }
+                return self.store.set(address, value: value, ttl: ttl, on: eventLoop)
+                    .map { (value, true) }
+                    .recover { error in
+                        self.logger.warning("could not store a filled entry", metadata: ["entry": "\(address)", "error": "\(error)"])
+                        return (value, false)
+                    }
+            }
+        }
+    }
+
+    private func callHandler(
+        _ handler: any SyncHandler, _ address: EntryAddress, _ arguments: HandlerArguments, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<ByteBuffer?> {
+        let promise = eventLoop.makePromise(of: ByteBuffer?.self)
+        promise.completeWithTask {
+            try await handler.call(address, arguments: arguments)
+        }
+        return promise.futureResult
+    }
+
+    // MARK: set
+
+    private func set(_ params: SetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
+        let eventLoop = context.eventLoop
+        let address = params.address
+        let keyConfig = currentConfiguration.key(address.key)
+        let ttl = params.ttl ?? keyConfig.ttl
+        let entry = FillCoordinator.EntryKey(address)
+
+        guard let value = params.value else {
+            // pyredis-cache's set(identity) without data: fill from the key's handler and store.
+            guard let handler = handlers.handler(for: address.key) else {
+                return eventLoop.makeFailedFuture(
+                    CachedError(.invalidParams, "set: missing parameter \"value\" (key \(address.key) has no handler to fill it)"))
+            }
+            _ = coordinator.entryWritten(entry)
+            return coordinator.handlerFill(entry, on: eventLoop) { stillValid in
+                self.fillAndStore(handler, address, params.arguments, keyConfig, ttl: ttl, recheck: false, stillValid: stillValid, on: eventLoop)
+            }.map { answer in
+                if case .value(let v, let stored) = answer {
+                    if v == nil { return .storedRefused("the handler has no such entry") }
+                    return stored ? .stored(true) : .storedRefused("the filled value could not be stored")
+                }
+                return .stored(false)
+            }
+        }
+
+        if let token = params.lease {
+            let (accepted, waiters) = coordinator.redeemLease(entry, token: token)
+            guard accepted else {
+                return eventLoop.makeSucceededFuture(
+                    .storedRefused("lease no longer valid: the entry was written or deleted, or the lease expired"))
+            }
+            return store.set(address, value: value, ttl: ttl, on: eventLoop).map {
+                for waiter in waiters { waiter.succeed(.value(value, cached: true)) }
+                return MethodResult.stored(true)
+            }.flatMapErrorThrowing { error in
+                for waiter in waiters { waiter.succeed(.value(value, cached: false)) }
+                throw error
+            }
+        }
+
+        let waiters = coordinator.entryWritten(entry)
+        return store.set(address, value: value, ttl: ttl, on: eventLoop).map {
+            for waiter in waiters { waiter.succeed(.value(value, cached: true)) }
+            return MethodResult.stored(true)
+        }.flatMapErrorThrowing { error in
+            for waiter in waiters { waiter.succeed(.value(value, cached: false)) }
+            throw error
+        }
+    }
+}
+
+/// Stands in for a handler nobody built (a dispatcher made without a registry).
+struct UnavailableHandler: ManagedSyncHandler {
+    let key: String
+    func call(_ address: EntryAddress, arguments: HandlerArguments) async throws(CachedError) -> ByteBuffer? {
+        throw CachedError(.handlerError, "no handler available for key \(key)")
+    }
+    func start() async {}
+    func shutdown() async {}
+    var status: JSONValue { .null }
+    var callCount: Int { 0 }
 }
 
 extension EventLoopFuture where Value == MethodResult {

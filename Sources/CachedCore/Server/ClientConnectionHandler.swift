@@ -1,3 +1,4 @@
+import Atomics
 import CachedProtocol
 import Logging
 import NIOCore
@@ -23,11 +24,20 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     private var quiescing = false
     private var closing = false
     private var flushScheduled = false
+    private let connectionID: ConnectionID
+
+    private static let nextConnectionID = ManagedAtomic<UInt64>(1)
 
     init(dispatcher: RequestDispatcher, limits: DaemonConfiguration.Limits, logger: Logger) {
         self.dispatcher = dispatcher
         self.limits = limits
         self.logger = logger
+        self.connectionID = ConnectionID(Self.nextConnectionID.loadThenWrappingIncrement(ordering: .relaxed))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        dispatcher.connectionClosed(connectionID)
+        context.fireChannelInactive()
     }
 
     // MARK: Inbound
@@ -53,7 +63,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     }
 
     private func run(_ request: JSONRPCRequest, context: ChannelHandlerContext) {
-        let future = dispatcher.dispatch(request, on: context.eventLoop)
+        let future = dispatcher.dispatch(request, context: RequestContext(eventLoop: context.eventLoop, connection: connectionID))
         started(context: context)
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         future.hop(to: context.eventLoop).whenComplete { result in
@@ -75,7 +85,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
                 futures.append(context.eventLoop.makeSucceededFuture((id, .failure(error))))
             case .request(let request):
                 futures.append(
-                    dispatcher.dispatch(request, on: context.eventLoop).hop(to: context.eventLoop)
+                    dispatcher.dispatch(request, context: RequestContext(eventLoop: context.eventLoop, connection: connectionID)).hop(to: context.eventLoop)
                         .map { (request.id, .success($0)) }
                         .recover { (request.id, .failure(($0 as? CachedError) ?? CachedError(.internalError, "Internal error"))) })
             }

@@ -1,0 +1,25 @@
+import CachedProtocol
+import NIOCore
+
+/// Something that produces the value of a missing entry: a key's worker pool.
+public protocol SyncHandler: Sendable {
+    /// The value, or nil for "no such entry". Throws only ``CachedError``.
+    func call(_ address: EntryAddress, arguments: HandlerArguments) async throws(CachedError) -> ByteBuffer?
+}
+
+/// Identifies a client connection (lease holders and waiters belong to one).
+public struct ConnectionID: Hashable, Sendable, CustomStringConvertible {
+    public var rawValue: UInt64
+    public init(_ rawValue: UInt64) { self.rawValue = rawValue }
+    public var description: String { "#\(rawValue)" }
+}
+
+/// Where a request came from.
+public struct RequestContext: Sendable {
+    public var eventLoop: any EventLoop
+    public var connection: ConnectionID
+    public init(eventLoop: any EventLoop, connection: ConnectionID) {
+        self.eventLoop = eventLoop
+        self.connection = connection
+    }
+}
