@@ -25,6 +25,12 @@ let package = Package(
             providers: [.apt(["libhiredis-dev"])]
         ),
 
+        .systemLibrary(
+            name: "CSystemd",
+            pkgConfig: "libsystemd",
+            providers: [.apt(["libsystemd-dev"])]
+        ),
+
         // MARK: Libraries
         .target(
             name: "CachedProtocol",
@@ -48,11 +54,13 @@ let package = Package(
             dependencies: [
                 "CachedProtocol",
                 "CachedRedis",
+                "CSystemd",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
                 .product(name: "Atomics", package: "swift-atomics"),
             ]

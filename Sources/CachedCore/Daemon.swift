@@ -3,15 +3,30 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import UnixSignals
 
-/// The whole daemon: event loops, the store, the server; run until SIGTERM/SIGINT.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The whole daemon: event loops, the store, the sync handlers, the server; run until SIGTERM/SIGINT.
 public struct Daemon: Sendable {
     public var configuration: DaemonConfiguration
     public var logger: Logger
+    /// Re-reads the configuration on SIGHUP; nil disables reloading.
+    public var reload: (@Sendable () throws -> DaemonConfiguration)?
+    /// Builds a key's sync handler.
+    public var handlerFactory: HandlerRegistry.Factory
 
-    public init(configuration: DaemonConfiguration, logger: Logger) {
+    public init(
+        configuration: DaemonConfiguration, logger: Logger,
+        reload: (@Sendable () throws -> DaemonConfiguration)? = nil,
+        handlerFactory: @escaping HandlerRegistry.Factory
+    ) {
         self.configuration = configuration
         self.logger = logger
+        self.reload = reload
+        self.handlerFactory = handlerFactory
     }
 
     /// Builds the store the configuration asks for.
@@ -27,24 +42,52 @@ public struct Daemon: Sendable {
         return RedisCacheStore(pool: RedisConnectionPool(configuration: redis, group: group, logger: logger))
     }
 
-    /// Runs until a graceful shutdown signal, then drains and stops.
+    /// Runs until a graceful shutdown signal, then drains and stops. A second signal stops at once.
     public func run() async throws {
         let threads = configuration.threads > 0 ? configuration.threads : System.coreCount
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        // Adopt systemd's socket first: this also clears LISTEN_* so worker processes do not inherit them.
+        let listener: CacheServer.Listener
+        if let fd = try Systemd.adoptListeningSocket() {
+            listener = .adopted(fd)
+        } else {
+            listener = .path(configuration.socketPath)
+        }
         let store = try Self.makeStore(configuration, group: group, logger: logger)
-        let dispatcher = RequestDispatcher(store: store, configuration: configuration, logger: logger)
-        let server = CacheServer(
-            listener: .path(configuration.socketPath), configuration: configuration, dispatcher: dispatcher,
-            group: group, logger: logger)
-        let storeService = StoreService(store: store)
+        let handlers = HandlerRegistry(factory: handlerFactory)
+        let dispatcher = RequestDispatcher(store: store, configuration: configuration, handlers: handlers, logger: logger)
+        let server = CacheServer(listener: listener, configuration: configuration, dispatcher: dispatcher, group: group, logger: logger)
+        let main = MainService(store: store, handlers: handlers, server: server, dispatcher: dispatcher, configuration: configuration, logger: logger)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: main)]
+        if let reload {
+            services.append(.init(service: ReloadService(reload: reload, dispatcher: dispatcher, handlers: handlers, logger: logger)))
+        }
+        if Systemd.notificationsEnabled {
+            services.append(
+                .init(
+                    service: NotifyService(server: server, dispatcher: dispatcher, group: group, logger: logger),
+                    successTerminationBehavior: .ignore))
+        }
         let serviceGroup = ServiceGroup(
             configuration: .init(
-                services: [
-                    .init(service: storeService),
-                    .init(service: server),
-                ],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
+        // The first SIGTERM/SIGINT starts a graceful shutdown (the service group); a second ends at once.
+        let socketToRemove: String? = if case .path(let p) = listener { p } else { nil }
+        let logger = self.logger
+        let secondSignal = Task {
+            var seen = 0
+            for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) {
+                seen += 1
+                if seen >= 2 {
+                    logger.warning("second stop signal: exiting now")
+                    if let socketToRemove { unlink(socketToRemove) }
+                    exit(1)
+                }
+            }
+        }
+        defer { secondSignal.cancel() }
         logger.info(
             "starting cached",
             metadata: ["store": "\(configuration.redisURL == nil ? "embedded" : "redis")", "threads": "\(threads)"])
@@ -59,13 +102,144 @@ public struct Daemon: Sendable {
     }
 }
 
-/// Connects the store at start, closes it at shutdown (after the server has drained: services stop in reverse order).
-struct StoreService: Service {
+// MARK: - Services
+
+/// Starts the store, then the handlers, then serves; at shutdown stops in the reverse order.
+struct MainService: Service {
     let store: any CacheStore
+    let handlers: HandlerRegistry
+    let server: CacheServer
+    let dispatcher: RequestDispatcher
+    let configuration: DaemonConfiguration
+    let logger: Logger
 
     func run() async throws {
         await store.start()
-        try? await gracefulShutdown()
+        await handlers.apply(configuration)
+        let store = self.store
+        let dispatcher = self.dispatcher
+        try await server.run(
+            onReady: {
+                let status = store.status()
+                Systemd.notify("READY=1\nSTATUS=\(NotifyService.statusLine(dispatcher: dispatcher, connections: 0))")
+                if !status.available {
+                    self.logger.warning("started degraded: the store is unavailable; requests fail fast until it returns")
+                }
+            },
+            onStopping: {
+                Systemd.notify("STOPPING=1\nSTATUS=Stopping: draining in-flight requests")
+            })
+        await handlers.shutdown()
         await store.shutdown()
+    }
+}
+
+/// Reloads the configuration on SIGHUP: key settings (TTLs, handlers, leases) and access lists change live.
+struct ReloadService: Service {
+    let reload: @Sendable () throws -> DaemonConfiguration
+    let dispatcher: RequestDispatcher
+    let handlers: HandlerRegistry
+    let logger: Logger
+
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        for await _ in signals.cancelOnGracefulShutdown() {
+            Systemd.notify("RELOADING=1")
+            do {
+                let new = try reload()
+                let old = dispatcher.currentConfiguration
+                var applied = old
+                applied.keys = new.keys
+                applied.allowUIDs = new.allowUIDs
+                applied.allowGroups = new.allowGroups
+                applied.shutdownTimeout = new.shutdownTimeout
+                let fixed = Self.notLive(old: old, new: new)
+                dispatcher.updateConfiguration(applied)
+                await handlers.apply(applied)
+                logger.info("configuration reloaded", metadata: ["keys": "\(applied.keys.keys.sorted())"])
+                if !fixed.isEmpty {
+                    logger.warning("these settings changed but need a restart to take effect", metadata: ["settings": "\(fixed)"])
+                }
+            } catch {
+                logger.error("configuration not reloaded; keeping the current one", metadata: ["error": "\(error)"])
+            }
+            Systemd.notify("READY=1")
+        }
+    }
+
+    static func notLive(old: DaemonConfiguration, new: DaemonConfiguration) -> [String] {
+        var changed: [String] = []
+        if old.socketPath != new.socketPath { changed.append("socket") }
+        if old.socketMode != new.socketMode { changed.append("socket_mode") }
+        if old.socketGroup != new.socketGroup { changed.append("socket_group") }
+        if old.redisURL != new.redisURL { changed.append("redis") }
+        if old.redis != new.redis { changed.append("redis_options") }
+        if old.threads != new.threads { changed.append("threads") }
+        if old.limits != new.limits { changed.append("limits") }
+        if old.embedded != new.embedded { changed.append("embedded") }
+        if old.logLevel != new.logLevel { changed.append("log_level") }
+        return changed
+    }
+}
+
+/// `STATUS=` lines with live figures, and `WATCHDOG=1` pings while the daemon provably serves.
+struct NotifyService: Service {
+    let server: CacheServer
+    let dispatcher: RequestDispatcher
+    let group: any EventLoopGroup
+    let logger: Logger
+
+    func run() async throws {
+        let watchdog = Systemd.watchdogInterval
+        // Ping at half the watchdog interval; report status every 5 s.
+        let tick: Duration = watchdog.map { .nanoseconds(max($0.nanoseconds / 2, 10_000_000)) } ?? .seconds(5)
+        var lastStatus = ContinuousClock.now
+        var lastRequests = dispatcher.stats.totalRequests
+        while !Task.isCancelled {
+            do {
+                try await cancelWhenGracefulShutdown { try await Task.sleep(for: tick) }
+            } catch {
+                return
+            }
+            if Task.isShuttingDownGracefully { return }
+            if watchdog != nil, await servesNow() {
+                Systemd.notify("WATCHDOG=1")
+            }
+            if ContinuousClock.now - lastStatus >= .seconds(5) {
+                let requests = dispatcher.stats.totalRequests
+                let elapsed = Double((ContinuousClock.now - lastStatus).components.seconds)
+                let rate = elapsed > 0 ? Double(requests - lastRequests) / elapsed : 0
+                Systemd.notify("STATUS=\(Self.statusLine(dispatcher: dispatcher, connections: server.connectionCount, rate: rate))")
+                lastStatus = .now
+                lastRequests = requests
+            }
+        }
+    }
+
+    /// The listener is open and every event loop runs work within a second.
+    func servesNow() async -> Bool {
+        guard server.isServing else { return false }
+        var loops: [any EventLoop] = []
+        for loop in group.makeIterator() { loops.append(loop) }
+        let futures = loops.map { $0.submit { () } }
+        let all = EventLoopFuture.andAllSucceed(futures, on: group.any())
+        let timeout = group.any().scheduleTask(in: .seconds(1)) {}
+        defer { timeout.cancel() }
+        do {
+            try await all.get()
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    static func statusLine(dispatcher: RequestDispatcher, connections: Int, rate: Double = 0) -> String {
+        let store = dispatcher.store.status()
+        var line = "Serving \(connections) connections, \(dispatcher.stats.totalRequests) requests (\(Int(rate))/s); store \(store.kind) "
+        line += store.available ? "up" : "DOWN"
+        if case .number(let up)? = store.detail["connections"], case .number(let size)? = store.detail["poolSize"] {
+            line += " (\(up)/\(size) connections)"
+        }
+        return line
     }
 }

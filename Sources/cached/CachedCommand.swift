@@ -25,7 +25,8 @@ struct CachedCommand: AsyncParsableCommand {
     @Flag(name: .customLong("check-config"), help: "Validate the configuration and exit.")
     var checkConfig = false
 
-    func run() async throws {
+    /// Reads the file (if any) and applies the command-line overrides.
+    static func load(config: String?, socket: String?, redis: String?, logLevel: String?) throws -> DaemonConfiguration {
         var configuration = DaemonConfiguration()
         if let config {
             let text: String
@@ -48,6 +49,12 @@ struct CachedCommand: AsyncParsableCommand {
             }
             configuration.logLevel = level
         }
+        return configuration
+    }
+
+    func run() async throws {
+        let (config, socket, redis, logLevel) = (self.config, self.socket, self.redis, self.logLevel)
+        let configuration = try Self.load(config: config, socket: socket, redis: redis, logLevel: logLevel)
         if checkConfig {
             print("configuration OK")
             return
@@ -59,6 +66,10 @@ struct CachedCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "cached")
-        try await Daemon(configuration: configuration, logger: logger).run()
+        try await Daemon(
+            configuration: configuration, logger: logger,
+            reload: { try Self.load(config: config, socket: socket, redis: redis, logLevel: logLevel) },
+            handlerFactory: { key, handler in UnavailableHandler(key: key) }
+        ).run()
     }
 }

@@ -24,6 +24,10 @@ extension DaemonConfiguration {
         var root = TableReader(table, path: "")
         if let v = try root.string("socket") { socketPath = v }
         if let v = try root.int("socket_mode", range: 0...0o777) { socketMode = UInt16(v) }
+        if let v = try root.string("socket_group") { socketGroup = v }
+        if let v = try root.intArray("allow_uids", range: 0...Int(UInt32.max - 1)) { allowUIDs = v.map { UInt32($0) } }
+        if let v = try root.stringOrIntArray("allow_groups") { allowGroups = v }
+        if let v = try root.seconds("shutdown_timeout") { shutdownTimeout = v }
         if let v = try root.string("redis") { redisURL = v.isEmpty ? nil : v }
         if let v = try root.string("log_level") { logLevel = try Self.logLevel(v) }
         if let v = try root.int("threads", range: 0...256) { threads = v }
@@ -142,6 +146,36 @@ struct TableReader {
         for element in array {
             guard let s = element.string else { throw ConfigurationError("\(name(key)) must be an array of strings") }
             result.append(s)
+        }
+        return result
+    }
+
+    mutating func intArray(_ key: String, range: ClosedRange<Int>) throws(ConfigurationError) -> [Int]? {
+        used.insert(key)
+        guard let value = table[key] else { return nil }
+        guard let array = value.array else { throw ConfigurationError("\(name(key)) must be an array of integers") }
+        var result: [Int] = []
+        for element in array {
+            guard let i = element.int, range.contains(i) else { throw ConfigurationError("\(name(key)) must be an array of integers") }
+            result.append(i)
+        }
+        return result
+    }
+
+    /// Names or numbers, as strings.
+    mutating func stringOrIntArray(_ key: String) throws(ConfigurationError) -> [String]? {
+        used.insert(key)
+        guard let value = table[key] else { return nil }
+        guard let array = value.array else { throw ConfigurationError("\(name(key)) must be an array of names or numbers") }
+        var result: [String] = []
+        for element in array {
+            if let s = element.string {
+                result.append(s)
+            } else if let i = element.int {
+                result.append(String(i))
+            } else {
+                throw ConfigurationError("\(name(key)) must be an array of names or numbers")
+            }
         }
         return result
     }

@@ -6,6 +6,15 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var socketPath: String = "/run/cached/cached.sock"
     /// File mode of a socket `cached` binds itself.
     public var socketMode: UInt16 = 0o660
+    /// Group owning a socket `cached` binds itself (name or number); nil = the daemon's group.
+    public var socketGroup: String?
+    /// If set, only peers with one of these user ids may connect (checked with SO_PEERCRED at accept).
+    public var allowUIDs: [UInt32]?
+    /// If set, only peers in one of these groups (names or numbers; primary or supplementary) may connect.
+    /// When both lists are set, a peer allowed by either is accepted.
+    public var allowGroups: [String]?
+    /// Seconds in-flight requests get to finish at shutdown; the rest are answered -32007.
+    public var shutdownTimeout = 10.0
     /// Redis URL; nil selects the embedded in-process store.
     public var redisURL: String?
     public var redis = RedisOptions()

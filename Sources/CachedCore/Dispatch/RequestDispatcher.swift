@@ -231,15 +231,16 @@ public final class RequestDispatcher: Sendable {
 }
 
 /// Stands in for a handler nobody built (a dispatcher made without a registry).
-struct UnavailableHandler: ManagedSyncHandler {
+public struct UnavailableHandler: ManagedSyncHandler {
     let key: String
-    func call(_ address: EntryAddress, arguments: HandlerArguments) async throws(CachedError) -> ByteBuffer? {
+    public init(key: String) { self.key = key }
+    public func call(_ address: EntryAddress, arguments: HandlerArguments) async throws(CachedError) -> ByteBuffer? {
         throw CachedError(.handlerError, "no handler available for key \(key)")
     }
-    func start() async {}
-    func shutdown() async {}
-    var status: JSONValue { .null }
-    var callCount: Int { 0 }
+    public func start() async {}
+    public func shutdown() async {}
+    public var status: JSONValue { .null }
+    public var callCount: Int { 0 }
 }
 
 extension EventLoopFuture where Value == MethodResult {

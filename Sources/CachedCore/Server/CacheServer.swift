@@ -10,13 +10,16 @@ import ServiceLifecycle
 import Glibc
 #endif
 
-/// The Unix-socket JSON-RPC server, run as a ``Service``: binds, serves until graceful shutdown, then
-/// stops accepting, lets in-flight requests finish, and removes the socket file it created.
-public final class CacheServer: Service, Sendable {
+/// The Unix-socket JSON-RPC server: binds (or adopts systemd's socket), serves until a graceful
+/// shutdown, then stops accepting, lets in-flight requests finish within the drain deadline, answers
+/// the rest with -32007, and removes the socket file it created (never one systemd owns).
+public final class CacheServer: Sendable {
     /// How the listening socket is obtained.
     public enum Listener: Sendable {
         /// Bind this path (removing a stale socket file, refusing if another server answers on it).
         case path(String)
+        /// Serve a listening socket passed by systemd (socket activation).
+        case adopted(CInt)
     }
 
     private let listener: Listener
@@ -24,54 +27,67 @@ public final class CacheServer: Service, Sendable {
     private let dispatcher: RequestDispatcher
     private let group: any EventLoopGroup
     private let logger: Logger
-    private let onReady: @Sendable () -> Void
-    private let drainTimeout: TimeAmount
+    private let connections = ConnectionRegistry()
+    private let serverChannel = NIOLockedValueBox<(any Channel)?>(nil)
 
     public init(
         listener: Listener, configuration: DaemonConfiguration, dispatcher: RequestDispatcher,
-        group: any EventLoopGroup, logger: Logger, drainTimeout: TimeAmount = .seconds(10),
-        onReady: @escaping @Sendable () -> Void = {}
+        group: any EventLoopGroup, logger: Logger
     ) {
         self.listener = listener
         self.configuration = configuration
         self.dispatcher = dispatcher
         self.group = group
         self.logger = logger
-        self.onReady = onReady
-        self.drainTimeout = drainTimeout
     }
 
-    public func run() async throws {
+    /// Whether the listening socket is open.
+    public var isServing: Bool { serverChannel.withLockedValue { $0?.isActive ?? false } }
+
+    /// Open client connections.
+    public var connectionCount: Int { connections.count }
+
+    /// Binds, calls `onReady`, serves until graceful shutdown (or cancellation), calls `onStopping`, drains.
+    public func run(onReady: @Sendable () -> Void = {}, onStopping: @Sendable () -> Void = {}) async throws {
         let quiesce = ServerQuiescingHelper(group: group)
         let channel = try await bind(quiesce: quiesce)
+        serverChannel.withLockedValue { $0 = channel }
         onReady()
-        // Serve until a graceful shutdown is requested (or the task is cancelled).
         try? await gracefulShutdown()
-        logger.info("stopping: no new connections; draining in-flight requests")
+        onStopping()
+        logger.info("stopping: no new connections; draining in-flight requests", metadata: ["connections": "\(connections.count)"])
         let drained = group.any().makePromise(of: Void.self)
         quiesce.initiateShutdown(promise: drained)
-        let timeout = group.any().scheduleTask(in: drainTimeout) {
+        let deadline = group.any().scheduleTask(in: .nanoseconds(Int64(configuration.shutdownTimeout * 1e9))) {
             drained.fail(CachedError(.shuttingDown, "drain deadline passed"))
         }
-        do {
-            try await drained.futureResult.get()
-        } catch {
-            logger.warning("drain deadline passed; closing remaining connections")
+        // A second signal cancels the service group: stop waiting at once.
+        await withTaskCancellationHandler {
+            do {
+                try await drained.futureResult.get()
+            } catch {
+                logger.warning("drain deadline passed; answering what is left with -32007", metadata: ["connections": "\(connections.count)"])
+                connections.forEach { $0.pipeline.fireUserInboundEventTriggered(DrainDeadlineEvent()) }
+                // Give the answers a moment to be written, then close whatever is left.
+                try? await Task.sleep(for: .milliseconds(200))
+                connections.forEach { $0.close(promise: nil) }
+            }
+        } onCancel: {
+            drained.fail(CachedError(.shuttingDown, "cancelled"))
         }
-        timeout.cancel()
+        deadline.cancel()
         if case .path(let path) = listener {
             unlink(path)
         }
-        _ = channel
     }
 
     private func bind(quiesce: ServerQuiescingHelper) async throws -> any Channel {
         let dispatcher = self.dispatcher
         let limits = configuration.limits
         let logger = self.logger
-        let connections = ManagedCounter()
+        let connections = self.connections
         let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.backlog, value: 4096)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
@@ -82,27 +98,39 @@ public final class CacheServer: Service, Sendable {
                 .writeBufferWaterMark,
                 value: .init(low: limits.maxOutputBytes / 2, high: limits.maxOutputBytes))
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let count = connections.increment()
-                    channel.closeFuture.whenComplete { _ in
-                        connections.decrement()
-                        dispatcher.stats.connectionClosed()
+                let count = connections.add(channel)
+                dispatcher.stats.connectionOpened()
+                channel.closeFuture.whenComplete { _ in
+                    connections.remove(channel)
+                    dispatcher.stats.connectionClosed()
+                }
+                if count > limits.maxConnections {
+                    dispatcher.stats.connectionRefused()
+                    logger.warning("connection refused: limit reached", metadata: ["limit": "\(limits.maxConnections)"])
+                    return Self.refuse(
+                        channel,
+                        CachedError(
+                            .limitExceeded, "Too many connections (limit \(limits.maxConnections))",
+                            data: .object(["limit": .string("max_connections"), "value": .number(String(limits.maxConnections))])))
+                }
+                let policy = AccessPolicy(configuration: dispatcher.currentConfiguration)
+                let serve: @Sendable () -> EventLoopFuture<Void> = {
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandlers([
+                            ByteToMessageHandler(LineBasedFrameDecoder(), maximumBufferSize: limits.maxLineBytes),
+                            ClientConnectionHandler(dispatcher: dispatcher, limits: limits, logger: logger),
+                        ])
                     }
-                    dispatcher.stats.connectionOpened()
-                    if count > limits.maxConnections {
-                        dispatcher.stats.connectionRefused()
-                        logger.warning("connection refused: limit reached", metadata: ["limit": "\(limits.maxConnections)"])
-                        try channel.pipeline.syncOperations.addHandler(
-                            RefuseConnectionHandler(
-                                error: CachedError(
-                                    .limitExceeded, "Too many connections (limit \(limits.maxConnections))",
-                                    data: .object(["limit": .string("max_connections"), "value": .number(String(limits.maxConnections))]))))
-                        return
-                    }
-                    try channel.pipeline.syncOperations.addHandlers([
-                        ByteToMessageHandler(LineBasedFrameDecoder(), maximumBufferSize: limits.maxLineBytes),
-                        ClientConnectionHandler(dispatcher: dispatcher, limits: limits, logger: logger),
-                    ])
+                }
+                guard policy.isRestricted else { return serve() }
+                return PeerCredentials.of(channel).flatMap { peer in
+                    if policy.allows(peer) { return serve() }
+                    dispatcher.stats.connectionRefused()
+                    logger.warning("connection refused: peer not allowed", metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)"])
+                    return Self.refuse(channel, CachedError(.accessDenied, "Access denied for uid \(peer.uid)"))
+                }.flatMapError { error in
+                    logger.warning("connection refused: no peer credentials", metadata: ["error": "\(error)"])
+                    return Self.refuse(channel, CachedError(.accessDenied, "Access denied"))
                 }
             }
 
@@ -111,8 +139,26 @@ public final class CacheServer: Service, Sendable {
             try await Self.removeStaleSocket(path, group: group)
             let channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false).get()
             chmod(path, mode_t(configuration.socketMode))
+            if let groupName = configuration.socketGroup {
+                guard let gid = AccessPolicy.groupID(groupName) else {
+                    throw ConfigurationError("socket_group: no group named \(groupName)")
+                }
+                guard chown(path, uid_t.max, gid) == 0 else {
+                    throw ConfigurationError("socket_group: cannot give \(path) to group \(groupName): \(String(cString: strerror(errno)))")
+                }
+            }
             logger.info("serving", metadata: ["socket": "\(path)", "mode": "\(String(configuration.socketMode, radix: 8))"])
             return channel
+        case .adopted(let fd):
+            let channel = try await bootstrap.withBoundSocket(fd).get()
+            logger.info("serving the socket passed by systemd", metadata: ["fd": "\(fd)"])
+            return channel
+        }
+    }
+
+    private static func refuse(_ channel: any Channel, _ error: CachedError) -> EventLoopFuture<Void> {
+        channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.addHandler(RefuseConnectionHandler(error: error))
         }
     }
 
@@ -133,9 +179,26 @@ public final class CacheServer: Service, Sendable {
     }
 }
 
-/// A thread-safe counter of open connections.
-final class ManagedCounter: Sendable {
-    private let value = NIOLockedValueBox(0)
-    func increment() -> Int { value.withLockedValue { $0 += 1; return $0 } }
-    func decrement() { value.withLockedValue { $0 -= 1 } }
+/// The open client connections, to reach them at shutdown.
+final class ConnectionRegistry: Sendable {
+    private let channels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+
+    /// Adds a connection; returns how many are open.
+    func add(_ channel: any Channel) -> Int {
+        channels.withLockedValue {
+            $0[ObjectIdentifier(channel)] = channel
+            return $0.count
+        }
+    }
+
+    func remove(_ channel: any Channel) {
+        _ = channels.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(channel)) }
+    }
+
+    var count: Int { channels.withLockedValue { $0.count } }
+
+    func forEach(_ body: (any Channel) -> Void) {
+        let all = channels.withLockedValue { Array($0.values) }
+        all.forEach(body)
+    }
 }

@@ -25,6 +25,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     private var closing = false
     private var flushScheduled = false
     private let connectionID: ConnectionID
+    /// Ids of requests being run (by sequence number), to answer them -32007 if the drain deadline passes.
+    private var pendingIDs: [UInt64: [JSONRPCID]] = [:]
+    private var sequence: UInt64 = 0
 
     private static let nextConnectionID = ManagedAtomic<UInt64>(1)
 
@@ -64,14 +67,14 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
 
     private func run(_ request: JSONRPCRequest, context: ChannelHandlerContext) {
         let future = dispatcher.dispatch(request, context: RequestContext(eventLoop: context.eventLoop, connection: connectionID))
-        started(context: context)
+        let seq = started(context: context, ids: request.id.map { [$0] } ?? [])
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         future.hop(to: context.eventLoop).whenComplete { result in
             let (handler, context) = loopBound.value
-            if let id = request.id {
+            if let id = request.id, handler.pendingIDs[seq] != nil {
                 handler.writeLine(context: context) { $0.writeResponse(id: id, result.mapCachedError()) }
             }
-            handler.finished(context: context)
+            handler.finished(context: context, seq: seq)
         }
     }
 
@@ -90,12 +93,18 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
                         .recover { (request.id, .failure(($0 as? CachedError) ?? CachedError(.internalError, "Internal error"))) })
             }
         }
-        started(context: context)
+        let ids: [JSONRPCID] = entries.compactMap {
+            switch $0 {
+            case .invalid(let id, _): id
+            case .request(let r): r.id
+            }
+        }
+        let seq = started(context: context, ids: ids)
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         EventLoopFuture.whenAllSucceed(futures, on: context.eventLoop).whenSuccess { answers in
             let (handler, context) = loopBound.value
             let answered = answers.compactMap { answer in answer.0.map { ($0, answer.1) } }
-            if !answered.isEmpty {  // a batch of notifications only gets no line at all
+            if !answered.isEmpty, handler.pendingIDs[seq] != nil {  // a batch of notifications only gets no line at all
                 handler.writeLine(context: context) { buffer in
                     buffer.writeInteger(UInt8(ascii: "["))
                     for (i, (id, result)) in answered.enumerated() {
@@ -105,7 +114,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
                     buffer.writeInteger(UInt8(ascii: "]"))
                 }
             }
-            handler.finished(context: context)
+            handler.finished(context: context, seq: seq)
         }
     }
 
@@ -119,6 +128,17 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         if event is ChannelShouldQuiesceEvent {
             quiescing = true
             closeIfIdle(context: context)
+            return
+        }
+        if event is DrainDeadlineEvent {
+            // Shutdown's drain deadline passed: answer what is still running, then close.
+            let error = CachedError(.shuttingDown, "The daemon is shutting down; the request was not completed")
+            let ids = pendingIDs.values.flatMap { $0 }
+            pendingIDs.removeAll()
+            for id in ids {
+                writeLine(context: context) { $0.writeJSONRPCError(id: id, error) }
+            }
+            closeNow(context: context, flushFirst: true)
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -161,12 +181,16 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
 
     // MARK: Flow control
 
-    private func started(context: ChannelHandlerContext) {
+    private func started(context: ChannelHandlerContext, ids: [JSONRPCID]) -> UInt64 {
         inFlight += 1
+        sequence &+= 1
+        pendingIDs[sequence] = ids
+        return sequence
     }
 
-    private func finished(context: ChannelHandlerContext) {
+    private func finished(context: ChannelHandlerContext, seq: UInt64) {
         inFlight -= 1
+        pendingIDs[seq] = nil
         if readSuppressed && inFlight < limits.maxInFlight && !quiescing && !closing {
             readSuppressed = false
             context.read()
@@ -194,7 +218,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     }
 
     private func writeLine(context: ChannelHandlerContext, _ body: (inout ByteBuffer) -> Void) {
-        guard context.channel.isActive else { return }
+        guard context.channel.isActive, !closing else { return }
         var buffer = context.channel.allocator.buffer(capacity: 256)
         body(&buffer)
         buffer.writeInteger(UInt8(ascii: "\n"))
@@ -220,6 +244,9 @@ extension Result where Success == MethodResult {
         mapError { ($0 as? CachedError) ?? CachedError(.internalError, "Internal error") }
     }
 }
+
+/// Sent to every connection when shutdown's drain deadline passes.
+struct DrainDeadlineEvent: Sendable {}
 
 /// Answers a connection over the limit with one error line, then closes it.
 final class RefuseConnectionHandler: ChannelInboundHandler {
