@@ -6,7 +6,7 @@ DESTDIR ?=
 RUN_DIR := $(CURDIR)/run
 REDIS_URL ?=
 
-.PHONY: all deps build release run test test-swift test-python clean
+.PHONY: all deps build release run test test-swift test-python install clean
 
 all: build
 
@@ -38,5 +38,22 @@ test-swift:
 test-python:
 	CACHED_BIN=$$($(SWIFT) build --show-bin-path)/cached $(PYTHON) -m pytest clients/python/tests -q
 
+## Install the release binaries, the units and the example configuration (DESTDIR, PREFIX honoured).
+## The units refer to /usr/local/bin/cached; with another PREFIX they are rewritten on install.
+install: release
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/cached $(DESTDIR)/lib/systemd/system \
+		$(DESTDIR)/usr/lib/sysusers.d $(DESTDIR)/usr/lib/tmpfiles.d $(DESTDIR)$(PREFIX)/share/doc/cached
+	install -m 0755 $$($(SWIFT) build -c release --show-bin-path)/cached $(DESTDIR)$(PREFIX)/bin/cached
+	if [ -x $$($(SWIFT) build -c release --show-bin-path)/cachectl ]; then \
+		install -m 0755 $$($(SWIFT) build -c release --show-bin-path)/cachectl $(DESTDIR)$(PREFIX)/bin/cachectl; fi
+	sed 's|/usr/local/bin/|$(PREFIX)/bin/|; s|/usr/local/share/|$(PREFIX)/share/|' packaging/cached.service > $(DESTDIR)/lib/systemd/system/cached.service
+	sed 's|/usr/local/share/|$(PREFIX)/share/|' packaging/cached.socket > $(DESTDIR)/lib/systemd/system/cached.socket
+	chmod 0644 $(DESTDIR)/lib/systemd/system/cached.service $(DESTDIR)/lib/systemd/system/cached.socket
+	[ -e $(DESTDIR)/etc/cached/cached.toml ] || install -m 0644 packaging/cached.toml $(DESTDIR)/etc/cached/cached.toml
+	install -m 0644 packaging/cached.sysusers $(DESTDIR)/usr/lib/sysusers.d/cached.conf
+	install -m 0644 packaging/cached.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/cached.conf
+	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/cached/
+
 clean:
 	rm -rf .build run
+

@@ -183,6 +183,17 @@ public final class DaemonProcess: @unchecked Sendable {
         return process.exitCode
     }
 
+    /// Waits for the process to exit by itself; returns the exit status, or nil if still running.
+    public func waitForExit(timeout: Double = 15) -> Int32? {
+        _ = try? waitUntil(timeout: timeout) { !process.isRunning }
+        return process.exitCode
+    }
+
+    /// Sends a signal without waiting.
+    public func signalOnly(_ signal: Int32) {
+        process.signal(signal)
+    }
+
     /// A new client connected to this daemon.
     public func client() throws -> LineClient {
         try LineClient(path: socketPath)
