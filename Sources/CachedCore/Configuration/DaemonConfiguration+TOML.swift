@@ -45,6 +45,8 @@ extension DaemonConfiguration {
             if let v = try t.int("max_connections", range: 1...1_000_000) { limits.maxConnections = v }
             if let v = try t.int("max_in_flight", range: 1...100_000) { limits.maxInFlight = v }
             if let v = try t.int("max_output_bytes", range: 4096...(1 << 32)) { limits.maxOutputBytes = v }
+            if let v = try t.seconds("line_timeout") { limits.lineTimeout = v }
+            if let v = try t.seconds("idle_timeout") { limits.idleTimeout = v }
             try t.finish()
         }
         if var t = try root.table("embedded") {

@@ -51,6 +51,10 @@ public struct DaemonConfiguration: Sendable, Equatable {
         public var maxInFlight = 256
         /// Most answer bytes queued for a client that does not read; beyond it the client is disconnected.
         public var maxOutputBytes = 16 * 1024 * 1024
+        /// Seconds a request line may take from its first byte to its newline; 0 = no limit.
+        public var lineTimeout = 10.0
+        /// Seconds a connection may stay without reading or writing anything before it is closed; 0 = never.
+        public var idleTimeout = 600.0
         public init() {}
     }
 

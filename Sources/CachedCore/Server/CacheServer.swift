@@ -117,6 +117,10 @@ public final class CacheServer: Sendable {
                 let serve: @Sendable () -> EventLoopFuture<Void> = {
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandlers([
+                            ConnectionDeadlineHandler(
+                                lineTimeout: limits.lineTimeout > 0 ? .nanoseconds(Int64(limits.lineTimeout * 1e9)) : nil,
+                                idleTimeout: limits.idleTimeout > 0 ? .nanoseconds(Int64(limits.idleTimeout * 1e9)) : nil,
+                                logger: logger),
                             ByteToMessageHandler(LineBasedFrameDecoder(), maximumBufferSize: limits.maxLineBytes),
                             ClientConnectionHandler(dispatcher: dispatcher, limits: limits, logger: logger),
                         ])

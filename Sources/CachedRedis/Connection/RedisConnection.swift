@@ -81,6 +81,8 @@ public final class RedisConnection: Sendable {
         if configuration.database != 0 {
             steps.append(RedisCommand("SELECT", .string(String(configuration.database))))
         }
+        // Proves the connection usable before it serves requests (a missing password shows up here as NOAUTH).
+        steps.append(RedisCommand("PING"))
         let futures = steps.map { send($0) }
         return EventLoopFuture.whenAllSucceed(futures, on: eventLoop).flatMapThrowing { replies in
             for reply in replies {
