@@ -8,6 +8,8 @@ let package = Package(
         .executable(name: "cached", targets: ["cached"]),
         .library(name: "CachedProtocol", targets: ["CachedProtocol"]),
         .library(name: "CachedCore", targets: ["CachedCore"]),
+        .library(name: "CachedClient", targets: ["CachedClient"]),
+        .executable(name: "cachectl", targets: ["cachectl"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
@@ -66,7 +68,27 @@ let package = Package(
             ]
         ),
 
+        .target(
+            name: "CachedClient",
+            dependencies: [
+                "CachedProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
+            ]
+        ),
+
         // MARK: Executables
+        .executableTarget(
+            name: "cachectl",
+            dependencies: [
+                "CachedClient",
+                "CachedProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         .executableTarget(
             name: "cached",
             dependencies: [
@@ -112,6 +134,10 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
+        ),
+        .testTarget(
+            name: "CachedClientTests",
+            dependencies: ["CachedClient", "CachedTestSupport", "CachedProtocol"]
         ),
         .testTarget(
             name: "CachedIntegrationTests",

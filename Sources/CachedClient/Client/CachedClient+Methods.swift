@@ -1,0 +1,107 @@
+import CachedProtocol
+import NIOCore
+
+// MARK: - Methods of the protocol
+
+extension CachedClient {
+    /// Reads an entry: `get {key, identity, hashKey?, hashId?, args?, kwargs?}`.
+    ///
+    /// On a miss for a key without a sync handler the first asker gets ``GetResult/lease``: it
+    /// should compute the value and `set` it with that lease (other askers of the same entry wait for
+    /// it, up to the key's `lease_timeout`). The `fill:` variant does this for you.
+    /// - Parameters:
+    ///   - key: the entry's key name (3 to 128 characters: letters, digits, `_ - . : / @ +`).
+    ///   - identity: an integer or string identity.
+    ///   - hashKey: with `hashId`, the hash the entry lives in.
+    ///   - args: positional arguments passed to the key's sync handler.
+    ///   - kwargs: keyword arguments passed to the key's sync handler.
+    /// - Throws: `CachedError` for an error answer, ``CachedClientError`` for transport failures.
+    public func get(
+        key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil,
+        args: [JSONValue]? = nil, kwargs: [String: JSONValue]? = nil
+    ) async throws -> GetResult {
+        let result = try await send(.get(key: key, identity: identity, hashKey: hashKey, hashId: hashId, args: args, kwargs: kwargs))
+        return try GetResult(json: result)
+    }
+
+    /// Stores a value: `set {..., value, ttl?, lease?}`.
+    /// - Parameters:
+    ///   - value: the bytes to store; text that is not UTF-8 travels base64-encoded automatically.
+    ///   - ttl: seconds (fractions allowed); 0 = no expiry; nil = the key's configured default.
+    ///   - lease: the token of a `get` miss; the set is refused if the lease is no longer valid.
+    /// - Returns: whether the value was stored (false only for a refused lease).
+    @discardableResult
+    public func set(
+        key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil,
+        value: ByteBuffer, ttl: Double? = nil, lease: String? = nil
+    ) async throws -> Bool {
+        let result = try await send(
+            .set(key: key, identity: identity, hashKey: hashKey, hashId: hashId, value: value, ttl: ttl, lease: lease))
+        guard case .bool(let stored)? = result["stored"] else {
+            throw CachedClientError.protocolViolation("set answer has no \"stored\" flag")
+        }
+        return stored
+    }
+
+    /// Stores a value given as bytes.
+    @discardableResult
+    public func set(
+        key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil,
+        value: [UInt8], ttl: Double? = nil, lease: String? = nil
+    ) async throws -> Bool {
+        try await set(key: key, identity: identity, hashKey: hashKey, hashId: hashId, value: ByteBuffer(bytes: value), ttl: ttl, lease: lease)
+    }
+
+    /// Stores a value given as text (its UTF-8 bytes).
+    @discardableResult
+    public func set(
+        key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil,
+        value: String, ttl: Double? = nil, lease: String? = nil
+    ) async throws -> Bool {
+        try await set(key: key, identity: identity, hashKey: hashKey, hashId: hashId, value: ByteBuffer(string: value), ttl: ttl, lease: lease)
+    }
+
+    /// Removes an entry (and revokes a lease in flight for it).
+    /// - Returns: the number of entries deleted (0 or 1).
+    @discardableResult
+    public func delete(
+        key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil
+    ) async throws -> Int {
+        try Self.deletedCount(try await send(.delete(key: key, identity: identity, hashKey: hashKey, hashId: hashId)))
+    }
+
+    /// Removes a whole hash of entries.
+    /// - Returns: the number of hashes deleted (0 or 1).
+    @discardableResult
+    public func deleteHash(hashKey: String, hashId: some IdentityConvertible) async throws -> Int {
+        try Self.deletedCount(try await send(.deleteHash(hashKey: hashKey, hashId: hashId)))
+    }
+
+    /// Checks that the daemon answers.
+    public func ping() async throws {
+        let result = try await send(.ping)
+        guard result == .string("pong") else {
+            throw CachedClientError.protocolViolation("ping answered \(result.typeName), not \"pong\"")
+        }
+    }
+
+    /// The daemon's counters (see `docs/protocol.md`, `stats`).
+    public func stats() async throws -> JSONValue {
+        try await send(.stats)
+    }
+
+    // MARK: Helpers
+
+    static func deletedCount(_ result: JSONValue) throws(CachedClientError) -> Int {
+        guard case .number(let raw)? = result["deleted"], let count = Int(raw) else {
+            throw .protocolViolation("delete answer has no \"deleted\" count")
+        }
+        return count
+    }
+}
+
+extension JSONValue {
+    fileprivate subscript(_ name: String) -> JSONValue? {
+        objectValue?[name]
+    }
+}

@@ -1,0 +1,300 @@
+import ArgumentParser
+import CachedClient
+import CachedProtocol
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+// MARK: - Command
+
+/// `cachectl`: talk to the `cached` daemon from a shell.
+@main
+struct Cachectl: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cachectl",
+        abstract: "Talk to the cached daemon over its Unix socket.",
+        discussion: """
+            Exit status: 0 success, 1 miss (get), 2 the daemon cannot be reached, 3 the daemon answered an error.
+            Identities that look like integers (12, -5) are sent as JSON integers; --string-identity forces a string.
+            """,
+        subcommands: [Ping.self, Get.self, Set.self, Delete.self, DeleteHash.self, Stats.self]
+    )
+}
+
+// MARK: - Shared options
+
+/// Options of every subcommand.
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: "The daemon's socket (default: $CACHED_SOCKET or /run/cached/cached.sock).")
+    var socket: String?
+
+    @Flag(name: .long, help: "Print the raw JSON result object (for jq).")
+    var json = false
+
+    /// Runs `body` with a connected client, mapping failures to exit statuses.
+    func run(_ body: (CachedClient) async throws -> Void) async throws {
+        let client = CachedClient(socketPath: socket ?? CachedClient.defaultSocketPath)
+        do {
+            try await body(client)
+            await client.close()
+        } catch let error as CachedError {
+            await client.close()
+            printError("error \(error.code.rawValue): \(error.message)")
+            throw ExitCode(3)
+        } catch let error as CachedClientError {
+            await client.close()
+            printError("\(error)")
+            throw ExitCode(2)
+        } catch {
+            await client.close()
+            throw error
+        }
+    }
+
+    /// Prints a result as one line of JSON.
+    func printJSON(_ value: JSONValue) {
+        var buffer = ByteBuffer()
+        buffer.writeJSONValue(value)
+        buffer.writeStaticString("\n")
+        writeStdout(buffer)
+    }
+}
+
+/// Options addressing an entry.
+struct EntryOptions: ParsableArguments {
+    @Argument(help: "The entry's key, for example Student.")
+    var key: String
+
+    @Argument(help: "The entry's identity, for example 12 or alice.")
+    var identity: String
+
+    @Option(name: .long, help: "The hash the entry lives in (with --hash-id).")
+    var hashKey: String?
+
+    @Option(name: .long, help: "The hash's identity (with --hash-key).")
+    var hashId: String?
+
+    @Flag(name: .long, help: "Send identities as strings even when they look like integers.")
+    var stringIdentity = false
+
+    var parsedIdentity: Identity { Identity.parse(identity, forceString: stringIdentity) }
+    var parsedHashId: Identity? { hashId.map { Identity.parse($0, forceString: stringIdentity) } }
+}
+
+// MARK: - Subcommands
+
+struct Ping: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Check that the daemon answers.")
+    @OptionGroup var global: GlobalOptions
+
+    func run() async throws {
+        try await global.run { client in
+            let result = try await client.send(.ping)
+            if global.json { global.printJSON(result) } else { print(result.stringValue ?? "\(result)") }
+        }
+    }
+}
+
+struct Get: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print an entry's value (raw bytes, no newline added); exit status 1 on a miss.")
+    @OptionGroup var global: GlobalOptions
+    @OptionGroup var entry: EntryOptions
+
+    func run() async throws {
+        var found = true
+        try await global.run { client in
+            let result = try await client.send(
+                .get(key: entry.key, identity: entry.parsedIdentity, hashKey: entry.hashKey, hashId: entry.parsedHashId))
+            let answer = try GetResult(json: result)
+            found = answer.value != nil
+            if global.json {
+                global.printJSON(result)
+            } else if let value = answer.value {
+                writeStdout(value)
+            }
+        }
+        if !found { throw ExitCode(1) }
+    }
+}
+
+struct Set: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Store a value (VALUE '-' reads standard input).")
+    @OptionGroup var global: GlobalOptions
+    @OptionGroup var entry: EntryOptions
+
+    @Argument(help: "The value; '-' reads it from standard input.")
+    var value: String
+
+    @Option(name: .long, help: "Time to live in seconds (0: no expiry; default: the key's configured ttl).")
+    var ttl: Double?
+
+    @Flag(name: .long, help: "VALUE is base64 (for binary values).")
+    var base64 = false
+
+    func validate() throws {
+        if let ttl, !(ttl.isFinite && ttl >= 0) { throw ValidationError("--ttl must be a number of seconds >= 0") }
+    }
+
+    func run() async throws {
+        var bytes: [UInt8] = value == "-" ? readStandardInput() : Array(value.utf8)
+        if base64 {
+            guard let decoded = Data(base64Encoded: String(decoding: bytes, as: UTF8.self).trimmingWhitespace()) else {
+                throw ValidationError("VALUE is not valid base64")
+            }
+            bytes = Array(decoded)
+        }
+        try await global.run { client in
+            let result = try await client.send(
+                .set(
+                    key: entry.key, identity: entry.parsedIdentity, hashKey: entry.hashKey, hashId: entry.parsedHashId,
+                    value: bytes, ttl: ttl))
+            if global.json {
+                global.printJSON(result)
+            } else {
+                print(result.objectValue?["stored"] == .bool(true) ? "stored" : "not stored")
+            }
+        }
+    }
+}
+
+struct Delete: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Delete an entry; prints how many were deleted.")
+    @OptionGroup var global: GlobalOptions
+    @OptionGroup var entry: EntryOptions
+
+    func run() async throws {
+        try await global.run { client in
+            let result = try await client.send(
+                .delete(key: entry.key, identity: entry.parsedIdentity, hashKey: entry.hashKey, hashId: entry.parsedHashId))
+            printCount(result, global: global)
+        }
+    }
+}
+
+struct DeleteHash: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "delete-hash", abstract: "Delete a whole hash; prints how many were deleted.")
+    @OptionGroup var global: GlobalOptions
+
+    @Argument(help: "The hash's key, for example Class.")
+    var hashKey: String
+
+    @Argument(help: "The hash's identity, for example 3.")
+    var hashId: String
+
+    @Flag(name: .long, help: "Send the hash id as a string even when it looks like an integer.")
+    var stringIdentity = false
+
+    func run() async throws {
+        try await global.run { client in
+            let result = try await client.send(
+                .deleteHash(hashKey: hashKey, hashId: Identity.parse(hashId, forceString: stringIdentity)))
+            printCount(result, global: global)
+        }
+    }
+}
+
+struct Stats: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the daemon's counters.")
+    @OptionGroup var global: GlobalOptions
+
+    func run() async throws {
+        try await global.run { client in
+            let result = try await client.send(.stats)
+            if global.json {
+                global.printJSON(result)
+            } else {
+                var text = ""
+                prettyPrint(result, indent: "", into: &text)
+                print(text)
+            }
+        }
+    }
+}
+
+// MARK: - Output helpers
+
+func printCount(_ result: JSONValue, global: GlobalOptions) {
+    if global.json {
+        global.printJSON(result)
+    } else if case .number(let n)? = result.objectValue?["deleted"] {
+        print(n)
+    } else {
+        global.printJSON(result)
+    }
+}
+
+/// Indented `name: value` lines for humans.
+func prettyPrint(_ value: JSONValue, indent: String, into text: inout String) {
+    switch value {
+    case .object(let members):
+        for (i, name) in members.keys.sorted().enumerated() {
+            if i > 0 || !indent.isEmpty { text += "\n" }
+            let member = members[name]!
+            text += indent + name + ":"
+            switch member {
+            case .object(let inner) where !inner.isEmpty:
+                prettyPrint(member, indent: indent + "  ", into: &text)
+            default:
+                text += " "
+                prettyPrint(member, indent: indent + "  ", into: &text)
+            }
+        }
+    case .string(let s):
+        text += s
+    default:
+        var buffer = ByteBuffer()
+        buffer.writeJSONValue(value)
+        text += String(buffer: buffer)
+    }
+}
+
+func writeStdout(_ buffer: ByteBuffer) {
+    buffer.withUnsafeReadableBytes { bytes in
+        var offset = 0
+        while offset < bytes.count {
+            let n = write(1, bytes.baseAddress! + offset, bytes.count - offset)
+            if n < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            offset += n
+        }
+    }
+}
+
+func printError(_ message: String) {
+    var buffer = ByteBuffer(string: "cachectl: \(message)\n")
+    buffer.withUnsafeReadableBytes { _ = write(2, $0.baseAddress, $0.count) }
+    buffer.clear()
+}
+
+func readStandardInput() -> [UInt8] {
+    var result: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
+        if n > 0 {
+            result.append(contentsOf: chunk[..<n])
+        } else if n < 0 && errno == EINTR {
+            continue
+        } else {
+            return result
+        }
+    }
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        String(self.filter { !$0.isWhitespace })
+    }
+}
