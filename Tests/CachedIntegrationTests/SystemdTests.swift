@@ -72,8 +72,9 @@ struct SystemdTests {
         let elapsed = Date().timeIntervalSince(started)
         #expect(answer["result"] == .string("pong"))
         print("socket activation: first connection answered after \(String(format: "%.1f", elapsed * 1000)) ms")
-        let log = (try? String(contentsOfFile: dir + "/log", encoding: .utf8)) ?? ""
-        #expect(log.contains("serving the socket passed by systemd"))
+        #expect(try waitUntil(timeout: 3) {
+            ((try? String(contentsOfFile: dir + "/log", encoding: .utf8)) ?? "").contains("serving the socket passed by systemd")
+        })
         #expect(!FileManager.default.fileExists(atPath: dir + "/unused.sock"))
         activator.signal(SIGTERM)
         #expect(activator.wait() == 0)

@@ -102,35 +102,51 @@ public final class RequestDispatcher: Sendable {
     private func get(_ params: GetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
         let eventLoop = context.eventLoop
         let address = params.address
+        return store.get(address, on: eventLoop).flatMap { value -> EventLoopFuture<MethodResult> in
+            if let value { return eventLoop.makeSucceededFuture(.get(hit: true, value: value)) }
+            return self.miss(params, context: context)
+        }.flatMapError { error -> EventLoopFuture<MethodResult> in
+            self.storeFailed(error, params, context: context)
+        }
+    }
+
+    /// A miss: the key's handler fills it, or the asker gets a lease (or waits for the holder).
+    private func miss(_ params: GetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
+        let eventLoop = context.eventLoop
+        let address = params.address
         let keyConfig = currentConfiguration.key(address.key)
         let entry = FillCoordinator.EntryKey(address)
         let handler = handlers.handler(for: address.key)
-        return store.get(address, on: eventLoop).flatMap { value -> EventLoopFuture<MethodResult> in
-            if let value { return eventLoop.makeSucceededFuture(.get(hit: true, value: value)) }
-            if self.coordinator.isKnownAbsent(entry) {
-                return eventLoop.makeSucceededFuture(.get(hit: false, value: nil))
-            }
-            if let handler {
-                return self.coordinator.handlerFill(entry, on: eventLoop) { stillValid in
-                    self.fillAndStore(handler, params.address, params.arguments, keyConfig, ttl: keyConfig.ttl, recheck: true, stillValid: stillValid, on: eventLoop)
-                }.map(Self.result(of:))
-            }
-            return self.coordinator.leaseMiss(entry, context: context, leaseTimeout: keyConfig.leaseTimeout).map(Self.result(of:))
-        }.flatMapError { error -> EventLoopFuture<MethodResult> in
-            // The store is down: a key with a handler still answers, from the handler, capped per key.
-            guard let handler, let cached = error as? CachedError, cached.code == .storeUnavailable || cached.code == .storeTimeout,
-                keyConfig.fallbackConcurrency > 0
-            else { return eventLoop.makeFailedFuture(error) }
-            return self.coordinator.handlerFill(entry, on: eventLoop) { _ in
-                guard self.coordinator.acquireFallback(address.key.uppercased(), limit: keyConfig.fallbackConcurrency) else {
-                    return eventLoop.makeFailedFuture(
-                        CachedError(.overloaded, "store unavailable and \(keyConfig.fallbackConcurrency) handler calls already running for key \(address.key)"))
-                }
-                return self.callHandler(handler, address, params.arguments, on: eventLoop)
-                    .map { ($0, false) }
-                    .always { _ in self.coordinator.releaseFallback(address.key.uppercased()) }
+        if coordinator.isKnownAbsent(entry) {
+            return eventLoop.makeSucceededFuture(.get(hit: false, value: nil))
+        }
+        if let handler {
+            return coordinator.handlerFill(entry, on: eventLoop) { stillValid in
+                self.fillAndStore(handler, params.address, params.arguments, keyConfig, ttl: keyConfig.ttl, recheck: true, stillValid: stillValid, on: eventLoop)
             }.map(Self.result(of:))
         }
+        return coordinator.leaseMiss(entry, context: context, leaseTimeout: keyConfig.leaseTimeout).map(Self.result(of:))
+    }
+
+    /// The store failed a read: a key with a handler still answers, from the handler, capped per key.
+    private func storeFailed(_ error: any Error, _ params: GetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
+        let eventLoop = context.eventLoop
+        let address = params.address
+        guard let cached = error as? CachedError, cached.code == .storeUnavailable || cached.code == .storeTimeout,
+            let handler = handlers.handler(for: address.key)
+        else { return eventLoop.makeFailedFuture(error) }
+        let keyConfig = currentConfiguration.key(address.key)
+        let entry = FillCoordinator.EntryKey(address)
+        guard keyConfig.fallbackConcurrency > 0 else { return eventLoop.makeFailedFuture(error) }
+        return coordinator.handlerFill(entry, on: eventLoop) { _ in
+            guard self.coordinator.acquireFallback(address.key.uppercased(), limit: keyConfig.fallbackConcurrency) else {
+                return eventLoop.makeFailedFuture(
+                    CachedError(.overloaded, "store unavailable and \(keyConfig.fallbackConcurrency) handler calls already running for key \(address.key)"))
+            }
+            return self.callHandler(handler, address, params.arguments, on: eventLoop)
+                .map { ($0, false) }
+                .always { _ in self.coordinator.releaseFallback(address.key.uppercased()) }
+        }.map(Self.result(of:))
     }
 
     static func result(of answer: FillCoordinator.Answer) -> MethodResult {

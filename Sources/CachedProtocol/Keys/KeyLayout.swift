@@ -33,19 +33,34 @@ public enum KeyLayout {
 
     /// Python's `str.zfill(10).upper()` for a validated (ASCII) key.
     public static func paddedName(_ key: String) -> String {
-        let upper = key.uppercased()
-        let count = upper.utf8.count
-        guard count < 10 else { return upper }
-        let zeros = String(repeating: "0", count: 10 - count)
-        if let first = upper.first, first == "+" || first == "-" {
-            return String(first) + zeros + upper.dropFirst()
+        var bytes: [UInt8] = []
+        appendPaddedName(key, to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Appends `key.zfill(10).upper()` (ASCII only: keys are validated) to `bytes`.
+    static func appendPaddedName(_ key: String, to bytes: inout [UInt8]) {
+        let utf8 = key.utf8
+        let zeros = max(0, 10 - utf8.count)
+        var rest = utf8[...]
+        if zeros > 0, let first = utf8.first, first == UInt8(ascii: "+") || first == UInt8(ascii: "-") {
+            bytes.append(first)
+            rest = rest.dropFirst()
         }
-        return zeros + upper
+        bytes.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: zeros))
+        for b in rest {
+            bytes.append(b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z") ? b - 32 : b)
+        }
     }
 
     /// The name `NAME#ID` of an entry: a Redis key, or a field inside a hash.
     public static func entryName(key: String, identity: Identity) -> String {
-        paddedName(key) + "#" + identity.formatted
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(24)
+        appendPaddedName(key, to: &bytes)
+        bytes.append(UInt8(ascii: "#"))
+        bytes.append(contentsOf: identity.formatted.utf8)
+        return String(decoding: bytes, as: UTF8.self)
     }
 }
 
