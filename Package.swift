@@ -33,6 +33,8 @@ let package = Package(
             providers: [.apt(["libsystemd-dev"])]
         ),
 
+        .target(name: "CSpawn"),
+
         // MARK: Libraries
         .target(
             name: "CachedProtocol",
@@ -57,6 +59,7 @@ let package = Package(
                 "CachedProtocol",
                 "CachedRedis",
                 "CSystemd",
+                "CSpawn",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),

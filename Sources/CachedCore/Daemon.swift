@@ -44,6 +44,8 @@ public struct Daemon: Sendable {
 
     /// Runs until a graceful shutdown signal, then drains and stops. A second signal stops at once.
     public func run() async throws {
+        // Writes to a worker that has exited must fail with EPIPE, not kill the daemon.
+        signal(SIGPIPE, SIG_IGN)
         let threads = configuration.threads > 0 ? configuration.threads : System.coreCount
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         // Adopt systemd's socket first: this also clears LISTEN_* so worker processes do not inherit them.
