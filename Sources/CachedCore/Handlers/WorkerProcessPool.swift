@@ -20,7 +20,7 @@ import Glibc
 /// - Worker stderr is always drained and logged line by line (rate-limited, long lines truncated).
 ///
 /// All mutable state is confined to one event loop; that is why the class is `@unchecked Sendable`.
-public final class WorkerPool: ManagedSyncHandler, @unchecked Sendable {
+public final class WorkerProcessPool: ManagedSyncHandler, @unchecked Sendable {
     public let key: String
     public let configuration: DaemonConfiguration.HandlerConfiguration
     let logger: Logger
@@ -416,7 +416,7 @@ public final class WorkerPool: ManagedSyncHandler, @unchecked Sendable {
 
 // MARK: - Worker and call records
 
-extension WorkerPool {
+extension WorkerProcessPool {
     /// One worker process. Loop-confined: only touched on the pool's event loop.
     final class Worker: @unchecked Sendable {
         enum State {
@@ -462,10 +462,10 @@ extension WorkerPool {
 /// Hands each stdout line of a worker to its pool.
 final class WorkerOutputHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
-    let pool: WorkerPool
-    let worker: WorkerPool.Worker
+    let pool: WorkerProcessPool
+    let worker: WorkerProcessPool.Worker
 
-    init(pool: WorkerPool, worker: WorkerPool.Worker) {
+    init(pool: WorkerProcessPool, worker: WorkerProcessPool.Worker) {
         self.pool = pool
         self.worker = worker
     }
