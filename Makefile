@@ -6,7 +6,7 @@ DESTDIR ?=
 RUN_DIR := $(CURDIR)/run
 REDIS_URL ?=
 
-.PHONY: all deps build release run test test-swift test-python install clean
+.PHONY: all deps build release run test test-swift test-python install clean bench
 
 all: build
 
@@ -57,3 +57,6 @@ install: release
 clean:
 	rm -rf .build run
 
+## Benchmarks (not part of `make test`): cached vs Redis side by side; rewrites docs/benchmarks.md.
+bench:
+	scripts/bench.sh

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# `make bench`: builds release cached and cached-bench, prepares three Python virtual environments
+# (the shim, redis-py, pyredis-cache 0.1.3), then runs scripts/bench/run.py, which starts a private
+# redis-server and cached, measures them side by side, prints a markdown table and rewrites
+# docs/benchmarks.md. Loopback/Unix sockets only, bounded request counts (a few minutes in all).
+#
+# Environment knobs (defaults in brackets): BENCH_SCRATCH [.build-bench], BENCH_REQUESTS [200000],
+# BENCH_PIPELINED_REQUESTS [1000000], BENCH_REPEAT [3], BENCH_VALUE_SIZE [100], BENCH_KEYSPACE [10000],
+# BENCH_CACHED_REDIS [tcp|unix], BENCH_OUTPUT [docs/benchmarks.md], BENCH_ARGS (extra run.py flags).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SWIFT=${SWIFT:-swift}
+PYTHON=${PYTHON:-python3}
+SCRATCH=${BENCH_SCRATCH:-.build-bench}
+
+for tool in redis-server redis-benchmark redis-cli; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool is missing (make deps / apt-get install redis-server redis-tools)" >&2; exit 1; }
+done
+command -v valgrind >/dev/null || echo "bench: valgrind is missing: the instructions-per-get figure is skipped (apt-get install valgrind)" >&2
+
+echo "bench: building release cached and cached-bench in $SCRATCH" >&2
+"$SWIFT" build --scratch-path "$SCRATCH" -c release --product cached
+"$SWIFT" build --scratch-path "$SCRATCH" -c release --product cached-bench
+BIN=$("$SWIFT" build --scratch-path "$SCRATCH" -c release --show-bin-path)
+
+# One virtual environment per client, so the shim and pyredis-cache (both the module `redis_cache`) never meet.
+venv() { # venv DIR PACKAGES...
+    local dir=$1; shift
+    local stamp="$dir/.bench-stamp" want="$*"
+    if [[ ! -x "$dir/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+        echo "bench: preparing $dir ($want)" >&2
+        rm -rf "$dir"
+        "$PYTHON" -m venv "$dir"
+        "$dir/bin/pip" install -q --disable-pip-version-check "$@" >&2
+        echo "$want" > "$stamp"
+    fi
+}
+venv .venv-bench-shim "$ROOT/clients/python"
+venv .venv-bench-redispy redis hiredis
+venv .venv-bench-pyredis redis hiredis pyredis-cache==0.1.3
+# The shim is installed as a copy: refresh it so the bench measures the working tree.
+.venv-bench-shim/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall "$ROOT/clients/python" >&2
+
+# 10,000 idle connections need more descriptors than the usual 1024 (cached and the client inherit this).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 20000 || true
+if (( $(ulimit -n) < 11000 )); then
+    echo "bench: ulimit -n is $(ulimit -n): the 10,000-connection figure will fail" >&2
+fi
+
+args=(
+    --cached "$BIN/cached" --cached-bench "$BIN/cached-bench"
+    --venv-shim "$ROOT/.venv-bench-shim/bin/python"
+    --venv-redispy "$ROOT/.venv-bench-redispy/bin/python"
+    --venv-pyredis "$ROOT/.venv-bench-pyredis/bin/python"
+    --requests "${BENCH_REQUESTS:-200000}" --pipelined-requests "${BENCH_PIPELINED_REQUESTS:-1000000}"
+    --repeat "${BENCH_REPEAT:-3}" --value-size "${BENCH_VALUE_SIZE:-100}" --keyspace "${BENCH_KEYSPACE:-10000}"
+    --cached-redis "${BENCH_CACHED_REDIS:-tcp}" --output "${BENCH_OUTPUT:-$ROOT/docs/benchmarks.md}"
+)
+# shellcheck disable=SC2086
+exec "$PYTHON" scripts/bench/run.py "${args[@]}" ${BENCH_ARGS:-}

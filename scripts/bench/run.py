@@ -1,0 +1,693 @@
+"""Orchestrates `make bench`: starts a private redis-server and a release cached, measures them side by
+side, prints a markdown table and rewrites docs/benchmarks.md. Called by scripts/bench.sh, which builds
+the binaries and prepares the virtual environments first.
+
+Everything runs on loopback TCP or Unix sockets in a temp directory, with bounded request counts.
+"""
+
+import argparse
+import csv
+import datetime
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def log(msg):
+    print("[bench] " + msg, file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, args):
+        self.a = args
+        self.tmp = tempfile.mkdtemp(prefix="cbench-", dir="/tmp")
+        self.procs = []
+        self.results = {}
+        self.notes = []
+        self.artefacts = os.path.join(ROOT, ".build-bench-results")
+        os.makedirs(self.artefacts, exist_ok=True)
+
+    # ---------------------------------------------------------------- processes
+
+    def spawn(self, argv, name, **kw):
+        out = open(os.path.join(self.tmp, name + ".log"), "ab")
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kw)
+        p.bench_name = name
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, sig=signal.SIGTERM, timeout=30):
+        if p.poll() is None:
+            p.send_signal(sig)
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def cleanup(self):
+        for p in reversed(self.procs):
+            try:
+                self.stop(p, timeout=10)
+            except Exception:
+                pass
+        if not self.a.keep_temp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def run(self, argv, timeout=300, check=True, **kw):
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+        if check and r.returncode != 0:
+            raise RuntimeError("%s failed (%d):\n%s\n%s" % (" ".join(argv), r.returncode, r.stdout[-2000:], r.stderr[-2000:]))
+        return r
+
+    # ---------------------------------------------------------------- redis
+
+    @staticmethod
+    def free_port():
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        return port
+
+    def start_redis(self):
+        self.redis_port = self.free_port()
+        self.redis_sock = os.path.join(self.tmp, "redis.sock")
+        self.redis = self.spawn([
+            self.a.redis_server, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--unixsocket", self.redis_sock,
+            "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", self.tmp,
+            "--logfile", os.path.join(self.tmp, "redis.log"), "--maxclients", "20000"], "redis")
+        for _ in range(200):
+            r = subprocess.run(["redis-cli", "-s", self.redis_sock, "PING"], capture_output=True, text=True)
+            if r.stdout.strip() == "PONG":
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def populate_redis_benchmark_keys(self):
+        """SET key:%012d for the keyspace, the names redis-benchmark -r uses."""
+        path = os.path.join(self.tmp, "populate.resp")
+        value = b"x" * self.a.value_size
+        with open(path, "wb") as f:
+            for i in range(self.a.keyspace):
+                k = b"key:%012d" % i
+                f.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(value), value))
+        with open(path, "rb") as f:
+            subprocess.run(["redis-cli", "-s", self.redis_sock, "--pipe"], stdin=f, capture_output=True, check=True, timeout=120)
+
+    def redis_benchmark(self, pipeline, requests, unix=False):
+        target = ["-s", self.redis_sock] if unix else ["-h", "127.0.0.1", "-p", str(self.redis_port)]
+        r = self.run(["redis-benchmark"] + target + [
+            "-t", "get", "-c", str(self.a.connections), "-P", str(pipeline), "-n", str(requests),
+            "-d", str(self.a.value_size), "-r", str(self.a.keyspace), "--csv"], timeout=300)
+        rows = list(csv.DictReader(io.StringIO(r.stdout)))
+        row = rows[-1]
+        return {"rps": float(row["rps"]), "p50Micros": float(row["p50_latency_ms"]) * 1000,
+                "p99Micros": float(row["p99_latency_ms"]) * 1000, "maxMicros": float(row["max_latency_ms"]) * 1000}
+
+    # ---------------------------------------------------------------- cached
+
+    def write_config(self, path, redis_url, with_handlers=True):
+        lines = ['redis = "%s"' % redis_url, 'log_level = "warning"', "", "[limits]",
+                 "max_connections = %d" % (self.a.idle_connections + 1000), ""]
+        if with_handlers:
+            env = '{ PYTHONPATH = "%s:%s", BENCH_COUNT_FILE = "%s", BENCH_HANDLER_SECONDS = "%s" }' % (
+                os.path.join(ROOT, "clients", "python"), HERE, self.cold_count_file, self.a.handler_seconds)
+            for name, func, workers in (("Cold", "cold", 2), ("Fill", "fast", 2)):
+                lines += ["[keys.%s]" % name,
+                          'handler = ["%s", "-m", "redis_cache.worker", "bench_handler:%s"]' % (sys.executable, func),
+                          "workers = %d" % workers, "timeout = 5.0", "environment = %s" % env, ""]
+        with open(path, "w") as f:
+            f.write("\n".join(lines))
+
+    def cached_redis_url(self):
+        if self.a.cached_redis == "unix":
+            return "unix://%s?db=0" % self.redis_sock
+        return "redis://127.0.0.1:%d/0" % self.redis_port
+
+    def start_cached(self, name, config, prefix=(), ready_timeout=30):
+        sock = os.path.join(self.tmp, name + ".sock")
+        p = self.spawn(list(prefix) + [self.a.cached, "--config", config, "--socket", sock], name)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if p.poll() is not None:
+                raise RuntimeError("cached exited (%s): %s" % (p.returncode, self.tail(name)))
+            try:
+                if self.rpc(sock, "ping").get("result") == "pong":
+                    return p, sock
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("cached did not answer ping: " + self.tail(name))
+
+    def tail(self, name):
+        try:
+            with open(os.path.join(self.tmp, name + ".log"), "rb") as f:
+                return f.read()[-3000:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    @staticmethod
+    def rpc(sock, method, params=None, timeout=10):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(sock)
+            req = {"jsonrpc": "2.0", "id": 1, "method": method}
+            if params is not None:
+                req["params"] = params
+            s.sendall(json.dumps(req).encode() + b"\n")
+            buf = b""
+            while b"\n" not in buf:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+            return json.loads(buf.split(b"\n", 1)[0])
+        finally:
+            s.close()
+
+    def cached_bench(self, sock, *extra, timeout=300):
+        r = self.run([self.a.cached_bench, "--socket", sock, "--json", "--value-size", str(self.a.value_size),
+                      "--keyspace", str(self.a.keyspace)] + [str(x) for x in extra], timeout=timeout, check=False)
+        try:
+            return json.loads(r.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            raise RuntimeError("cached-bench failed (%d): %s %s" % (r.returncode, r.stdout[-2000:], r.stderr[-2000:]))
+
+    @staticmethod
+    def cpu_seconds(pid):
+        """utime + stime of a process (all threads), in seconds."""
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def rss_kb(pid):
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return None
+
+    # ---------------------------------------------------------------- scenarios
+
+    def throughput(self, sock, pipeline, requests):
+        """redis-benchmark (TCP, unix) vs cached-bench, interleaved, median of the repeats."""
+        runs = {"redis_tcp": [], "redis_unix": [], "cached": []}
+        cpu = {"redis_alone": [], "cached": [], "redis_behind_cached": []}
+        for i in range(self.a.repeat):
+            r0 = self.cpu_seconds(self.redis.pid)
+            runs["redis_tcp"].append(self.redis_benchmark(pipeline, requests))
+            cpu["redis_alone"].append((self.cpu_seconds(self.redis.pid) - r0) / requests * 1e6)
+            runs["redis_unix"].append(self.redis_benchmark(pipeline, requests, unix=True))
+            r0, c0 = self.cpu_seconds(self.redis.pid), self.cpu_seconds(self.cached.pid)
+            c = self.cached_bench(sock, "--mix", "get-hit", "-c", self.a.connections, "-P", pipeline, "-n", requests)
+            cpu["cached"].append((self.cpu_seconds(self.cached.pid) - c0) / requests * 1e6)
+            cpu["redis_behind_cached"].append((self.cpu_seconds(self.redis.pid) - r0) / requests * 1e6)
+            runs["cached"].append(c)
+            log("  P=%d run %d: redis tcp %.0f rps p99 %.0f us | redis unix %.0f rps | cached %.0f rps p99 %.0f us (errors %s, misses %s)" % (
+                pipeline, i + 1, runs["redis_tcp"][-1]["rps"], runs["redis_tcp"][-1]["p99Micros"], runs["redis_unix"][-1]["rps"],
+                c["requestsPerSecond"], c["p99Micros"], c["errors"], c["misses"]))
+        out = {}
+        for name, rs in runs.items():
+            rps_key = "requestsPerSecond" if name == "cached" else "rps"
+            out[name] = {
+                "rps": statistics.median(r[rps_key] for r in rs),
+                "p50Micros": statistics.median(r["p50Micros"] for r in rs),
+                "p99Micros": statistics.median(r["p99Micros"] for r in rs),
+                "maxMicros": max(r["maxMicros"] for r in rs),
+                "all": [round(r[rps_key]) for r in rs],
+            }
+            if name == "cached":
+                out[name]["p999Micros"] = statistics.median(r["p999Micros"] for r in rs)
+                out[name]["errors"] = sum(r["errors"] + r["unexpected"] + r["wrongValues"] for r in rs)
+                out[name]["misses"] = sum(r["misses"] for r in rs)
+                out[name]["failures"] = [r["failure"] for r in rs if r["failure"]]
+        out["cpuMicrosPerGet"] = {k: statistics.median(v) for k, v in cpu.items()}
+        log("  CPU us per get: %s" % out["cpuMicrosPerGet"])
+        return out
+
+    def python_calls(self, sock):
+        a = self.a
+        common = ["--keyspace", "1000", "--calls", str(a.python_calls), "--rounds", "5"]
+        tcp = ["--redis-port", str(self.redis_port)]
+        script = os.path.join(HERE, "py_client.py")
+        self.run([a.venv_redispy, script, "--mode", "populate"] + tcp + common)
+        res = {}
+        for name, py, extra in (("shim", a.venv_shim, ["--mode", "shim", "--socket", sock]),
+                                ("redispy", a.venv_redispy, ["--mode", "redispy"] + tcp),
+                                ("redispy_unix", a.venv_redispy, ["--mode", "redispy", "--redis-socket", self.redis_sock]),
+                                ("pyredis", a.venv_pyredis, ["--mode", "pyredis"] + tcp)):
+            r = self.run([py, script] + extra + common, check=False, timeout=300)
+            try:
+                res[name] = json.loads(r.stdout.strip().splitlines()[-1])
+            except (IndexError, ValueError):
+                res[name] = {"error": (r.stdout + r.stderr)[-500:]}
+            log("  python %s: %s" % (name, res[name]))
+        return res
+
+    def cold(self, sock):
+        try:
+            os.unlink(self.cold_count_file)
+        except FileNotFoundError:
+            pass
+        identity = int(time.time() * 1000)
+        # One probe on another identity first: do handler keys work at all?
+        probe = self.rpc(sock, "get", {"key": "Cold", "identity": identity + 1}, timeout=15)
+        if "error" in probe:
+            return {"ran": False, "reason": "handler keys do not work yet: %s" % json.dumps(probe["error"])[:300]}
+        try:
+            os.unlink(self.cold_count_file)
+        except FileNotFoundError:
+            pass
+        r = self.run([sys.executable, os.path.join(HERE, "cold_gets.py"), "--socket", sock, "--key", "Cold",
+                      "--identity", str(identity), "--processes", "50", "--per-process", "20"], timeout=120)
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        try:
+            with open(self.cold_count_file) as f:
+                out["handlerCalls"] = sum(1 for line in f if line.startswith(str(identity) + " "))
+        except FileNotFoundError:
+            out["handlerCalls"] = 0
+        out["ran"] = True
+        out["handlerMs"] = float(self.a.handler_seconds) * 1000
+        return out
+
+    def idle_connections(self, sock, pid):
+        ready = os.path.join(self.tmp, "idle.ready")
+        stop = os.path.join(self.tmp, "idle.stop")
+        p = self.spawn([sys.executable, os.path.join(HERE, "idle_conns.py"), "--socket", sock, "--connections",
+                        str(self.a.idle_connections), "--ready-file", ready, "--stop-file", stop, "--hold", "120"], "idle")
+        deadline = time.monotonic() + 100
+        while not os.path.exists(ready) and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.1)
+        if not os.path.exists(ready):
+            self.stop(p)
+            return {"error": "idle client did not get ready: " + self.tail("idle")}
+        with open(ready) as f:
+            report = json.load(f)
+        time.sleep(1.0)
+        report["rssKB"] = self.rss_kb(pid)
+        try:
+            stats = self.rpc(sock, "stats")
+            report["daemonConnections"] = stats.get("result", {}).get("connections")
+        except OSError as e:
+            report["statsError"] = repr(e)
+        open(stop, "w").close()
+        p.wait(timeout=30)
+        time.sleep(1.0)
+        report["rssAfterCloseKB"] = self.rss_kb(pid)
+        return report
+
+    def callgrind(self):
+        """Instructions per get-hit: cached under callgrind, counters zeroed after warm-up."""
+        if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+            return {"error": "valgrind not installed"}
+        config = os.path.join(self.tmp, "cg.toml")
+        self.write_config(config, self.cached_redis_url(), with_handlers=False)
+        out_base = os.path.join(self.tmp, "callgrind.out")
+        # Valgrind 3.19 cannot read the DWARF 5 debug info of Swift 6 binaries: profile a copy without it
+        # (symbols stay, so functions are still named).
+        stripped = os.path.join(self.tmp, "cached-nodebug")
+        shutil.copy(self.a.cached, stripped)
+        subprocess.run(["objcopy", "--strip-debug", stripped], check=False)
+        saved, self.a.cached = self.a.cached, stripped
+        try:
+            p, sock = self.start_cached("cg", config, prefix=[
+                "valgrind", "--tool=callgrind", "--dump-instr=no", "--callgrind-out-file=" + out_base + ".%p"], ready_timeout=180)
+        except RuntimeError as e:
+            crash = re.search(r"(VALGRIND INTERNAL ERROR[^\n]*|the 'impossible' happened[^\n]*|Possibly corrupted debuginfo[^\n]*)", str(e))
+            return {"error": "valgrind cannot run cached here: %s" % (crash.group(1) if crash else str(e)[-300:])}
+        finally:
+            self.a.cached = saved
+        try:
+            n = self.a.callgrind_requests
+            self.cached_bench(sock, "--mix", "get-hit", "-c", 10, "-n", 0, "--warmup", timeout=300)
+            # Idle baseline: timers and the event loop with no requests.
+            self.run(["callgrind_control", "-z", str(p.pid)], timeout=60)
+            t0 = time.monotonic()
+            time.sleep(2.0)
+            self.run(["callgrind_control", "-d", "idle", str(p.pid)], timeout=60)
+            idle_seconds = time.monotonic() - t0
+            self.run(["callgrind_control", "-z", str(p.pid)], timeout=60)
+            t0 = time.monotonic()
+            c = self.cached_bench(sock, "--mix", "get-hit", "-c", 10, "-n", n, timeout=600)
+            self.run(["callgrind_control", "-d", "load", str(p.pid)], timeout=60)
+            load_seconds = time.monotonic() - t0
+        finally:
+            self.stop(p, timeout=120)
+        dumps = sorted(f for f in os.listdir(self.tmp) if f.startswith("callgrind.out.%d" % p.pid))
+
+        def total_ir(path):
+            with open(path) as f:
+                for line in f:
+                    if line.startswith("summary:") or line.startswith("totals:"):
+                        return int(line.split()[1])
+            return None
+
+        idle_ir = load_ir = None
+        load_file = None
+        for d in dumps:
+            path = os.path.join(self.tmp, d)
+            with open(path) as f:
+                head = f.read(4000)
+            if "idle" in head and idle_ir is None and re.search(r"^desc: Trigger: .*idle", head, re.M):
+                idle_ir = total_ir(path)
+            elif re.search(r"^desc: Trigger: .*load", head, re.M):
+                load_ir = total_ir(path)
+                load_file = path
+        if load_ir is None:
+            return {"error": "no callgrind dump found: %s" % dumps}
+        idle_rate = (idle_ir or 0) / idle_seconds
+        net = load_ir - idle_rate * load_seconds
+        res = {"requests": n, "completed": c["completed"], "errors": c["errors"], "loadIr": load_ir, "idleIr": idle_ir,
+               "idleSeconds": round(idle_seconds, 2), "loadSeconds": round(load_seconds, 2),
+               "irPerGet": round(net / max(1, c["completed"])), "irPerGetGross": round(load_ir / max(1, c["completed"]))}
+        # Keep the profile and its annotation for humans.
+        shutil.copy(load_file, os.path.join(self.artefacts, "callgrind.get-hit.out"))
+        ann = subprocess.run(["callgrind_annotate", "--inclusive=no", load_file], capture_output=True, text=True)
+        with open(os.path.join(self.artefacts, "callgrind.get-hit.txt"), "w") as f:
+            f.write(ann.stdout)
+        ann = subprocess.run(["callgrind_annotate", "--inclusive=yes", load_file], capture_output=True, text=True)
+        with open(os.path.join(self.artefacts, "callgrind.get-hit.inclusive.txt"), "w") as f:
+            f.write(ann.stdout)
+        return res
+
+    def perf_profile(self, sock, pid):
+        """cpu-clock samples of cached under get-hit load (perf has no hardware counters on most VMs)."""
+        if not shutil.which("perf"):
+            return {"error": "perf not installed"}
+        data = os.path.join(self.tmp, "perf.data")
+        rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "1999", "-g", "-p", str(pid), "-o", data],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        c = self.cached_bench(sock, "--mix", "get-hit", "-c", self.a.connections, "-n", self.a.requests)
+        rec.send_signal(signal.SIGINT)
+        try:
+            rec.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            rec.kill()
+        if not os.path.exists(data):
+            return {"error": "perf record wrote nothing"}
+        demangle = ["swift", "demangle", "--simplified"]
+        out = {}
+        for name, extra in (("self", ["--no-children"]), ("inclusive", ["--children"])):
+            rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--sort", "sym", "-g", "none"] + extra,
+                                 capture_output=True, text=True, timeout=300)
+            text = subprocess.run(demangle, input=rep.stdout, capture_output=True, text=True).stdout or rep.stdout
+            path = os.path.join(self.artefacts, "perf.get-hit.%s.txt" % name)
+            with open(path, "w") as f:
+                f.write(text)
+            out[name] = path
+        shutil.copy(data, os.path.join(self.artefacts, "perf.get-hit.data"))
+        out["requestsPerSecond"] = c["requestsPerSecond"]
+        return out
+
+    # ---------------------------------------------------------------- main
+
+    def main(self):
+        a = self.a
+        self.cold_count_file = os.path.join(self.tmp, "cold-calls")
+        log("temp dir %s" % self.tmp)
+        self.start_redis()
+        self.populate_redis_benchmark_keys()
+        config = os.path.join(self.tmp, "cached.toml")
+        self.write_config(config, self.cached_redis_url())
+        cached, sock = self.start_cached("cached", config)
+        self.cached = cached
+        time.sleep(0.5)
+        self.results["rssIdleKB"] = self.rss_kb(cached.pid)
+        log("cached pid %d, idle RSS %s kB" % (cached.pid, self.results["rssIdleKB"]))
+
+        warm = self.cached_bench(sock, "--mix", "get-hit", "-c", a.connections, "-n", 0, "--warmup")
+        log("warm-up: %s s" % warm.get("warmupSeconds"))
+        if not a.skip_throughput:
+            log("get-hit, %d connections, no pipelining" % a.connections)
+            self.results["p1"] = self.throughput(sock, 1, a.requests)
+            log("get-hit, %d connections, pipeline 16" % a.connections)
+            self.results["p16"] = self.throughput(sock, 16, a.pipelined_requests)
+        if not a.skip_python:
+            log("python per-call")
+            self.results["python"] = self.python_calls(sock)
+        log("1000 concurrent cold gets")
+        try:
+            self.results["cold"] = self.cold(sock)
+        except Exception as e:  # report, do not abort the other figures
+            self.results["cold"] = {"ran": False, "reason": "error: %s" % e}
+        log("  cold: %s" % self.results["cold"])
+        self.results["rssAfterLoadKB"] = self.rss_kb(cached.pid)
+        if not a.skip_perf:
+            log("perf profile of get-hit")
+            try:
+                self.results["perf"] = self.perf_profile(sock, cached.pid)
+            except Exception as e:
+                self.results["perf"] = {"error": str(e)[:300]}
+        log("%d idle connections" % a.idle_connections)
+        self.results["idle"] = self.idle_connections(sock, cached.pid)
+        log("  idle: %s" % self.results["idle"])
+        self.stop(cached)
+        if not a.skip_callgrind:
+            log("callgrind: %d get-hits at -c 10" % a.callgrind_requests)
+            try:
+                self.results["callgrind"] = self.callgrind()
+            except Exception as e:
+                self.results["callgrind"] = {"error": str(e)[:500]}
+            log("  callgrind: %s" % self.results["callgrind"])
+        with open(os.path.join(self.artefacts, "results.json"), "w") as f:
+            json.dump(self.results, f, indent=2)
+        table = self.render()
+        print(table)
+        if a.output:
+            with open(a.output, "w") as f:
+                f.write(table)
+            log("wrote %s" % a.output)
+
+    # ---------------------------------------------------------------- report
+
+    def machine(self):
+        cpu = "unknown"
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        cpu = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+
+        def cmd(argv):
+            try:
+                return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip()
+            except Exception:
+                return "?"
+
+        swift = cmd(["swift", "--version"]).splitlines()
+        swift = swift[0] if swift else "?"
+        redis = cmd([self.a.redis_server, "--version"])
+        m = re.search(r"v=(\S+)", redis)
+        rev = cmd(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
+        dirty = cmd(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"])
+        return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(), "swift": swift,
+                "redis": m.group(1) if m else redis, "rev": rev + ("+dirty" if dirty else ""),
+                "python": platform.python_version(),
+                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+    def render(self):
+        a, r = self.a, self.results
+        m = self.machine()
+        rows = []
+
+        def verdict(ok):
+            return "n/a" if ok is None else ("PASS" if ok else "**FAIL**")
+
+        def f0(x):
+            return "-" if x is None else "{:,.0f}".format(x)
+
+        def f1(x):
+            return "-" if x is None else "{:,.1f}".format(x)
+
+        def ratio(x, y):
+            return None if (x is None or y in (None, 0)) else x / y
+
+        def fr(x):
+            return "-" if x is None else "%.2fx" % x
+
+        for key, label, target in (("p1", "get-hit, -c %d, no pipelining" % a.connections, 1.0),
+                                   ("p16", "get-hit, -c %d, -P 16" % a.connections, 0.5)):
+            t = r.get(key)
+            if not t:
+                continue
+            c, rt, ru = t["cached"], t["redis_tcp"], t["redis_unix"]
+            rr = ratio(c["rps"], rt["rps"])
+            rows.append(("%s: requests/s" % label, f0(rt["rps"]) + " (unix %s)" % f0(ru["rps"]), f0(c["rps"]), fr(rr),
+                         ">= %.1fx" % target, verdict(rr is not None and rr >= target and c["errors"] == 0 and c["misses"] == 0)))
+            pr = ratio(c["p99Micros"], rt["p99Micros"])
+            rows.append(("%s: p50 / p99 / p99.9 / max (us)" % label,
+                         "%s / %s / - / %s (unix p99 %s)" % (f0(rt["p50Micros"]), f0(rt["p99Micros"]), f0(rt["maxMicros"]), f0(ru["p99Micros"])),
+                         "%s / %s / %s / %s" % (f0(c["p50Micros"]), f0(c["p99Micros"]), f0(c["p999Micros"]), f0(c["maxMicros"])),
+                         "p99 " + fr(pr), "p99 <= 2x" if key == "p1" else "info",
+                         verdict(pr is not None and pr <= 2.0) if key == "p1" else "-"))
+            cpu = t.get("cpuMicrosPerGet")
+            if cpu:
+                rows.append(("%s: CPU per get (us, from /proc/PID/stat)" % label, "redis-server %.1f" % cpu["redis_alone"],
+                             "cached %.1f + redis-server %.1f" % (cpu["cached"], cpu["redis_behind_cached"]),
+                             fr(ratio(cpu["cached"] + cpu["redis_behind_cached"], cpu["redis_alone"])), "info", "-"))
+            if c["errors"] or c["misses"] or c["failures"]:
+                self.notes.append("%s: cached-bench saw %d errors, %d misses, failures %s" % (label, c["errors"], c["misses"], c["failures"]))
+        py = r.get("python")
+        if py:
+            s, rp, pc = py.get("shim", {}).get("usPerCall"), py.get("redispy", {}).get("usPerCall"), py.get("pyredis", {}).get("usPerCall")
+            ru = py.get("redispy_unix", {}).get("usPerCall")
+            x = ratio(s, rp)
+            best = {k: v.get("usPerCallBest") for k, v in py.items()}
+            rows.append(("Python get hit, us per call, median round (best): shim vs redis-py `json.loads(r.get(k))`",
+                         "%s (%s; unix %s)" % (f1(rp), f1(best.get("redispy")), f1(ru)), "%s (%s)" % (f1(s), f1(best.get("shim"))),
+                         fr(x), "<= 1.2x", verdict(None if x is None else x <= 1.2)))
+            y = ratio(pc, s)
+            rows.append(("Python get hit, us per call, median round (best): pyredis-cache 0.1.3 vs shim",
+                         "%s (%s)" % (f1(pc), f1(best.get("pyredis"))), "%s (%s)" % (f1(s), f1(best.get("shim"))),
+                         "shim " + ("%.2fx faster" % y if y is not None else "-"), ">= 3x faster", verdict(None if y is None else y >= 3.0)))
+            for k, v in py.items():
+                if "error" in v:
+                    self.notes.append("Python %s: %s" % (k, v["error"]))
+        cold = r.get("cold")
+        if cold:
+            if cold.get("ran"):
+                hm = cold["handlerMs"]
+                ok_calls = cold["handlerCalls"] == 1 and cold["answered"] == cold["requests"]
+                rows.append(("1000 concurrent cold gets (50 processes x 20): handler calls", "-",
+                             "%d calls, %d/%d answered, %d distinct values" % (cold["handlerCalls"], cold["answered"], cold["requests"], cold["distinctValues"]),
+                             "-", "exactly 1", verdict(ok_calls and cold["distinctValues"] == 1)))
+                ok_lat = cold["maxMs"] is not None and cold["maxMs"] <= hm + 5
+                rows.append(("1000 cold gets: waiters' latency p50 / p99 / max (ms)", "handler %.0f ms" % hm,
+                             "%s / %s / %s" % (f1(cold["p50Ms"]), f1(cold["p99Ms"]), f1(cold["maxMs"])),
+                             "max - handler = %s ms" % f1(None if cold["maxMs"] is None else cold["maxMs"] - hm),
+                             "<= handler + 5 ms", verdict(ok_lat)))
+                if cold.get("errors"):
+                    self.notes.append("cold gets: %d errors, first: %s" % (cold["errors"], cold.get("firstError")))
+            else:
+                rows.append(("1000 concurrent cold gets through a handler key", "-", "could not run", "-",
+                             "1 call, <= handler + 5 ms", "n/a"))
+                self.notes.append("Cold gets did not run: %s" % cold.get("reason"))
+        idle_kb = r.get("rssIdleKB")
+        rows.append(("daemon RSS, idle (fresh start)", "-", f1(idle_kb / 1024) + " MB" if idle_kb else "-", "-", "<= 40 MB",
+                     verdict(None if not idle_kb else idle_kb / 1024 <= 40)))
+        idle = r.get("idle", {})
+        if idle.get("rssKB"):
+            ok = idle["rssKB"] / 1024 <= 150 and idle.get("answered") == a.idle_connections
+            rows.append(("daemon RSS, %d idle connections" % a.idle_connections, "-",
+                         "%s MB (%d/%d answered ping)" % (f1(idle["rssKB"] / 1024), idle.get("answered", 0), a.idle_connections),
+                         "-", "<= 150 MB", verdict(ok)))
+            rows.append(("daemon RSS after the load runs / after closing them", "-", "%s MB / %s MB" % (
+                f1((r.get("rssAfterLoadKB") or 0) / 1024), f1((idle.get("rssAfterCloseKB") or 0) / 1024)), "-", "info", "-"))
+        elif idle:
+            self.notes.append("idle connections: %s" % idle)
+        cg = r.get("callgrind")
+        if cg:
+            if "irPerGet" in cg:
+                rows.append(("instructions per get-hit in the daemon (callgrind, -c 10)", "-",
+                             "%s (gross %s)" % (f0(cg["irPerGet"]), f0(cg["irPerGetGross"])), "-", "info", "-"))
+            else:
+                self.notes.append("callgrind: %s" % cg.get("error"))
+
+        out = ["# Benchmarks", "",
+               "Produced by `make bench` (`scripts/bench.sh`): a private `redis-server` (no persistence) and a release",
+               "`cached` (store: Redis over %s), measured side by side on this machine. Ratios are cached / Redis unless noted;" % (
+                   "loopback TCP" if a.cached_redis == "tcp" else "its Unix socket"),
+               "throughput and latency figures are the median of %d interleaved runs." % a.repeat, "",
+               "- machine: %d cores, %s, kernel %s" % (m["nproc"], m["cpu"], m["kernel"]),
+               "- date: %s" % m["date"],
+               "- versions: %s; redis-server %s; Python %s; cached %s" % (m["swift"], m["redis"], m["python"], m["rev"]),
+               "- load: %d connections, %d requests unpipelined, %d pipelined, values of %d bytes, keyspace %d (pre-populated)" % (
+                   a.connections, a.requests, a.pipelined_requests, a.value_size, a.keyspace), "",
+               "| scenario | Redis direct | cached | ratio | target | verdict |", "|---|---|---|---|---|---|"]
+        out += ["| %s |" % " | ".join(row) for row in rows]
+        out += ["", "How each figure is made:", "",
+                "- Redis direct: `redis-benchmark -t get -c %d -P P -n N -d %d -r %d` over loopback TCP (its Unix socket in parentheses); cached: `cached-bench --mix get-hit -c %d -P P -n N` over cached's Unix socket." % (
+                    a.connections, a.value_size, a.keyspace, a.connections),
+                "- Python: one process, %d calls in 5 rounds (median round), values are small JSON objects; redis-py and pyredis-cache over loopback TCP, each client in its own virtual environment." % a.python_calls,
+                "- Cold gets: 50 forked processes x 20 connections send the same `get` of a never-used entry of a key whose handler sleeps %s s; latency from each request's own send." % a.handler_seconds,
+                "- RSS: `VmRSS` of `/proc/PID/status`.",
+                "- Instructions: `valgrind --tool=callgrind` on the release daemon (debug info stripped), counters zeroed after the warm-up, an idle baseline subtracted; "
+                "when valgrind cannot run the binary (see notes), CPU per get from `/proc/PID/stat` and the perf profile below stand in.",
+                "- CPU per get: utime+stime of the process over the run divided by the requests (10 ms clock ticks).",
+                ""]
+        pf = r.get("perf") or {}
+        if pf.get("self"):
+            top = []
+            with open(pf["self"]) as f:
+                for line in f:
+                    mm = re.match(r"\s*([0-9.]+)%\s+\[(.)\]\s+(.*)", line)
+                    if mm:
+                        top.append((float(mm.group(1)), mm.group(2), mm.group(3).strip()))
+            if top:
+                out += ["Where cached's CPU goes under get-hit load (perf, cpu-clock samples, self time, top 15; `[k]` kernel):", "",
+                        "| self | function |", "|---|---|"]
+                out += ["| %.1f%% | %s`%s` |" % (pct, "[k] " if kind == "k" else "", name.replace("|", "\\|")[:140]) for pct, kind, name in top[:15]]
+                out += ["", "Full reports: `.build-bench-results/perf.get-hit.{self,inclusive}.txt` (git-ignored).", ""]
+        elif pf.get("error"):
+            self.notes.append("perf profile: %s" % pf["error"])
+        if self.notes:
+            out += ["Notes:", ""] + ["- " + n for n in self.notes] + [""]
+        return "\n".join(out)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--cached", required=True)
+    p.add_argument("--cached-bench", required=True)
+    p.add_argument("--redis-server", default="redis-server")
+    p.add_argument("--venv-shim", required=True, help="python of the shim's venv")
+    p.add_argument("--venv-redispy", required=True)
+    p.add_argument("--venv-pyredis", required=True)
+    p.add_argument("--connections", type=int, default=50)
+    p.add_argument("--requests", type=int, default=200000)
+    p.add_argument("--pipelined-requests", type=int, default=1000000)
+    p.add_argument("--value-size", type=int, default=100)
+    p.add_argument("--keyspace", type=int, default=10000)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--python-calls", type=int, default=20000)
+    p.add_argument("--handler-seconds", default="0.2")
+    p.add_argument("--idle-connections", type=int, default=10000)
+    p.add_argument("--callgrind-requests", type=int, default=20000)
+    p.add_argument("--cached-redis", choices=["tcp", "unix"], default="tcp")
+    p.add_argument("--output", default=os.path.join(ROOT, "docs", "benchmarks.md"))
+    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--skip-python", action="store_true")
+    p.add_argument("--skip-callgrind", action="store_true")
+    p.add_argument("--skip-perf", action="store_true")
+    p.add_argument("--keep-temp", action="store_true")
+    p.add_argument("--from-results", help="render the table from a saved results.json instead of measuring")
+    args = p.parse_args()
+    b = Bench(args)
+    if args.from_results:
+        with open(args.from_results) as f:
+            b.results = json.load(f)
+        table = b.render()
+        print(table)
+        if args.output:
+            with open(args.output, "w") as f:
+                f.write(table)
+        b.cleanup()
+        return
+    try:
+        b.main()
+    finally:
+        b.cleanup()
+
+
+if __name__ == "__main__":
+    main()
