@@ -39,7 +39,12 @@ public struct Daemon: Sendable {
         redis.connectTimeout = .nanoseconds(Int64(configuration.redis.connectTimeout * 1e9))
         redis.commandTimeout = .nanoseconds(Int64(configuration.redis.commandTimeout * 1e9))
         redis.maximumReconnectDelay = .nanoseconds(Int64(configuration.redis.reconnectMaxDelay * 1e9))
-        return RedisCacheStore(pool: RedisConnectionPool(configuration: redis, group: group, logger: logger))
+        let pool = RedisConnectionPool(configuration: redis, group: group, logger: logger)
+        guard configuration.localCache.maxBytes > 0, configuration.localCache.maxAge > 0 else {
+            return RedisCacheStore(pool: pool)
+        }
+        let local = LocalCache(maxBytes: configuration.localCache.maxBytes, maxAge: configuration.localCache.maxAge)
+        return RedisCacheStore(pool: pool, localCache: local, listenerLoop: group.next(), logger: logger)
     }
 
     /// Runs until a graceful shutdown signal, then drains and stops. A second signal stops at once.
@@ -179,6 +184,7 @@ struct ReloadService: Service {
         if old.threads != new.threads { changed.append("threads") }
         if old.limits != new.limits { changed.append("limits") }
         if old.embedded != new.embedded { changed.append("embedded") }
+        if old.localCache != new.localCache { changed.append("local_cache") }
         if old.logLevel != new.logLevel { changed.append("log_level") }
         return changed
     }

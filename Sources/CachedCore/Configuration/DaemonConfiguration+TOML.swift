@@ -49,6 +49,11 @@ extension DaemonConfiguration {
             if let v = try t.seconds("idle_timeout") { limits.idleTimeout = v }
             try t.finish()
         }
+        if var t = try root.table("local_cache") {
+            if let v = try t.int("max_bytes", range: 0...(1 << 40)) { localCache.maxBytes = v }
+            if let v = try t.seconds("max_age") { localCache.maxAge = v }
+            try t.finish()
+        }
         if var t = try root.table("embedded") {
             if let v = try t.int("max_bytes", range: 1024...(1 << 40)) { embedded.maxBytes = v }
             try t.finish()

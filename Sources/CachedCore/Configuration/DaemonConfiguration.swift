@@ -23,6 +23,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var threads: Int = 0
     public var limits = Limits()
     public var embedded = EmbeddedOptions()
+    public var localCache = LocalCacheOptions()
     /// Per-key settings, by key name as clients send it.
     public var keys: [String: KeyConfiguration] = [:]
 
@@ -55,6 +56,15 @@ public struct DaemonConfiguration: Sendable, Equatable {
         public var lineTimeout = 10.0
         /// Seconds a connection may stay without reading or writing anything before it is closed; 0 = never.
         public var idleTimeout = 600.0
+        public init() {}
+    }
+
+    /// The coherent local copy of Redis entries (client-side caching with invalidation).
+    public struct LocalCacheOptions: Sendable, Equatable {
+        /// Memory budget; 0 disables the local cache (every get goes to Redis).
+        public var maxBytes = 64 * 1024 * 1024
+        /// Seconds an entry may be served locally at most, even without an invalidation.
+        public var maxAge = 300.0
         public init() {}
     }
 

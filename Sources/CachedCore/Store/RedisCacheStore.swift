@@ -1,28 +1,67 @@
 import CachedProtocol
 import CachedRedis
+import Logging
 import NIOCore
 
-/// Entries in Redis, in pyredis-cache's layout.
+/// Entries in Redis, in pyredis-cache's layout, with an optional coherent local copy (``LocalCache``).
 public final class RedisCacheStore: CacheStore {
     public let pool: RedisConnectionPool
+    let localCache: LocalCache?
+    let listener: RedisInvalidationListener?
 
-    public init(pool: RedisConnectionPool) {
+    public init(pool: RedisConnectionPool, localCache: LocalCache? = nil, listenerLoop: (any EventLoop)? = nil, logger: Logger? = nil) {
         self.pool = pool
+        self.localCache = localCache
+        if let localCache, let listenerLoop, let logger {
+            self.listener = RedisInvalidationListener(
+                configuration: pool.configuration, eventLoop: listenerLoop, logger: logger
+            ) { event in
+                switch event {
+                case .invalidate(let keys): keys.forEach(localCache.invalidate)
+                case .invalidateAll: localCache.invalidateAll()
+                case .connected(let id):
+                    // Existing connections switch their tracking to the new listener before values are cached again.
+                    pool.setTrackingRedirect(id).whenComplete { _ in localCache.setListener(id) }
+                case .disconnected:
+                    localCache.setListener(nil)
+                    _ = pool.setTrackingRedirect(nil)
+                }
+            }
+        } else {
+            self.listener = nil
+        }
     }
 
-    public func start() async { await pool.start() }
-    public func shutdown() async { await pool.shutdown() }
+    public func start() async {
+        await listener?.start()
+        await pool.start()
+    }
+
+    public func shutdown() async {
+        await listener?.shutdown()
+        await pool.shutdown()
+    }
 
     public func get(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer?> {
+        if let localCache, let value = localCache.get(address) {
+            return eventLoop.makeSucceededFuture(value)
+        }
         let command: RedisCommand
         if let field = address.storeField {
             command = RedisCommand("HGET", .string(address.storeKey), .string(field))
         } else {
             command = RedisCommand("GET", .string(address.storeKey))
         }
-        return send(command, on: eventLoop).flatMapThrowing { reply in
+        guard let connection = pool.connection(preferring: eventLoop) else {
+            return eventLoop.makeFailedFuture(CachedError(.storeUnavailable, "Redis unavailable: no connection to Redis is up"))
+        }
+        let readAt = localCache?.beginRead() ?? 0
+        let localCache = self.localCache
+        return Self.checked(connection.send(command)).flatMapThrowing { reply in
             switch reply {
-            case .bulk(let value): return value
+            case .bulk(let value):
+                localCache?.insert(address, value: value, readAt: readAt, trackedBy: connection.trackingRedirect)
+                return value
             case .null: return nil
             default: throw CachedError(.storeError, "unexpected reply from Redis to GET: \(reply)")
             }
@@ -30,6 +69,7 @@ public final class RedisCacheStore: CacheStore {
     }
 
     public func set(_ address: EntryAddress, value: ByteBuffer, ttl: Double, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        localCache?.invalidate(address.storeKey)
         let command: RedisCommand
         if let field = address.storeField {
             command = RedisCommand("HSET", .string(address.storeKey), .string(field), .bytes(value))
@@ -49,6 +89,7 @@ public final class RedisCacheStore: CacheStore {
     }
 
     public func delete(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int> {
+        localCache?.invalidate(address.storeKey)
         let command: RedisCommand
         if let field = address.storeField {
             command = RedisCommand("HDEL", .string(address.storeKey), .string(field))
@@ -59,18 +100,19 @@ public final class RedisCacheStore: CacheStore {
     }
 
     public func deleteHash(_ hash: HashAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int> {
-        integer(RedisCommand("DEL", .string(hash.storeKey)), on: eventLoop)
+        localCache?.invalidate(hash.storeKey)
+        return integer(RedisCommand("DEL", .string(hash.storeKey)), on: eventLoop)
     }
 
     public func status() -> StoreStatus {
         let connected = pool.connectedCount
-        return StoreStatus(
-            kind: "redis", available: connected > 0,
-            detail: [
-                "url": .string(pool.configuration.redactedDescription),
-                "connections": .number(String(connected)),
-                "poolSize": .number(String(pool.configuration.poolSize)),
-            ])
+        var detail: [String: JSONValue] = [
+            "url": .string(pool.configuration.redactedDescription),
+            "connections": .number(String(connected)),
+            "poolSize": .number(String(pool.configuration.poolSize)),
+        ]
+        if let localCache { detail["localCache"] = localCache.status }
+        return StoreStatus(kind: "redis", available: connected > 0, detail: detail)
     }
 
     // MARK: Helpers
@@ -86,7 +128,12 @@ public final class RedisCacheStore: CacheStore {
 
     /// Sends a command; maps client errors and error replies to ``CachedError``.
     private func send(_ command: RedisCommand, on eventLoop: any EventLoop) -> EventLoopFuture<RedisReply> {
-        pool.send(command, preferring: eventLoop)
+        Self.checked(pool.send(command, preferring: eventLoop))
+    }
+
+    /// Maps client errors and error replies to ``CachedError``.
+    private static func checked(_ future: EventLoopFuture<RedisReply>) -> EventLoopFuture<RedisReply> {
+        future
             .flatMapErrorThrowing { error in throw Self.map(error) }
             .flatMapThrowing { reply in
                 if case .error(let message) = reply {

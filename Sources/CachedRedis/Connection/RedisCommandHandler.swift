@@ -12,7 +12,7 @@ public struct RedisRequest: Sendable {
 
 /// Matches replies to commands in FIFO order, flushes once per event-loop tick, and enforces the
 /// command timeout. All decisions are made by ``RedisCommandStateMachine``.
-public final class RedisCommandHandler: ChannelDuplexHandler {
+public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHandler {
     public typealias InboundIn = RedisReply
     public typealias OutboundIn = RedisRequest
     public typealias OutboundOut = ByteBuffer

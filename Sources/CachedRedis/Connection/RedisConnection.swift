@@ -1,13 +1,26 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
 /// One multiplexed, pipelined connection to Redis.
 public final class RedisConnection: Sendable {
     public let channel: any Channel
+    private let tracking = NIOLockedValueBox<Int64?>(nil)
 
     init(channel: any Channel) {
         self.channel = channel
+    }
+
+    /// The invalidation listener this connection's reads are tracked for (`CLIENT TRACKING on REDIRECT`), if any.
+    public var trackingRedirect: Int64? { tracking.withLockedValue { $0 } }
+
+    /// Turns on client-side-caching tracking of this connection's reads, redirected to `listener`.
+    public func enableTracking(redirectTo listener: Int64) -> EventLoopFuture<Void> {
+        send(RedisCommand("CLIENT", "TRACKING", "on", "REDIRECT", .string(String(listener)))).flatMapThrowing { reply in
+            guard case .status = reply else { throw RedisClientError(.errorReply, "CLIENT TRACKING: \(reply)") }
+            self.tracking.withLockedValue { $0 = listener }
+        }
     }
 
     public var eventLoop: any EventLoop { channel.eventLoop }

@@ -13,6 +13,9 @@ public final class RedisConnectionPool: Sendable {
     private let next = ManagedAtomic<Int>(0)
     private let logger: Logger
 
+    /// The client id of the invalidation listener new connections redirect their tracking to (nil: no tracking).
+    private let trackingRedirect = NIOLockedValueBox<Int64?>(nil)
+
     public init(configuration: RedisConfiguration, group: any EventLoopGroup, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
@@ -20,7 +23,7 @@ public final class RedisConnectionPool: Sendable {
         var iterator = group.makeIterator()
         for index in 0..<max(1, configuration.poolSize) {
             let loop = iterator.next() ?? group.next()
-            slots.append(Slot(index: index, eventLoop: loop, configuration: configuration, logger: logger))
+            slots.append(Slot(index: index, eventLoop: loop, configuration: configuration, logger: logger, trackingRedirect: trackingRedirect))
         }
         self.slots = slots
     }
@@ -41,6 +44,30 @@ public final class RedisConnectionPool: Sendable {
         }
     }
 
+    /// Redirects the tracking of every connection (current and future) to `listener`, or stops
+    /// tracking new connections when nil. Returns when the current connections have switched.
+    public func setTrackingRedirect(_ listener: Int64?) -> EventLoopFuture<Void> {
+        trackingRedirect.withLockedValue { $0 = listener }
+        let loop = slots[0].eventLoop
+        guard let listener else { return loop.makeSucceededVoidFuture() }
+        let futures = slots.compactMap { $0.current }.map { $0.enableTracking(redirectTo: listener).recover { _ in } }
+        return EventLoopFuture.andAllComplete(futures, on: loop)
+    }
+
+    /// The connection a request should use (the one on `eventLoop` when it is up), or nil if none is up.
+    public func connection(preferring eventLoop: (any EventLoop)? = nil) -> RedisConnection? {
+        if let eventLoop {
+            for slot in slots where slot.eventLoop === eventLoop {
+                if let connection = slot.current { return connection }
+            }
+        }
+        let start = next.loadThenWrappingIncrement(ordering: .relaxed)
+        for offset in 0..<slots.count {
+            if let connection = slots[(start &+ offset) % slots.count].current { return connection }
+        }
+        return nil
+    }
+
     /// How many connections are up.
     public var connectedCount: Int {
         slots.reduce(0) { $0 + ($1.current != nil ? 1 : 0) }
@@ -48,16 +75,7 @@ public final class RedisConnectionPool: Sendable {
 
     /// Sends a command on a connection that is up, preferring one on `eventLoop` (no thread hop).
     public func send(_ command: RedisCommand, preferring eventLoop: (any EventLoop)? = nil) -> EventLoopFuture<RedisReply> {
-        if let eventLoop {
-            for slot in slots where slot.eventLoop === eventLoop {
-                if let connection = slot.current { return connection.send(command) }
-            }
-        }
-        let start = next.loadThenWrappingIncrement(ordering: .relaxed)
-        for offset in 0..<slots.count {
-            let slot = slots[(start &+ offset) % slots.count]
-            if let connection = slot.current { return connection.send(command) }
-        }
+        if let connection = connection(preferring: eventLoop) { return connection.send(command) }
         let loop = eventLoop ?? slots[0].eventLoop
         return loop.makeFailedFuture(RedisClientError(.unavailable, "no connection to Redis is up"))
     }
@@ -72,6 +90,7 @@ extension RedisConnectionPool {
         let eventLoop: any EventLoop
         let configuration: RedisConfiguration
         let logger: Logger
+        let trackingRedirect: NIOLockedValueBox<Int64?>
         private let state: NIOLockedValueBox<State>
 
         struct State {
@@ -82,7 +101,8 @@ extension RedisConnectionPool {
             var firstAttempt: EventLoopPromise<Void>?
         }
 
-        init(index: Int, eventLoop: any EventLoop, configuration: RedisConfiguration, logger: Logger) {
+        init(index: Int, eventLoop: any EventLoop, configuration: RedisConfiguration, logger: Logger, trackingRedirect: NIOLockedValueBox<Int64?>) {
+            self.trackingRedirect = trackingRedirect
             self.index = index
             self.eventLoop = eventLoop
             self.configuration = configuration
@@ -117,7 +137,12 @@ extension RedisConnectionPool {
 
         private func connect() {
             guard !state.withLockedValue({ $0.stopped }) else { return }
-            RedisConnection.connect(configuration: configuration, eventLoop: eventLoop).whenComplete { result in
+            let redirect = trackingRedirect.withLockedValue { $0 }
+            RedisConnection.connect(configuration: configuration, eventLoop: eventLoop).flatMap { connection in
+                // Reads on this connection are tracked for the local cache (when an invalidation listener is up).
+                guard let redirect else { return connection.eventLoop.makeSucceededFuture(connection) }
+                return connection.enableTracking(redirectTo: redirect).map { connection }.recover { _ in connection }
+            }.whenComplete { result in
                 switch result {
                 case .success(let connection):
                     let (stopped, failures, first) = self.state.withLockedValue { state in

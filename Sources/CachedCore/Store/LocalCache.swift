@@ -1,0 +1,105 @@
+import CachedProtocol
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// The daemon's in-process copy of entries read from Redis, kept coherent by Redis's client-side
+/// caching: every read is tracked by Redis, and any change to a tracked key (a write by anyone,
+/// a delete, an expiry or an eviction) arrives as an invalidation that removes the key here.
+///
+/// A value read from Redis is only cached when (1) the connection that read it redirects its tracking
+/// to the invalidation listener that is up now, and (2) no invalidation of that key (or of everything)
+/// was processed after the read was sent: an invalidation can overtake the read's reply, since the two
+/// come on different connections. Entries also expire after `maxAge` as a last line of defence.
+public final class LocalCache: Sendable {
+    struct State {
+        var entries: LRUStore
+        var epoch: UInt64 = 0
+        var invalidatedAt: [String: UInt64] = [:]
+        var flushedAt: UInt64 = 0
+        var listener: Int64?
+        var hits = 0
+        var misses = 0
+        var invalidations = 0
+        var flushes = 0
+    }
+
+    private let state: NIOLockedValueBox<State>
+    private let maxAge: TimeAmount
+    public let maxBytes: Int
+
+    public init(maxBytes: Int, maxAge: Double) {
+        self.maxBytes = maxBytes
+        self.maxAge = .nanoseconds(Int64(maxAge * 1e9))
+        self.state = NIOLockedValueBox(State(entries: LRUStore(maxBytes: maxBytes)))
+    }
+
+    /// A cached value, or nil.
+    func get(_ address: EntryAddress) -> ByteBuffer? {
+        let now = NIODeadline.now()
+        return state.withLockedValue { state in
+            guard state.listener != nil else { return nil }
+            let value = state.entries.get(address.storeKey, field: address.storeField, now: now)
+            if value != nil { state.hits += 1 } else { state.misses += 1 }
+            return value
+        }
+    }
+
+    /// Marks the start of a read from Redis; pass the result to ``insert(_:value:readAt:trackedBy:)``.
+    func beginRead() -> UInt64 {
+        state.withLockedValue { $0.epoch }
+    }
+
+    /// Caches a value read from Redis, unless it may be stale (see the type's documentation).
+    func insert(_ address: EntryAddress, value: ByteBuffer, readAt epoch: UInt64, trackedBy redirect: Int64?) {
+        let now = NIODeadline.now()
+        state.withLockedValue { state in
+            guard let listener = state.listener, redirect == listener, state.flushedAt <= epoch,
+                (state.invalidatedAt[address.storeKey] ?? 0) <= epoch
+            else { return }
+            state.entries.set(address.storeKey, field: address.storeField, value: value, expiry: now + maxAge, now: now)
+        }
+    }
+
+    /// A key changed: drop it (and every field, for a hash).
+    func invalidate(_ storeKey: String) {
+        state.withLockedValue { state in
+            state.epoch += 1
+            state.invalidations += 1
+            _ = state.entries.delete(storeKey, field: nil, now: .now())
+            state.invalidatedAt[storeKey] = state.epoch
+            if state.invalidatedAt.count > 100_000 { Self.flush(&state) }
+        }
+    }
+
+    /// Everything may have changed.
+    func invalidateAll() {
+        state.withLockedValue { Self.flush(&$0) }
+    }
+
+    /// The invalidation listener that is up (values may be cached only while there is one).
+    func setListener(_ id: Int64?) {
+        state.withLockedValue { state in
+            state.listener = id
+            Self.flush(&state)
+        }
+    }
+
+    private static func flush(_ state: inout State) {
+        state.epoch += 1
+        state.flushedAt = state.epoch
+        state.invalidatedAt.removeAll()
+        state.entries = LRUStore(maxBytes: state.entries.maxBytes)
+        state.flushes += 1
+    }
+
+    var status: JSONValue {
+        state.withLockedValue { s in
+            .object([
+                "enabled": .bool(s.listener != nil), "keys": .number(String(s.entries.count)),
+                "bytes": .number(String(s.entries.usedBytes)), "maxBytes": .number(String(maxBytes)),
+                "hits": .number(String(s.hits)), "misses": .number(String(s.misses)),
+                "invalidations": .number(String(s.invalidations)), "flushes": .number(String(s.flushes)),
+            ])
+        }
+    }
+}
