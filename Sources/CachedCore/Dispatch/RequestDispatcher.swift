@@ -40,6 +40,37 @@ public final class RequestDispatcher: Sendable {
         coordinator.connectionClosed(connection)
     }
 
+    /// How a request is answered: right away (a hit in memory), or later.
+    public enum Outcome {
+        case now(MethodResult)
+        case later(EventLoopFuture<MethodResult>)
+    }
+
+    /// Runs a request; a `get` whose value is in the daemon's memory is answered without any future.
+    public func run(_ request: JSONRPCRequest, context: RequestContext) -> Outcome {
+        guard request.method == "get" else { return .later(dispatch(request, context: context)) }
+        let params: GetParams
+        do {
+            params = try GetParams(request.params)
+        } catch {
+            stats.record(method: "get", key: nil, outcome: .error)
+            return .later(context.eventLoop.makeFailedFuture(error))
+        }
+        if let value = store.cachedValue(params.address) {
+            stats.record(method: "get", key: params.address.key, outcome: .hit)
+            return .now(.get(hit: true, value: value))
+        }
+        return .later(countedGet(params, context: context))
+    }
+
+    private func countedGet(_ params: GetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
+        get(params, context: context)
+            .counted(self, method: "get", key: params.address.key) { result in
+                if case .get(let hit, _) = result, hit { return .hit }
+                return .miss
+            }
+    }
+
     /// Runs a request. The future fails only with ``CachedError``.
     public func dispatch(_ request: JSONRPCRequest, context: RequestContext) -> EventLoopFuture<MethodResult> {
         let eventLoop = context.eventLoop
@@ -52,12 +83,7 @@ public final class RequestDispatcher: Sendable {
         do {
             switch method {
             case .get:
-                let params = try GetParams(request.params)
-                return get(params, context: context)
-                    .counted(self, method: "get", key: params.address.key) { result in
-                        if case .get(let hit, _) = result, hit { return .hit }
-                        return .miss
-                    }
+                return countedGet(try GetParams(request.params), context: context)
             case .set:
                 let params = try SetParams(request.params)
                 return set(params, context: context).counted(self, method: "set", key: params.address.key)

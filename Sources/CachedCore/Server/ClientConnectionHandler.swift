@@ -24,6 +24,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     private var quiescing = false
     private var closing = false
     private var flushScheduled = false
+    /// Between channelRead and channelReadComplete: answers written then are flushed once, at readComplete.
+    private var reading = false
+    private var needsFlush = false
     private let connectionID: ConnectionID
     /// Ids of requests being run (by sequence number), to answer them -32007 if the drain deadline passes.
     private var pendingIDs: [UInt64: [JSONRPCID]] = [:]
@@ -45,8 +48,18 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
 
     // MARK: Inbound
 
+    func channelReadComplete(context: ChannelHandlerContext) {
+        reading = false
+        if needsFlush {
+            needsFlush = false
+            context.flush()
+        }
+        context.fireChannelReadComplete()
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
+        reading = true
         let line = unwrapInboundIn(data)
         let message = line.withUnsafeReadableBytes {
             JSONRPCMessage.parse($0, maxDepth: limits.maxDepth, maxBatch: limits.maxBatch)
@@ -66,7 +79,16 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     }
 
     private func run(_ request: JSONRPCRequest, context: ChannelHandlerContext) {
-        let future = dispatcher.dispatch(request, context: RequestContext(eventLoop: context.eventLoop, connection: connectionID))
+        let future: EventLoopFuture<MethodResult>
+        switch dispatcher.run(request, context: RequestContext(eventLoop: context.eventLoop, connection: connectionID)) {
+        case .now(let result):
+            if let id = request.id {
+                writeLine(context: context) { $0.writeResponse(id: id, .success(result)) }
+            }
+            return
+        case .later(let f):
+            future = f
+        }
         let seq = started(context: context, ids: request.id.map { [$0] } ?? [])
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         future.hop(to: context.eventLoop).whenComplete { result in
@@ -223,7 +245,11 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         body(&buffer)
         buffer.writeInteger(UInt8(ascii: "\n"))
         context.write(wrapOutboundOut(buffer), promise: nil)
-        scheduleFlush(context: context)
+        if reading {
+            needsFlush = true
+        } else {
+            scheduleFlush(context: context)
+        }
     }
 
     /// Answers completed in one event-loop tick go out in one flush.

@@ -13,6 +13,8 @@ public protocol CacheStore: Sendable {
     func delete(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int>
     /// Deletes a whole hash; the number deleted (0 or 1).
     func deleteHash(_ hash: HashAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int>
+    /// The entry's bytes if they are in this process's memory right now (no I/O); nil otherwise.
+    func cachedValue(_ address: EntryAddress) -> ByteBuffer?
     /// A short description of the store's state for `stats`.
     func status() -> StoreStatus
     /// Starts the store (connects); returns when the first attempt has ended.
@@ -29,6 +31,7 @@ public struct StoreStatus: Sendable, Hashable {
 }
 
 extension CacheStore {
+    public func cachedValue(_ address: EntryAddress) -> ByteBuffer? { nil }
     public func start() async {}
     public func shutdown() async {}
 }

@@ -12,6 +12,11 @@ public final class EmbeddedStore: CacheStore {
         self.state = NIOLockedValueBox(LRUStore(maxBytes: maxBytes))
     }
 
+    public func cachedValue(_ address: EntryAddress) -> ByteBuffer? {
+        let now = NIODeadline.now()
+        return state.withLockedValue { $0.get(address.storeKey, field: address.storeField, now: now) }
+    }
+
     public func get(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer?> {
         let now = NIODeadline.now()
         let value = state.withLockedValue { $0.get(address.storeKey, field: address.storeField, now: now) }

@@ -42,6 +42,10 @@ public final class RedisCacheStore: CacheStore {
         await pool.shutdown()
     }
 
+    public func cachedValue(_ address: EntryAddress) -> ByteBuffer? {
+        localCache?.get(address)
+    }
+
     public func get(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer?> {
         if let localCache, let value = localCache.get(address) {
             return eventLoop.makeSucceededFuture(value)
