@@ -1,7 +1,9 @@
 /// Reads named parameters, rejecting missing, mistyped and unknown ones with -32602.
 public struct ParamReader {
     let members: [String: JSONValue]
-    var used: Set<String> = []
+    /// Names asked for (a handful: a linear scan beats hashing) and how many of them were present.
+    var asked: [String] = []
+    var present = 0
     let method: String
 
     /// - Parameter params: a request's `params` (absent is treated as `{}`; an array is rejected).
@@ -13,12 +15,14 @@ public struct ParamReader {
         case let other?:
             throw .invalidParams("\(method): params must be an object of named parameters, got \(other.typeName)")
         }
+        asked.reserveCapacity(8)
     }
 
     public mutating func optional(_ name: String) -> JSONValue? {
-        used.insert(name)
-        guard let value = members[name], value != .null else { return nil }
-        return value
+        asked.append(name)
+        guard let value = members[name] else { return nil }
+        present += 1
+        return value == .null ? nil : value
     }
 
     public mutating func required(_ name: String) throws(CachedError) -> JSONValue {
@@ -52,7 +56,8 @@ public struct ParamReader {
 
     /// Fails if a parameter was given that the method does not take.
     public func finish() throws(CachedError) {
-        for name in members.keys.sorted() where !used.contains(name) {
+        guard present != members.count else { return }
+        for name in members.keys.sorted() where !asked.contains(name) {
             throw .invalidParams("\(method): unknown parameter \"\(name)\"")
         }
     }
