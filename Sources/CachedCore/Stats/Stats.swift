@@ -24,7 +24,8 @@ public final class Stats: Sendable {
     }
 
     struct State {
-        var methods: [String: Counters] = [:]
+        /// Per method, indexed like `CachedMethod.allCases`, then "(unknown)": no hashing per request.
+        var methods = [Counters](repeating: Counters(), count: CachedMethod.allCases.count + 1)
         var keys: [String: Counters] = [:]
         var connectionsCurrent = 0
         var connectionsTotal = 0
@@ -40,10 +41,21 @@ public final class Stats: Sendable {
 
     public init() {}
 
+    static let methodIndex: [String: Int] = Dictionary(
+        uniqueKeysWithValues: CachedMethod.allCases.enumerated().map { ($1.rawValue, $0) })
+
+    static func index(of method: String) -> Int {
+        switch method {  // the common ones without hashing
+        case "get": 0
+        case "set": 1
+        default: methodIndex[method] ?? CachedMethod.allCases.count
+        }
+    }
+
     public func record(method: String, key: String?, outcome: Outcome) {
+        let index = Self.index(of: method)
         state.withLockedValue { state in
-            let methodName = CachedMethod(rawValue: method) != nil ? method : "(unknown)"
-            state.methods[methodName, default: Counters()].apply(outcome)
+            state.methods[index].apply(outcome)
             if let key {
                 let name = state.keys[key] != nil || state.keys.count < Self.maxTrackedKeys ? key : "(other)"
                 state.keys[name, default: Counters()].apply(outcome)
@@ -78,7 +90,7 @@ public final class Stats: Sendable {
 
     /// Total requests so far.
     public var totalRequests: Int {
-        state.withLockedValue { $0.methods.values.reduce(0) { $0 + $1.requests } }
+        state.withLockedValue { $0.methods.reduce(0) { $0 + $1.requests } }
     }
 
     /// The `stats` result.
@@ -89,8 +101,10 @@ public final class Stats: Sendable {
         storeJSON["available"] = .bool(store.available)
         return .object([
             "uptimeSeconds": .number(String(format3(uptimeSeconds))),
-            "requests": .number(String(s.methods.values.reduce(0) { $0 + $1.requests })),
-            "methods": .object(s.methods.mapValues(\.json)),
+            "requests": .number(String(s.methods.reduce(0) { $0 + $1.requests })),
+            "methods": .object(Dictionary(uniqueKeysWithValues: s.methods.enumerated().compactMap { i, c in
+                c.requests == 0 ? nil : (i < CachedMethod.allCases.count ? CachedMethod.allCases[i].rawValue : "(unknown)", c.json)
+            })),
             "keys": .object(s.keys.mapValues(\.json)),
             "connections": .object([
                 "current": .number(String(s.connectionsCurrent)), "total": .number(String(s.connectionsTotal)),

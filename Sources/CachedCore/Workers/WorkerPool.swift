@@ -87,17 +87,16 @@ public final class WorkerPool: Sendable {
 
     /// Starts the workers (returns once they are spawned; does not wait for any handshake).
     public func start() async {
-        let slots: Int? = state.withLockedValue { state in
-            guard !state.started, !state.machine.isShuttingDown else { return nil }
-            state.started = true
-            return state.machine.slots.count
-        }
-        guard let slots else { return }
         // A write to a worker that just exited must fail with EPIPE, not kill the daemon
         // (the daemon ignores SIGPIPE already; this covers a pool used on its own).
         signal(SIGPIPE, SIG_IGN)
-        let tasks = (0..<slots).map { slot in Task { await self.runSlot(slot) } }
-        state.withLockedValue { $0.slotTasks = tasks }
+        let slots: Int? = state.withLockedValue { state in
+            guard !state.started, !state.machine.isShuttingDown else { return nil }
+            state.started = true
+            state.slotTasks = state.machine.slots.indices.map { slot in Task { await self.runSlot(slot) } }
+            return state.machine.slots.count
+        }
+        guard let slots else { return }
         // Wait (briefly) until every slot has tried its first spawn.
         for _ in 0..<500 {
             let pending = state.withLockedValue { state in
@@ -195,7 +194,7 @@ public final class WorkerPool: Sendable {
     /// Total sync calls answered so far (any outcome) — tests use it to count handler calls.
     ///
     /// Counts the calls that were sent to a worker, once they end (value, null, error, crash, timeout);
-    /// calls rejected before reaching a worker (overloaded, shutting down) are not counted.
+    /// calls that never reached a worker (overloaded, timed out in the queue, shutting down) are not counted.
     public var callCount: Int {
         state.withLockedValue { $0.machine.calls }
     }

@@ -129,7 +129,9 @@ struct WorkerPoolStateMachine<Call> {
     private var nextRequestID: UInt64 = 1
 
     // Counters for `stats`.
+    /// Calls sent to a worker that ended (any outcome).
     private(set) var calls = 0
+    /// Calls that ended with an error (at a worker or timed out in the queue).
     private(set) var failures = 0
     private(set) var restarts = 0
     private(set) var timeouts = 0
@@ -291,8 +293,8 @@ struct WorkerPoolStateMachine<Call> {
         let error = CachedError(.handlerTimeout, "handler did not answer within \(timeout) s")
         if let index = queue.firstIndex(where: { $0.requestID == requestID }) {
             let queued = queue.remove(at: index)
+            // Not a handler call (`calls` counts those), but a failed call all the same.
             timeouts += 1
-            calls += 1
             failures += 1
             return CallOutcome(completed: (queued.call, .failure(error)), finishedRequestID: requestID)
         }

@@ -104,6 +104,7 @@ public struct JSONParser: ~Copyable {
         guard depth <= maxDepth else { throw JSONParseError(.tooDeep, offset: index) }
         index += 1  // {
         var members: [String: JSONValue] = [:]
+        members.reserveCapacity(6)  // requests and params are small: no rehashing while they grow
         skipWhitespace()
         if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
             index += 1
