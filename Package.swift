@@ -36,8 +36,6 @@ let package = Package(
             providers: [.apt(["libsystemd-dev"])]
         ),
 
-        .target(name: "CSpawn"),
-
         // MARK: Libraries
         .target(
             name: "CachedProtocol",
@@ -62,7 +60,6 @@ let package = Package(
                 "CachedProtocol",
                 "CachedRedis",
                 "CSystemd",
-                "CSpawn",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),

@@ -69,7 +69,7 @@ struct CachedCommand: AsyncParsableCommand {
         try await Daemon(
             configuration: configuration, logger: logger,
             reload: { try Self.load(config: config, socket: socket, redis: redis, logLevel: logLevel) },
-            handlerFactory: { key, handler in WorkerProcessPool(key: key, configuration: handler, logger: logger) }
+            handlerFactory: { key, handler in WorkerPool(key: key, configuration: handler, logger: logger) }
         ).run()
     }
 }
