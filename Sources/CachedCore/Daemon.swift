@@ -51,7 +51,8 @@ public struct Daemon: Sendable {
     public func run() async throws {
         // Writes to a worker that has exited must fail with EPIPE, not kill the daemon.
         signal(SIGPIPE, SIG_IGN)
-        let threads = configuration.threads > 0 ? configuration.threads : System.coreCount
+        // By default one event loop per two cores: cached shares its host with its clients and Redis.
+        let threads = configuration.threads > 0 ? configuration.threads : max(1, System.coreCount / 2)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         // Adopt systemd's socket first: this also clears LISTEN_* so worker processes do not inherit them.
         let listener: CacheServer.Listener

@@ -19,7 +19,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var redisURL: String?
     public var redis = RedisOptions()
     public var logLevel: Logger.Level = .info
-    /// Event-loop threads; 0 means one per core.
+    /// Event-loop threads; 0 means one per two cores (at least one).
     public var threads: Int = 0
     public var limits = Limits()
     public var embedded = EmbeddedOptions()
