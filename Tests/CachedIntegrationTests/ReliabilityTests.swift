@@ -162,7 +162,8 @@ struct RedisFaultTests {
         let hangs = Locked(0)
         let done = DispatchGroup()
 
-        func start(_ daemon: DaemonProcess, clients: Int) {
+        /// `writes`: sets (which always reach Redis) instead of gets (which the local cache may answer).
+        func start(_ daemon: DaemonProcess, clients: Int, writes: Bool = false) {
             for i in 0..<clients {
                 done.enter()
                 Thread {
@@ -173,7 +174,8 @@ struct RedisFaultTests {
                         n += 1
                         let started = Date()
                         do {
-                            try c.send(requestLine(id: .number(String(i * 1_000_000 + n)), method: "get", params: RedisFaultTests.entry) + "\n")
+                            let params = writes ? RedisFaultTests.entry.merging(["value": .string("v\(n)")]) { $1 } : RedisFaultTests.entry
+                            try c.send(requestLine(id: .number(String(i * 1_000_000 + n)), method: writes ? "set" : "get", params: params) + "\n")
                             let answer = try c.readJSON(timeout: 3)
                             if answer["id"] != .number(String(i * 1_000_000 + n)) { self.wrongIDs.withLock { $0 += 1 } }
                             let code = answer["error"]?["code"]?.intValue
@@ -228,8 +230,12 @@ struct RedisFaultTests {
         let redis = try RedisServer()
         let daemon = try DaemonProcess(config: "[redis_options]\ncommand_timeout = 0.3\n", arguments: ["--redis", redis.unixURL])
         _ = try daemon.client().call("set", Self.entry.merging(["value": .string("v")]) { $1 })
+        // Hits keep coming from the local cache while Redis hangs (correctly: nothing can change meanwhile),
+        // so load Redis with writes.
+        let hits = try daemon.client()
+        #expect(try hits.call("get", Self.entry)["result"]?["hit"] == .bool(true))
         let load = Load()
-        load.start(daemon, clients: 8)
+        load.start(daemon, clients: 8, writes: true)
         Thread.sleep(forTimeInterval: 0.3)
         redis.send(signal: SIGSTOP)
         let stoppedAt = Date()
@@ -245,6 +251,21 @@ struct RedisFaultTests {
         #expect(during.contains { $0.2 == -32002 || $0.2 == -32000 })
         #expect(results.allSatisfy { $0.1 < 1.5 })
         #expect(results.filter { $0.0 > resumedAt.addingTimeInterval(1.5) }.allSatisfy { $0.2 == nil })
+    }
+
+    @Test func hitsAreServedLocallyWhileRedisHangs() throws {
+        let redis = try RedisServer()
+        let daemon = try DaemonProcess(config: "[redis_options]\ncommand_timeout = 0.3\n", arguments: ["--redis", redis.unixURL])
+        let c = try daemon.client()
+        _ = try c.call("set", Self.entry.merging(["value": .string("v")]) { $1 })
+        #expect(try c.call("get", Self.entry)["result"]?["value"] == .string("v"))
+        redis.send(signal: SIGSTOP)
+        defer { redis.send(signal: SIGCONT) }
+        let started = Date()
+        for _ in 0..<100 {
+            #expect(try c.call("get", Self.entry, timeout: 2)["result"]?["value"] == .string("v"))
+        }
+        #expect(Date().timeIntervalSince(started) < 1)
     }
 
     @Test func redisErrorRepliesAreMappedToDocumentedErrors() throws {
