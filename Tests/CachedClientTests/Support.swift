@@ -54,27 +54,6 @@ var cachectlBinary: String {
 
 /// Runs `cachectl` to completion with stdout captured (stderr discarded).
 func runCachectl(_ arguments: [String], environment: [String: String]? = nil) throws -> CommandOutput {
-    var fds: [Int32] = [0, 0]
-    guard pipe(&fds) == 0 else { throw HarnessError("pipe failed") }
-    let child: ChildProcess
-    do {
-        child = try ChildProcess(cachectlBinary, arguments, environment: environment, stdoutFD: fds[1])
-    } catch {
-        close(fds[0])
-        close(fds[1])
-        throw error
-    }
-    close(fds[1])
-    var output: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { read(fds[0], $0.baseAddress, $0.count) }
-        if n > 0 {
-            output.append(contentsOf: chunk[..<n])
-        } else if n == 0 || errno != EINTR {
-            break
-        }
-    }
-    close(fds[0])
-    return CommandOutput(status: child.wait(), stdout: output)
+    let (status, stdout) = try ChildProcess.run(cachectlBinary, arguments, environment: environment)
+    return CommandOutput(status: status, stdout: stdout)
 }

@@ -103,11 +103,16 @@ public final class ChildProcess: @unchecked Sendable {
 
     /// Runs a command to completion and returns its stdout.
     public static func output(_ path: String, _ arguments: [String]) throws -> [UInt8] {
+        try run(path, arguments).stdout
+    }
+
+    /// Runs a command to completion; returns its exit code and stdout (stderr is discarded).
+    public static func run(_ path: String, _ arguments: [String], environment: [String: String]? = nil) throws -> (status: Int32, stdout: [UInt8]) {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw HarnessError("pipe failed") }
         let child: ChildProcess
         do {
-            child = try ChildProcess(path, arguments, stdoutFD: fds[1])
+            child = try ChildProcess(path, arguments, environment: environment, stdoutFD: fds[1])
         } catch {
             close(fds[0])
             close(fds[1])
@@ -125,7 +130,6 @@ public final class ChildProcess: @unchecked Sendable {
             }
         }
         close(fds[0])
-        child.wait()
-        return result
+        return (child.wait(), result)
     }
 }

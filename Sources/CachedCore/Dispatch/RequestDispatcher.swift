@@ -252,17 +252,17 @@ public final class RequestDispatcher: Sendable {
                 return eventLoop.makeSucceededFuture(
                     .storedRefused("lease no longer valid: the entry was written or deleted, or the lease expired"))
             }
-            return store.set(address, value: value, ttl: ttl, on: eventLoop).map {
-                for waiter in waiters { waiter.succeed(.value(value, cached: true)) }
-                return MethodResult.stored(true)
-            }.flatMapErrorThrowing { error in
-                for waiter in waiters { waiter.succeed(.value(value, cached: false)) }
-                throw error
-            }
+            return storeAndWake(address, value: value, ttl: ttl, waiters: waiters, on: eventLoop)
         }
+        return storeAndWake(address, value: value, ttl: ttl, waiters: coordinator.entryWritten(entry), on: eventLoop)
+    }
 
-        let waiters = coordinator.entryWritten(entry)
-        return store.set(address, value: value, ttl: ttl, on: eventLoop).map {
+    /// Stores a value and answers the gets that waited for it (with the value even if storing failed).
+    private func storeAndWake(
+        _ address: EntryAddress, value: ByteBuffer, ttl: Double, waiters: [EventLoopPromise<FillCoordinator.Answer>],
+        on eventLoop: any EventLoop
+    ) -> EventLoopFuture<MethodResult> {
+        store.set(address, value: value, ttl: ttl, on: eventLoop).map {
             for waiter in waiters { waiter.succeed(.value(value, cached: true)) }
             return MethodResult.stored(true)
         }.flatMapErrorThrowing { error in

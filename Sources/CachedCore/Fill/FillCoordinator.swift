@@ -237,6 +237,11 @@ public final class FillCoordinator: Sendable {
         }
         cancelled.forEach { $0.cancel() }
         for promise in dropped { promise.fail(CachedError(.shuttingDown, "connection closed")) }
+        deliver(handOvers)
+    }
+
+    /// Answers each new lease holder, after its lease's expiry is scheduled (outside the lock).
+    private func deliver(_ handOvers: [(EntryKey, Waiter, String, Double)]) {
         for (key, waiter, token, timeout) in handOvers {
             scheduleExpiry(key, token: token, after: timeout, on: waiter.promise.futureResult.eventLoop)
             waiter.promise.succeed(.lease(token))
@@ -331,10 +336,7 @@ public final class FillCoordinator: Sendable {
             for key in state.negatives.keys where matches(key) { state.negatives[key] = nil }
         }
         cancelled.forEach { $0.cancel() }
-        for (key, waiter, token, timeout) in handOvers {
-            scheduleExpiry(key, token: token, after: timeout, on: waiter.promise.futureResult.eventLoop)
-            waiter.promise.succeed(.lease(token))
-        }
+        deliver(handOvers)
     }
 
     /// Gives the lease to the first waiter (new token); nil when nobody waits.
@@ -373,8 +375,7 @@ public final class FillCoordinator: Sendable {
             return nil
         }
         if let (waiter, newToken, seconds) = handOver {
-            scheduleExpiry(key, token: newToken, after: seconds, on: waiter.promise.futureResult.eventLoop)
-            waiter.promise.succeed(.lease(newToken))
+            deliver([(key, waiter, newToken, seconds)])
         }
     }
 
