@@ -6,7 +6,7 @@ DESTDIR ?=
 RUN_DIR := $(CURDIR)/run
 REDIS_URL ?=
 
-.PHONY: all deps build release run test test-swift test-python install clean bench
+.PHONY: all deps build release run test test-swift test-python install clean bench fuzz fuzz-replay
 
 all: build
 
@@ -32,8 +32,10 @@ test: build
 	$(MAKE) test-swift
 	$(MAKE) test-python
 
+## Serial: the integration tests block on sockets and processes; run in parallel with the worker-pool
+## tests on a 2-core machine they starve Swift's cooperative thread pool. All suites take about a minute.
 test-swift:
-	$(SWIFT) test
+	$(SWIFT) test --no-parallel
 
 test-python:
 	CACHED_BIN=$$($(SWIFT) build --show-bin-path)/cached $(PYTHON) -m pytest clients/python/tests -q
@@ -60,3 +62,23 @@ clean:
 ## Benchmarks (not part of `make test`): cached vs Redis side by side; rewrites docs/benchmarks.md.
 bench:
 	scripts/bench.sh
+
+## Fuzzing (not part of `make test`; Fuzz/README.md): libFuzzer + ASan over the input path, for FUZZ_SECONDS,
+## from Fuzz/corpus and Fuzz/seeds; new finds are merged into Fuzz/corpus. FUZZ_FLAGS adds libFuzzer flags.
+FUZZ_SECONDS ?= 300
+FUZZ_FLAGS ?=
+FUZZ_BIN = .build-fuzz/debug/CachedFuzz
+fuzz:
+	CACHED_FUZZ=1 $(SWIFT) build --scratch-path .build-fuzz -c debug --product CachedFuzz -Xswiftc -sanitize=fuzzer,address
+	@mkdir -p Fuzz/corpus .build-fuzz/work .build-fuzz/artifacts
+	status=0; SWIFT_BACKTRACE=enable=no nice -n 10 $(FUZZ_BIN) .build-fuzz/work Fuzz/corpus Fuzz/seeds \
+		-dict=Fuzz/cached.dict -max_len=4096 -timeout=5 -rss_limit_mb=2048 -max_total_time=$(FUZZ_SECONDS) \
+		-print_final_stats=1 -artifact_prefix=.build-fuzz/artifacts/ $(FUZZ_FLAGS) || status=$$?; \
+	SWIFT_BACKTRACE=enable=no nice -n 10 $(FUZZ_BIN) -merge=1 -max_len=4096 -timeout=5 -rss_limit_mb=2048 \
+		-use_counters=0 -artifact_prefix=.build-fuzz/artifacts/ Fuzz/corpus .build-fuzz/work || status=$$?; \
+	echo "corpus: $$(ls Fuzz/corpus | wc -l) files; artifacts: $$(ls .build-fuzz/artifacts | wc -l) (in .build-fuzz/artifacts)"; \
+	exit $$status
+
+## Replays Fuzz/corpus and Fuzz/seeds through the fuzz check (also part of `make test`).
+fuzz-replay:
+	$(SWIFT) test --filter FuzzCorpusReplayTests
