@@ -43,6 +43,14 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // The fuzz check (Fuzz/, `make fuzz`); also replayed over the corpus by CachedProtocolTests.
+        .target(
+            name: "CachedFuzzCheck",
+            dependencies: [
+                "CachedProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         .target(
             name: "CachedRedis",
             dependencies: [
@@ -125,7 +133,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CachedProtocolTests",
-            dependencies: ["CachedProtocol"]
+            dependencies: ["CachedProtocol", "CachedFuzzCheck"]
         ),
         .testTarget(
             name: "CachedRedisTests",
@@ -165,3 +173,15 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// The libFuzzer target, only with CACHED_FUZZ set (`make fuzz`): its `main` comes from `-sanitize=fuzzer`.
+if Context.environment["CACHED_FUZZ"] != nil {
+    package.targets.append(
+        .executableTarget(
+            name: "CachedFuzz",
+            dependencies: ["CachedFuzzCheck"],
+            path: "Fuzz/CachedFuzz",
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]
+        ))
+    package.products.append(.executable(name: "CachedFuzz", targets: ["CachedFuzz"]))
+}

@@ -20,7 +20,11 @@ public struct ParamReader {
 
     public mutating func optional(_ name: String) -> JSONValue? {
         asked.append(name)
-        guard let value = members[name] else { return nil }
+        guard let index = members.index(forKey: name) else { return nil }
+        let (spelled, value) = members[index]
+        // By bytes: `String` == is canonical equivalence ("hash\u{212A}ey", with a KELVIN SIGN, == "hashKey");
+        // a parameter must be spelled exactly, anything else stays unknown for `finish()`.
+        guard spelled.utf8.elementsEqual(name.utf8) else { return nil }
         present += 1
         return value == .null ? nil : value
     }
@@ -57,7 +61,7 @@ public struct ParamReader {
     /// Fails if a parameter was given that the method does not take.
     public func finish() throws(CachedError) {
         guard present != members.count else { return }
-        for name in members.keys.sorted() where !asked.contains(name) {
+        for name in members.keys.sorted() where !asked.contains(where: { $0.utf8.elementsEqual(name.utf8) }) {
             throw .invalidParams("\(method): unknown parameter \"\(name)\"")
         }
     }
