@@ -74,8 +74,8 @@ fuzz:
 	status=0; SWIFT_BACKTRACE=enable=no nice -n 10 $(FUZZ_BIN) .build-fuzz/work Fuzz/corpus Fuzz/seeds \
 		-dict=Fuzz/cached.dict -max_len=4096 -timeout=5 -rss_limit_mb=2048 -max_total_time=$(FUZZ_SECONDS) \
 		-print_final_stats=1 -artifact_prefix=.build-fuzz/artifacts/ $(FUZZ_FLAGS) || status=$$?; \
-	SWIFT_BACKTRACE=enable=no nice -n 10 $(FUZZ_BIN) -merge=1 -max_len=4096 -timeout=5 -rss_limit_mb=2048 \
-		-use_counters=0 -artifact_prefix=.build-fuzz/artifacts/ Fuzz/corpus .build-fuzz/work || status=$$?; \
+	SWIFT_BACKTRACE=enable=no nice -n 10 $(FUZZ_BIN) -set_cover_merge=1 -max_len=4096 -timeout=5 -rss_limit_mb=2048 \
+		-artifact_prefix=.build-fuzz/artifacts/ Fuzz/corpus .build-fuzz/work || status=$$?; \
 	echo "corpus: $$(ls Fuzz/corpus | wc -l) files; artifacts: $$(ls .build-fuzz/artifacts | wc -l) (in .build-fuzz/artifacts)"; \
 	exit $$status
 
