@@ -173,7 +173,12 @@ struct Checker {
                 fail("JSONParser rejected the line but JSONRPCMessage did not")
                 return
             }
-            let expected: CachedError.Code = error.kind == .tooDeep ? .limitExceeded : .parseError
+            let expected: CachedError.Code
+            switch error.kind {
+            case .tooDeep: expected = .limitExceeded
+            case .duplicateMember: expected = .invalidRequest  // valid JSON grammar, ambiguous request
+            case .syntax, .invalidUTF8, .loneSurrogate: expected = .parseError
+            }
             if rpcError.code != expected { fail("parse failure answered with \(rpcError.code), expected \(expected)") }
             checkAnswer(id: .null, error: rpcError, context: "unparseable")
         case .success(let value):

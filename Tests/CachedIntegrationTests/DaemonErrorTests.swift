@@ -111,6 +111,11 @@ struct DaemonErrorTests {
         let padded = exact + String(repeating: " ", count: 4096 - exact.utf8.count) + "\n"
         try other.send(padded)
         #expect(try other.readJSON()["result"] == .string("pong"))
+        // A line one byte over the limit that arrives whole, newline included, is refused too.
+        let whole = try daemon.client()
+        try whole.send(exact + String(repeating: " ", count: 4097 - exact.utf8.count) + "\n")
+        #expect(code(try whole.readJSON()) == -32001)
+        #expect(whole.isClosedByPeer())
     }
 
     @Test func pipelinedRequestsAreAllAnsweredByID() throws {
@@ -149,17 +154,19 @@ struct DaemonErrorTests {
 
     @Test func connectionLimit() throws {
         let daemon = try DaemonProcess(config: "[limits]\nmax_connections = 3\n")
-        var clients: [LineClient] = []
-        for _ in 0..<2 { clients.append(try daemon.client()) }  // the harness's own probe has closed
-        for c in clients { #expect(try c.call("ping")["result"] == .string("pong")) }
+        // Start from a known count: the harness's probe connection must be gone (closing is asynchronous).
+        let first = try daemon.client()
+        #expect(try waitUntil { try first.call("stats")["result"]?["connections"]?["current"]?.intValue == 1 })
+        let second = try daemon.client()
         let third = try daemon.client()
-        #expect(try third.call("ping")["result"] == .string("pong"))
+        for c in [first, second, third] { #expect(try c.call("ping")["result"] == .string("pong")) }
         let fourth = try daemon.client()
         let answer = try fourth.readJSON()
         #expect(code(answer) == -32001)
+        #expect(answer["error"]?["data"]?["limit"] == .string("max_connections"))
         #expect(fourth.isClosedByPeer())
-        clients.removeAll()
-        #expect(try waitUntil { (try? daemon.client().call("ping"))?["result"] == .string("pong") })
+        // The limit does not hurt the connections already served.
+        #expect(try second.call("ping")["result"] == .string("pong"))
     }
 
     @Test func badConfigurationIsReported() throws {

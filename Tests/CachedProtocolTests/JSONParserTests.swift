@@ -67,8 +67,11 @@ struct JSONParserTests {
         }
     }
 
-    @Test func duplicateMembersLastWins() throws {
-        #expect(try parse("{\"a\":1,\"a\":2}") == .object(["a": .number("2")]))
+    @Test func duplicateMembersAreRefused() throws {
+        #expect(throws: JSONParseError(.duplicateMember, offset: 7)) { try parse("{\"a\":1,\"a\":2}") }
+        // Canonically equivalent spellings are the same name (KELVIN SIGN vs K).
+        #expect(throws: JSONParseError.self) { try parse(#"{"hashKey":"A","hash\u212Aey":"B"}"#) }
+        #expect(try parse("{\"a\":{\"a\":1}}") == .object(["a": .object(["a": .number("1")])]))
     }
 }
 

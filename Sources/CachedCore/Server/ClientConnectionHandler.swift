@@ -61,6 +61,12 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         guard !closing else { return }
         reading = true
         let line = unwrapInboundIn(data)
+        // NIO's buffer limit catches a line still waiting for its newline; one that arrived whole in a
+        // single read is measured here, so the limit is exact either way.
+        guard line.readableBytes <= limits.maxLineBytes else {
+            errorCaught(context: context, error: ByteToMessageDecoderError.PayloadTooLargeError())
+            return
+        }
         let message = line.withUnsafeReadableBytes {
             JSONRPCMessage.parse($0, maxDepth: limits.maxDepth, maxBatch: limits.maxBatch)
         }

@@ -9,6 +9,9 @@ public struct JSONParseError: Error, Sendable, Hashable, CustomStringConvertible
         case loneSurrogate
         /// Arrays and objects nested deeper than the limit.
         case tooDeep
+        /// An object with the same member name twice (names compared as Swift strings, so canonically
+        /// equivalent spellings count as the same): ambiguous, so refused.
+        case duplicateMember
     }
 
     public var kind: Kind
@@ -26,6 +29,7 @@ public struct JSONParseError: Error, Sendable, Hashable, CustomStringConvertible
         case .invalidUTF8: "invalid UTF-8 at byte \(offset)"
         case .loneSurrogate: "lone UTF-16 surrogate escape at byte \(offset)"
         case .tooDeep: "nesting deeper than the limit at byte \(offset)"
+        case .duplicateMember: "duplicate member name at byte \(offset)"
         }
     }
 }
@@ -115,6 +119,7 @@ public struct JSONParser: ~Copyable {
             guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else {
                 throw JSONParseError(.syntax, offset: index)
             }
+            let nameOffset = index
             let name = try parseString()
             skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else {
@@ -122,7 +127,9 @@ public struct JSONParser: ~Copyable {
             }
             index += 1
             skipWhitespace()
-            members[name] = try parseValue(depth: depth)
+            guard members.updateValue(try parseValue(depth: depth), forKey: name) == nil else {
+                throw JSONParseError(.duplicateMember, offset: nameOffset)
+            }
             skipWhitespace()
             guard index < bytes.count else { throw JSONParseError(.syntax, offset: index) }
             if bytes[index] == UInt8(ascii: ",") {

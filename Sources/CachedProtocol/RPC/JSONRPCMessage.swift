@@ -48,6 +48,8 @@ extension JSONRPCMessage {
                     CachedError(
                         .limitExceeded, "Nesting deeper than \(maxDepth) levels",
                         data: .object(["limit": .string("max_depth"), "value": .number(String(maxDepth))])))
+            case .duplicateMember:
+                return .unparseable(CachedError(.invalidRequest, "Invalid Request: \(error)"))
             case .syntax, .invalidUTF8, .loneSurrogate:
                 return .unparseable(CachedError(.parseError, "Parse error: \(error)"))
             }
