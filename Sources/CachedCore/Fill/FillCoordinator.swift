@@ -223,13 +223,7 @@ public final class FillCoordinator: Sendable {
                     lease.waiters.removeAll { $0.connection == connection }
                 }
                 if lease.holder == connection {
-                    if let e = lease.expiry { cancelled.append(e) }
-                    if let (next, token) = Self.handOver(&lease, in: &state) {
-                        handOvers.append((key, next, token, lease.timeout))
-                        state.flights[key] = .lease(lease)
-                    } else {
-                        state.flights[key] = nil
-                    }
+                    Self.passOn(key, lease, in: &state, handOvers: &handOvers, cancelled: &cancelled)
                 } else {
                     state.flights[key] = .lease(lease)
                 }
@@ -323,20 +317,29 @@ public final class FillCoordinator: Sendable {
                 case .fill(var f):
                     f.invalidated = true
                     state.flights[key] = .fill(f)
-                case .lease(var lease):
-                    if let e = lease.expiry { cancelled.append(e) }
-                    if let (next, token) = Self.handOver(&lease, in: &state) {
-                        handOvers.append((key, next, token, lease.timeout))
-                        state.flights[key] = .lease(lease)
-                    } else {
-                        state.flights[key] = nil
-                    }
+                case .lease(let lease):
+                    Self.passOn(key, lease, in: &state, handOvers: &handOvers, cancelled: &cancelled)
                 }
             }
             for key in state.negatives.keys where matches(key) { state.negatives[key] = nil }
         }
         cancelled.forEach { $0.cancel() }
         deliver(handOvers)
+    }
+
+    /// Ends the current holder's lease: the first waiter gets a new one, or the flight ends when nobody waits.
+    private static func passOn(
+        _ key: EntryKey, _ lease: Lease, in state: inout State,
+        handOvers: inout [(EntryKey, Waiter, String, Double)], cancelled: inout [Scheduled<Void>]
+    ) {
+        var lease = lease
+        if let e = lease.expiry { cancelled.append(e) }
+        if let (next, token) = handOver(&lease, in: &state) {
+            handOvers.append((key, next, token, lease.timeout))
+            state.flights[key] = .lease(lease)
+        } else {
+            state.flights[key] = nil
+        }
     }
 
     /// Gives the lease to the first waiter (new token); nil when nobody waits.

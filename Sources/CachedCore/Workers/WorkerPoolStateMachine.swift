@@ -252,29 +252,20 @@ struct WorkerPoolStateMachine<Call> {
 
     /// The worker wrote something that is not a valid answer (not JSON, wrong shape, too long, unsolicited).
     mutating func protocolViolation(slot: Int, incarnation: Incarnation, reason: String) -> CallOutcome {
-        switch slots[slot].state {
-        case .busy(incarnation, let pid, let inFlight):
-            let error = CachedError(
-                .handlerError, "handler error: worker sent an invalid answer: \(reason)",
-                data: .object(["worker": .number(String(pid))]))
-            finish(.failure(error))
-            slots[slot].state = .stopping(incarnation, pid: pid, nil)
-            return CallOutcome(
-                completed: (inFlight.call, .failure(error)), finishedRequestID: inFlight.requestID, stopSlot: slot)
-        case .idle(incarnation, let pid):
-            slots[slot].state = .stopping(incarnation, pid: pid, nil)
-            return CallOutcome(stopSlot: slot)
-        default:
-            return CallOutcome()
-        }
+        stopMisbehaving(slot: slot, incarnation: incarnation, message: "worker sent an invalid answer: \(reason)")
     }
 
     /// Writing the request to the worker's stdin failed.
     mutating func writeFailed(slot: Int, incarnation: Incarnation, reason: String) -> CallOutcome {
+        stopMisbehaving(slot: slot, incarnation: incarnation, message: "cannot write to worker: \(reason)")
+    }
+
+    /// Fails the slot's call (if any) with a handler error and stops the worker.
+    private mutating func stopMisbehaving(slot: Int, incarnation: Incarnation, message: String) -> CallOutcome {
         switch slots[slot].state {
         case .busy(incarnation, let pid, let inFlight):
             let error = CachedError(
-                .handlerError, "handler error: cannot write to worker: \(reason)",
+                .handlerError, "handler error: \(message)",
                 data: .object(["worker": .number(String(pid))]))
             finish(.failure(error))
             slots[slot].state = .stopping(incarnation, pid: pid, nil)
