@@ -82,8 +82,13 @@ class ClientBase:
     ttl: Optional[float]
 
     def _init_common(self, redis_pool: Any, key: str, sync_func: Callable[..., Any], log: Logger,
-                     set_func: Callable[[Any], Any], get_func: Callable[[bytes], Any]) -> None:
+                     set_func: Callable[[Any], Any], get_func: Callable[[bytes], Any],
+                     asynchronous: bool) -> None:
         self.redis_pool = redis_pool
+        self.asynchronous = asynchronous
+        # As pyredis-cache: `get`/`set` are the coroutine variants when asynchronous.
+        self.set: Callable[..., Any] = getattr(self, "async_set" if asynchronous else "sync_set")
+        self.get: Callable[..., Any] = getattr(self, "async_get" if asynchronous else "sync_get")
         self.connection = resolve_connection(redis_pool)
         self.key = key
         self.sync_func = sync_func

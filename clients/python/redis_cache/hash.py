@@ -31,18 +31,9 @@ class HashCacheClient(ClientBase):
                  log: Logger = logging, set_func: Callable[[Any], Any] = default_passage,
                  get_func: Callable[[bytes], Any] = default_passage,
                  asynchronous: bool = False) -> None:
-        self._init_common(redis_pool, key, sync_func, log, set_func, get_func)
+        self._init_common(redis_pool, key, sync_func, log, set_func, get_func, asynchronous)
         self.hash_key = hash_key
         self.ttl = None  # expiry is not supported for hashes (as in pyredis-cache)
-        self.asynchronous = asynchronous
-        self.set: Callable[..., Any]
-        self.get: Callable[..., Any]
-        if asynchronous:
-            self.set = self.async_set
-            self.get = self.async_get
-        else:
-            self.set = self.sync_set
-            self.get = self.sync_get
 
     def _hash(self, hash_id: Any) -> Dict[str, Any]:
         return {"hashKey": validate_key(self.hash_key, "hash_key"),

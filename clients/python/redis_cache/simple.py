@@ -33,19 +33,10 @@ class CacheClient(ClientBase):
                  log: Logger = logging, set_func: Callable[[Any], Any] = default_passage,
                  get_func: Callable[[bytes], Any] = default_passage, expire_time: float = 0,
                  asynchronous: bool = False) -> None:
-        self._init_common(redis_pool, key, sync_func, log, set_func, get_func)
+        self._init_common(redis_pool, key, sync_func, log, set_func, get_func, asynchronous)
         self.expire = bool(expire_time)
         self.expire_time = expire_time
         self.ttl = expire_time if expire_time else None
-        self.asynchronous = asynchronous
-        self.set: Callable[..., Any]
-        self.get: Callable[..., Any]
-        if asynchronous:
-            self.set = self.async_set
-            self.get = self.async_get
-        else:
-            self.set = self.sync_set
-            self.get = self.sync_get
 
     def _address(self, identity: Any) -> Dict[str, Any]:
         return {"key": validate_key(self.key), "identity": wire_identity(identity)}
