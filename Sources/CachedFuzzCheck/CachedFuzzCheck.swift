@@ -189,8 +189,28 @@ struct Checker {
             checkRoundTrip(value)
             checkMessage(message, value: value)
         }
+        checkFastGet(line, message: message)
         // Any bytes as an opaque value.
         checkValueMember(line)
+    }
+
+    /// The daemon's hot path must read every line it accepts exactly as the general path does.
+    mutating func checkFastGet(_ line: [UInt8], message: JSONRPCMessage) {
+        guard let fast = line.withUnsafeBytes({ FastGetRequest.parse($0) }) else { return }
+        guard case .single(.request(let request)) = message, sameBytes(request.method, "get"), let id = request.id else {
+            fail("FastGetRequest accepted a line that the general path does not read as a get: \(message)")
+            return
+        }
+        if !sameID(id, fast.id) { fail("FastGetRequest read id \(fast.id), the general path \(id)") }
+        guard let params = try? GetParams(request.params) else {
+            fail("FastGetRequest accepted params that GetParams rejects")
+            return
+        }
+        if params != fast.params || params.address.storeKey != fast.params.address.storeKey
+            || params.address.storeField != fast.params.address.storeField
+        {
+            fail("FastGetRequest read \(fast.params.address), the general path \(params.address)")
+        }
     }
 
     func depth(of value: JSONValue) -> Int {

@@ -5,6 +5,8 @@ import NIOCore
 public enum MethodResult: Sendable {
     /// `{hit, value}` (+ `encoding` for binary values). The value's bytes are spliced in unparsed.
     case get(hit: Bool, value: ByteBuffer?)
+    /// A hit from the daemon's memory: `{hit: true, value}` with the value's member already encoded.
+    case hit(EncodedValue)
     /// A miss answered by a fill: `{hit: false, value, lease?, cached?}`; `cached` is written only when false.
     case fill(value: ByteBuffer?, lease: String?, cached: Bool)
     /// `{stored}`.
@@ -30,6 +32,10 @@ extension ByteBuffer {
             } else {
                 self.writeStaticString("\"value\":null")
             }
+            self.writeInteger(UInt8(ascii: "}"))
+        case .hit(let value):
+            self.writeStaticString("{\"hit\":true,")
+            self.writeImmutableBuffer(value.member)
             self.writeInteger(UInt8(ascii: "}"))
         case .fill(let value, let lease, let cached):
             self.writeStaticString("{\"hit\":false,")

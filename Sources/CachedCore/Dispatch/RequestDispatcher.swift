@@ -56,9 +56,14 @@ public final class RequestDispatcher: Sendable {
             stats.record(method: "get", key: nil, outcome: .error)
             return .later(context.eventLoop.makeFailedFuture(error))
         }
+        return run(params, context: context)
+    }
+
+    /// Runs a `get` whose params are already validated (by ``FastGetRequest`` or ``GetParams``).
+    public func run(_ params: GetParams, context: RequestContext) -> Outcome {
         if let value = store.cachedValue(params.address) {
             stats.record(method: "get", key: params.address.key, outcome: .hit)
-            return .now(.get(hit: true, value: value))
+            return .now(.hit(value))
         }
         return .later(countedGet(params, context: context))
     }

@@ -24,9 +24,10 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     private var quiescing = false
     private var closing = false
     private var flushScheduled = false
-    /// Between channelRead and channelReadComplete: answers written then are flushed once, at readComplete.
+    /// Between channelRead and channelReadComplete: answers written then go into `batchOutput`.
     private var reading = false
-    private var needsFlush = false
+    /// The answers of one read batch, sent as one write and one flush at channelReadComplete.
+    private var batchOutput: ByteBuffer?
     private let connectionID: ConnectionID
     /// Ids of requests being run (by sequence number), to answer them -32007 if the drain deadline passes.
     private var pendingIDs: [UInt64: [JSONRPCID]] = [:]
@@ -50,10 +51,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         reading = false
-        if needsFlush {
-            needsFlush = false
-            context.flush()
-        }
+        sendBatch(context: context)
         context.fireChannelReadComplete()
     }
 
@@ -65,6 +63,12 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         // single read is measured here, so the limit is exact either way.
         guard line.readableBytes <= limits.maxLineBytes else {
             errorCaught(context: context, error: ByteToMessageDecoderError.PayloadTooLargeError())
+            return
+        }
+        // The hot path: a `get` in its common shape, read without a JSON tree (anything else returns nil).
+        if let get = line.withUnsafeReadableBytes({ FastGetRequest.parse($0) }) {
+            let outcome = dispatcher.run(get.params, context: RequestContext(eventLoop: context.eventLoop, connection: connectionID))
+            answer(outcome, id: get.id, context: context)
             return
         }
         let message = line.withUnsafeReadableBytes {
@@ -85,21 +89,27 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     }
 
     private func run(_ request: JSONRPCRequest, context: ChannelHandlerContext) {
+        let outcome = dispatcher.run(request, context: RequestContext(eventLoop: context.eventLoop, connection: connectionID))
+        answer(outcome, id: request.id, context: context)
+    }
+
+    /// Answers a request now, or when its future completes (`id` nil: a notification, never answered).
+    private func answer(_ outcome: RequestDispatcher.Outcome, id: JSONRPCID?, context: ChannelHandlerContext) {
         let future: EventLoopFuture<MethodResult>
-        switch dispatcher.run(request, context: RequestContext(eventLoop: context.eventLoop, connection: connectionID)) {
+        switch outcome {
         case .now(let result):
-            if let id = request.id {
+            if let id {
                 writeLine(context: context) { $0.writeResponse(id: id, .success(result)) }
             }
             return
         case .later(let f):
             future = f
         }
-        let seq = started(context: context, ids: request.id.map { [$0] } ?? [])
+        let seq = started(context: context, ids: id.map { [$0] } ?? [])
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         future.hop(to: context.eventLoop).whenComplete { result in
             let (handler, context) = loopBound.value
-            if let id = request.id, handler.pendingIDs[seq] != nil {
+            if let id, handler.pendingIDs[seq] != nil {
                 handler.writeLine(context: context) { $0.writeResponse(id: id, result.mapCachedError()) }
             }
             handler.finished(context: context, seq: seq)
@@ -149,6 +159,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
             // The client half-closed: answer what is in flight, then close.
+            reading = false
+            sendBatch(context: context)
             inputClosed = true
             closeIfIdle(context: context)
             return
@@ -234,6 +246,10 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
 
     private func closeNow(context: ChannelHandlerContext, flushFirst: Bool) {
         guard !closing else { return }
+        if flushFirst, let batch = batchOutput {
+            context.write(wrapOutboundOut(batch), promise: nil)
+        }
+        batchOutput = nil
         closing = true
         if flushFirst {
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
@@ -247,15 +263,26 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
 
     private func writeLine(context: ChannelHandlerContext, _ body: (inout ByteBuffer) -> Void) {
         guard context.channel.isActive, !closing else { return }
+        if reading {
+            // Appended to this read batch's answers: one buffer, one write and one flush for all of them.
+            if batchOutput == nil { batchOutput = context.channel.allocator.buffer(capacity: 2048) }
+            body(&batchOutput!)
+            batchOutput!.writeInteger(UInt8(ascii: "\n"))
+            return
+        }
         var buffer = context.channel.allocator.buffer(capacity: 256)
         body(&buffer)
         buffer.writeInteger(UInt8(ascii: "\n"))
         context.write(wrapOutboundOut(buffer), promise: nil)
-        if reading {
-            needsFlush = true
-        } else {
-            scheduleFlush(context: context)
-        }
+        scheduleFlush(context: context)
+    }
+
+    /// Writes and flushes the answers gathered during a read batch.
+    private func sendBatch(context: ChannelHandlerContext) {
+        guard let batch = batchOutput else { return }
+        batchOutput = nil
+        guard context.channel.isActive, !closing else { return }
+        context.writeAndFlush(wrapOutboundOut(batch), promise: nil)
     }
 
     /// Answers completed in one event-loop tick go out in one flush.

@@ -57,8 +57,13 @@ public final class Stats: Sendable {
         state.withLockedValue { state in
             state.methods[index].apply(outcome)
             if let key {
-                let name = state.keys[key] != nil || state.keys.count < Self.maxTrackedKeys ? key : "(other)"
-                state.keys[name, default: Counters()].apply(outcome)
+                // One hash of the key for a key already tracked (every request after its first).
+                if let index = state.keys.index(forKey: key) {
+                    state.keys.values[index].apply(outcome)
+                } else {
+                    let name = state.keys.count < Self.maxTrackedKeys ? key : "(other)"
+                    state.keys[name, default: Counters()].apply(outcome)
+                }
             }
         }
     }

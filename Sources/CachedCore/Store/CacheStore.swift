@@ -14,7 +14,7 @@ public protocol CacheStore: Sendable {
     /// Deletes a whole hash; the number deleted (0 or 1).
     func deleteHash(_ hash: HashAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int>
     /// The entry's bytes if they are in this process's memory right now (no I/O); nil otherwise.
-    func cachedValue(_ address: EntryAddress) -> ByteBuffer?
+    func cachedValue(_ address: EntryAddress) -> EncodedValue?
     /// A short description of the store's state for `stats`.
     func status() -> StoreStatus
     /// Starts the store (connects); returns when the first attempt has ended.
@@ -31,7 +31,7 @@ public struct StoreStatus: Sendable, Hashable {
 }
 
 extension CacheStore {
-    public func cachedValue(_ address: EntryAddress) -> ByteBuffer? { nil }
+    public func cachedValue(_ address: EntryAddress) -> EncodedValue? { nil }
     public func start() async {}
     public func shutdown() async {}
 }

@@ -12,7 +12,7 @@ public final class EmbeddedStore: CacheStore {
         self.state = NIOLockedValueBox(LRUStore(maxBytes: maxBytes))
     }
 
-    public func cachedValue(_ address: EntryAddress) -> ByteBuffer? {
+    public func cachedValue(_ address: EntryAddress) -> EncodedValue? {
         let now = NIODeadline.now()
         return state.withLockedValue { $0.get(address.storeKey, field: address.storeField, now: now) }
     }
@@ -20,13 +20,14 @@ public final class EmbeddedStore: CacheStore {
     public func get(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer?> {
         let now = NIODeadline.now()
         let value = state.withLockedValue { $0.get(address.storeKey, field: address.storeField, now: now) }
-        return eventLoop.makeSucceededFuture(value)
+        return eventLoop.makeSucceededFuture(value?.raw)
     }
 
     public func set(_ address: EntryAddress, value: ByteBuffer, ttl: Double, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         let now = NIODeadline.now()
         let expiry: NIODeadline? = (ttl > 0 && address.storeField == nil) ? now + .nanoseconds(Int64(ttl * 1e9)) : nil
-        state.withLockedValue { $0.set(address.storeKey, field: address.storeField, value: value, expiry: expiry, now: now) }
+        let encoded = EncodedValue(value)
+        state.withLockedValue { $0.set(address.storeKey, field: address.storeField, value: encoded, expiry: expiry, now: now) }
         return eventLoop.makeSucceededVoidFuture()
     }
 
@@ -61,8 +62,8 @@ public final class EmbeddedStore: CacheStore {
 /// is only ever reached through ``EmbeddedStore``'s lock.
 struct LRUStore: @unchecked Sendable {
     enum Value {
-        case string(ByteBuffer)
-        case hash([String: ByteBuffer])
+        case string(EncodedValue)
+        case hash([String: EncodedValue])
     }
 
     final class Node {
@@ -70,6 +71,8 @@ struct LRUStore: @unchecked Sendable {
         var value: Value
         var expiry: NIODeadline?
         var size: Int
+        /// Used since it was last linked at the head (the CLOCK algorithm's reference bit).
+        var referenced = false
         var prev: Node?
         var next: Node?
         init(key: String, value: Value, expiry: NIODeadline?, size: Int) {
@@ -95,7 +98,7 @@ struct LRUStore: @unchecked Sendable {
 
     var count: Int { nodes.count }
 
-    mutating func get(_ key: String, field: String?, now: NIODeadline) -> ByteBuffer? {
+    mutating func get(_ key: String, field: String?, now: NIODeadline) -> EncodedValue? {
         guard let node = live(key, now: now) else { return nil }
         touch(node)
         switch (node.value, field) {
@@ -105,7 +108,7 @@ struct LRUStore: @unchecked Sendable {
         }
     }
 
-    mutating func set(_ key: String, field: String?, value: ByteBuffer, expiry: NIODeadline?, now: NIODeadline) {
+    mutating func set(_ key: String, field: String?, value: EncodedValue, expiry: NIODeadline?, now: NIODeadline) {
         if let field {
             let node: Node
             if let existing = live(key, now: now), case .hash = existing.value {
@@ -115,16 +118,16 @@ struct LRUStore: @unchecked Sendable {
                 node = insert(key, value: .hash([:]), expiry: nil)
             }
             guard case .hash(var fields) = node.value else { return }
-            let old = fields[field].map { $0.readableBytes + field.utf8.count + Self.fieldOverhead } ?? 0
-            node.value = .string(ByteBuffer())  // drop the reference so `fields` is uniquely owned
+            let old = fields[field].map { $0.byteCount + field.utf8.count + Self.fieldOverhead } ?? 0
+            node.value = .hash([:])  // drop the reference so `fields` is uniquely owned
             fields[field] = value
             node.value = .hash(fields)
-            resize(node, by: value.readableBytes + field.utf8.count + Self.fieldOverhead - old)
+            resize(node, by: value.byteCount + field.utf8.count + Self.fieldOverhead - old)
             touch(node)
         } else {
             remove(key)
             let node = insert(key, value: .string(value), expiry: expiry)
-            resize(node, by: value.readableBytes)
+            resize(node, by: value.byteCount)
         }
         evict(keeping: key)
     }
@@ -136,13 +139,13 @@ struct LRUStore: @unchecked Sendable {
             return 1
         }
         guard case .hash(var fields) = node.value, let old = fields[field] else { return 0 }
-        node.value = .string(ByteBuffer())
+        node.value = .hash([:])
         fields[field] = nil
         if fields.isEmpty {
             remove(key)  // like Redis: an empty hash does not exist
         } else {
             node.value = .hash(fields)
-            resize(node, by: -(old.readableBytes + field.utf8.count + Self.fieldOverhead))
+            resize(node, by: -(old.byteCount + field.utf8.count + Self.fieldOverhead))
         }
         return 1
     }
@@ -180,18 +183,25 @@ struct LRUStore: @unchecked Sendable {
     private mutating func evict(keeping key: String) {
         while usedBytes > maxBytes, let victim = tail {
             if victim.key == key && victim === head { break }  // a single entry larger than the budget stays
+            if victim.referenced {
+                // Used since it came to the head: a second chance (each pass clears one bit, so this ends).
+                unlink(victim)
+                linkAtHead(victim)
+                continue
+            }
             remove(victim.key)
             evictions += 1
         }
     }
 
+    /// Marks a node as used. Like the CLOCK algorithm, a hit only sets a bit (no links move, no reference
+    /// counts change); eviction gives a used node at the tail a second chance at the head instead.
     private mutating func touch(_ node: Node) {
-        guard head !== node else { return }
-        unlink(node)
-        linkAtHead(node)
+        node.referenced = true
     }
 
     private mutating func linkAtHead(_ node: Node) {
+        node.referenced = false
         node.prev = nil
         node.next = head
         head?.prev = node

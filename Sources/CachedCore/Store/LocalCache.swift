@@ -34,7 +34,7 @@ public final class LocalCache: Sendable {
     }
 
     /// A cached value, or nil.
-    func get(_ address: EntryAddress) -> ByteBuffer? {
+    func get(_ address: EntryAddress) -> EncodedValue? {
         let now = NIODeadline.now()
         return state.withLockedValue { state in
             guard state.listener != nil else { return nil }
@@ -52,11 +52,12 @@ public final class LocalCache: Sendable {
     /// Caches a value read from Redis, unless it may be stale (see the type's documentation).
     func insert(_ address: EntryAddress, value: ByteBuffer, readAt epoch: UInt64, trackedBy redirect: Int64?) {
         let now = NIODeadline.now()
+        let encoded = EncodedValue(value)
         state.withLockedValue { state in
             guard let listener = state.listener, redirect == listener, state.flushedAt <= epoch,
                 (state.invalidatedAt[address.storeKey] ?? 0) <= epoch
             else { return }
-            state.entries.set(address.storeKey, field: address.storeField, value: value, expiry: now + maxAge, now: now)
+            state.entries.set(address.storeKey, field: address.storeField, value: encoded, expiry: now + maxAge, now: now)
         }
     }
 

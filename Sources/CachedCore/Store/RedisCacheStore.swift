@@ -42,13 +42,13 @@ public final class RedisCacheStore: CacheStore {
         await pool.shutdown()
     }
 
-    public func cachedValue(_ address: EntryAddress) -> ByteBuffer? {
+    public func cachedValue(_ address: EntryAddress) -> EncodedValue? {
         localCache?.get(address)
     }
 
     public func get(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer?> {
         if let localCache, let value = localCache.get(address) {
-            return eventLoop.makeSucceededFuture(value)
+            return eventLoop.makeSucceededFuture(value.raw)
         }
         let command: RedisCommand
         if let field = address.storeField {

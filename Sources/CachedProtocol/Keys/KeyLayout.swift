@@ -17,17 +17,22 @@ public enum KeyLayout {
         guard utf8.count <= maxKeyLength else {
             throw .invalidParams("\"\(name)\" must be at most \(maxKeyLength) characters")
         }
-        for b in utf8 {
-            switch b {
-            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
-                UInt8(ascii: "0")...UInt8(ascii: "9"),
-                UInt8(ascii: "_"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: ":"),
-                UInt8(ascii: "/"), UInt8(ascii: "@"), UInt8(ascii: "+"):
-                continue
-            default:
-                throw .invalidParams(
-                    "\"\(name)\" may contain only ASCII letters, digits and _ - . : / @ +")
-            }
+        for b in utf8 where !isKeyByte(b) {
+            throw .invalidParams("\"\(name)\" may contain only ASCII letters, digits and _ - . : / @ +")
+        }
+    }
+
+    /// Whether a byte may appear in a key name: an ASCII letter, digit, or one of `_ - . : / @ +`.
+    @inlinable
+    public static func isKeyByte(_ b: UInt8) -> Bool {
+        switch b {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+            UInt8(ascii: "0")...UInt8(ascii: "9"),
+            UInt8(ascii: "_"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: ":"),
+            UInt8(ascii: "/"), UInt8(ascii: "@"), UInt8(ascii: "+"):
+            return true
+        default:
+            return false
         }
     }
 
@@ -53,14 +58,46 @@ public enum KeyLayout {
         }
     }
 
-    /// The name `NAME#ID` of an entry: a Redis key, or a field inside a hash.
+    /// The name `NAME#ID` of an entry: a Redis key, or a field inside a hash (written in one allocation:
+    /// it is made for every request).
     public static func entryName(key: String, identity: Identity) -> String {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(24)
-        appendPaddedName(key, to: &bytes)
-        bytes.append(UInt8(ascii: "#"))
-        bytes.append(contentsOf: identity.formatted.utf8)
-        return String(decoding: bytes, as: UTF8.self)
+        let keyCount = key.utf8.count
+        let identityCount: Int
+        switch identity {
+        case .string(let s): identityCount = s.utf8.count
+        case .integer(let digits): identityCount = max(10, digits.utf8.count)
+        }
+        return String(unsafeUninitializedCapacity: max(10, keyCount) + 1 + identityCount) { out in
+            var i = 0
+            func put(_ b: UInt8) {
+                out[i] = b
+                i += 1
+            }
+            // key.zfill(10).upper()
+            let zeros = max(0, 10 - keyCount)
+            var rest = key.utf8[...]
+            if zeros > 0, let first = rest.first, first == UInt8(ascii: "+") || first == UInt8(ascii: "-") {
+                put(first)
+                rest = rest.dropFirst()
+            }
+            for _ in 0..<zeros { put(UInt8(ascii: "0")) }
+            for b in rest { put(b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z") ? b - 32 : b) }
+            put(UInt8(ascii: "#"))
+            switch identity {
+            case .string(let s):
+                for b in s.utf8 { put(b) }
+            case .integer(let digits):
+                // "%010d": width 10 including the sign, zero padding after the sign.
+                var body = digits.utf8[...]
+                if body.first == UInt8(ascii: "-") {
+                    put(UInt8(ascii: "-"))
+                    body = body.dropFirst()
+                }
+                for _ in 0..<(identityCount - digits.utf8.count) { put(UInt8(ascii: "0")) }
+                for b in body { put(b) }
+            }
+            return i
+        }
     }
 }
 

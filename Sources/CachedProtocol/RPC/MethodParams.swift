@@ -78,6 +78,12 @@ public struct GetParams: Sendable, Hashable {
         arguments = try reader.handlerArguments()
         try reader.finish()
     }
+
+    /// Parameters already validated (by ``FastGetRequest``), without handler arguments.
+    public init(address: EntryAddress, arguments: HandlerArguments = HandlerArguments()) {
+        self.address = address
+        self.arguments = arguments
+    }
 }
 
 /// `set {key, identity, hashKey?, hashId?, value, encoding?, ttl?}`.

@@ -39,3 +39,23 @@ extension ByteBuffer {
         }
     }
 }
+
+/// A value together with its answer member (`"value":"…"`, plus `,"encoding":"base64"` for bytes that are
+/// not UTF-8), encoded once when the value enters the daemon's memory so that every hit is one copy.
+public struct EncodedValue: Sendable {
+    /// The value's bytes.
+    public let raw: ByteBuffer
+    /// The member as it is written into a `get` answer.
+    public let member: ByteBuffer
+
+    public init(_ raw: ByteBuffer) {
+        self.raw = raw
+        var member = ByteBuffer()
+        member.reserveCapacity(raw.readableBytes + raw.readableBytes / 8 + 16)
+        member.writeValueMember(raw)
+        self.member = member
+    }
+
+    /// Bytes held (for memory budgets).
+    public var byteCount: Int { raw.readableBytes + member.readableBytes }
+}

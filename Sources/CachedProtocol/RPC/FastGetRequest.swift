@@ -1,0 +1,245 @@
+/// A `get` request in its common shape, read in one pass over the line without building a JSON tree.
+///
+/// This is the daemon's hot path: most lines a busy host sends are `get`s of an entry that is in memory.
+/// ``parse(_:)`` accepts a strict subset of what ``JSONRPCMessage/parse(_:maxDepth:maxBatch:)`` accepts
+/// and returns nil for everything else, which then takes the general path. The subset: one object with
+/// exactly the members `jsonrpc` (`"2.0"`), `id` (an integer or a plain string), `method` (`"get"`) and
+/// `params`, an object of `key`, `identity` and optionally `hashKey` with `hashId`, each a plain string or
+/// an integer; any order, any JSON whitespace. A plain string is printable ASCII without `"` or `\`, so
+/// it needs neither unescaping nor UTF-8 validation. Everything else (escapes, other bytes, fractions,
+/// exponents, nulls, `args`, duplicate or unknown members, values that fail validation) returns nil,
+/// never an error: the general path gives the same answer it always did.
+///
+/// For a line it accepts, the result is exactly what the general path would have produced
+/// (a request with this id and `GetParams` equal to ``params``); the tests and the fuzz check assert it.
+public struct FastGetRequest: Sendable, Hashable {
+    /// The request's id.
+    public var id: JSONRPCID
+    /// The validated parameters.
+    public var params: GetParams
+
+    /// Parses one line (without its newline); nil when the line is not in the fast path's subset.
+    public static func parse(_ bytes: UnsafeRawBufferPointer) -> FastGetRequest? {
+        var scanner = Scanner(bytes: bytes)
+        return scanner.request()
+    }
+}
+
+// MARK: - Scanner
+
+extension FastGetRequest {
+    /// A byte range of the line.
+    struct Span {
+        var start: Int
+        var end: Int
+        var count: Int { end - start }
+    }
+
+    /// A scalar value: a plain string (the span is inside the quotes) or an integer (the span is its text).
+    enum Scalar {
+        case string(Span)
+        case integer(Span)
+    }
+
+    struct Scanner {
+        let bytes: UnsafeRawBufferPointer
+        var index = 0
+
+        init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+        mutating func request() -> FastGetRequest? {
+            skipWhitespace()
+            guard take(UInt8(ascii: "{")) else { return nil }
+            var seen: UInt8 = 0
+            var id: Scalar?
+            var key: Span?
+            var identity: Scalar?
+            var hashKey: Span?
+            var hashId: Scalar?
+            var first = true
+            while true {
+                skipWhitespace()
+                if take(UInt8(ascii: "}")) { break }
+                if !first {
+                    guard take(UInt8(ascii: ",")) else { return nil }
+                    skipWhitespace()
+                }
+                first = false
+                guard let name = plainString() else { return nil }
+                guard colon() else { return nil }
+                let bit: UInt8
+                if equals(name, "jsonrpc") {
+                    bit = 1
+                    guard case .string(let v)? = scalar(), equals(v, "2.0") else { return nil }
+                } else if equals(name, "method") {
+                    bit = 2
+                    guard case .string(let v)? = scalar(), equals(v, "get") else { return nil }
+                } else if equals(name, "id") {
+                    bit = 4
+                    guard let v = scalar() else { return nil }
+                    id = v
+                } else if equals(name, "params") {
+                    bit = 8
+                    guard params(key: &key, identity: &identity, hashKey: &hashKey, hashId: &hashId) else { return nil }
+                } else {
+                    return nil
+                }
+                guard seen & bit == 0 else { return nil }  // a duplicate member: the general path refuses it
+                seen |= bit
+            }
+            skipWhitespace()
+            guard index == bytes.count, seen == 15, let id, let key, let identity else { return nil }
+            guard validKey(key), let identityValue = self.identity(identity) else { return nil }
+            var hash: HashAddress?
+            switch (hashKey, hashId) {
+            case (nil, nil):
+                break
+            case (let hashKey?, let hashId?):
+                guard validKey(hashKey), let hashIdValue = self.identity(hashId) else { return nil }
+                hash = HashAddress(hashKey: string(hashKey), hashId: hashIdValue)
+            default:
+                return nil
+            }
+            let requestID: JSONRPCID
+            switch id {
+            case .string(let span): requestID = .string(string(span))
+            case .integer(let span): requestID = .number(string(span))
+            }
+            let address = EntryAddress(key: string(key), identity: identityValue, hash: hash)
+            return FastGetRequest(id: requestID, params: GetParams(address: address))
+        }
+
+        /// The params object; false when it is outside the subset.
+        mutating func params(key: inout Span?, identity: inout Scalar?, hashKey: inout Span?, hashId: inout Scalar?) -> Bool {
+            guard take(UInt8(ascii: "{")) else { return false }
+            var first = true
+            while true {
+                skipWhitespace()
+                if take(UInt8(ascii: "}")) { return true }
+                if !first {
+                    guard take(UInt8(ascii: ",")) else { return false }
+                    skipWhitespace()
+                }
+                first = false
+                guard let name = plainString(), colon(), let value = scalar() else { return false }
+                if equals(name, "key") {
+                    guard key == nil, case .string(let s) = value else { return false }
+                    key = s
+                } else if equals(name, "identity") {
+                    guard identity == nil else { return false }
+                    identity = value
+                } else if equals(name, "hashKey") {
+                    guard hashKey == nil, case .string(let s) = value else { return false }
+                    hashKey = s
+                } else if equals(name, "hashId") {
+                    guard hashId == nil else { return false }
+                    hashId = value
+                } else {
+                    return false
+                }
+            }
+        }
+
+        // MARK: Tokens
+
+        mutating func skipWhitespace() {
+            while index < bytes.count {
+                switch bytes[index] {
+                case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\n"), UInt8(ascii: "\r"): index += 1
+                default: return
+                }
+            }
+        }
+
+        mutating func take(_ byte: UInt8) -> Bool {
+            guard index < bytes.count, bytes[index] == byte else { return false }
+            index += 1
+            return true
+        }
+
+        mutating func colon() -> Bool {
+            skipWhitespace()
+            guard take(UInt8(ascii: ":")) else { return false }
+            skipWhitespace()
+            return true
+        }
+
+        /// `"` printable ASCII other than `"` and `\` `"`; the span excludes the quotes.
+        mutating func plainString() -> Span? {
+            guard take(UInt8(ascii: "\"")) else { return nil }
+            let start = index
+            while index < bytes.count {
+                let b = bytes[index]
+                if b == UInt8(ascii: "\"") {
+                    index += 1
+                    return Span(start: start, end: index - 1)
+                }
+                guard b >= 0x20, b < 0x7F, b != UInt8(ascii: "\\") else { return nil }
+                index += 1
+            }
+            return nil
+        }
+
+        /// `-?(0|[1-9][0-9]*)` not followed by a fraction or an exponent.
+        mutating func integer() -> Span? {
+            let start = index
+            _ = take(UInt8(ascii: "-"))
+            guard index < bytes.count else { return nil }
+            if bytes[index] == UInt8(ascii: "0") {
+                index += 1
+            } else {
+                guard isDigit(bytes[index]) else { return nil }
+                while index < bytes.count, isDigit(bytes[index]) { index += 1 }
+            }
+            if index < bytes.count {
+                switch bytes[index] {
+                case UInt8(ascii: "."), UInt8(ascii: "e"), UInt8(ascii: "E"): return nil
+                default: if isDigit(bytes[index]) { return nil }  // a leading zero followed by digits
+                }
+            }
+            return Span(start: start, end: index)
+        }
+
+        mutating func scalar() -> Scalar? {
+            guard index < bytes.count else { return nil }
+            if bytes[index] == UInt8(ascii: "\"") { return plainString().map(Scalar.string) }
+            return integer().map(Scalar.integer)
+        }
+
+        func isDigit(_ b: UInt8) -> Bool { b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") }
+
+        func equals(_ span: Span, _ literal: StaticString) -> Bool {
+            guard span.count == literal.utf8CodeUnitCount else { return false }
+            let literalBytes = literal.utf8Start
+            for i in 0..<span.count where bytes[span.start + i] != literalBytes[i] { return false }
+            return true
+        }
+
+        func string(_ span: Span) -> String {
+            String(decoding: UnsafeRawBufferPointer(rebasing: bytes[span.start..<span.end]), as: UTF8.self)
+        }
+
+        // MARK: Validation (the same rules as KeyLayout and Identity; a failure goes to the general path for its error)
+
+        func validKey(_ span: Span) -> Bool {
+            guard span.count > 2, span.count <= KeyLayout.maxKeyLength else { return false }
+            for i in span.start..<span.end where !KeyLayout.isKeyByte(bytes[i]) { return false }
+            return true
+        }
+
+        /// A plain string of 1 to 256 bytes (printable ASCII has no control characters), or an integer.
+        func identity(_ scalar: Scalar) -> Identity? {
+            switch scalar {
+            case .string(let span):
+                guard span.count >= 1, span.count <= Identity.maxStringBytes else { return nil }
+                return .string(string(span))
+            case .integer(let span):
+                // JSON has no leading zeros, so the digits are canonical except for "-0".
+                if span.count == 2, bytes[span.start] == UInt8(ascii: "-"), bytes[span.start + 1] == UInt8(ascii: "0") {
+                    return .integer("0")
+                }
+                return .integer(string(span))
+            }
+        }
+    }
+}
