@@ -133,6 +133,10 @@ public final class RequestDispatcher: Sendable {
     private func get(_ params: GetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
         let eventLoop = context.eventLoop
         let address = params.address
+        if let joined = coordinator.joinFill(FillCoordinator.EntryKey(address), on: eventLoop) {
+            // The entry's handler is running: a thousand concurrent misses cost no store reads.
+            return joined.map(Self.result(of:))
+        }
         return store.get(address, on: eventLoop).flatMap { value -> EventLoopFuture<MethodResult> in
             if let value { return eventLoop.makeSucceededFuture(.get(hit: true, value: value)) }
             return self.miss(params, context: context)

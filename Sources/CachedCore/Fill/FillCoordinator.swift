@@ -121,6 +121,19 @@ public final class FillCoordinator: Sendable {
         return promise.futureResult
     }
 
+    /// Joins the handler fill in flight for `key`, if there is one: a miss that arrives while the
+    /// handler runs waits for its value without reading the store first.
+    public func joinFill(_ key: EntryKey, on eventLoop: any EventLoop) -> EventLoopFuture<Answer>? {
+        state.withLockedValue { state -> EventLoopFuture<Answer>? in
+            guard case .fill(var f)? = state.flights[key] else { return nil }
+            let promise = eventLoop.makePromise(of: Answer.self)
+            f.waiters.append(promise)
+            state.flights[key] = .fill(f)
+            state.joinedFills += 1
+            return promise.futureResult
+        }
+    }
+
     // MARK: Leases
 
     /// A miss on a key without a handler: a lease for the first asker, a wait for the others.

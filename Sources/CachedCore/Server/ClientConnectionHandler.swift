@@ -273,6 +273,12 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         var buffer = context.channel.allocator.buffer(capacity: 256)
         body(&buffer)
         buffer.writeInteger(UInt8(ascii: "\n"))
+        if inFlight <= 1 && !flushScheduled {
+            // The connection's only request: no other answer can join this flush, so send it now (a fill
+            // answering a thousand waiters then starts delivering at the first, not after the last).
+            context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+            return
+        }
         context.write(wrapOutboundOut(buffer), promise: nil)
         scheduleFlush(context: context)
     }
