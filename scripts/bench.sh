@@ -23,6 +23,13 @@ echo "bench: building release cached and cached-bench in $SCRATCH" >&2
 "$SWIFT" build --scratch-path "$SCRATCH" -c release --product cached
 "$SWIFT" build --scratch-path "$SCRATCH" -c release --product cached-bench
 BIN=$("$SWIFT" build --scratch-path "$SCRATCH" -c release --show-bin-path)
+# The cold-get floor: a minimal C server run against the same clients (skipped without a C compiler).
+FLOOR=()
+if command -v cc >/dev/null && cc -O2 -Wall -o "$SCRATCH/fanout_floor" scripts/bench/fanout_floor.c; then
+    FLOOR=(--fanout-floor "$SCRATCH/fanout_floor")
+else
+    echo "bench: no C compiler: the cold-get floor is skipped" >&2
+fi
 
 # One virtual environment per client, so the shim and pyredis-cache (both the module `redis_cache`) never meet.
 venv() { # venv DIR PACKAGES...
@@ -49,7 +56,7 @@ if (( $(ulimit -n) < 11000 )); then
 fi
 
 args=(
-    --cached "$BIN/cached" --cached-bench "$BIN/cached-bench"
+    --cached "$BIN/cached" --cached-bench "$BIN/cached-bench" "${FLOOR[@]}"
     --venv-shim "$ROOT/.venv-bench-shim/bin/python"
     --venv-redispy "$ROOT/.venv-bench-redispy/bin/python"
     --venv-pyredis "$ROOT/.venv-bench-pyredis/bin/python"

@@ -1,8 +1,8 @@
 """Sync handlers for the benchmark's handler keys (run by ``python -m redis_cache.worker``).
 
-``cold`` appends one line per call to ``$BENCH_COUNT_FILE`` and sleeps ``$BENCH_HANDLER_SECONDS``
-(default 0.2) before answering, so the benchmark can count calls and compare waiters' latency with
-the handler's duration. ``fast`` answers at once (for ``cached-bench --mix get-miss``).
+``cold`` sleeps ``$BENCH_HANDLER_SECONDS`` (default 0.2), then appends one line per call to
+``$BENCH_COUNT_FILE`` (identity, start and end stamps) before answering, so the benchmark can count
+calls and set the waiters' latency against the handler's own duration. ``fast`` answers at once (for ``cached-bench --mix get-miss``).
 """
 
 import json
@@ -11,12 +11,15 @@ import time
 
 
 def cold(identity, *args, **kwargs):
+    start = time.monotonic_ns()
+    time.sleep(float(os.environ.get("BENCH_HANDLER_SECONDS", "0.2")))
+    value = json.dumps({"id": identity, "name": "cold entry"})
     path = os.environ.get("BENCH_COUNT_FILE")
     if path:
+        # One line per call: identity, then the call's own start and end (CLOCK_MONOTONIC, ns).
         with open(path, "a") as f:
-            f.write("%s %d\n" % (identity, time.monotonic_ns()))
-    time.sleep(float(os.environ.get("BENCH_HANDLER_SECONDS", "0.2")))
-    return json.dumps({"id": identity, "name": "cold entry"})
+            f.write("%s %d %d\n" % (identity, start, time.monotonic_ns()))
+    return value
 
 
 def fast(identity, *args, **kwargs):

@@ -2,7 +2,9 @@
 
 PROCESSES processes each open PER_PROCESS connections to the daemon, wait at a common start
 signal, then each connection sends one ``get`` of the same (never used) entry. Prints one JSON
-object: answers, errors, distinct values, and the waiters' latency (ms) from their own send.
+object: answers, errors, distinct values, the waiters' latency (ms) from their own send, and
+CLOCK_MONOTONIC stamps (ns) of the first send and of the first and last answer received, which
+the caller sets against the handler's own start and end stamps.
 """
 
 import argparse
@@ -43,7 +45,7 @@ def child(args, ready_w, go_r, out_w):
                 pending -= 1
                 line = bytes(key.data).split(b"\n", 1)[0]
                 results.append({"ms": (now - sent[key.fileobj.fileno()]) / 1e6,
-                                "sentAt": sent[key.fileobj.fileno()],
+                                "sentAt": sent[key.fileobj.fileno()], "receivedAt": now,
                                 "answer": line.decode("utf-8", "replace")})
     results.extend({"ms": None, "answer": "timeout"} for _ in range(pending))
     os.write(out_w, (json.dumps(results) + "\n").encode())
@@ -68,22 +70,26 @@ def main():
 
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
-    out_r, out_w = os.pipe()
     pids = []
+    outs = []
     for _ in range(args.processes):
+        # One pipe per child: a child's results are longer than PIPE_BUF, so shared-pipe writes could interleave.
+        out_r, out_w = os.pipe()
+        outs.append(out_r)
         pid = os.fork()
         if pid == 0:
             try:
                 os.close(ready_r)
                 os.close(go_w)
-                os.close(out_r)
+                for fd in outs:
+                    os.close(fd)
                 child(args, ready_w, go_r, out_w)
             finally:
                 os._exit(0)
         pids.append(pid)
+        os.close(out_w)
     os.close(ready_w)
     os.close(go_r)
-    os.close(out_w)
     ready = 0
     while ready < args.processes:
         b = os.read(ready_r, args.processes)
@@ -92,13 +98,25 @@ def main():
         ready += len(b)
     start = time.monotonic_ns()
     os.write(go_w, b"g" * args.processes)
+    # Drain every child's pipe as it writes (a full pipe would block the child).
     data = b""
-    with os.fdopen(out_r, "rb") as f:
-        data = f.read()
+    sel = selectors.DefaultSelector()
+    for fd in outs:
+        sel.register(fd, selectors.EVENT_READ)
+    chunks = {fd: b"" for fd in outs}
+    while sel.get_map():
+        for key, _ in sel.select():
+            chunk = os.read(key.fd, 65536)
+            if chunk:
+                chunks[key.fd] += chunk
+            else:
+                sel.unregister(key.fd)
+                os.close(key.fd)
+    data = b"\n".join(chunks[fd] for fd in outs)
     for pid in pids:
         os.waitpid(pid, 0)
     results = []
-    for line in data.splitlines():
+    for line in filter(None, data.splitlines()):
         results.extend(json.loads(line))
     ok = [r for r in results if r["answer"].startswith("{") and '"result"' in r["answer"]]
     values = set()
@@ -113,6 +131,9 @@ def main():
         "errors": len(errors), "firstError": errors[0][:300] if errors else None, "distinctValues": len(values),
         "p50Ms": percentile(lat, 50), "p99Ms": percentile(lat, 99), "maxMs": lat[-1] if lat else None,
         "minMs": lat[0] if lat else None, "sendSpreadMs": (last_send - first_send) / 1e6,
+        "firstSentAt": first_send,
+        "firstReceivedAt": min((r["receivedAt"] for r in ok), default=None),
+        "lastReceivedAt": max((r["receivedAt"] for r in ok), default=None),
     }))
 
 
