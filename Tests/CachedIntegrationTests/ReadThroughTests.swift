@@ -67,13 +67,14 @@ struct ReadThroughTests {
         }
         #expect(FillWorker.calls(counter) == 1)
         #expect(values == ["Student:12:[1]:{}"])
-        // Misses that arrive while the handler runs join it without reading Redis (each would otherwise
-        // cost a GET: 200 or more for 200 clients).
+        // The entry's flight is registered before its one store read, so every other get joins it without
+        // reading Redis (without that, each costs a GET: 201 for 200 clients; joining only after a miss, 37).
+        // Only a get arriving after the 300 ms handler finished could read again.
         let stats = try redis.cli(["INFO", "commandstats"])
         let reads = stats.split(whereSeparator: \.isNewline).first { $0.hasPrefix("cmdstat_get:") }
             .flatMap { $0.split(separator: "=").dropFirst().first?.split(separator: ",").first }.flatMap { Int($0) } ?? -1
         print("200 concurrent cold gets: \(reads) Redis GETs")
-        #expect(reads >= 1 && reads < 100)
+        #expect(reads >= 1 && reads <= 3)
         #expect(try redis.cli(["GET", "000STUDENT#0000000012"]) == "Student:12:[1]:{}")
         let ttl = Int(try redis.cli(["PTTL", "000STUDENT#0000000012"])) ?? 0
         #expect(ttl > 55_000)

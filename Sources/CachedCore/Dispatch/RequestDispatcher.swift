@@ -133,88 +133,85 @@ public final class RequestDispatcher: Sendable {
     private func get(_ params: GetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
         let eventLoop = context.eventLoop
         let address = params.address
-        if let joined = coordinator.joinFill(FillCoordinator.EntryKey(address), on: eventLoop) {
-            // The entry's handler is running: a thousand concurrent misses cost no store reads.
+        let entry = FillCoordinator.EntryKey(address)
+        if let joined = coordinator.joinFill(entry, on: eventLoop) {
+            // A flight for this entry is under way: wait for its answer, with no store read of our own.
             return joined.map(Self.result(of:))
         }
-        return store.get(address, on: eventLoop).flatMap { value -> EventLoopFuture<MethodResult> in
-            if let value { return eventLoop.makeSucceededFuture(.get(hit: true, value: value)) }
-            return self.miss(params, context: context)
-        }.flatMapError { error -> EventLoopFuture<MethodResult> in
-            self.storeFailed(error, params, context: context)
+        guard let handler = handlers.handler(for: address.key) else {
+            // No handler: read the store; a miss gets a lease or waits for the holder's value.
+            return store.get(address, on: eventLoop).flatMap { value -> EventLoopFuture<MethodResult> in
+                if let value { return eventLoop.makeSucceededFuture(.get(hit: true, value: value)) }
+                let keyConfig = self.currentConfiguration.key(address.key)
+                return self.coordinator.leaseMiss(entry, context: context, leaseTimeout: keyConfig.leaseTimeout).map(Self.result(of:))
+            }
         }
-    }
-
-    /// A miss: the key's handler fills it, or the asker gets a lease (or waits for the holder).
-    private func miss(_ params: GetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
-        let eventLoop = context.eventLoop
-        let address = params.address
+        // A key with a handler: one flight per entry, registered before the store read, so every concurrent
+        // get of the entry joins it and a stampede costs one store read and at most one handler call.
         let keyConfig = currentConfiguration.key(address.key)
-        let entry = FillCoordinator.EntryKey(address)
-        let handler = handlers.handler(for: address.key)
-        if coordinator.isKnownAbsent(entry) {
-            return eventLoop.makeSucceededFuture(.get(hit: false, value: nil))
-        }
-        if let handler {
-            return coordinator.handlerFill(entry, on: eventLoop) { stillValid in
-                self.fillAndStore(handler, params.address, params.arguments, keyConfig, ttl: keyConfig.ttl, recheck: true, stillValid: stillValid, on: eventLoop)
-            }.map(Self.result(of:))
-        }
-        return coordinator.leaseMiss(entry, context: context, leaseTimeout: keyConfig.leaseTimeout).map(Self.result(of:))
+        return coordinator.handlerFill(entry, on: eventLoop) { stillValid in
+            self.store.get(address, on: eventLoop)
+                .map { Result<ByteBuffer?, any Error>.success($0) }
+                .recover { .failure($0) }
+                .flatMap { read -> EventLoopFuture<FillCoordinator.FillOutcome> in
+                    switch read {
+                    case .success(let value?):
+                        return eventLoop.makeSucceededFuture(.inStore(value))
+                    case .success(nil):
+                        if self.coordinator.isKnownAbsent(entry) { return eventLoop.makeSucceededFuture(.inStore(nil)) }
+                        return self.fillAndStore(handler, address, params.arguments, keyConfig, ttl: keyConfig.ttl, stillValid: stillValid, on: eventLoop)
+                    case .failure(let error):
+                        return self.fallback(after: error, handler, params, keyConfig, on: eventLoop)
+                    }
+                }
+        }.map(Self.result(of:))
     }
 
-    /// The store failed a read: a key with a handler still answers, from the handler, capped per key.
-    private func storeFailed(_ error: any Error, _ params: GetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
-        let eventLoop = context.eventLoop
+    /// The store failed the flight's read: for an unavailable or timed-out store the handler still answers
+    /// (its value is not stored), with at most `fallback_concurrency` such calls per key; other errors fail.
+    private func fallback(
+        after error: any Error, _ handler: any SyncHandler, _ params: GetParams, _ keyConfig: DaemonConfiguration.KeyConfiguration,
+        on eventLoop: any EventLoop
+    ) -> EventLoopFuture<FillCoordinator.FillOutcome> {
         let address = params.address
         guard let cached = error as? CachedError, cached.code == .storeUnavailable || cached.code == .storeTimeout,
-            let handler = handlers.handler(for: address.key)
+            keyConfig.fallbackConcurrency > 0
         else { return eventLoop.makeFailedFuture(error) }
-        let keyConfig = currentConfiguration.key(address.key)
-        let entry = FillCoordinator.EntryKey(address)
-        guard keyConfig.fallbackConcurrency > 0 else { return eventLoop.makeFailedFuture(error) }
-        return coordinator.handlerFill(entry, on: eventLoop) { _ in
-            guard self.coordinator.acquireFallback(address.key.uppercased(), limit: keyConfig.fallbackConcurrency) else {
-                return eventLoop.makeFailedFuture(
-                    CachedError(.overloaded, "store unavailable and \(keyConfig.fallbackConcurrency) handler calls already running for key \(address.key)"))
-            }
-            return self.callHandler(handler, address, params.arguments, on: eventLoop)
-                .map { ($0, false) }
-                .always { _ in self.coordinator.releaseFallback(address.key.uppercased()) }
-        }.map(Self.result(of:))
+        guard coordinator.acquireFallback(address.key.uppercased(), limit: keyConfig.fallbackConcurrency) else {
+            return eventLoop.makeFailedFuture(
+                CachedError(.overloaded, "store unavailable and \(keyConfig.fallbackConcurrency) handler calls already running for key \(address.key)"))
+        }
+        return callHandler(handler, address, params.arguments, on: eventLoop)
+            .map { .filled($0, stored: false) }
+            .always { _ in self.coordinator.releaseFallback(address.key.uppercased()) }
     }
 
     static func result(of answer: FillCoordinator.Answer) -> MethodResult {
         switch answer {
+        case .inStore(let value): .get(hit: value != nil, value: value)
         case .value(let value, let cached): .fill(value: value, lease: nil, cached: cached)
         case .lease(let token): .fill(value: nil, lease: token, cached: true)
         }
     }
 
     /// Runs the handler and stores its value (unless the entry was written or deleted meanwhile).
-    /// With `recheck`, reads the store once more first: a miss that raced with a finished fill finds the value there.
     private func fillAndStore(
         _ handler: any SyncHandler, _ address: EntryAddress, _ arguments: HandlerArguments,
-        _ keyConfig: DaemonConfiguration.KeyConfiguration, ttl: Double, recheck: Bool,
+        _ keyConfig: DaemonConfiguration.KeyConfiguration, ttl: Double,
         stillValid: @escaping @Sendable () -> Bool, on eventLoop: any EventLoop
-    ) -> EventLoopFuture<(ByteBuffer?, Bool)> {
-        let existing: EventLoopFuture<ByteBuffer?> =
-            recheck ? store.get(address, on: eventLoop).recover { _ in nil } : eventLoop.makeSucceededFuture(nil)
-        return existing.flatMap { existing in
-            if let existing { return eventLoop.makeSucceededFuture((existing, true)) }
-            return self.callHandler(handler, address, arguments, on: eventLoop).flatMap { value in
-                guard let value else {
-                    self.coordinator.rememberAbsent(FillCoordinator.EntryKey(address), for: keyConfig.negativeTTL)
-                    return eventLoop.makeSucceededFuture((nil, false))
-                }
-                guard stillValid() else { return eventLoop.makeSucceededFuture((value, false)) }
-                return self.store.set(address, value: value, ttl: ttl, on: eventLoop)
-                    .map { (value, true) }
-                    .recover { error in
-                        self.logger.warning("could not store a filled entry", metadata: ["entry": "\(address)", "error": "\(error)"])
-                        return (value, false)
-                    }
+    ) -> EventLoopFuture<FillCoordinator.FillOutcome> {
+        callHandler(handler, address, arguments, on: eventLoop).flatMap { value in
+            guard let value else {
+                self.coordinator.rememberAbsent(FillCoordinator.EntryKey(address), for: keyConfig.negativeTTL)
+                return eventLoop.makeSucceededFuture(.filled(nil, stored: false))
             }
+            guard stillValid() else { return eventLoop.makeSucceededFuture(.filled(value, stored: false)) }
+            return self.store.set(address, value: value, ttl: ttl, on: eventLoop)
+                .map { .filled(value, stored: true) }
+                .recover { error in
+                    self.logger.warning("could not store a filled entry", metadata: ["entry": "\(address)", "error": "\(error)"])
+                    return .filled(value, stored: false)
+                }
         }
     }
 
@@ -245,13 +242,14 @@ public final class RequestDispatcher: Sendable {
             }
             _ = coordinator.entryWritten(entry)
             return coordinator.handlerFill(entry, on: eventLoop) { stillValid in
-                self.fillAndStore(handler, address, params.arguments, keyConfig, ttl: ttl, recheck: false, stillValid: stillValid, on: eventLoop)
+                self.fillAndStore(handler, address, params.arguments, keyConfig, ttl: ttl, stillValid: stillValid, on: eventLoop)
             }.map { answer in
-                if case .value(let v, let stored) = answer {
-                    if v == nil { return .storedRefused("the handler has no such entry") }
-                    return stored ? .stored(true) : .storedRefused("the filled value could not be stored")
+                switch answer {
+                case .value(nil, _), .inStore(nil): return .storedRefused("the handler has no such entry")
+                case .value(_, let stored): return stored ? .stored(true) : .storedRefused("the filled value could not be stored")
+                case .inStore: return .stored(true)  // joined a get's flight that found the entry stored
+                case .lease: return .stored(false)
                 }
-                return .stored(false)
             }
         }
 

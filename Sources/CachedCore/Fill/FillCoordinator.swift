@@ -24,8 +24,18 @@ public final class FillCoordinator: Sendable {
         }
     }
 
+    /// What a flight produced.
+    public enum FillOutcome: Sendable {
+        /// The flight's own store read found the entry, or the negative cache knows it is absent (nil).
+        case inStore(ByteBuffer?)
+        /// The handler's value (nil = no such entry); `stored` is false when it could not be stored.
+        case filled(ByteBuffer?, stored: Bool)
+    }
+
     /// What a waiting `get` is answered with.
     public enum Answer: Sendable {
+        /// The flight found the entry in the store (nil: known to be absent); no handler ran.
+        case inStore(ByteBuffer?)
         /// The filled value (nil = no such entry); `cached` is false when it could not be stored.
         case value(ByteBuffer?, cached: Bool)
         /// The caller now holds the lease and should fill the entry.
@@ -80,7 +90,7 @@ public final class FillCoordinator: Sendable {
     ///   whether the fill is still valid (no write or delete of the entry happened meanwhile).
     public func handlerFill(
         _ key: EntryKey, on eventLoop: any EventLoop,
-        fill: @escaping @Sendable (_ stillValid: @escaping @Sendable () -> Bool) -> EventLoopFuture<(ByteBuffer?, Bool)>
+        fill: @escaping @Sendable (_ stillValid: @escaping @Sendable () -> Bool) -> EventLoopFuture<FillOutcome>
     ) -> EventLoopFuture<Answer> {
         let promise = eventLoop.makePromise(of: Answer.self)
         let start: Bool = state.withLockedValue { state in
@@ -113,7 +123,8 @@ public final class FillCoordinator: Sendable {
             }
             for waiter in waiters {
                 switch result {
-                case .success(let (value, stored)): waiter.succeed(.value(value, cached: stored))
+                case .success(.inStore(let value)): waiter.succeed(.inStore(value))
+                case .success(.filled(let value, let stored)): waiter.succeed(.value(value, cached: stored))
                 case .failure(let error): waiter.fail(error)
                 }
             }
@@ -310,7 +321,7 @@ public final class FillCoordinator: Sendable {
                 }
             }
             return .object([
-                "handlerFills": .number(String(s.handlerFills)), "joinedFills": .number(String(s.joinedFills)),
+                "flights": .number(String(s.handlerFills)), "joinedFlights": .number(String(s.joinedFills)),
                 "leasesGranted": .number(String(s.leasesGranted)), "leaseWaits": .number(String(s.leaseWaits)),
                 "leasesRefused": .number(String(s.leasesRefused)),
                 "fillsInFlight": .number(String(fills)), "leasesOut": .number(String(leases)),
