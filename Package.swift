@@ -133,7 +133,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CachedProtocolTests",
-            dependencies: ["CachedProtocol", "CachedFuzzCheck"]
+            dependencies: ["CachedProtocol", "CachedFuzzCheck", "CachedTestSupport"]
         ),
         .testTarget(
             name: "CachedRedisTests",
@@ -149,6 +149,7 @@ let package = Package(
             name: "CachedCoreTests",
             dependencies: [
                 "CachedCore",
+                "CachedFuzzCheck",
                 "CachedTestSupport",
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
                 .product(name: "Logging", package: "swift-log"),

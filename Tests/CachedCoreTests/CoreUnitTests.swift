@@ -123,7 +123,6 @@ struct ClientConnectionHandlerTests {
         let dispatcher = RequestDispatcher(store: EmbeddedStore(maxBytes: 1 << 20), configuration: DaemonConfiguration(), logger: Logger(label: "test"))
         let channel = EmbeddedChannel()
         try channel.pipeline.syncOperations.addHandlers([
-            ByteToMessageHandler(LineBasedFrameDecoder(), maximumBufferSize: limits.maxLineBytes),
             ClientConnectionHandler(dispatcher: dispatcher, limits: limits, logger: Logger(label: "test")),
         ])
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()

@@ -121,7 +121,6 @@ public final class CacheServer: Sendable {
                                 lineTimeout: limits.lineTimeout > 0 ? .nanoseconds(Int64(limits.lineTimeout * 1e9)) : nil,
                                 idleTimeout: limits.idleTimeout > 0 ? .nanoseconds(Int64(limits.idleTimeout * 1e9)) : nil,
                                 logger: logger),
-                            ByteToMessageHandler(LineBasedFrameDecoder(), maximumBufferSize: limits.maxLineBytes),
                             ClientConnectionHandler(dispatcher: dispatcher, limits: limits, logger: logger),
                         ])
                     }

@@ -2,7 +2,6 @@ import Atomics
 import CachedProtocol
 import Logging
 import NIOCore
-import NIOExtras
 
 /// Serves one client connection: one JSON-RPC message per line in, one answer per line out.
 ///
@@ -29,6 +28,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     /// The answers of one read batch, sent as one write and one flush at channelReadComplete.
     private var batchOutput: ByteBuffer?
     private let connectionID: ConnectionID
+    /// Splits the received bytes into request lines.
+    private var framer: RequestLineFramer
     /// Ids of requests being run (by sequence number), to answer them -32007 if the drain deadline passes.
     private var pendingIDs: [UInt64: [JSONRPCID]] = [:]
     private var sequence: UInt64 = 0
@@ -40,6 +41,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         self.limits = limits
         self.logger = logger
         self.connectionID = ConnectionID(Self.nextConnectionID.loadThenWrappingIncrement(ordering: .relaxed))
+        self.framer = RequestLineFramer(maxLineBytes: limits.maxLineBytes)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -58,13 +60,21 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
         reading = true
-        let line = unwrapInboundIn(data)
-        // NIO's buffer limit catches a line still waiting for its newline; one that arrived whole in a
-        // single read is measured here, so the limit is exact either way.
-        guard line.readableBytes <= limits.maxLineBytes else {
-            errorCaught(context: context, error: ByteToMessageDecoderError.PayloadTooLargeError())
-            return
+        framer.append(unwrapInboundIn(data))
+        while !closing {
+            switch framer.next() {
+            case .line(let line):
+                handleLine(line, context: context)
+            case .needMore:
+                return
+            case .tooLong:
+                errorCaught(context: context, error: ByteToMessageDecoderError.PayloadTooLargeError())
+                return
+            }
         }
+    }
+
+    private func handleLine(_ line: ByteBuffer, context: ChannelHandlerContext) {
         // The hot path: a `get` in its common shape, read without a JSON tree (anything else returns nil).
         if let get = line.withUnsafeReadableBytes({ FastGetRequest.parse($0) }) {
             let outcome = dispatcher.run(get.params, context: RequestContext(eventLoop: context.eventLoop, connection: connectionID))
@@ -158,9 +168,15 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
-            // The client half-closed: answer what is in flight, then close.
+            // The client half-closed: answer what is in flight, then close; bytes left without a newline
+            // are not a request: nothing to answer, the connection closes.
             reading = false
             sendBatch(context: context)
+            if framer.unterminatedBytes > 0 {
+                logger.debug("connection closed in the middle of a line", metadata: ["bytes": "\(framer.unterminatedBytes)"])
+                closeNow(context: context, flushFirst: false)
+                return
+            }
             inputClosed = true
             closeIfIdle(context: context)
             return
