@@ -281,7 +281,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         guard context.channel.isActive, !closing else { return }
         if reading {
             // Appended to this read batch's answers: one buffer, one write and one flush for all of them.
-            if batchOutput == nil { batchOutput = context.channel.allocator.buffer(capacity: 2048) }
+            if batchOutput == nil { batchOutput = context.channel.allocator.buffer(capacity: 4096) }
             body(&batchOutput!)
             batchOutput!.writeInteger(UInt8(ascii: "\n"))
             return

@@ -20,58 +20,75 @@ struct RequestLineFramer {
     }
 
     let maxLineBytes: Int
-    /// Received bytes not yet returned as lines.
-    private var buffer: ByteBuffer?
+    /// The start of a line that spans reads (its bytes so far).
+    private var carried: ByteBuffer?
+    /// The rest of the latest read, not yet returned as lines.
+    private var current: ByteBuffer?
 
     init(maxLineBytes: Int) {
         self.maxLineBytes = maxLineBytes
     }
 
     /// Bytes of an unfinished line (the daemon drops them at end of input).
-    var unterminatedBytes: Int { buffer?.readableBytes ?? 0 }
+    var unterminatedBytes: Int { (carried?.readableBytes ?? 0) + (current?.readableBytes ?? 0) }
 
-    /// Adds the bytes of one read.
+    /// Adds the bytes of one read (call ``next()`` until it needs more before adding another).
     mutating func append(_ chunk: ByteBuffer) {
-        guard var pending = buffer, pending.readableBytes > 0 else {
-            buffer = chunk
-            return
+        if var rest = current, rest.readableBytes > 0 {
+            // Not drained: keep it as the carried start of a line.
+            current = nil
+            carry(&rest)
         }
-        buffer = nil  // uniquely referenced while appending: no copy of the pending bytes
-        var chunk = chunk
-        pending.writeBuffer(&chunk)
-        buffer = pending
+        current = chunk
     }
 
     /// The next complete line, if there is one.
     mutating func next() -> Next {
-        guard var pending = buffer else { return .needMore }
-        guard let newline = pending.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
-            let readable = pending.readableBytes
-            if readable == 0 {
-                buffer = nil
-                return .needMore
-            }
-            let carriageReturn = pending.getInteger(at: pending.writerIndex - 1, as: UInt8.self) == UInt8(ascii: "\r")
-            if readable - (carriageReturn ? 1 : 0) > maxLineBytes {
-                buffer = nil
-                return .tooLong
-            }
-            if pending.readerIndex > 0 {
-                // Keep only the unfinished line (lines already returned are no longer referenced).
-                buffer = nil
-                pending.discardReadBytes()
-                buffer = pending
-            }
-            return .needMore
+        guard var chunk = current else { return .needMore }
+        current = nil
+        guard let newline = chunk.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
+            // The read ends inside a line: only those bytes are kept (copied if a line is carried already).
+            if chunk.readableBytes > 0 { carry(&chunk) }
+            return overLimit(carried) ? tooLong() : .needMore
         }
-        var length = newline - pending.readerIndex
-        var line = pending.readSlice(length: length)!
-        pending.moveReaderIndex(forwardBy: 1)
-        buffer = pending.readableBytes > 0 ? pending : nil
-        if length > 0, line.getInteger(at: line.writerIndex - 1, as: UInt8.self) == UInt8(ascii: "\r") {
-            length -= 1
+        var line = chunk.readSlice(length: newline - chunk.readerIndex)!
+        chunk.moveReaderIndex(forwardBy: 1)
+        if chunk.readableBytes > 0 { current = chunk }
+        if var start = carried {
+            // The end of a line that spans reads: only its own bytes are copied.
+            carried = nil
+            start.writeBuffer(&line)
+            line = start
+        }
+        if line.readableBytes > 0, line.getInteger(at: line.writerIndex - 1, as: UInt8.self) == UInt8(ascii: "\r") {
             line.moveWriterIndex(to: line.writerIndex - 1)
         }
-        return length > maxLineBytes ? .tooLong : .line(line)
+        return line.readableBytes > maxLineBytes ? tooLong() : .line(line)
+    }
+
+    // MARK: Internals
+
+    private mutating func carry(_ bytes: inout ByteBuffer) {
+        guard var start = carried else {
+            carried = bytes
+            return
+        }
+        carried = nil  // uniquely referenced while appending
+        start.writeBuffer(&bytes)
+        carried = start
+    }
+
+    /// A line still waiting for its newline that already has more bytes than the limit, not counting a
+    /// last `\r` that the newline may still follow.
+    private func overLimit(_ partial: ByteBuffer?) -> Bool {
+        guard let partial, partial.readableBytes > maxLineBytes else { return false }
+        let carriageReturn = partial.getInteger(at: partial.writerIndex - 1, as: UInt8.self) == UInt8(ascii: "\r")
+        return partial.readableBytes - (carriageReturn ? 1 : 0) > maxLineBytes
+    }
+
+    private mutating func tooLong() -> Next {
+        carried = nil
+        current = nil
+        return .tooLong
     }
 }
