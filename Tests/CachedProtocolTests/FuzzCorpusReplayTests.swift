@@ -1,4 +1,5 @@
 import CachedFuzzCheck
+import CachedProtocol
 import Foundation
 import Testing
 
@@ -32,6 +33,19 @@ struct FuzzCorpusReplayTests {
     @Test func seeds() throws { try replay("seeds") }
 
     @Test func corpus() throws { try replay("corpus") }
+
+    /// The fuzz check compares the hot path with the general path on every line the hot path accepts:
+    /// the replayed inputs must include such lines, or that comparison would check nothing.
+    @Test func inputsReachTheFastGetPath() throws {
+        var accepted = 0
+        for input in try Self.inputs("seeds") + Self.inputs("corpus") {
+            for line in input.bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true) {
+                if Array(line).withUnsafeBytes({ FastGetRequest.parse($0) }) != nil { accepted += 1 }
+            }
+        }
+        print("fuzz inputs: \(accepted) lines taken by the fast get path")
+        #expect(accepted >= 10)
+    }
 
     @Test func corpusFilesStaySmall() throws {
         let inputs = try Self.inputs("corpus")

@@ -7,7 +7,7 @@ import NIOCore
 ///   bytes), answered with one -32001 line, then closed;
 /// - a connection with nothing received and nothing in flight for `idleTimeout`, closed silently.
 ///
-/// It sits before the line decoder and sees the raw bytes.
+/// It sits before ``ClientConnectionHandler`` and sees the raw bytes.
 final class ConnectionDeadlineHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
