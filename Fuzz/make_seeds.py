@@ -106,6 +106,23 @@ for method, base in [("get", haddr), ("set", {**haddr, "value": "v", "ttl": 1, "
     seeds.append(req(method, {**base, "bogus": 1}))
     seeds.append(req(method, [1, 2]))
 
+# The fast get path (FastGetRequest): its accepted shapes and their near misses, as clients send them
+# (compact, and Python's default json.dumps spacing), several per input so framing splits them.
+fast = [
+    {"key": "Student", "identity": 12}, {"identity": "alice", "key": "user.profile"},
+    {"key": "Bench", "identity": -0}, {"key": "Sub", "identity": -42, "hashKey": "Klass", "hashId": "7"},
+    {"hashId": 123456789012345678901234567890, "identity": 0, "hashKey": "a-b", "key": "x/y@z+"},
+    {"key": "Stu", "identity": "x" * 256}, {"key": "Stu", "identity": "x" * 257}, {"key": "St", "identity": 1},
+    {"key": "Student", "identity": ""}, {"key": "Student", "identity": "a\u007fb"},
+]
+for i, params in enumerate(fast):
+    for separators in ((",", ":"), (", ", ": ")):
+        line = json.dumps({"jsonrpc": "2.0", "id": i - 3 if i % 2 else "r%d" % i, "method": "get", "params": params},
+                          separators=separators).encode()
+        seeds.append(line)
+        seeds.append(line + b"\r\n" + line.replace(b'"id"', b'"id":1,"id"') + b"\n" + line)
+seeds.append(b' \t{"params" : {"identity":7 ,"key":"Student"} , "method":"get","id":0 ,"jsonrpc":"2.0"}\r ')
+
 for s in seeds:
     name = hashlib.sha1(s).hexdigest()[:16]
     with open(os.path.join(out, name), "wb") as f:
