@@ -509,8 +509,7 @@ class Bench:
         table = self.render()
         print(table)
         if a.output:
-            with open(a.output, "w") as f:
-                f.write(table)
+            write_report(a.output, table)
             log("wrote %s" % a.output)
 
     # ---------------------------------------------------------------- report
@@ -692,6 +691,23 @@ class Bench:
         return "\n".join(out)
 
 
+# Everything from this line on in the report is hand-written analysis, kept when a run rewrites the table.
+KEEP_MARKER = "<!-- make bench keeps everything below this line -->"
+
+
+def write_report(path, table):
+    kept = ""
+    try:
+        with open(path) as f:
+            old = f.read()
+        if KEEP_MARKER in old:
+            kept = old[old.index(KEEP_MARKER):]
+    except FileNotFoundError:
+        pass
+    with open(path, "w") as f:
+        f.write(table.rstrip("\n") + "\n\n" + (kept or KEEP_MARKER + "\n"))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cached", required=True)
@@ -727,8 +743,7 @@ def main():
         table = b.render()
         print(table)
         if args.output:
-            with open(args.output, "w") as f:
-                f.write(table)
+            write_report(args.output, table)
         b.cleanup()
         return
     try:
