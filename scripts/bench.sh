@@ -30,6 +30,10 @@ if command -v cc >/dev/null && cc -O2 -Wall -o "$SCRATCH/fanout_floor" scripts/b
 else
     echo "bench: no C compiler: the cold-get floor is skipped" >&2
 fi
+# valgrind 3.19 crashes on Swift's sigsuspend with a read-only mask; this preload gives it a writable copy.
+if command -v cc >/dev/null && cc -O2 -Wall -shared -fPIC -o "$SCRATCH/sigsuspend_shim.so" scripts/bench/sigsuspend_shim.c; then
+    FLOOR+=(--valgrind-preload "$(cd "$SCRATCH" && pwd)/sigsuspend_shim.so")
+fi
 
 # One virtual environment per client, so the shim and pyredis-cache (both the module `redis_cache`) never meet.
 venv() { # venv DIR PACKAGES...

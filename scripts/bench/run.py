@@ -364,7 +364,10 @@ class Bench:
         subprocess.run(["objcopy", "--strip-debug", stripped], check=False)
         saved, self.a.cached = self.a.cached, stripped
         try:
-            p, sock = self.start_cached("cg", config, prefix=[
+            # Swift's concurrency runtime crashes valgrind 3.19 (rt_sigsuspend with a read-only mask) unless
+            # scripts/bench/sigsuspend_shim.c is preloaded.
+            preload = ["env", "LD_PRELOAD=" + self.a.valgrind_preload] if self.a.valgrind_preload else []
+            p, sock = self.start_cached("cg", config, prefix=preload + [
                 "valgrind", "--tool=callgrind", "--dump-instr=no", "--callgrind-out-file=" + out_base + ".%p"], ready_timeout=180)
         except RuntimeError as e:
             crash = re.search(r"(VALGRIND INTERNAL ERROR[^\n]*|the 'impossible' happened[^\n]*|Possibly corrupted debuginfo[^\n]*)", str(e))
@@ -374,6 +377,9 @@ class Bench:
         try:
             n = self.a.callgrind_requests
             self.cached_bench(sock, "--mix", "get-hit", "-c", 10, "-n", 0, "--warmup", timeout=300)
+            # Read every entry once, so the measured gets are hits in the daemon's memory like in the
+            # throughput runs (a first read of each entry goes to Redis and fills the local cache).
+            self.cached_bench(sock, "--mix", "get-hit", "-c", 10, "-n", 5 * self.a.keyspace, timeout=900)
             # Idle baseline: timers and the event loop with no requests.
             self.run(["callgrind_control", "-z", str(p.pid)], timeout=60)
             t0 = time.monotonic()
@@ -389,24 +395,7 @@ class Bench:
             self.stop(p, timeout=120)
         dumps = sorted(f for f in os.listdir(self.tmp) if f.startswith("callgrind.out.%d" % p.pid))
 
-        def total_ir(path):
-            with open(path) as f:
-                for line in f:
-                    if line.startswith("summary:") or line.startswith("totals:"):
-                        return int(line.split()[1])
-            return None
-
-        idle_ir = load_ir = None
-        load_file = None
-        for d in dumps:
-            path = os.path.join(self.tmp, d)
-            with open(path) as f:
-                head = f.read(4000)
-            if "idle" in head and idle_ir is None and re.search(r"^desc: Trigger: .*idle", head, re.M):
-                idle_ir = total_ir(path)
-            elif re.search(r"^desc: Trigger: .*load", head, re.M):
-                load_ir = total_ir(path)
-                load_file = path
+        idle_ir, load_ir, load_file = self.callgrind_totals(dumps)
         if load_ir is None:
             return {"error": "no callgrind dump found: %s" % dumps}
         idle_rate = (idle_ir or 0) / idle_seconds
@@ -423,6 +412,65 @@ class Bench:
         with open(os.path.join(self.artefacts, "callgrind.get-hit.inclusive.txt"), "w") as f:
             f.write(ann.stdout)
         return res
+
+    def callgrind_redis(self):
+        """Instructions per GET in redis-server under callgrind, the same way: warm-up, idle baseline, load."""
+        port = self.free_port()
+        out_base = os.path.join(self.tmp, "callgrind-redis.out")
+        p = self.spawn(["valgrind", "--tool=callgrind", "--dump-instr=no", "--callgrind-out-file=" + out_base + ".%p",
+                        self.a.redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                        "--dir", self.tmp], "redis-callgrind")
+        try:
+            for _ in range(600):
+                r = subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True, text=True)
+                if r.stdout.strip() == "PONG":
+                    break
+                time.sleep(0.1)
+            else:
+                return {"error": "redis-server under valgrind did not answer"}
+            n = self.a.callgrind_requests
+            bench = ["redis-benchmark", "-p", str(port), "-c", "10", "-P", "1", "-d", str(self.a.value_size),
+                     "-r", str(self.a.keyspace), "-q"]
+            self.run(bench + ["-t", "set", "-n", str(self.a.keyspace * 2)], timeout=600)
+            self.run(bench + ["-t", "get", "-n", "2000"], timeout=600)
+            self.run(["callgrind_control", "-z", str(p.pid)], timeout=60)
+            t0 = time.monotonic()
+            time.sleep(2.0)
+            self.run(["callgrind_control", "-d", "idle", str(p.pid)], timeout=60)
+            idle_seconds = time.monotonic() - t0
+            self.run(["callgrind_control", "-z", str(p.pid)], timeout=60)
+            t0 = time.monotonic()
+            self.run(bench + ["-t", "get", "-n", str(n)], timeout=600)
+            self.run(["callgrind_control", "-d", "load", str(p.pid)], timeout=60)
+            load_seconds = time.monotonic() - t0
+        finally:
+            self.stop(p, timeout=120)
+        dumps = sorted(f for f in os.listdir(self.tmp) if f.startswith("callgrind-redis.out.%d" % p.pid))
+        idle_ir, load_ir, _ = self.callgrind_totals(dumps)
+        if load_ir is None:
+            return {"error": "no callgrind dump of redis-server found: %s" % dumps}
+        net = load_ir - (idle_ir or 0) / idle_seconds * load_seconds
+        return {"requests": n, "irPerGet": round(net / n), "irPerGetGross": round(load_ir / n)}
+
+    def callgrind_totals(self, dumps):
+        """(idle total, load total, load dump path) from callgrind_control dumps named by their trigger."""
+        def total_ir(path):
+            with open(path) as f:
+                for line in f:
+                    if line.startswith("summary:") or line.startswith("totals:"):
+                        return int(line.split()[1])
+            return None
+
+        idle_ir = load_ir = load_path = None
+        for d in dumps:
+            path = os.path.join(self.tmp, d)
+            with open(path) as f:
+                head = f.read(4000)
+            if idle_ir is None and re.search(r"^desc: Trigger: .*idle", head, re.M):
+                idle_ir = total_ir(path)
+            elif re.search(r"^desc: Trigger: .*load", head, re.M):
+                load_ir, load_path = total_ir(path), path
+        return idle_ir, load_ir, load_path
 
     def perf_profile(self, sock, pid):
         """cpu-clock samples of cached under get-hit load (perf has no hardware counters on most VMs)."""
@@ -504,6 +552,13 @@ class Bench:
             except Exception as e:
                 self.results["callgrind"] = {"error": str(e)[:500]}
             log("  callgrind: %s" % self.results["callgrind"])
+            if "irPerGet" in self.results["callgrind"]:
+                log("callgrind: redis-server, %d GETs at -c 10" % a.callgrind_requests)
+                try:
+                    self.results["callgrindRedis"] = self.callgrind_redis()
+                except Exception as e:
+                    self.results["callgrindRedis"] = {"error": str(e)[:500]}
+                log("  callgrind redis: %s" % self.results["callgrindRedis"])
         with open(os.path.join(self.artefacts, "results.json"), "w") as f:
             json.dump(self.results, f, indent=2)
         table = self.render()
@@ -644,8 +699,13 @@ class Bench:
         cg = r.get("callgrind")
         if cg:
             if "irPerGet" in cg:
-                rows.append(("instructions per get-hit in the daemon (callgrind, -c 10)", "-",
-                             "%s (gross %s)" % (f0(cg["irPerGet"]), f0(cg["irPerGetGross"])), "-", "info", "-"))
+                cr = r.get("callgrindRedis") or {}
+                rows.append(("instructions per get-hit (callgrind, -c 10, unpipelined; net of an idle baseline, gross in parentheses)",
+                             "redis-server %s (%s)" % (f0(cr.get("irPerGet")), f0(cr.get("irPerGetGross"))) if "irPerGet" in cr else "-",
+                             "%s (%s)" % (f0(cg["irPerGet"]), f0(cg["irPerGetGross"])),
+                             "%.2fx" % (cg["irPerGet"] / cr["irPerGet"]) if cr.get("irPerGet") else "-", "info", "-"))
+                if cr.get("error"):
+                    self.notes.append("callgrind of redis-server: %s" % cr["error"])
             else:
                 self.notes.append("callgrind: %s" % cg.get("error"))
 
@@ -724,6 +784,7 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--python-calls", type=int, default=20000)
     p.add_argument("--handler-seconds", default="0.2")
+    p.add_argument("--valgrind-preload", help="the compiled scripts/bench/sigsuspend_shim.c, preloaded under valgrind")
     p.add_argument("--fanout-floor", help="the compiled scripts/bench/fanout_floor.c (the cold-get floor); skipped if absent")
     p.add_argument("--idle-connections", type=int, default=10000)
     p.add_argument("--callgrind-requests", type=int, default=20000)

@@ -70,6 +70,13 @@ extension ByteBuffer {
     /// Writes a whole response object (no newline) for a completed request.
     public mutating func writeResponse(id: JSONRPCID, _ result: Result<MethodResult, CachedError>) {
         switch result {
+        case .success(.hit(let value)):
+            // The hot path: the fewest writes.
+            self.writeStaticString("{\"jsonrpc\":\"2.0\",\"id\":")
+            self.writeJSONRPCID(id)
+            self.writeStaticString(",\"result\":{\"hit\":true,")
+            self.writeImmutableBuffer(value.member)
+            self.writeStaticString("}}")
         case .success(let value):
             self.writeJSONRPCResultPrefix(id: id)
             self.writeMethodResult(value)
