@@ -380,17 +380,10 @@ class Bench:
             # Read every entry once, so the measured gets are hits in the daemon's memory like in the
             # throughput runs (a first read of each entry goes to Redis and fills the local cache).
             self.cached_bench(sock, "--mix", "get-hit", "-c", 10, "-n", 5 * self.a.keyspace, timeout=900)
-            # Idle baseline: timers and the event loop with no requests.
-            self.run(["callgrind_control", "-z", str(p.pid)], timeout=60)
-            t0 = time.monotonic()
-            time.sleep(2.0)
-            self.run(["callgrind_control", "-d", "idle", str(p.pid)], timeout=60)
-            idle_seconds = time.monotonic() - t0
-            self.run(["callgrind_control", "-z", str(p.pid)], timeout=60)
-            t0 = time.monotonic()
-            c = self.cached_bench(sock, "--mix", "get-hit", "-c", 10, "-n", n, timeout=600)
-            self.run(["callgrind_control", "-d", "load", str(p.pid)], timeout=60)
-            load_seconds = time.monotonic() - t0
+            loaded = {}
+            idle_seconds, load_seconds = self.callgrind_phases(p.pid, lambda: loaded.update(
+                self.cached_bench(sock, "--mix", "get-hit", "-c", 10, "-n", n, timeout=600)))
+            c = loaded
         finally:
             self.stop(p, timeout=120)
         dumps = sorted(f for f in os.listdir(self.tmp) if f.startswith("callgrind.out.%d" % p.pid))
@@ -398,8 +391,7 @@ class Bench:
         idle_ir, load_ir, load_file = self.callgrind_totals(dumps)
         if load_ir is None:
             return {"error": "no callgrind dump found: %s" % dumps}
-        idle_rate = (idle_ir or 0) / idle_seconds
-        net = load_ir - idle_rate * load_seconds
+        net = load_ir - (idle_ir or 0) / idle_seconds * load_seconds
         res = {"requests": n, "completed": c["completed"], "errors": c["errors"], "loadIr": load_ir, "idleIr": idle_ir,
                "idleSeconds": round(idle_seconds, 2), "loadSeconds": round(load_seconds, 2),
                "irPerGet": round(net / max(1, c["completed"])), "irPerGetGross": round(load_ir / max(1, c["completed"]))}
@@ -433,16 +425,8 @@ class Bench:
                      "-r", str(self.a.keyspace), "-q"]
             self.run(bench + ["-t", "set", "-n", str(self.a.keyspace * 2)], timeout=600)
             self.run(bench + ["-t", "get", "-n", "2000"], timeout=600)
-            self.run(["callgrind_control", "-z", str(p.pid)], timeout=60)
-            t0 = time.monotonic()
-            time.sleep(2.0)
-            self.run(["callgrind_control", "-d", "idle", str(p.pid)], timeout=60)
-            idle_seconds = time.monotonic() - t0
-            self.run(["callgrind_control", "-z", str(p.pid)], timeout=60)
-            t0 = time.monotonic()
-            self.run(bench + ["-t", "get", "-n", str(n)], timeout=600)
-            self.run(["callgrind_control", "-d", "load", str(p.pid)], timeout=60)
-            load_seconds = time.monotonic() - t0
+            idle_seconds, load_seconds = self.callgrind_phases(
+                p.pid, lambda: self.run(bench + ["-t", "get", "-n", str(n)], timeout=600))
         finally:
             self.stop(p, timeout=120)
         dumps = sorted(f for f in os.listdir(self.tmp) if f.startswith("callgrind-redis.out.%d" % p.pid))
@@ -451,6 +435,20 @@ class Bench:
             return {"error": "no callgrind dump of redis-server found: %s" % dumps}
         net = load_ir - (idle_ir or 0) / idle_seconds * load_seconds
         return {"requests": n, "irPerGet": round(net / n), "irPerGetGross": round(load_ir / n)}
+
+    def callgrind_phases(self, pid, load):
+        """Zeroes the counters, dumps 2 s of idle ("idle"), zeroes again, runs `load`, dumps it ("load").
+        Returns the seconds each phase took (the idle rate is subtracted from the load)."""
+        self.run(["callgrind_control", "-z", str(pid)], timeout=60)
+        t0 = time.monotonic()
+        time.sleep(2.0)
+        self.run(["callgrind_control", "-d", "idle", str(pid)], timeout=60)
+        idle_seconds = time.monotonic() - t0
+        self.run(["callgrind_control", "-z", str(pid)], timeout=60)
+        t0 = time.monotonic()
+        load()
+        self.run(["callgrind_control", "-d", "load", str(pid)], timeout=60)
+        return idle_seconds, time.monotonic() - t0
 
     def callgrind_totals(self, dumps):
         """(idle total, load total, load dump path) from callgrind_control dumps named by their trigger."""
