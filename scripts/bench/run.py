@@ -725,8 +725,9 @@ class Bench:
                 "- Python: one process, %d calls in 5 rounds (median round), values are small JSON objects; redis-py and pyredis-cache over loopback TCP, each client in its own virtual environment." % a.python_calls,
                 "- Cold gets: 50 forked processes x 20 connections send the same `get` of a never-used entry of a key whose handler sleeps %s s; latency from each request's own send, set against the handler's own duration (its start and end stamps, CLOCK_MONOTONIC); median of %d runs. The floor is `scripts/bench/fanout_floor.c`, a single-threaded epoll server that only reads the 1000 requests, waits the same time and writes 1000 fixed answers: what the same clients see from a server that does nothing else." % (a.handler_seconds, a.repeat),
                 "- RSS: `VmRSS` of `/proc/PID/status`.",
-                "- Instructions: `valgrind --tool=callgrind` on the release daemon (debug info stripped), counters zeroed after the warm-up, an idle baseline subtracted; "
-                "when valgrind cannot run the binary (see notes), CPU per get from `/proc/PID/stat` and the perf profile below stand in.",
+                "- Instructions: `valgrind --tool=callgrind` (user space only) on the release daemon (debug info stripped; `scripts/bench/sigsuspend_shim.c` preloaded, see below) "
+                "and on a second redis-server, each after a warm-up that makes every get a hit (for cached: in its memory), counters zeroed, an idle baseline subtracted, "
+                "then %d gets from 10 connections (`cached-bench` and `redis-benchmark`); when valgrind cannot run, CPU per get from `/proc/PID/stat` and the perf profile stand in." % a.callgrind_requests,
                 "- CPU per get: utime+stime of the process over the run divided by the requests (10 ms clock ticks).",
                 ""]
         pf = r.get("perf") or {}
