@@ -1,5 +1,13 @@
 import NIOCore
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Splits a client's byte stream into request lines, the framing of `docs/protocol.md`: a line ends in
 /// `\n`, a `\r` before it is dropped, and a line longer than `maxLineBytes` (not counting a `\r` that may
 /// still be followed by `\n`) ends the connection.
@@ -46,7 +54,7 @@ struct RequestLineFramer {
     mutating func next() -> Next {
         guard var chunk = current else { return .needMore }
         current = nil
-        guard let newline = chunk.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
+        guard let newline = Self.firstNewline(in: chunk) else {
             // The read ends inside a line: only those bytes are kept (copied if a line is carried already).
             if chunk.readableBytes > 0 { carry(&chunk) }
             return overLimit(carried) ? tooLong() : .needMore
@@ -67,6 +75,15 @@ struct RequestLineFramer {
     }
 
     // MARK: Internals
+
+    /// The index of the first `\n` in the readable bytes (`memchr`: a generic `firstIndex(of:)` costs
+    /// several instructions a byte, a tenth of a pipelined get hit).
+    private static func firstNewline(in buffer: ByteBuffer) -> Int? {
+        buffer.withUnsafeReadableBytes { bytes -> Int? in
+            guard let base = bytes.baseAddress, let found = memchr(base, Int32(UInt8(ascii: "\n")), bytes.count) else { return nil }
+            return buffer.readerIndex + (UnsafeRawPointer(found) - base)
+        }
+    }
 
     private mutating func carry(_ bytes: inout ByteBuffer) {
         guard var start = carried else {

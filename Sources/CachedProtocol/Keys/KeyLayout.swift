@@ -61,42 +61,59 @@ public enum KeyLayout {
     /// The name `NAME#ID` of an entry: a Redis key, or a field inside a hash (written in one allocation:
     /// it is made for every request).
     public static func entryName(key: String, identity: Identity) -> String {
-        let keyCount = key.utf8.count
-        let identityCount: Int
+        var key = key
+        var identityText: String
+        let isInteger: Bool
         switch identity {
-        case .string(let s): identityCount = s.utf8.count
-        case .integer(let digits): identityCount = max(10, digits.utf8.count)
+        case .string(let s): (identityText, isInteger) = (s, false)
+        case .integer(let digits): (identityText, isInteger) = (digits, true)
         }
-        return String(unsafeUninitializedCapacity: max(10, keyCount) + 1 + identityCount) { out in
-            var i = 0
-            func put(_ b: UInt8) {
-                out[i] = b
-                i += 1
-            }
-            // key.zfill(10).upper()
-            let zeros = max(0, 10 - keyCount)
-            var rest = key.utf8[...]
-            if zeros > 0, let first = rest.first, first == UInt8(ascii: "+") || first == UInt8(ascii: "-") {
-                put(first)
-                rest = rest.dropFirst()
-            }
-            for _ in 0..<zeros { put(UInt8(ascii: "0")) }
-            for b in rest { put(b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z") ? b - 32 : b) }
-            put(UInt8(ascii: "#"))
-            switch identity {
-            case .string(let s):
-                for b in s.utf8 { put(b) }
-            case .integer(let digits):
-                // "%010d": width 10 including the sign, zero padding after the sign.
-                var body = digits.utf8[...]
-                if body.first == UInt8(ascii: "-") {
-                    put(UInt8(ascii: "-"))
-                    body = body.dropFirst()
+        // Bytes through `withUTF8` (iterating `String.UTF8View` costs tens of instructions a byte), written
+        // into a stack buffer, then one `String(decoding:as:)` (its ASCII fast path).
+        return key.withUTF8 { key in
+            identityText.withUTF8 { identity in
+                let identityCount = isInteger ? max(10, identity.count) : identity.count
+                let capacity = max(10, key.count) + 1 + identityCount
+                return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: capacity) { out in
+                    var i = 0
+                    // key.zfill(10).upper()
+                    let zeros = max(0, 10 - key.count)
+                    var rest = key[...]
+                    if zeros > 0, let first = rest.first, first == UInt8(ascii: "+") || first == UInt8(ascii: "-") {
+                        out[i] = first
+                        i += 1
+                        rest = rest.dropFirst()
+                    }
+                    for _ in 0..<zeros {
+                        out[i] = UInt8(ascii: "0")
+                        i += 1
+                    }
+                    for b in rest {
+                        out[i] = b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z") ? b - 32 : b
+                        i += 1
+                    }
+                    out[i] = UInt8(ascii: "#")
+                    i += 1
+                    var body = identity[...]
+                    if isInteger {
+                        // "%010d": width 10 including the sign, zero padding after the sign.
+                        if body.first == UInt8(ascii: "-") {
+                            out[i] = UInt8(ascii: "-")
+                            i += 1
+                            body = body.dropFirst()
+                        }
+                        for _ in 0..<(identityCount - identity.count) {
+                            out[i] = UInt8(ascii: "0")
+                            i += 1
+                        }
+                    }
+                    for b in body {
+                        out[i] = b
+                        i += 1
+                    }
+                    return String(decoding: UnsafeBufferPointer(rebasing: out[..<i]), as: UTF8.self)
                 }
-                for _ in 0..<(identityCount - digits.utf8.count) { put(UInt8(ascii: "0")) }
-                for b in body { put(b) }
             }
-            return i
         }
     }
 }

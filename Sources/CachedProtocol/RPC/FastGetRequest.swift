@@ -168,14 +168,18 @@ extension FastGetRequest {
         mutating func plainString() -> Span? {
             guard take(UInt8(ascii: "\"")) else { return nil }
             let start = index
-            while index < bytes.count {
-                let b = bytes[index]
+            let count = bytes.count
+            guard let base = bytes.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return nil }
+            var i = start
+            while i < count {
+                let b = base[i]
                 if b == UInt8(ascii: "\"") {
-                    index += 1
-                    return Span(start: start, end: index - 1)
+                    index = i + 1
+                    return Span(start: start, end: i)
                 }
-                guard b >= 0x20, b < 0x7F, b != UInt8(ascii: "\\") else { return nil }
-                index += 1
+                // One unsigned compare for 0x20...0x7E, then the backslash.
+                guard b &- 0x20 < 0x5F, b != UInt8(ascii: "\\") else { return nil }
+                i += 1
             }
             return nil
         }
