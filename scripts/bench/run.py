@@ -386,12 +386,9 @@ class Bench:
             c = loaded
         finally:
             self.stop(p, timeout=120)
-        dumps = sorted(f for f in os.listdir(self.tmp) if f.startswith("callgrind.out.%d" % p.pid))
-
-        idle_ir, load_ir, load_file = self.callgrind_totals(dumps)
+        idle_ir, load_ir, load_file, net = self.callgrind_totals("callgrind.out.%d" % p.pid, idle_seconds, load_seconds)
         if load_ir is None:
-            return {"error": "no callgrind dump found: %s" % dumps}
-        net = load_ir - (idle_ir or 0) / idle_seconds * load_seconds
+            return {"error": "no callgrind dump of cached found"}
         res = {"requests": n, "completed": c["completed"], "errors": c["errors"], "loadIr": load_ir, "idleIr": idle_ir,
                "idleSeconds": round(idle_seconds, 2), "loadSeconds": round(load_seconds, 2),
                "irPerGet": round(net / max(1, c["completed"])), "irPerGetGross": round(load_ir / max(1, c["completed"]))}
@@ -429,11 +426,9 @@ class Bench:
                 p.pid, lambda: self.run(bench + ["-t", "get", "-n", str(n)], timeout=600))
         finally:
             self.stop(p, timeout=120)
-        dumps = sorted(f for f in os.listdir(self.tmp) if f.startswith("callgrind-redis.out.%d" % p.pid))
-        idle_ir, load_ir, _ = self.callgrind_totals(dumps)
+        _, load_ir, _, net = self.callgrind_totals("callgrind-redis.out.%d" % p.pid, idle_seconds, load_seconds)
         if load_ir is None:
-            return {"error": "no callgrind dump of redis-server found: %s" % dumps}
-        net = load_ir - (idle_ir or 0) / idle_seconds * load_seconds
+            return {"error": "no callgrind dump of redis-server found"}
         return {"requests": n, "irPerGet": round(net / n), "irPerGetGross": round(load_ir / n)}
 
     def callgrind_phases(self, pid, load):
@@ -450,8 +445,10 @@ class Bench:
         self.run(["callgrind_control", "-d", "load", str(pid)], timeout=60)
         return idle_seconds, time.monotonic() - t0
 
-    def callgrind_totals(self, dumps):
-        """(idle total, load total, load dump path) from callgrind_control dumps named by their trigger."""
+    def callgrind_totals(self, prefix, idle_seconds, load_seconds):
+        """From the dumps `prefix`* named by their trigger: (idle total, load total, load dump path, load total
+        less the idle rate over the load's duration)."""
+        dumps = sorted(f for f in os.listdir(self.tmp) if f.startswith(prefix))
         def total_ir(path):
             with open(path) as f:
                 for line in f:
@@ -468,7 +465,8 @@ class Bench:
                 idle_ir = total_ir(path)
             elif re.search(r"^desc: Trigger: .*load", head, re.M):
                 load_ir, load_path = total_ir(path), path
-        return idle_ir, load_ir, load_path
+        net = None if load_ir is None else load_ir - (idle_ir or 0) / idle_seconds * load_seconds
+        return idle_ir, load_ir, load_path, net
 
     def perf_profile(self, sock, pid):
         """cpu-clock samples of cached under get-hit load (perf has no hardware counters on most VMs)."""
