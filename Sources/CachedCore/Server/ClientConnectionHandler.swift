@@ -1,5 +1,6 @@
 import Atomics
 import CachedProtocol
+import CachedRedis
 import Logging
 import NIOCore
 
@@ -8,7 +9,7 @@ import NIOCore
 /// Requests run concurrently and are answered as they complete (clients match answers by id). When a
 /// connection has `maxInFlight` unanswered requests, reading stops until some are answered, so a
 /// pipelining client is throttled by TCP-style backpressure instead of buffered without bound.
-final class ClientConnectionHandler: ChannelDuplexHandler {
+final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -25,7 +26,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     private var inputClosed = false
     private var quiescing = false
     @exclusivity(unchecked) private var closing = false
-    private var flushScheduled = false
+    package var flushScheduled = false
     /// Between channelRead and channelReadComplete: answers written then go into `batchOutput`.
     @exclusivity(unchecked) private var reading = false
     /// The answers of one read batch, sent as one write and one flush at channelReadComplete.
@@ -311,18 +312,6 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         batchOutput = nil
         guard context.channel.isActive, !closing else { return }
         context.writeAndFlush(wrapOutboundOut(batch), promise: nil)
-    }
-
-    /// Answers completed in one event-loop tick go out in one flush.
-    private func scheduleFlush(context: ChannelHandlerContext) {
-        guard !flushScheduled else { return }
-        flushScheduled = true
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        context.eventLoop.execute {
-            let (handler, context) = loopBound.value
-            handler.flushScheduled = false
-            context.flush()
-        }
     }
 }
 

@@ -12,14 +12,14 @@ public struct RedisRequest: Sendable {
 
 /// Matches replies to commands in FIFO order, flushes once per event-loop tick, and enforces the
 /// command timeout. All decisions are made by ``RedisCommandStateMachine``.
-public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHandler {
+public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHandler, TickFlushing {
     public typealias InboundIn = RedisReply
     public typealias OutboundIn = RedisRequest
     public typealias OutboundOut = ByteBuffer
 
     private var stateMachine = RedisCommandStateMachine<EventLoopPromise<RedisReply>>()
     private let commandTimeout: TimeAmount
-    private var flushScheduled = false
+    package var flushScheduled = false
     private var timeoutTask: RepeatedTask?
 
     public init(commandTimeout: TimeAmount) {
@@ -84,18 +84,6 @@ public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHa
             scheduleFlush(context: context)
         case .fail(let error):
             request.promise.fail(error)
-        }
-    }
-
-    /// Many commands written in one tick go out in one flush (auto-pipelining).
-    private func scheduleFlush(context: ChannelHandlerContext) {
-        guard !flushScheduled else { return }
-        flushScheduled = true
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        context.eventLoop.execute {
-            let (handler, context) = loopBound.value
-            handler.flushScheduled = false
-            context.flush()
         }
     }
 
