@@ -397,7 +397,7 @@ struct Checker {
         do throws(CachedError) {
             switch method {
             case .get:
-                allowed = ["key", "identity", "hashKey", "hashId", "args", "kwargs"]
+                allowed = ["key", "identity", "hashKey", "hashId", "args", "kwargs", "lease"]
                 let p = try GetParams(request.params)
                 checkAddress(p.address)
                 result.writeStaticString("{\"hit\":true,")
@@ -429,6 +429,11 @@ struct Checker {
                 let p = try DeleteParams(request.params)
                 checkAddress(p.address)
                 result.writeStaticString("{\"deleted\":1}")
+            case .release:
+                allowed = ["key", "identity", "hashKey", "hashId", "lease"]
+                let p = try ReleaseParams(request.params)
+                checkAddress(p.address)
+                result.writeStaticString("{\"released\":false}")
             case .deleteHash:
                 allowed = ["hashKey", "hashId"]
                 let p = try DeleteHashParams(request.params)

@@ -57,3 +57,27 @@ public final class Locked<Value>: @unchecked Sendable {
     }
     public var current: Value { withLock { $0 } }
 }
+
+/// A reusable barrier: `wait()` returns when `parties` threads have called it (then it resets).
+public final class Barrier: @unchecked Sendable {
+    private let condition = NSCondition()
+    private let parties: Int
+    private var waiting = 0
+    private var generation = 0
+
+    public init(parties: Int) { self.parties = parties }
+
+    public func wait() {
+        condition.lock()
+        defer { condition.unlock() }
+        let mine = generation
+        waiting += 1
+        if waiting == parties {
+            waiting = 0
+            generation += 1
+            condition.broadcast()
+            return
+        }
+        while generation == mine { condition.wait() }
+    }
+}

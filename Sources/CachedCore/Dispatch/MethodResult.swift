@@ -15,6 +15,8 @@ public enum MethodResult: Sendable {
     case storedRefused(String)
     /// `{deleted}`.
     case deleted(Int)
+    /// `{released}`.
+    case released(Bool)
     /// `"pong"`.
     case pong
     /// Any other JSON result.
@@ -60,6 +62,8 @@ extension ByteBuffer {
             self.writeStaticString("{\"deleted\":")
             self.writeString(String(n))
             self.writeInteger(UInt8(ascii: "}"))
+        case .released(let released):
+            self.writeStaticString(released ? "{\"released\":true}" : "{\"released\":false}")
         case .pong:
             self.writeStaticString("\"pong\"")
         case .json(let value):

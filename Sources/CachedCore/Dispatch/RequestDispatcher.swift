@@ -88,22 +88,35 @@ public final class RequestDispatcher: Sendable {
         do {
             switch method {
             case .get:
-                return countedGet(try GetParams(request.params), context: context)
+                switch run(try GetParams(request.params), context: context) {
+                case .now(let result): return eventLoop.makeSucceededFuture(result)
+                case .later(let future): return future
+                }
             case .set:
                 let params = try SetParams(request.params)
                 return set(params, context: context).counted(self, method: "set", key: params.address.key)
             case .delete:
                 let params = try DeleteParams(request.params)
-                coordinator.entryDeleted(FillCoordinator.EntryKey(params.address))
+                let entry = FillCoordinator.EntryKey(params.address)
+                coordinator.forgetAbsent(entry)
+                let wake = coordinator.writeStarted(entry, isDelete: true)
+                assert(wake.isEmpty, "a delete passes a lease on; it wakes nobody")
                 return store.delete(params.address, on: eventLoop)
+                    .always { _ in self.coordinator.writeFinished(entry) }
                     .map { MethodResult.deleted($0) }
                     .counted(self, method: "delete", key: params.address.key)
             case .deleteHash:
                 let params = try DeleteHashParams(request.params)
-                coordinator.hashDeleted(params.hash.storeKey)
+                let entries = coordinator.hashDeleteStarted(params.hash.storeKey)
                 return store.deleteHash(params.hash, on: eventLoop)
+                    .always { _ in self.coordinator.writesFinished(entries) }
                     .map { MethodResult.deleted($0) }
                     .counted(self, method: "deleteHash", key: params.hash.hashKey)
+            case .release:
+                let params = try ReleaseParams(request.params)
+                let released = coordinator.releaseLease(FillCoordinator.EntryKey(params.address), token: params.lease)
+                return eventLoop.makeSucceededFuture(MethodResult.released(released))
+                    .counted(self, method: "release", key: params.address.key)
             case .ping:
                 _ = try EmptyParams(request.params, method: "ping")
                 stats.record(method: "ping", key: nil, outcome: .ok)
@@ -130,41 +143,81 @@ public final class RequestDispatcher: Sendable {
 
     // MARK: get
 
+    /// How many times a miss is read again after a write overtook it before it is answered as a plain
+    /// miss (lease flow) or the handler is called anyway (handler flight).
+    static let maximumRereads = 3
+
     private func get(_ params: GetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
-        let eventLoop = context.eventLoop
-        let address = params.address
-        let entry = FillCoordinator.EntryKey(address)
-        if let joined = coordinator.joinFill(entry, on: eventLoop) {
+        let entry = FillCoordinator.EntryKey(params.address)
+        if let joined = coordinator.joinFlight(entry, on: context.eventLoop) {
             // A flight for this entry is under way: wait for its answer, with no store read of our own.
             return joined.map(Self.result(of:))
         }
-        guard let handler = handlers.handler(for: address.key) else {
-            // No handler: read the store; a miss gets a lease or waits for the holder's value.
-            return store.get(address, on: eventLoop).flatMap { value -> EventLoopFuture<MethodResult> in
-                if let value { return eventLoop.makeSucceededFuture(.get(hit: true, value: value)) }
-                let keyConfig = self.currentConfiguration.key(address.key)
-                return self.coordinator.leaseMiss(entry, context: context, leaseTimeout: keyConfig.leaseTimeout).map(Self.result(of:))
-            }
+        guard let handler = handlers.handler(for: params.address.key) else {
+            return leaseGet(params, entry, context: context, attempt: 0)
         }
         // A key with a handler: one flight per entry, registered before the store read, so every concurrent
         // get of the entry joins it and a stampede costs one store read and at most one handler call.
-        let keyConfig = currentConfiguration.key(address.key)
-        return coordinator.handlerFill(entry, on: eventLoop) { stillValid in
-            self.store.get(address, on: eventLoop)
-                .map { Result<ByteBuffer?, any Error>.success($0) }
-                .recover { .failure($0) }
-                .flatMap { read -> EventLoopFuture<FillCoordinator.FillOutcome> in
-                    switch read {
-                    case .success(let value?):
-                        return eventLoop.makeSucceededFuture(.inStore(value))
-                    case .success(nil):
-                        if self.coordinator.isKnownAbsent(entry) { return eventLoop.makeSucceededFuture(.inStore(nil)) }
-                        return self.fillAndStore(handler, address, params.arguments, keyConfig, ttl: keyConfig.ttl, stillValid: stillValid, on: eventLoop)
-                    case .failure(let error):
-                        return self.fallback(after: error, handler, params, keyConfig, on: eventLoop)
-                    }
-                }
+        let keyConfig = currentConfiguration.key(params.address.key)
+        return coordinator.requestFlight(entry, on: context.eventLoop) { id in
+            self.runFlight(id, entry, handler, params, keyConfig, on: context.eventLoop, attempt: 0)
         }.map(Self.result(of:))
+    }
+
+    /// A key without a handler: read the store; a trusted miss gets a lease, waits for the holder's
+    /// value, or (`lease: false`) is answered at once. A miss that a write overtook reads again.
+    private func leaseGet(
+        _ params: GetParams, _ entry: FillCoordinator.EntryKey, context: RequestContext, attempt: Int
+    ) -> EventLoopFuture<MethodResult> {
+        let eventLoop = context.eventLoop
+        let ticket = coordinator.readStarted(entry)
+        return store.get(params.address, on: eventLoop).flatMapError { error in
+            self.coordinator.readFinished(entry, ticket)
+            return eventLoop.makeFailedFuture(error)
+        }.flatMap { value -> EventLoopFuture<MethodResult> in
+            if let value {
+                self.coordinator.readFinished(entry, ticket)
+                return eventLoop.makeSucceededFuture(.get(hit: true, value: value))
+            }
+            let keyConfig = self.currentConfiguration.key(params.address.key)
+            // After repeated overtaken reads, a miss is still a miss that was true at some instant, but
+            // not trusted enough to make someone fill: it is answered without a lease.
+            let mayLease = params.mayLease && attempt < Self.maximumRereads
+            return self.coordinator.readMissed(entry, ticket, context: context, mayLease: mayLease, leaseTimeout: keyConfig.leaseTimeout)
+                .flatMap { answer in
+                    if case .readAgain = answer { return self.leaseGet(params, entry, context: context, attempt: attempt + 1) }
+                    return eventLoop.makeSucceededFuture(Self.result(of: answer))
+                }
+        }
+    }
+
+    /// One handler flight: read the store; on a trusted miss call the handler and store its value (only
+    /// if the entry is still absent and no write or delete happened since the read); answer every waiter.
+    private func runFlight(
+        _ id: UInt64, _ entry: FillCoordinator.EntryKey, _ handler: any SyncHandler, _ params: GetParams,
+        _ keyConfig: DaemonConfiguration.KeyConfiguration, on eventLoop: any EventLoop, attempt: Int
+    ) {
+        store.get(params.address, on: eventLoop)
+            .map { Result<ByteBuffer?, any Error>.success($0) }
+            .recover { .failure($0) }
+            .whenSuccess { read in
+                switch read {
+                case .success(let value?):
+                    self.coordinator.finishFlight(entry, flight: id, .success(.inStore(value)))
+                case .success(nil):
+                    if self.coordinator.isKnownAbsent(entry) {
+                        self.coordinator.finishFlight(entry, flight: id, .success(.inStore(nil)))
+                    } else if !self.coordinator.flightReadMissed(entry, flight: id) && attempt < Self.maximumRereads {
+                        self.runFlight(id, entry, handler, params, keyConfig, on: eventLoop, attempt: attempt + 1)
+                    } else {
+                        self.fillAndStore(id, entry, handler, params.address, params.arguments, keyConfig, ttl: keyConfig.ttl, on: eventLoop)
+                            .whenComplete { self.coordinator.finishFlight(entry, flight: id, $0) }
+                    }
+                case .failure(let error):
+                    self.fallback(after: error, handler, params, keyConfig, on: eventLoop)
+                        .whenComplete { self.coordinator.finishFlight(entry, flight: id, $0) }
+                }
+            }
     }
 
     /// The store failed the flight's read: for an unavailable or timed-out store the handler still answers
@@ -191,23 +244,29 @@ public final class RequestDispatcher: Sendable {
         case .inStore(let value): .get(hit: value != nil, value: value)
         case .value(let value, let cached): .fill(value: value, lease: nil, cached: cached)
         case .lease(let token): .fill(value: nil, lease: token, cached: true)
+        case .miss, .readAgain: .get(hit: false, value: nil)
         }
     }
 
-    /// Runs the handler and stores its value (unless the entry was written or deleted meanwhile).
+    /// Runs the handler and stores its value, unless the entry was written or deleted since the flight's
+    /// read. A fill after a miss stores only if the entry is still absent (`SET NX`), so a value written
+    /// meanwhile by anyone is never replaced by the handler's older one; a refresh replaces it.
     private func fillAndStore(
-        _ handler: any SyncHandler, _ address: EntryAddress, _ arguments: HandlerArguments,
-        _ keyConfig: DaemonConfiguration.KeyConfiguration, ttl: Double,
-        stillValid: @escaping @Sendable () -> Bool, on eventLoop: any EventLoop
+        _ id: UInt64, _ entry: FillCoordinator.EntryKey, _ handler: any SyncHandler, _ address: EntryAddress,
+        _ arguments: HandlerArguments, _ keyConfig: DaemonConfiguration.KeyConfiguration, ttl: Double, on eventLoop: any EventLoop
     ) -> EventLoopFuture<FillCoordinator.FillOutcome> {
         callHandler(handler, address, arguments, on: eventLoop).flatMap { value in
             guard let value else {
-                self.coordinator.rememberAbsent(FillCoordinator.EntryKey(address), for: keyConfig.negativeTTL)
+                self.coordinator.rememberAbsent(entry, for: keyConfig.negativeTTL)
                 return eventLoop.makeSucceededFuture(.filled(nil, stored: false))
             }
-            guard stillValid() else { return eventLoop.makeSucceededFuture(.filled(value, stored: false)) }
-            return self.store.set(address, value: value, ttl: ttl, on: eventLoop)
-                .map { .filled(value, stored: true) }
+            let (allowed, overwrite) = self.coordinator.flightMayStore(entry, flight: id)
+            guard allowed else { return eventLoop.makeSucceededFuture(.filled(value, stored: false)) }
+            let stored = overwrite
+                ? self.store.set(address, value: value, ttl: ttl, on: eventLoop).map { true }
+                : self.store.fill(address, value: value, ttl: ttl, on: eventLoop)
+            return stored
+                .map { .filled(value, stored: $0) }
                 .recover { error in
                     self.logger.warning("could not store a filled entry", metadata: ["entry": "\(address)", "error": "\(error)"])
                     return .filled(value, stored: false)
@@ -235,47 +294,46 @@ public final class RequestDispatcher: Sendable {
         let entry = FillCoordinator.EntryKey(address)
 
         guard let value = params.value else {
-            // pyredis-cache's set(identity) without data: fill from the key's handler and store.
+            // pyredis-cache's set(identity) without data: fill from the key's handler and store, replacing
+            // what is stored. It joins a flight under way (whose value may then not be stored).
             guard let handler = handlers.handler(for: address.key) else {
                 return eventLoop.makeFailedFuture(
                     CachedError(.invalidParams, "set: missing parameter \"value\" (key \(address.key) has no handler to fill it)"))
             }
-            _ = coordinator.entryWritten(entry)
-            return coordinator.handlerFill(entry, on: eventLoop) { stillValid in
-                self.fillAndStore(handler, address, params.arguments, keyConfig, ttl: ttl, stillValid: stillValid, on: eventLoop)
+            coordinator.forgetAbsent(entry)
+            return coordinator.requestFlight(entry, on: eventLoop, overwrite: true) { id in
+                self.fillAndStore(id, entry, handler, address, params.arguments, keyConfig, ttl: ttl, on: eventLoop)
+                    .whenComplete { self.coordinator.finishFlight(entry, flight: id, $0) }
             }.map { answer in
                 switch answer {
                 case .value(nil, _), .inStore(nil): return .storedRefused("the handler has no such entry")
                 case .value(_, let stored): return stored ? .stored(true) : .storedRefused("the filled value could not be stored")
                 case .inStore: return .stored(true)  // joined a get's flight that found the entry stored
-                case .lease: return .stored(false)
+                case .lease, .miss, .readAgain: return .stored(false)
                 }
             }
         }
 
         if let token = params.lease {
-            let (accepted, waiters) = coordinator.redeemLease(entry, token: token)
-            guard accepted else {
+            guard let waiters = coordinator.redeemLease(entry, token: token) else {
                 return eventLoop.makeSucceededFuture(
-                    .storedRefused("lease no longer valid: the entry was written or deleted, or the lease expired"))
+                    .storedRefused("lease no longer valid: the entry was written or deleted, or the lease expired or was released"))
             }
-            return storeAndWake(address, value: value, ttl: ttl, waiters: waiters, on: eventLoop)
+            // The holder fills a missing entry: stored only if it is still absent, so a value written
+            // meanwhile (directly in Redis, or by a set racing this one) is never replaced by an older one.
+            return store.fill(address, value: value, ttl: ttl, on: eventLoop).always { result in
+                self.coordinator.writeFinished(entry)
+                self.coordinator.wake(waiters, stored: (try? result.get()), value: value)
+            }.map { stored in
+                stored ? MethodResult.stored(true) : .storedRefused("the entry was written meanwhile; the lease's value was not stored")
+            }
         }
-        return storeAndWake(address, value: value, ttl: ttl, waiters: coordinator.entryWritten(entry), on: eventLoop)
-    }
-
-    /// Stores a value and answers the gets that waited for it (with the value even if storing failed).
-    private func storeAndWake(
-        _ address: EntryAddress, value: ByteBuffer, ttl: Double, waiters: [EventLoopPromise<FillCoordinator.Answer>],
-        on eventLoop: any EventLoop
-    ) -> EventLoopFuture<MethodResult> {
-        store.set(address, value: value, ttl: ttl, on: eventLoop).map {
-            for waiter in waiters { waiter.succeed(.value(value, cached: true)) }
-            return MethodResult.stored(true)
-        }.flatMapErrorThrowing { error in
-            for waiter in waiters { waiter.succeed(.value(value, cached: false)) }
-            throw error
-        }
+        coordinator.forgetAbsent(entry)
+        let waiters = coordinator.writeStarted(entry, isDelete: false)
+        return store.set(address, value: value, ttl: ttl, on: eventLoop).always { result in
+            self.coordinator.writeFinished(entry)
+            self.coordinator.wake(waiters, stored: (try? result.get()).map { true }, value: value)
+        }.map { MethodResult.stored(true) }
     }
 }
 

@@ -2,17 +2,13 @@ import CachedProtocol
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// Makes one fill per missing entry, however many clients ask at once.
+/// Makes one fill per missing entry, however many clients ask at once, and never trusts a store read
+/// that a write overtook.
 ///
-/// Two kinds of flight share one table, keyed by the entry's place in the store:
-/// - a *handler fill*: the first miss runs the key's sync handler; later misses for the same entry
-///   join it and receive its value (or its error);
-/// - a *lease*: for a key without a handler, the first miss gets a token and fills the entry itself;
-///   later misses wait for the value it stores. A lease ends when the holder stores with its token,
-///   when the entry is written or deleted by anyone else (the token is then refused), when the holder
-///   disconnects, or when it times out; in the last two cases the next waiter gets a new lease.
-///
-/// All state sits behind one lock; promises are completed after the lock is released.
+/// The decisions are made by the pure ``FillStateMachine`` (one handler flight or one lease per entry,
+/// per-entry write epochs, parked misses); this type is its thin shell: it keeps the machine and the
+/// lease timers behind one lock and runs the actions after the lock is released (promises are never
+/// completed under the lock). It also keeps the negative cache and the fallback cap.
 public final class FillCoordinator: Sendable {
     /// An entry's identity in the store.
     public struct EntryKey: Hashable, Sendable {
@@ -24,11 +20,11 @@ public final class FillCoordinator: Sendable {
         }
     }
 
-    /// What a flight produced.
+    /// What a handler flight produced.
     public enum FillOutcome: Sendable {
         /// The flight's own store read found the entry, or the negative cache knows it is absent (nil).
         case inStore(ByteBuffer?)
-        /// The handler's value (nil = no such entry); `stored` is false when it could not be stored.
+        /// The handler's value (nil = no such entry); `stored` is false when it was not stored.
         case filled(ByteBuffer?, stored: Bool)
     }
 
@@ -36,234 +32,177 @@ public final class FillCoordinator: Sendable {
     public enum Answer: Sendable {
         /// The flight found the entry in the store (nil: known to be absent); no handler ran.
         case inStore(ByteBuffer?)
-        /// The filled value (nil = no such entry); `cached` is false when it could not be stored.
+        /// The filled or written value (nil = no such entry); `cached` is false when it was not stored.
         case value(ByteBuffer?, cached: Bool)
         /// The caller now holds the lease and should fill the entry.
         case lease(String)
+        /// A miss, without a lease.
+        case miss
+        /// The store read was overtaken by a write of the entry: read again.
+        case readAgain
     }
 
-    struct Waiter {
-        var connection: ConnectionID
-        var promise: EventLoopPromise<Answer>
-    }
-
-    struct Fill {
-        var waiters: [EventLoopPromise<Answer>] = []
-        /// Set when the entry is written or deleted while the handler runs: its value is then not stored.
-        var invalidated = false
-    }
-
-    struct Lease {
-        var token: String
-        var holder: ConnectionID
-        /// Seconds each holder has to fill before the lease passes on.
-        var timeout: Double
-        var waiters: [Waiter] = []
-        var expiry: Scheduled<Void>?
-    }
-
-    enum Flight {
-        case fill(Fill)
-        case lease(Lease)
-    }
+    typealias Machine = FillStateMachine<EntryKey, EventLoopPromise<Answer>>
+    public typealias ReadTicket = FillReadTicket
 
     struct State {
-        var flights: [EntryKey: Flight] = [:]
+        var machine = Machine(makeToken: FillCoordinator.makeToken)
+        var expiries: [String: Scheduled<Void>] = [:]
         var negatives: [EntryKey: NIODeadline] = [:]
         var fallbacks: [String: Int] = [:]
-        var handlerFills = 0
-        var joinedFills = 0
-        var leasesGranted = 0
-        var leaseWaits = 0
-        var leasesRefused = 0
     }
 
     private let state = NIOLockedValueBox(State())
 
     public init() {}
 
-    // MARK: Handler fills
+    // MARK: Reads (keys without a handler)
 
-    /// Joins the fill in flight for `key`, or starts one with `fill` (which runs outside the lock).
-    ///
-    /// - Parameter fill: produces the value and whether it was stored; it is given a closure that tells
-    ///   whether the fill is still valid (no write or delete of the entry happened meanwhile).
-    public func handlerFill(
-        _ key: EntryKey, on eventLoop: any EventLoop,
-        fill: @escaping @Sendable (_ stillValid: @escaping @Sendable () -> Bool) -> EventLoopFuture<FillOutcome>
+    /// A store read of the entry is about to be sent.
+    public func readStarted(_ key: EntryKey) -> ReadTicket {
+        state.withLockedValue { $0.machine.readStarted(key) }
+    }
+
+    /// The read found the entry, or failed.
+    public func readFinished(_ key: EntryKey, _ ticket: ReadTicket) {
+        state.withLockedValue { $0.machine.readFinished(key, ticket) }
+    }
+
+    /// The read found nothing: a lease, a wait for the holder, a plain miss (`mayLease` false), or
+    /// `.readAgain` when a write overtook the read.
+    public func readMissed(
+        _ key: EntryKey, _ ticket: ReadTicket, context: RequestContext, mayLease: Bool, leaseTimeout: Double
+    ) -> EventLoopFuture<Answer> {
+        let promise = context.eventLoop.makePromise(of: Answer.self)
+        let policy: Machine.MissPolicy = mayLease ? .lease(context.connection, timeout: leaseTimeout) : .noLease
+        let actions = state.withLockedValue {
+            $0.machine.readMissed(key, ticket, waiter: promise, policy: policy)
+        }
+        run(actions)
+        return promise.futureResult
+    }
+
+    // MARK: Handler flights
+
+    /// Joins the handler flight under way for the entry, if any: a miss that arrives while the handler
+    /// runs waits for its value without reading the store first.
+    public func joinFlight(_ key: EntryKey, on eventLoop: any EventLoop) -> EventLoopFuture<Answer>? {
+        state.withLockedValue { state -> EventLoopFuture<Answer>? in
+            guard state.machine.hasFlight(key) else { return nil }
+            let promise = eventLoop.makePromise(of: Answer.self)
+            _ = state.machine.joinFlight(key, waiter: promise)
+            return promise.futureResult
+        }
+    }
+
+    /// Joins the flight under way for the entry, or starts one: then `run` is called with the flight's id
+    /// (outside the lock) and must end with ``finishFlight(_:flight:_:)``.
+    public func requestFlight(
+        _ key: EntryKey, on eventLoop: any EventLoop, overwrite: Bool = false, run start: (UInt64) -> Void
     ) -> EventLoopFuture<Answer> {
         let promise = eventLoop.makePromise(of: Answer.self)
-        let start: Bool = state.withLockedValue { state in
-            switch state.flights[key] {
-            case .fill(var f)?:
-                f.waiters.append(promise)
-                state.flights[key] = .fill(f)
-                state.joinedFills += 1
-                return false
-            case .lease?, nil:
-                // A lease cannot coexist for a key with a handler; treat it as absent.
-                state.flights[key] = .fill(Fill(waiters: [promise]))
-                state.handlerFills += 1
-                return true
-            }
-        }
-        guard start else { return promise.futureResult }
-        let stillValid: @Sendable () -> Bool = { [weak self] in
-            guard let self else { return false }
-            return self.state.withLockedValue { state in
-                if case .fill(let f)? = state.flights[key] { return !f.invalidated }
-                return false
-            }
-        }
-        fill(stillValid).whenComplete { result in
-            let waiters: [EventLoopPromise<Answer>] = self.state.withLockedValue { state in
-                guard case .fill(let f)? = state.flights[key] else { return [] }
-                state.flights[key] = nil
-                return f.waiters
-            }
-            for waiter in waiters {
-                switch result {
-                case .success(.inStore(let value)): waiter.succeed(.inStore(value))
-                case .success(.filled(let value, let stored)): waiter.succeed(.value(value, cached: stored))
-                case .failure(let error): waiter.fail(error)
-                }
-            }
+        let decision = state.withLockedValue { $0.machine.requestFlight(key, waiter: promise, overwrite: overwrite) }
+        if case .start(let id, let actions) = decision {
+            run(actions)
+            start(id)
         }
         return promise.futureResult
     }
 
-    /// Joins the handler fill in flight for `key`, if there is one: a miss that arrives while the
-    /// handler runs waits for its value without reading the store first.
-    public func joinFill(_ key: EntryKey, on eventLoop: any EventLoop) -> EventLoopFuture<Answer>? {
-        state.withLockedValue { state -> EventLoopFuture<Answer>? in
-            guard case .fill(var f)? = state.flights[key] else { return nil }
-            let promise = eventLoop.makePromise(of: Answer.self)
-            f.waiters.append(promise)
-            state.flights[key] = .fill(f)
-            state.joinedFills += 1
-            return promise.futureResult
+    /// The flight's store read found nothing: true to call the handler, false to read again (a write
+    /// overtook the read).
+    public func flightReadMissed(_ key: EntryKey, flight id: UInt64) -> Bool {
+        state.withLockedValue { $0.machine.flightReadMissed(key, flight: id) }
+    }
+
+    /// Whether the flight's value may be stored, and whether it replaces what is stored (a refresh) or is
+    /// stored only if the entry is still absent (a fill after a miss).
+    public func flightMayStore(_ key: EntryKey, flight id: UInt64) -> (allowed: Bool, overwrite: Bool) {
+        state.withLockedValue { $0.machine.flightMayStore(key, flight: id) }
+    }
+
+    /// The flight ended: every waiter gets its outcome.
+    public func finishFlight(_ key: EntryKey, flight id: UInt64, _ result: Result<FillOutcome, any Error>) {
+        let waiters = state.withLockedValue { $0.machine.finishFlight(key, flight: id) }
+        for waiter in waiters {
+            switch result {
+            case .success(.inStore(let value)): waiter.succeed(.inStore(value))
+            case .success(.filled(let value, let stored)): waiter.succeed(.value(value, cached: stored))
+            case .failure(let error): waiter.fail(error)
+            }
+        }
+    }
+
+    // MARK: Writes
+
+    /// A write (`isDelete` false: a `set` with a value and no lease) or a delete of the entry is about to
+    /// be sent. Returns the waiters of a lease it revoked, to be answered when the write is done
+    /// (``wake(_:stored:value:)``). Must be followed by ``writeFinished(_:)``.
+    public func writeStarted(_ key: EntryKey, isDelete: Bool) -> [EventLoopPromise<Answer>] {
+        let start = state.withLockedValue { $0.machine.writeStarted(key, isDelete: isDelete) }
+        run(start.actions)
+        return start.wake
+    }
+
+    /// A whole hash is about to be deleted. Returns the entries to pass to ``writesFinished(_:)``.
+    public func hashDeleteStarted(_ storeKey: String) -> [EntryKey] {
+        let (entries, actions) = state.withLockedValue { state in
+            for key in state.negatives.keys where key.storeKey == storeKey && key.field != nil { state.negatives[key] = nil }
+            return state.machine.hashDeleteStarted { $0.storeKey == storeKey && $0.field != nil }
+        }
+        run(actions)
+        return entries
+    }
+
+    /// The write is done (stored, refused or failed): misses parked behind it read again.
+    public func writeFinished(_ key: EntryKey) {
+        writesFinished([key])
+    }
+
+    public func writesFinished(_ keys: [EntryKey]) {
+        guard !keys.isEmpty else { return }
+        let actions = state.withLockedValue { state in keys.flatMap { state.machine.writeFinished($0) } }
+        run(actions)
+    }
+
+    /// Answers the waiters of a revoked or redeemed lease once its write is done: with the value when
+    /// it was stored or the store failed (`cached: false`), or read again when the store refused it.
+    public func wake(_ waiters: [EventLoopPromise<Answer>], stored: Bool?, value: ByteBuffer) {
+        for waiter in waiters {
+            switch stored {
+            case true?: waiter.succeed(.value(value, cached: true))
+            case false?: waiter.succeed(.readAgain)
+            case nil: waiter.succeed(.value(value, cached: false))
+            }
         }
     }
 
     // MARK: Leases
 
-    /// A miss on a key without a handler: a lease for the first asker, a wait for the others.
-    public func leaseMiss(_ key: EntryKey, context: RequestContext, leaseTimeout: Double) -> EventLoopFuture<Answer> {
-        let promise = context.eventLoop.makePromise(of: Answer.self)
-        var abandoned: Scheduled<Void>?
-        let granted: String? = state.withLockedValue { state in
-            if case .lease(var lease)? = state.flights[key] {
-                if lease.holder == context.connection {
-                    // The holder asks again: it gave up its fill. A new token for it; the old one is refused.
-                    abandoned = lease.expiry
-                    lease.token = Self.makeToken()
-                    lease.expiry = nil
-                    state.flights[key] = .lease(lease)
-                    state.leasesGranted += 1
-                    return lease.token
-                }
-                lease.waiters.append(Waiter(connection: context.connection, promise: promise))
-                state.flights[key] = .lease(lease)
-                state.leaseWaits += 1
-                return nil
-            }
-            if case .fill(var f)? = state.flights[key] {  // a handler fill in flight (key reconfigured): join it
-                f.waiters.append(promise)
-                state.flights[key] = .fill(f)
-                return nil
-            }
-            let token = Self.makeToken()
-            state.flights[key] = .lease(Lease(token: token, holder: context.connection, timeout: leaseTimeout))
-            state.leasesGranted += 1
-            return token
-        }
-        abandoned?.cancel()
-        if let granted {
-            scheduleExpiry(key, token: granted, after: leaseTimeout, on: context.eventLoop)
-            promise.succeed(.lease(granted))
-        }
-        return promise.futureResult
-    }
-
-    /// A `set` with a lease token: whether the token is the live lease of this entry. If it is, the
-    /// lease ends and its waiters are returned to be woken with the stored value.
-    public func redeemLease(_ key: EntryKey, token: String) -> (accepted: Bool, waiters: [EventLoopPromise<Answer>]) {
-        let result: (Bool, [EventLoopPromise<Answer>], Scheduled<Void>?) = state.withLockedValue { state in
-            guard case .lease(let lease)? = state.flights[key], lease.token == token else {
-                state.leasesRefused += 1
-                return (false, [], nil)
-            }
-            state.flights[key] = nil
+    /// A `set` with a lease token: nil if the token is not the entry's live lease; otherwise the lease
+    /// ended, a write is in flight (end it with ``writeFinished(_:)``) and these waiters wait for it.
+    public func redeemLease(_ key: EntryKey, token: String) -> [EventLoopPromise<Answer>]? {
+        let redeem = state.withLockedValue { state in
             state.negatives[key] = nil
-            return (true, lease.waiters.map(\.promise), lease.expiry)
+            return state.machine.redeem(key, token: token)
         }
-        result.2?.cancel()
-        return (result.0, result.1)
+        guard case .accepted(let wake, let actions) = redeem else { return nil }
+        run(actions)
+        return wake
     }
 
-    /// The entry was written without a lease: a lease in flight ends (its token will be refused) and
-    /// its waiters are returned to be woken with the value; a handler fill in flight will not be stored.
-    public func entryWritten(_ key: EntryKey) -> [EventLoopPromise<Answer>] {
-        let (waiters, expiry): ([EventLoopPromise<Answer>], Scheduled<Void>?) = state.withLockedValue { state in
-            state.negatives[key] = nil
-            switch state.flights[key] {
-            case .lease(let lease)?:
-                state.flights[key] = nil
-                return (lease.waiters.map(\.promise), lease.expiry)
-            case .fill(var f)?:
-                f.invalidated = true
-                state.flights[key] = .fill(f)
-                return ([], nil)
-            case nil:
-                return ([], nil)
-            }
-        }
-        expiry?.cancel()
-        return waiters
+    /// The holder gives its lease back: the next waiter gets a new one at once. False when the token is
+    /// no longer the entry's live lease.
+    public func releaseLease(_ key: EntryKey, token: String) -> Bool {
+        let (released, actions) = state.withLockedValue { $0.machine.release(key, token: token) }
+        run(actions)
+        return released
     }
 
-    /// The entry was deleted: a lease in flight is revoked (a late `set` with it is refused) and handed
-    /// to the next waiter; a handler fill in flight will not be stored.
-    public func entryDeleted(_ key: EntryKey) {
-        revoke { $0 == key }
-    }
-
-    /// A whole hash was deleted: as ``entryDeleted(_:)`` for each of its fields.
-    public func hashDeleted(_ storeKey: String) {
-        revoke { $0.storeKey == storeKey && $0.field != nil }
-    }
-
-    /// A client connection closed: its leases pass to the next waiter, its waits are dropped.
+    /// A client connection closed: its leases pass to the next waiter, its waits are answered.
     public func connectionClosed(_ connection: ConnectionID) {
-        var handOvers: [(EntryKey, Waiter, String, Double)] = []
-        var dropped: [EventLoopPromise<Answer>] = []
-        var cancelled: [Scheduled<Void>] = []
-        state.withLockedValue { state in
-            for (key, flight) in state.flights {
-                guard case .lease(var lease) = flight else { continue }
-                let mine = lease.waiters.filter { $0.connection == connection }
-                if !mine.isEmpty {
-                    dropped += mine.map(\.promise)
-                    lease.waiters.removeAll { $0.connection == connection }
-                }
-                if lease.holder == connection {
-                    Self.passOn(key, lease, in: &state, handOvers: &handOvers, cancelled: &cancelled)
-                } else {
-                    state.flights[key] = .lease(lease)
-                }
-            }
-        }
-        cancelled.forEach { $0.cancel() }
-        for promise in dropped { promise.fail(CachedError(.shuttingDown, "connection closed")) }
-        deliver(handOvers)
-    }
-
-    /// Answers each new lease holder, after its lease's expiry is scheduled (outside the lock).
-    private func deliver(_ handOvers: [(EntryKey, Waiter, String, Double)]) {
-        for (key, waiter, token, timeout) in handOvers {
-            scheduleExpiry(key, token: token, after: timeout, on: waiter.promise.futureResult.eventLoop)
-            waiter.promise.succeed(.lease(token))
-        }
+        let actions = state.withLockedValue { $0.machine.connectionClosed(connection) }
+        run(actions)
     }
 
     // MARK: Negative entries
@@ -290,6 +229,11 @@ public final class FillCoordinator: Sendable {
         }
     }
 
+    /// The entry was written or deleted: forget that it was absent.
+    public func forgetAbsent(_ key: EntryKey) {
+        state.withLockedValue { _ = $0.negatives.removeValue(forKey: key) }
+    }
+
     // MARK: Fallback cap
 
     /// Takes a slot for a handler call while the store is down; false if `limit` are already running.
@@ -312,98 +256,50 @@ public final class FillCoordinator: Sendable {
 
     public var statistics: JSONValue {
         state.withLockedValue { s in
-            var leases = 0
-            var fills = 0
-            for flight in s.flights.values {
-                switch flight {
-                case .lease: leases += 1
-                case .fill: fills += 1
-                }
-            }
+            let c = s.machine.counters
             return .object([
-                "flights": .number(String(s.handlerFills)), "joinedFlights": .number(String(s.joinedFills)),
-                "leasesGranted": .number(String(s.leasesGranted)), "leaseWaits": .number(String(s.leaseWaits)),
-                "leasesRefused": .number(String(s.leasesRefused)),
-                "fillsInFlight": .number(String(fills)), "leasesOut": .number(String(leases)),
+                "flights": .number(String(c.flights)), "joinedFlights": .number(String(c.joinedFlights)),
+                "leasesGranted": .number(String(c.leasesGranted)), "leaseWaits": .number(String(c.leaseWaits)),
+                "leasesRefused": .number(String(c.leasesRefused)), "leasesReleased": .number(String(c.leasesReleased)),
+                "leasesExpired": .number(String(c.leasesExpired)), "readsOvertaken": .number(String(c.readsOvertaken)),
+                "fillsInFlight": .number(String(s.machine.fillsInFlight)), "leasesOut": .number(String(s.machine.leasesOut)),
             ])
         }
     }
 
-    // MARK: Internals
+    // MARK: Running actions
 
-    private func revoke(_ matches: (EntryKey) -> Bool) {
-        var handOvers: [(EntryKey, Waiter, String, Double)] = []
-        var cancelled: [Scheduled<Void>] = []
-        state.withLockedValue { state in
-            for (key, flight) in state.flights where matches(key) {
-                state.negatives[key] = nil
-                switch flight {
-                case .fill(var f):
-                    f.invalidated = true
-                    state.flights[key] = .fill(f)
-                case .lease(let lease):
-                    Self.passOn(key, lease, in: &state, handOvers: &handOvers, cancelled: &cancelled)
+    private func run(_ actions: [Machine.Action]) {
+        for action in actions {
+            switch action {
+            case .answer(let waiters, let reply):
+                for waiter in waiters {
+                    switch reply {
+                    case .readAgain: waiter.succeed(.readAgain)
+                    case .miss: waiter.succeed(.miss)
+                    case .connectionClosed: waiter.fail(CachedError(.shuttingDown, "connection closed"))
+                    }
                 }
+            case .grant(let waiter, let key, let token, let timeout):
+                let eventLoop = waiter.futureResult.eventLoop
+                let task = eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout * 1e9))) { [weak self] in
+                    guard let self else { return }
+                    self.expire(key, token: token)
+                }
+                state.withLockedValue { $0.expiries[token] = task }
+                waiter.succeed(.lease(token))
+            case .cancelExpiry(let token):
+                state.withLockedValue { $0.expiries.removeValue(forKey: token) }?.cancel()
             }
-            for key in state.negatives.keys where matches(key) { state.negatives[key] = nil }
         }
-        cancelled.forEach { $0.cancel() }
-        deliver(handOvers)
-    }
-
-    /// Ends the current holder's lease: the first waiter gets a new one, or the flight ends when nobody waits.
-    private static func passOn(
-        _ key: EntryKey, _ lease: Lease, in state: inout State,
-        handOvers: inout [(EntryKey, Waiter, String, Double)], cancelled: inout [Scheduled<Void>]
-    ) {
-        var lease = lease
-        if let e = lease.expiry { cancelled.append(e) }
-        if let (next, token) = handOver(&lease, in: &state) {
-            handOvers.append((key, next, token, lease.timeout))
-            state.flights[key] = .lease(lease)
-        } else {
-            state.flights[key] = nil
-        }
-    }
-
-    /// Gives the lease to the first waiter (new token); nil when nobody waits.
-    private static func handOver(_ lease: inout Lease, in state: inout State) -> (Waiter, String)? {
-        guard !lease.waiters.isEmpty else { return nil }
-        let next = lease.waiters.removeFirst()
-        lease.token = makeToken()
-        lease.holder = next.connection
-        lease.expiry = nil
-        state.leasesGranted += 1
-        return (next, lease.token)
-    }
-
-    private func scheduleExpiry(_ key: EntryKey, token: String, after seconds: Double, on eventLoop: any EventLoop) {
-        let task = eventLoop.scheduleTask(in: .nanoseconds(Int64(seconds * 1e9))) { [weak self] in
-            guard let self else { return }
-            self.expire(key, token: token)
-        }
-        let stale = state.withLockedValue { state -> Bool in
-            guard case .lease(var lease)? = state.flights[key], lease.token == token else { return true }
-            lease.expiry = task
-            state.flights[key] = .lease(lease)
-            return false
-        }
-        if stale { task.cancel() }
     }
 
     private func expire(_ key: EntryKey, token: String) {
-        let handOver: (Waiter, String, Double)? = state.withLockedValue { state in
-            guard case .lease(var lease)? = state.flights[key], lease.token == token else { return nil }
-            if let (waiter, newToken) = Self.handOver(&lease, in: &state) {
-                state.flights[key] = .lease(lease)
-                return (waiter, newToken, lease.timeout)
-            }
-            state.flights[key] = nil
-            return nil
+        let actions = state.withLockedValue { state in
+            state.expiries[token] = nil
+            return state.machine.leaseExpired(key, token: token)
         }
-        if let (waiter, newToken, seconds) = handOver {
-            deliver([(key, waiter, newToken, seconds)])
-        }
+        run(actions)
     }
 
     static func makeToken() -> String {

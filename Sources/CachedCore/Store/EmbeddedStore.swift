@@ -31,6 +31,18 @@ public final class EmbeddedStore: CacheStore {
         return eventLoop.makeSucceededVoidFuture()
     }
 
+    public func fill(_ address: EntryAddress, value: ByteBuffer, ttl: Double, on eventLoop: any EventLoop) -> EventLoopFuture<Bool> {
+        let now = NIODeadline.now()
+        let expiry: NIODeadline? = (ttl > 0 && address.storeField == nil) ? now + .nanoseconds(Int64(ttl * 1e9)) : nil
+        let encoded = EncodedValue(value)
+        let stored = state.withLockedValue { store -> Bool in
+            guard store.get(address.storeKey, field: address.storeField, now: now) == nil else { return false }
+            store.set(address.storeKey, field: address.storeField, value: encoded, expiry: expiry, now: now)
+            return true
+        }
+        return eventLoop.makeSucceededFuture(stored)
+    }
+
     public func delete(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int> {
         let now = NIODeadline.now()
         let n = state.withLockedValue { $0.delete(address.storeKey, field: address.storeField, now: now) }
@@ -148,6 +160,31 @@ struct LRUStore: @unchecked Sendable {
             resize(node, by: -(old.byteCount + field.utf8.count + Self.fieldOverhead))
         }
         return 1
+    }
+
+    /// Removes every value for which `matches` holds (hash fields one by one); returns how many.
+    mutating func removeAll(where matches: (EncodedValue) -> Bool) -> Int {
+        var removed = 0
+        for (key, node) in nodes {
+            switch node.value {
+            case .string(let value):
+                if matches(value) {
+                    remove(key)
+                    removed += 1
+                }
+            case .hash(var fields):
+                let doomed = fields.filter { matches($0.value) }
+                guard !doomed.isEmpty else { continue }
+                node.value = .hash([:])
+                for (field, value) in doomed {
+                    fields[field] = nil
+                    resize(node, by: -(value.byteCount + field.utf8.count + Self.fieldOverhead))
+                }
+                removed += doomed.count
+                if fields.isEmpty { remove(key) } else { node.value = .hash(fields) }
+            }
+        }
+        return removed
     }
 
     // MARK: Internals

@@ -1,4 +1,5 @@
 import CachedProtocol
+import CachedRedis
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -7,9 +8,15 @@ import NIOCore
 /// a delete, an expiry or an eviction) arrives as an invalidation that removes the key here.
 ///
 /// A value read from Redis is only cached when (1) the connection that read it redirects its tracking
-/// to the invalidation listener that is up now, and (2) no invalidation of that key (or of everything)
-/// was processed after the read was sent: an invalidation can overtake the read's reply, since the two
-/// come on different connections. Entries also expire after `maxAge` as a last line of defence.
+/// to the invalidation listener that is up now, (2) that connection is still open, and (3) no
+/// invalidation of that key (or of everything) was processed after the read was sent: an invalidation
+/// can overtake the read's reply, since the two come on different connections.
+///
+/// Redis forgets the keys a client read when that client's connection closes, even when its tracking
+/// redirects to a live listener (redis/redis#11767): after that no invalidation would ever come for
+/// them. So every entry is tied to the connection that read it (its *session*), and when that
+/// connection closes, for any reason, the entries it read are dropped before the daemon serves
+/// anything else from that event loop. Entries also expire after `maxAge` as a last line of defence.
 public final class LocalCache: Sendable {
     struct State {
         var entries: LRUStore
@@ -17,10 +24,14 @@ public final class LocalCache: Sendable {
         var invalidatedAt: [String: UInt64] = [:]
         var flushedAt: UInt64 = 0
         var listener: Int64?
+        /// Data connections whose reads are cached here; an entry's tag names one of them.
+        var sessions: Set<UInt64> = []
         var hits = 0
         var misses = 0
         var invalidations = 0
         var flushes = 0
+        var sessionsEnded = 0
+        var droppedWithSession = 0
     }
 
     private let state: NIOLockedValueBox<State>
@@ -49,15 +60,37 @@ public final class LocalCache: Sendable {
         state.withLockedValue { $0.epoch }
     }
 
-    /// Caches a value read from Redis, unless it may be stale (see the type's documentation).
-    func insert(_ address: EntryAddress, value: ByteBuffer, readAt epoch: UInt64, trackedBy redirect: Int64?) {
+    /// Caches a value read from Redis on `connection`, unless it may be stale (see the type's
+    /// documentation). Call it on the connection's event loop, where the reply was read: the connection's
+    /// close is then seen after it, and drops the entry.
+    func insert(_ address: EntryAddress, value: ByteBuffer, readAt epoch: UInt64, on connection: RedisConnection) {
+        connection.eventLoop.preconditionInEventLoop()
+        guard connection.isActive, let redirect = connection.trackingRedirect else { return }
         let now = NIODeadline.now()
-        let encoded = EncodedValue(value)
-        state.withLockedValue { state in
+        var encoded = EncodedValue(value)
+        let session = connection.id
+        encoded.tag = session
+        let watch: Bool = state.withLockedValue { state in
             guard let listener = state.listener, redirect == listener, state.flushedAt <= epoch,
                 (state.invalidatedAt[address.storeKey] ?? 0) <= epoch
-            else { return }
+            else { return false }
+            let (inserted, _) = state.sessions.insert(session)
             state.entries.set(address.storeKey, field: address.storeField, value: encoded, expiry: now + maxAge, now: now)
+            return inserted
+        }
+        if watch {
+            // Runs on this event loop, after every reply already read from the connection.
+            connection.channel.closeFuture.whenComplete { [weak self] _ in self?.sessionEnded(session) }
+        }
+    }
+
+    /// A data connection closed: Redis no longer tracks what it read, so nothing it read may be served.
+    func sessionEnded(_ session: UInt64) {
+        state.withLockedValue { state in
+            guard state.sessions.remove(session) != nil else { return }
+            state.epoch += 1
+            state.sessionsEnded += 1
+            state.droppedWithSession += state.entries.removeAll { $0.tag == session }
         }
     }
 
@@ -100,6 +133,7 @@ public final class LocalCache: Sendable {
                 "bytes": .number(String(s.entries.usedBytes)), "maxBytes": .number(String(maxBytes)),
                 "hits": .number(String(s.hits)), "misses": .number(String(s.misses)),
                 "invalidations": .number(String(s.invalidations)), "flushes": .number(String(s.flushes)),
+                "connectionsLost": .number(String(s.sessionsEnded)), "droppedWithConnection": .number(String(s.droppedWithSession)),
             ])
         }
     }

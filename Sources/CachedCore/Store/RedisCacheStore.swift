@@ -47,9 +47,6 @@ public final class RedisCacheStore: CacheStore {
     }
 
     public func get(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer?> {
-        if let localCache, let value = localCache.get(address) {
-            return eventLoop.makeSucceededFuture(value.raw)
-        }
         let command: RedisCommand
         if let field = address.storeField {
             command = RedisCommand("HGET", .string(address.storeKey), .string(field))
@@ -64,7 +61,7 @@ public final class RedisCacheStore: CacheStore {
         return Self.checked(connection.send(command)).flatMapThrowing { reply in
             switch reply {
             case .bulk(let value):
-                localCache?.insert(address, value: value, readAt: readAt, trackedBy: connection.trackingRedirect)
+                localCache?.insert(address, value: value, readAt: readAt, on: connection)
                 return value
             case .null: return nil
             default: throw CachedError(.storeError, "unexpected reply from Redis to GET: \(reply)")
@@ -74,22 +71,39 @@ public final class RedisCacheStore: CacheStore {
 
     public func set(_ address: EntryAddress, value: ByteBuffer, ttl: Double, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         localCache?.invalidate(address.storeKey)
-        let command: RedisCommand
-        if let field = address.storeField {
-            command = RedisCommand("HSET", .string(address.storeKey), .string(field), .bytes(value))
-        } else if ttl > 0 {
-            // One atomic command: value and expiry together (pyredis-cache did SET then EXPIRE).
-            let milliseconds = max(1, Int((ttl * 1000).rounded(.up)))
-            command = RedisCommand("SET", .string(address.storeKey), .bytes(value), "PX", .string(String(milliseconds)))
-        } else {
-            command = RedisCommand("SET", .string(address.storeKey), .bytes(value))
-        }
-        return send(command, on: eventLoop).flatMapThrowing { reply in
+        return send(Self.storeCommand(address, value, ttl: ttl, onlyIfAbsent: false), on: eventLoop).flatMapThrowing { reply in
             switch reply {
             case .status, .integer: return
             default: throw CachedError(.storeError, "unexpected reply from Redis to SET: \(reply)")
             }
         }
+    }
+
+    public func fill(_ address: EntryAddress, value: ByteBuffer, ttl: Double, on eventLoop: any EventLoop) -> EventLoopFuture<Bool> {
+        localCache?.invalidate(address.storeKey)
+        return send(Self.storeCommand(address, value, ttl: ttl, onlyIfAbsent: true), on: eventLoop).flatMapThrowing { reply in
+            switch reply {
+            case .status: return true  // SET ... NX stored
+            case .null: return false  // SET ... NX: the key exists
+            case .integer(let n): return n == 1  // HSETNX
+            default: throw CachedError(.storeError, "unexpected reply from Redis to a fill: \(reply)")
+            }
+        }
+    }
+
+    /// `HSET`/`HSETNX` for a hash field (fields cannot expire); otherwise one atomic `SET` with its
+    /// expiry (`PX`; pyredis-cache did SET then EXPIRE) and `NX` when only an absent entry may be stored.
+    static func storeCommand(_ address: EntryAddress, _ value: ByteBuffer, ttl: Double, onlyIfAbsent: Bool) -> RedisCommand {
+        if let field = address.storeField {
+            return RedisCommand(onlyIfAbsent ? "HSETNX" : "HSET", .string(address.storeKey), .string(field), .bytes(value))
+        }
+        var arguments: [RedisArgument] = ["SET", .string(address.storeKey), .bytes(value)]
+        if onlyIfAbsent { arguments.append("NX") }
+        if ttl > 0 {
+            let milliseconds = max(1, Int((ttl * 1000).rounded(.up)))
+            arguments += ["PX", .string(String(milliseconds))]
+        }
+        return RedisCommand(arguments)
     }
 
     public func delete(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int> {

@@ -6,6 +6,7 @@ public enum CachedMethod: String, Sendable, CaseIterable {
     case set
     case delete
     case deleteHash
+    case release
     case ping
     case stats
 }
@@ -67,22 +68,27 @@ public struct HandlerArguments: Sendable, Hashable {
 
 // MARK: - Params of each method
 
-/// `get {key, identity, hashKey?, hashId?, args?, kwargs?}`.
+/// `get {key, identity, hashKey?, hashId?, args?, kwargs?, lease?}`.
 public struct GetParams: Sendable, Hashable {
     public var address: EntryAddress
     public var arguments: HandlerArguments
+    /// False: a miss on a key without a handler is answered at once, never with a lease, never after
+    /// waiting for another client's lease (`"lease": false`; default true).
+    public var mayLease: Bool
 
     public init(_ params: JSONValue?) throws(CachedError) {
         var reader = try ParamReader(params, method: "get")
         address = try reader.entryAddress()
         arguments = try reader.handlerArguments()
+        mayLease = try reader.bool("lease") ?? true
         try reader.finish()
     }
 
     /// Parameters already validated (by ``FastGetRequest``), without handler arguments.
-    public init(address: EntryAddress, arguments: HandlerArguments = HandlerArguments()) {
+    public init(address: EntryAddress, arguments: HandlerArguments = HandlerArguments(), mayLease: Bool = true) {
         self.address = address
         self.arguments = arguments
+        self.mayLease = mayLease
     }
 }
 
@@ -128,6 +134,19 @@ public struct DeleteParams: Sendable, Hashable {
     public init(_ params: JSONValue?) throws(CachedError) {
         var reader = try ParamReader(params, method: "delete")
         address = try reader.entryAddress()
+        try reader.finish()
+    }
+}
+
+/// `release {key, identity, hashKey?, hashId?, lease}`: gives a lease back.
+public struct ReleaseParams: Sendable, Hashable {
+    public var address: EntryAddress
+    public var lease: String
+
+    public init(_ params: JSONValue?) throws(CachedError) {
+        var reader = try ParamReader(params, method: "release")
+        address = try reader.entryAddress()
+        lease = try reader.requiredString("lease")
         try reader.finish()
     }
 }

@@ -49,6 +49,14 @@ public struct ParamReader {
         return s
     }
 
+    public mutating func bool(_ name: String) throws(CachedError) -> Bool? {
+        guard let value = optional(name) else { return nil }
+        guard case .bool(let b) = value else {
+            throw .invalidParams("\(method): \"\(name)\" must be true or false, got \(value.typeName)")
+        }
+        return b
+    }
+
     /// A non-negative, finite number of seconds.
     public mutating func seconds(_ name: String, max: Double = 1e9) throws(CachedError) -> Double? {
         guard let value = optional(name) else { return nil }

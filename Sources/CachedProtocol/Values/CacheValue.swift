@@ -47,6 +47,9 @@ public struct EncodedValue: Sendable {
     public let raw: ByteBuffer
     /// The member as it is written into a `get` answer.
     public let member: ByteBuffer
+    /// Whatever its holder uses to say where the copy came from (the daemon's local copy records the Redis
+    /// connection whose tracking vouches for it; 0 when unused).
+    public var tag: UInt64 = 0
 
     public init(_ raw: ByteBuffer) {
         self.raw = raw

@@ -1,3 +1,4 @@
+import Atomics
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -6,10 +7,14 @@ import NIOPosix
 /// One multiplexed, pipelined connection to Redis.
 public final class RedisConnection: Sendable {
     public let channel: any Channel
+    /// Unique in this process (never reused), so state tied to a connection can name it.
+    public let id: UInt64
     private let tracking = NIOLockedValueBox<Int64?>(nil)
+    private static let ids = ManagedAtomic<UInt64>(0)
 
     init(channel: any Channel) {
         self.channel = channel
+        self.id = Self.ids.wrappingIncrementThenLoad(ordering: .relaxed)
     }
 
     /// The invalidation listener this connection's reads are tracked for (`CLIENT TRACKING on REDIRECT`), if any.

@@ -1,0 +1,408 @@
+/// The fills and leases of one daemon, per entry, as a pure state machine: events in, actions out.
+///
+/// No I/O, no locks, no clocks: the shell (``FillCoordinator``) keeps it behind a lock, runs the actions
+/// (answers waiters, schedules lease expiries) and feeds back the events (reads answered, writes done,
+/// timers fired). `Waiter` is whatever the shell completes (an `EventLoopPromise` in the daemon, a number
+/// in the tests, which check that every waiter handed in is answered exactly once).
+///
+/// Per entry it keeps a record while anything is under way:
+/// - an **epoch**, bumped when a write or delete of the entry starts and when it ends, and the number of
+///   store reads and writes in flight. A read is trusted only if the epoch did not move while it was in
+///   flight and no write is in flight: a miss overtaken by a `set` would otherwise grant a lease (or call
+///   the handler) for an entry that is stored;
+/// - at most one **activity**: a *handler flight* (the key has a sync handler: one store read and at most
+///   one handler call, every concurrent `get` joins it) or a *lease* (no handler: the first asker fills,
+///   the others wait for its `set`);
+/// - the untrusted misses *parked* until the writes in flight end (then they read again).
+///
+/// A record is dropped when nothing is under way, so memory follows the activity, not the key space.
+struct FillStateMachine<Entry: Hashable, Waiter> {
+    typealias ReadTicket = FillReadTicket
+
+    /// A `get` waiting on a lease, with the connection that sent it.
+    struct Pending {
+        var connection: ConnectionID
+        var waiter: Waiter
+    }
+
+    struct Lease {
+        var token: String
+        var holder: ConnectionID
+        /// Seconds each holder has to fill before the lease passes on.
+        var timeout: Double
+        var pending: [Pending] = []
+    }
+
+    struct Flight {
+        var id: UInt64
+        var waiters: [Waiter]
+        /// The entry's epoch when the flight's latest store read was sent (or when a refresh started it).
+        var readEpoch: UInt64
+        /// Started by a `set` without value (a refresh): its value replaces what is stored.
+        var overwrite: Bool
+    }
+
+    enum Activity {
+        case flight(Flight)
+        case lease(Lease)
+    }
+
+    struct Record {
+        var epoch: UInt64 = 1
+        var reads = 0
+        var writes = 0
+        var activity: Activity?
+        var parked: [Waiter] = []
+
+        var isIdle: Bool { reads == 0 && writes == 0 && activity == nil && parked.isEmpty }
+    }
+
+    /// How an answer ends for a waiter that the machine answers itself.
+    enum Reply: Equatable {
+        /// The store read it waited on cannot be trusted: read again.
+        case readAgain
+        /// A miss without a lease (`"lease": false`, or the lease flow gave up after repeated overtaken reads).
+        case miss
+        /// Its connection closed while it waited.
+        case connectionClosed
+    }
+
+    /// What the shell must do.
+    enum Action {
+        /// Answer these waiters.
+        case answer([Waiter], Reply)
+        /// Give `waiter` the lease `token`: schedule its expiry after `timeout` seconds, then answer it.
+        case grant(Waiter, entry: Entry, token: String, timeout: Double)
+        /// The lease `token` ended: cancel its expiry timer.
+        case cancelExpiry(token: String)
+    }
+
+    /// What a trusted miss on a key without a handler leads to.
+    enum MissPolicy {
+        /// The lease flow: the first asker fills, the others wait for it.
+        case lease(ConnectionID, timeout: Double)
+        /// Answer the miss at once; never take a lease, never wait behind one.
+        case noLease
+    }
+
+    /// What `requestFlight` decided.
+    enum FlightDecision {
+        /// A flight is under way; the waiter joined it.
+        case joined
+        /// The caller runs a new flight with this id; a lease it replaced ended (see the actions).
+        case start(id: UInt64, [Action])
+    }
+
+    /// What a write starting means for the waiters of a lease in flight.
+    struct WriteStart {
+        /// Waiters of a revoked lease to answer once the write is done (with its value, or read again).
+        var wake: [Waiter] = []
+        var actions: [Action] = []
+    }
+
+    enum Redeem {
+        /// The token is the live lease: the caller stores (a write is now in flight) and wakes `wake` after.
+        case accepted(wake: [Waiter], [Action])
+        /// Not the live lease (written, deleted, expired, released or passed on): store nothing.
+        case refused
+    }
+
+    struct Counters: Equatable {
+        var flights = 0
+        var joinedFlights = 0
+        var leasesGranted = 0
+        var leaseWaits = 0
+        var leasesRefused = 0
+        var leasesReleased = 0
+        var leasesExpired = 0
+        var readsOvertaken = 0
+    }
+
+    private(set) var records: [Entry: Record] = [:]
+    private(set) var counters = Counters()
+    private var nextFlightID: UInt64 = 0
+    private let makeToken: @Sendable () -> String
+
+    init(makeToken: @escaping @Sendable () -> String) {
+        self.makeToken = makeToken
+    }
+
+    var fillsInFlight: Int { records.values.reduce(0) { if case .flight? = $1.activity { $0 + 1 } else { $0 } } }
+    var leasesOut: Int { records.values.reduce(0) { if case .lease? = $1.activity { $0 + 1 } else { $0 } } }
+
+    // MARK: Reads
+
+    /// A store read of `entry` is about to be sent.
+    mutating func readStarted(_ entry: Entry) -> ReadTicket {
+        records[entry, default: Record()].reads += 1
+        return ReadTicket(epoch: records[entry]!.epoch)
+    }
+
+    /// The read found the entry, or failed: nothing to decide.
+    mutating func readFinished(_ entry: Entry, _ ticket: ReadTicket) {
+        update(entry) { $0.reads -= 1 }
+    }
+
+    /// The read found nothing. A miss overtaken by a write (or with a write still in flight) is never
+    /// trusted: the waiter reads again (at once, or when the writes in flight end). A trusted miss follows
+    /// `policy`.
+    mutating func readMissed(_ entry: Entry, _ ticket: ReadTicket, waiter: Waiter, policy: MissPolicy) -> [Action] {
+        guard var record = records[entry] else { preconditionFailure("readMissed without readStarted") }
+        record.reads -= 1
+        defer { store(entry, record) }
+        if record.writes > 0 {
+            counters.readsOvertaken += 1
+            record.parked.append(waiter)
+            return []
+        }
+        if record.epoch != ticket.epoch {
+            counters.readsOvertaken += 1
+            return [.answer([waiter], .readAgain)]
+        }
+        guard case .lease(let connection, let timeout) = policy else {
+            return [.answer([waiter], .miss)]
+        }
+        switch record.activity {
+        case .flight(var flight)?:
+            // A handler flight (the key was given a handler by a reload): its answer is this entry's.
+            flight.waiters.append(waiter)
+            record.activity = .flight(flight)
+            counters.joinedFlights += 1
+            return []
+        case .lease(var lease)?:
+            if lease.holder == connection {
+                // The holder asks again: it gave up its fill. A new token for it; the old one is refused.
+                let old = lease.token
+                lease.token = makeToken()
+                record.activity = .lease(lease)
+                counters.leasesGranted += 1
+                return [.cancelExpiry(token: old), .grant(waiter, entry: entry, token: lease.token, timeout: lease.timeout)]
+            }
+            lease.pending.append(Pending(connection: connection, waiter: waiter))
+            record.activity = .lease(lease)
+            counters.leaseWaits += 1
+            return []
+        case nil:
+            let token = makeToken()
+            record.activity = .lease(Lease(token: token, holder: connection, timeout: timeout))
+            counters.leasesGranted += 1
+            return [.grant(waiter, entry: entry, token: token, timeout: timeout)]
+        }
+    }
+
+    // MARK: Handler flights
+
+    /// Whether a handler flight is under way for `entry`.
+    func hasFlight(_ entry: Entry) -> Bool {
+        if case .flight? = records[entry]?.activity { return true }
+        return false
+    }
+
+    /// Joins the handler flight under way for `entry`, if any.
+    mutating func joinFlight(_ entry: Entry, waiter: Waiter) -> Bool {
+        guard var record = records[entry], case .flight(var flight)? = record.activity else { return false }
+        flight.waiters.append(waiter)
+        record.activity = .flight(flight)
+        records[entry] = record
+        counters.joinedFlights += 1
+        return true
+    }
+
+    /// A `get` (or, with `overwrite`, a `set` without value) of an entry whose key has a handler: joins the
+    /// flight under way, or starts one. A lease in flight for the entry (the key had no handler before a
+    /// reload) ends: its waiters join the new flight, its holder's token is refused from now on.
+    mutating func requestFlight(_ entry: Entry, waiter: Waiter, overwrite: Bool = false) -> FlightDecision {
+        var record = records[entry] ?? Record()
+        defer { store(entry, record) }
+        var waiters = [waiter]
+        var actions: [Action] = []
+        switch record.activity {
+        case .flight(var flight)?:
+            flight.waiters.append(waiter)
+            record.activity = .flight(flight)
+            counters.joinedFlights += 1
+            return .joined
+        case .lease(let lease)?:
+            waiters += lease.pending.map(\.waiter)
+            actions.append(.cancelExpiry(token: lease.token))
+        case nil:
+            break
+        }
+        if overwrite { bump(&record) }  // a refresh is a write: reads in flight are overtaken
+        nextFlightID += 1
+        record.activity = .flight(Flight(id: nextFlightID, waiters: waiters, readEpoch: record.epoch, overwrite: overwrite))
+        counters.flights += 1
+        return .start(id: nextFlightID, actions)
+    }
+
+    /// The flight's store read found nothing. True: call the handler. False: the miss was overtaken by
+    /// a write; the flight reads again (its read epoch moves to now).
+    mutating func flightReadMissed(_ entry: Entry, flight id: UInt64) -> Bool {
+        guard var record = records[entry], case .flight(var flight)? = record.activity, flight.id == id else { return true }
+        guard record.epoch != flight.readEpoch || record.writes > 0 else { return true }
+        counters.readsOvertaken += 1
+        flight.readEpoch = record.epoch
+        record.activity = .flight(flight)
+        records[entry] = record
+        return false
+    }
+
+    /// Whether the flight's value may be stored: no write or delete of the entry started since its read
+    /// (or since the refresh started), and none is in flight. Returns the store mode too: a refresh
+    /// replaces what is stored, a fill after a miss stores only if the entry is still absent.
+    mutating func flightMayStore(_ entry: Entry, flight id: UInt64) -> (allowed: Bool, overwrite: Bool) {
+        guard let record = records[entry], case .flight(let flight)? = record.activity, flight.id == id else { return (false, false) }
+        return (record.epoch == flight.readEpoch && record.writes == 0, flight.overwrite)
+    }
+
+    /// The flight ended: its waiters, to be answered with its outcome.
+    mutating func finishFlight(_ entry: Entry, flight id: UInt64) -> [Waiter] {
+        guard var record = records[entry], case .flight(let flight)? = record.activity, flight.id == id else { return [] }
+        record.activity = nil
+        store(entry, record)
+        return flight.waiters
+    }
+
+    // MARK: Writes
+
+    /// A `set` (with a value, without a lease) or a `delete` of `entry` is about to be sent. A lease in
+    /// flight ends: after a set its waiters are woken with the value (``WriteStart/wake``); after a delete
+    /// the lease passes to the next waiter (and the holder's late `set` is refused).
+    mutating func writeStarted(_ entry: Entry, isDelete: Bool) -> WriteStart {
+        var record = records[entry] ?? Record()
+        defer { store(entry, record) }
+        bump(&record)
+        record.writes += 1
+        guard case .lease(let lease)? = record.activity else { return WriteStart() }
+        if isDelete {
+            return WriteStart(actions: passOn(entry, lease, in: &record))
+        }
+        record.activity = nil
+        return WriteStart(wake: lease.pending.map(\.waiter), actions: [.cancelExpiry(token: lease.token)])
+    }
+
+    /// A whole hash is about to be deleted: as ``writeStarted(_:isDelete:)`` for every field under way.
+    /// Returns the entries to pass to ``writeFinished(_:)`` when it is done.
+    mutating func hashDeleteStarted(_ matches: (Entry) -> Bool) -> (entries: [Entry], actions: [Action]) {
+        var entries: [Entry] = []
+        var actions: [Action] = []
+        for entry in records.keys where matches(entry) {
+            entries.append(entry)
+            actions += writeStarted(entry, isDelete: true).actions
+        }
+        return (entries, actions)
+    }
+
+    /// A write or delete of `entry` is done (stored, refused or failed). When no write is left in flight,
+    /// the parked misses read again.
+    mutating func writeFinished(_ entry: Entry) -> [Action] {
+        guard var record = records[entry] else { return [] }
+        defer { store(entry, record) }
+        bump(&record)
+        record.writes -= 1
+        guard record.writes == 0, !record.parked.isEmpty else { return [] }
+        let parked = record.parked
+        record.parked = []
+        return [.answer(parked, .readAgain)]
+    }
+
+    // MARK: Leases
+
+    /// A `set` with a lease token. Accepted only for the live lease; the lease ends and a write is in
+    /// flight until ``writeFinished(_:)``.
+    mutating func redeem(_ entry: Entry, token: String) -> Redeem {
+        guard var record = records[entry], case .lease(let lease)? = record.activity, lease.token == token else {
+            counters.leasesRefused += 1
+            return .refused
+        }
+        defer { store(entry, record) }
+        bump(&record)
+        record.writes += 1
+        record.activity = nil
+        return .accepted(wake: lease.pending.map(\.waiter), [.cancelExpiry(token: token)])
+    }
+
+    /// The holder gives its lease back (its fill failed): the next waiter gets a new lease at once.
+    mutating func release(_ entry: Entry, token: String) -> (released: Bool, [Action]) {
+        guard var record = records[entry], case .lease(let lease)? = record.activity, lease.token == token else {
+            return (false, [])
+        }
+        defer { store(entry, record) }
+        counters.leasesReleased += 1
+        return (true, passOn(entry, lease, in: &record))
+    }
+
+    /// The lease `token`'s timer fired: if it is still the live lease, it passes on.
+    mutating func leaseExpired(_ entry: Entry, token: String) -> [Action] {
+        guard var record = records[entry], case .lease(let lease)? = record.activity, lease.token == token else { return [] }
+        defer { store(entry, record) }
+        counters.leasesExpired += 1
+        return passOn(entry, lease, in: &record)
+    }
+
+    /// A client connection closed: its waits end (answered as closed), its leases pass on.
+    mutating func connectionClosed(_ connection: ConnectionID) -> [Action] {
+        var actions: [Action] = []
+        for entry in Array(records.keys) {
+            guard var record = records[entry], case .lease(var lease)? = record.activity else { continue }
+            let mine = lease.pending.filter { $0.connection == connection }
+            if !mine.isEmpty {
+                actions.append(.answer(mine.map(\.waiter), .connectionClosed))
+                lease.pending.removeAll { $0.connection == connection }
+            }
+            if lease.holder == connection {
+                actions += passOn(entry, lease, in: &record)
+            } else {
+                record.activity = .lease(lease)
+            }
+            store(entry, record)
+        }
+        return actions
+    }
+
+    // MARK: Internals
+
+    /// Ends the holder's lease: the first waiter gets a new one, or the lease ends when nobody waits.
+    private mutating func passOn(_ entry: Entry, _ lease: Lease, in record: inout Record) -> [Action] {
+        var lease = lease
+        var actions: [Action] = [.cancelExpiry(token: lease.token)]
+        guard !lease.pending.isEmpty else {
+            record.activity = nil
+            return actions
+        }
+        let next = lease.pending.removeFirst()
+        lease.token = makeToken()
+        lease.holder = next.connection
+        record.activity = .lease(lease)
+        counters.leasesGranted += 1
+        actions.append(.grant(next.waiter, entry: entry, token: lease.token, timeout: lease.timeout))
+        return actions
+    }
+
+    private func bump(_ record: inout Record) {
+        record.epoch &+= 1
+    }
+
+    private mutating func update(_ entry: Entry, _ change: (inout Record) -> Void) {
+        guard var record = records[entry] else { return }
+        change(&record)
+        store(entry, record)
+    }
+
+    private mutating func store(_ entry: Entry, _ record: Record) {
+        records[entry] = record.isIdle ? nil : record
+    }
+}
+
+extension FillStateMachine: Sendable where Entry: Sendable, Waiter: Sendable {}
+extension FillStateMachine.Record: Sendable where Entry: Sendable, Waiter: Sendable {}
+extension FillStateMachine.Activity: Sendable where Entry: Sendable, Waiter: Sendable {}
+extension FillStateMachine.Lease: Sendable where Entry: Sendable, Waiter: Sendable {}
+extension FillStateMachine.Flight: Sendable where Entry: Sendable, Waiter: Sendable {}
+extension FillStateMachine.Pending: Sendable where Entry: Sendable, Waiter: Sendable {}
+
+/// Taken when a store read of an entry is sent; handed back with its answer, it tells whether a write of
+/// the entry overtook the read.
+public struct FillReadTicket: Hashable, Sendable {
+    let epoch: UInt64
+}
