@@ -105,7 +105,8 @@ struct Ping: AsyncParsableCommand {
 
 struct Get: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print an entry's value (raw bytes, no newline added); exit status 1 on a miss.")
+        abstract: "Print an entry's value (raw bytes, no newline added); exit status 1 on a miss.",
+        discussion: "It only looks: a miss never takes a lease and never waits for another client's fill (\"lease\": false).")
     @OptionGroup var global: GlobalOptions
     @OptionGroup var entry: EntryOptions
 
@@ -113,7 +114,7 @@ struct Get: AsyncParsableCommand {
         var found = true
         try await global.run { client in
             let result = try await client.send(
-                .get(key: entry.key, identity: entry.parsedIdentity, hashKey: entry.hashKey, hashId: entry.parsedHashId))
+                .get(key: entry.key, identity: entry.parsedIdentity, hashKey: entry.hashKey, hashId: entry.parsedHashId, lease: false))
             let answer = try GetResult(json: result)
             found = answer.value != nil
             if global.json {

@@ -296,6 +296,55 @@ struct CachedClientFillTests {
     }
 }
 
+extension CachedClientFillTests {
+    struct FillFailed: Error, Equatable {}
+
+    /// A fill that throws gives its lease back: the next asker fills at once, not after `lease_timeout`.
+    @Test func aThrowingFillReleasesItsLeaseAndRethrows() async throws {
+        let f = try ClientFixture(config: "[keys.Student]\nlease_timeout = 5\n")
+        let failing = f.client
+        let next = f.newClient()
+        try await next.connect()
+        let started = ContinuousClock.now
+        await #expect(throws: FillFailed.self) {
+            _ = try await failing.get(key: "Student", identity: 9) { () async throws -> [UInt8]? in
+                // The other client asks while this fill runs, and waits behind the lease.
+                Task { _ = try? await next.get(key: "Student", identity: 9) { Array("second".utf8) } }
+                try await Task.sleep(for: .milliseconds(100))
+                throw FillFailed()
+            }
+        }
+        let filled = try await waitForValue(next, identity: 9)
+        #expect(filled == "second")
+        #expect(ContinuousClock.now - started < .seconds(2), "the waiter filled \(ContinuousClock.now - started) after the first fill failed")
+        #expect(try await failing.stats()["fills"]?.objectValue?["leasesReleased"] == .number("1"))
+        await next.close()
+        await failing.close()
+    }
+
+    private func waitForValue(_ c: CachedClient, identity: Int) async throws -> String? {
+        for _ in 0..<200 {
+            if let s = try await c.get(key: "Student", identity: identity, lease: false).string { return s }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        return nil
+    }
+
+    /// `lease: false` and `cachectl get` only look: no lease taken, no wait behind one.
+    @Test func lookingNeverTakesALeaseNorWaits() async throws {
+        let f = try ClientFixture(config: "[keys.Student]\nlease_timeout = 5\n")
+        let holder = f.client
+        #expect(try await holder.get(key: "Student", identity: 4, lease: false).lease == nil)
+        #expect(try await holder.get(key: "Student", identity: 4).lease != nil)
+        let started = Date()
+        let out = try runCachectl(["get", "Student", "4", "--socket", f.daemon.socketPath])
+        #expect(out.status == 1 && out.stdout.isEmpty)
+        #expect(Date().timeIntervalSince(started) < 2)
+        #expect(try await holder.stats()["fills"]?.objectValue?["leaseWaits"] == .number("0"))
+        await holder.close()
+    }
+}
+
 @Suite("cachectl end to end", .serialized)
 struct CachectlTests {
     @Test func commandsAndExitStatuses() async throws {

@@ -14,8 +14,9 @@ extension CachedClient {
     /// - On a miss without a lease, the daemon already has the value (the key's sync handler filled it,
     ///   or this call waited for another client's fill) and it is returned.
     ///
-    /// If `fill` returns nil or throws, nothing is stored and other askers of the entry wait until the
-    /// key's `lease_timeout` (default 5 s) before one of them gets a new lease.
+    /// If `fill` throws, the lease is given back (`release`) so that the next asker fills at once, and
+    /// the error is rethrown; a failure of the release itself never hides it. If `fill` returns nil
+    /// (no such entry), the lease is given back too and nil is returned.
     /// - Parameters:
     ///   - ttl: the TTL of the stored value (seconds; nil = the key's configured default).
     ///   - fill: computes the value on a miss; nil means there is no such entry.
@@ -27,7 +28,17 @@ extension CachedClient {
     ) async throws -> [UInt8]? {
         let answer = try await get(key: key, identity: identity, hashKey: hashKey, hashId: hashId, args: args, kwargs: kwargs)
         guard !answer.hit, let lease = answer.lease else { return answer.bytes }
-        guard let value = try await fill() else { return nil }
+        let filled: [UInt8]?
+        do {
+            filled = try await fill()
+        } catch {
+            _ = try? await release(key: key, identity: identity, hashKey: hashKey, hashId: hashId, lease: lease)
+            throw error
+        }
+        guard let value = filled else {
+            _ = try? await release(key: key, identity: identity, hashKey: hashKey, hashId: hashId, lease: lease)
+            return nil
+        }
         // A refused lease (stored: false) is not an error: the caller still gets its value.
         try await set(key: key, identity: identity, hashKey: hashKey, hashId: hashId, value: value, ttl: ttl, lease: lease)
         return value

@@ -15,13 +15,31 @@ extension CachedClient {
     ///   - hashKey: with `hashId`, the hash the entry lives in.
     ///   - args: positional arguments passed to the key's sync handler.
     ///   - kwargs: keyword arguments passed to the key's sync handler.
+    ///   - lease: false for a reader that never fills: a miss is answered at once, never with a lease
+    ///     and never after waiting behind another client's.
     /// - Throws: `CachedError` for an error answer, ``CachedClientError`` for transport failures.
     public func get(
         key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil,
-        args: [JSONValue]? = nil, kwargs: [String: JSONValue]? = nil
+        args: [JSONValue]? = nil, kwargs: [String: JSONValue]? = nil, lease: Bool = true
     ) async throws -> GetResult {
-        let result = try await send(.get(key: key, identity: identity, hashKey: hashKey, hashId: hashId, args: args, kwargs: kwargs))
+        let result = try await send(
+            .get(key: key, identity: identity, hashKey: hashKey, hashId: hashId, args: args, kwargs: kwargs, lease: lease))
         return try GetResult(json: result)
+    }
+
+    /// Gives back a lease whose fill failed: `release {..., lease}`. The next waiting `get` of the entry
+    /// gets a new lease at once, instead of waiting for the key's `lease_timeout`.
+    /// - Returns: false when the token was no longer the entry's live lease (expired, revoked, passed on).
+    @discardableResult
+    public func release(
+        key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil,
+        lease: String
+    ) async throws -> Bool {
+        let result = try await send(.release(key: key, identity: identity, hashKey: hashKey, hashId: hashId, lease: lease))
+        guard case .bool(let released)? = result["released"] else {
+            throw CachedClientError.protocolViolation("release answer has no \"released\"")
+        }
+        return released
     }
 
     /// Stores a value: `set {..., value, ttl?, lease?}`.

@@ -31,15 +31,28 @@ extension CachedClient {
 
         // MARK: Factories
 
-        /// `get`: reads an entry (see ``CachedClient/get(key:identity:hashKey:hashId:args:kwargs:)``).
+        /// `get`: reads an entry (see ``CachedClient/get(key:identity:hashKey:hashId:args:kwargs:lease:)``).
+        /// - Parameter lease: false for a reader that never fills: a miss is answered at once, never with
+        ///   a lease and never after waiting for another client's (`"lease": false`).
         public static func get(
             key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil,
-            args: [JSONValue]? = nil, kwargs: [String: JSONValue]? = nil
+            args: [JSONValue]? = nil, kwargs: [String: JSONValue]? = nil, lease: Bool = true
         ) -> Request {
             var p = address(key: key, identity: identity, hashKey: hashKey, hashId: hashId)
             if let args { p["args"] = .array(args) }
             if let kwargs { p["kwargs"] = .object(kwargs) }
+            if !lease { p["lease"] = .bool(false) }
             return Request(method: .get, params: p)
+        }
+
+        /// `release`: gives back the lease of a `get` miss whose fill failed; the next waiter gets it at once.
+        public static func release(
+            key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil,
+            lease: String
+        ) -> Request {
+            var p = address(key: key, identity: identity, hashKey: hashKey, hashId: hashId)
+            p["lease"] = .string(lease)
+            return Request(method: .release, params: p)
         }
 
         /// `set`: stores `value` (nil asks the daemon to fill the entry from the key's sync handler).
