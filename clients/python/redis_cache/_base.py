@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from .connection import Connection, resolve_connection
-from .errors import DaemonError
+from .errors import METHOD_NOT_FOUND, DaemonError, DaemonUnavailable, InvalidParamsError
 
 __all__ = ["Unstorable", "encode_value", "decode_value", "ClientBase"]
 
 Logger = Any  # the ``logging`` module or a ``logging.Logger``: anything with ``.error(msg, *args)``
+
+# Releases sent from a cancelled coroutine run as tasks of their own; keep them referenced until done.
+_background_releases: "Set[asyncio.Task[None]]" = set()
 
 
 class Unstorable(TypeError):
@@ -142,11 +146,32 @@ class ClientBase:
             return self.sync_func(identity, *args, **kwargs)
         if not miss:
             return self.get_func(raw)
-        data = self.sync_func(identity, *args, **kwargs)
+        # A miss, usually with a lease: until this fill is stored (or the lease given back), other
+        # `get`s of the entry wait. Whatever keeps it from being stored gives the lease back.
         try:
-            self.connection.call("set", self._set_params(address, data, lease))
-        except (DaemonError, Unstorable) as e:
+            data = self.sync_func(identity, *args, **kwargs)
+        except BaseException:
+            self._release(address, lease)
+            raise
+        try:
+            params = self._set_params(address, data, lease)
+        except Unstorable as e:
             self._report(e)
+            self._release(address, lease)
+            return data
+        except BaseException:
+            self._release(address, lease)
+            raise
+        try:
+            self.connection.call("set", params)
+        except DaemonUnavailable as e:
+            self._report(e)  # the connection is gone, and the daemon hands the lease over
+        except DaemonError as e:
+            self._report(e)
+            self._release(address, lease)
+        except InvalidParamsError:
+            self._release(address, lease)
+            raise
         return data
 
     async def _do_async_get(self, address: Dict[str, Any], identity: Any, args: Tuple[Any, ...],
@@ -161,12 +186,105 @@ class ClientBase:
             return await self.sync_func(identity, *args, **kwargs)
         if not miss:
             return self.get_func(raw)
-        data = await self.sync_func(identity, *args, **kwargs)
         try:
-            await self.connection.acall("set", self._set_params(address, data, lease))
-        except (DaemonError, Unstorable) as e:
+            data = await self.sync_func(identity, *args, **kwargs)
+        except Exception:
+            await self._async_release(address, lease)
+            raise
+        except BaseException:
+            self._release_in_background(address, lease)  # cancelled: give it back without waiting
+            raise
+        try:
+            params = self._set_params(address, data, lease)
+        except Unstorable as e:
             self._report(e)
+            await self._async_release(address, lease)
+            return data
+        except BaseException:
+            await self._async_release(address, lease)
+            raise
+        try:
+            await self.connection.acall("set", params)
+        except DaemonUnavailable as e:
+            self._report(e)  # the connection is lost, or the answer is late: the lease expires
+        except DaemonError as e:
+            self._report(e)
+            await self._async_release(address, lease)
+        except InvalidParamsError:
+            await self._async_release(address, lease)
+            raise
         return data
+
+    # -- giving a lease back ----------------------------------------------------------------
+
+    def _release(self, address: Dict[str, Any], lease: Optional[str]) -> None:
+        """Gives an unused lease back (`release`), so the next waiter gets it at once.
+
+        Never raises: this runs while another exception (usually ``sync_func``'s) is on its way
+        to the caller, and a failure here must not replace it. A failure is logged instead.
+        """
+        if lease is None:
+            return
+        try:
+            result = self.connection.call("release", self._release_params(address, lease))
+        except Exception as e:
+            self._release_failed(address, e)
+        else:
+            self._released(address, result)
+
+    async def _async_release(self, address: Dict[str, Any], lease: Optional[str]) -> None:
+        """Coroutine variant of :meth:`_release` (never raises an ``Exception`` either)."""
+        if lease is None:
+            return
+        try:
+            result = await self.connection.acall("release", self._release_params(address, lease))
+        except Exception as e:
+            self._release_failed(address, e)
+        else:
+            self._released(address, result)
+
+    def _release_in_background(self, address: Dict[str, Any], lease: Optional[str]) -> None:
+        """Starts :meth:`_async_release` as a task of its own (the current one is being cancelled)."""
+        if lease is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - always called from a coroutine
+            return
+        task = loop.create_task(self._async_release(address, lease))
+        _background_releases.add(task)
+        task.add_done_callback(_background_releases.discard)
+
+    @staticmethod
+    def _release_params(address: Dict[str, Any], lease: str) -> Dict[str, Any]:
+        params = dict(address)
+        params["lease"] = lease
+        return params
+
+    def _released(self, address: Dict[str, Any], result: Any) -> None:
+        if not (isinstance(result, dict) and result.get("released") is True):
+            # Expired, revoked by a write or delete, or already passed on: nothing to give back.
+            self._log_quietly("debug", "[CACHED] lease for %s was no longer live: %r", address, result)
+
+    def _release_failed(self, address: Dict[str, Any], error: BaseException) -> None:
+        if isinstance(error, DaemonError) and error.code == METHOD_NOT_FOUND:
+            # A daemon without `release`: the lease passes on after the key's lease_timeout.
+            self._log_quietly("debug", "[CACHED] cannot release the lease for %s: %s", address, error)
+        else:
+            self._log_quietly("warning", "[CACHED] cannot release the lease for %s: %s", address, error)
+
+    def _log_quietly(self, level: str, message: str, *args: Any) -> None:
+        """``self.log.<level>(message, *args)`` if the log object has that method; never raises.
+
+        The ``log`` given to a client only has to provide ``error`` (that is all pyredis-cache used).
+        """
+        method = getattr(self.log, level, None)
+        if not callable(method):
+            return
+        try:
+            method(message, *args)
+        except Exception:  # pragma: no cover - a broken log object must not mask the real error
+            pass
 
     def _do_set(self, address: Dict[str, Any], data: Any) -> int:
         try:

@@ -9,14 +9,16 @@ import asyncio
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
 
-from helpers import Daemon, RedisServer, Resp
-from redis_cache import (CacheClient, Connection, ConnectionPool, HashCacheClient, InvalidParamsError,
-                         LengthError)
+from helpers import Daemon, RedisServer, Resp, wait_until
+from redis_cache import (CacheClient, Connection, ConnectionPool, DaemonError, HashCacheClient,
+                         InvalidParamsError, LengthError)
+from redis_cache.errors import METHOD_NOT_FOUND
 
 STUDENTS: Dict[int, Dict[str, Any]] = {
     12: {"name": "Jane Roe", "age": 15},
@@ -276,3 +278,128 @@ def test_fallback_when_redis_is_down(daemon_bin: Path, workdir: Path, sockdir: P
     finally:
         daemon.stop()
         own_redis.stop()
+
+
+def skip_without_release(daemon: Daemon) -> None:
+    """Skips the test if this cached build has no `release` method yet."""
+    probe = Connection(daemon.socket)
+    try:
+        probe.call("release", {"key": "Probe", "identity": 0, "lease": "no-such-lease"})
+    except DaemonError as e:
+        if e.code == METHOD_NOT_FOUND:
+            pytest.skip("this cached build answers -32601 for `release` (method not found): "
+                        "rebuild the daemon with `release` to run this test")
+        raise
+    except InvalidParamsError:
+        pass  # the method exists; it only disliked the made-up token
+    finally:
+        probe.close()
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("kind", ["simple", "hash"])
+def test_failed_fill_hands_the_lease_to_the_waiting_client(cached: Daemon, redis: Resp, kind: str,
+                                                           asynchronous: bool) -> None:
+    """A's sync_func raises on a miss: A's get raises it, and B, waiting behind A's lease, gets
+    the lease at once (A releases it) instead of after lease_timeout (5 s by default)."""
+    skip_without_release(cached)
+    boom = Boom("the database is down")
+    holder_started = threading.Event()
+    may_fail = threading.Event()
+    b_done = threading.Event()
+    filled: List[int] = []
+
+    def failing(student_id: int) -> Dict[str, Any]:
+        holder_started.set()
+        assert may_fail.wait(20)
+        raise boom
+
+    def filling(student_id: int) -> Dict[str, Any]:
+        filled.append(student_id)
+        return {"name": "Student %d" % student_id}
+
+    async def async_failing(student_id: int) -> Dict[str, Any]:
+        holder_started.set()
+        while not may_fail.is_set():
+            await asyncio.sleep(0.005)
+        raise boom
+
+    async def async_filling(student_id: int) -> Dict[str, Any]:
+        return filling(student_id)
+
+    def make(sync_func: Any) -> Any:
+        # A Connection each: two connections to the daemon, as two processes would have.
+        if kind == "hash":
+            return HashCacheClient(Connection(cached.socket), "Class", "Student", sync_func,
+                                   set_func=json.dumps, get_func=json.loads, asynchronous=asynchronous)
+        return CacheClient(Connection(cached.socket), "Student", sync_func, set_func=json.dumps,
+                           get_func=json.loads, expire_time=10, asynchronous=asynchronous)
+
+    a = make(async_failing if asynchronous else failing)
+    b = make(async_filling if asynchronous else filling)
+
+    def get(client: Any) -> Any:
+        return client.get(3, 31) if kind == "hash" else client.get(31)
+
+    async def a_async() -> Any:
+        try:
+            return await get(a)
+        except Boom as e:
+            return e
+        finally:
+            # Keep A's stream open until B is done: a closed connection would also pass the lease on.
+            while not b_done.is_set():
+                await asyncio.sleep(0.01)
+
+    outcome: Dict[str, Any] = {}
+
+    def run_a() -> None:
+        if asynchronous:
+            outcome["a"] = asyncio.run(a_async())
+            return
+        try:
+            outcome["a"] = get(a)
+        except Boom as e:
+            outcome["a"] = e
+        b_done.wait(20)  # keep A's thread, and so its socket, open until B is done
+
+    def run_b() -> None:
+        try:
+            outcome["b"] = asyncio.run(get(b)) if asynchronous else get(b)
+            outcome["b_done"] = time.monotonic()
+        finally:
+            b_done.set()
+
+    stats = Connection(cached.socket)
+    waits_before = stats.call("stats")["fills"]["leaseWaits"]
+    thread_a = threading.Thread(target=run_a)
+    thread_a.start()
+    try:
+        assert holder_started.wait(10), "A never got the lease"
+        thread_b = threading.Thread(target=run_b)
+        thread_b.start()
+        wait_until(lambda: stats.call("stats")["fills"]["leaseWaits"] > waits_before, 10,
+                   "B waiting behind A's lease")
+        failed_at = time.monotonic()
+        may_fail.set()
+        thread_b.join(20)
+    finally:
+        may_fail.set()
+        b_done.set()
+        thread_a.join(20)
+        stats.close()
+
+    assert outcome["a"] is boom  # A's get raised sync_func's exception itself
+    assert outcome["b"] == {"name": "Student 31"} and filled == [31]
+    elapsed = outcome["b_done"] - failed_at
+    assert elapsed < 1.0, "B waited %.2f s after A's fill failed (lease_timeout is 5 s)" % elapsed
+    if kind == "hash":
+        stored = redis("HGET", "00000CLASS#0000000003", "000STUDENT#0000000031")
+    else:
+        stored = redis("GET", "000STUDENT#0000000031")
+        assert 0 < redis("TTL", "000STUDENT#0000000031") <= 10
+    assert json.loads(stored) == {"name": "Student 31"}

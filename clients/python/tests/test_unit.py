@@ -7,15 +7,19 @@ import json
 import logging
 import os
 import socket
+import threading
+import time
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Dict, List
 
 import pytest
 
 import redis_cache
 from fake_daemon import FakeDaemon
+from helpers import wait_until
 from redis_cache import (CacheClient, Connection, ConnectionPool, HashCacheClient, InvalidParamsError,
                          LengthError)
+from redis_cache._base import _background_releases
 from redis_cache.connection import resolve_connection
 
 
@@ -429,3 +433,353 @@ def test_async_reconnects_and_times_out(fake: FakeDaemon) -> None:
     asyncio.run(main())
     assert len(log.errors) == 1 and "did not answer" in log.errors[0]
     assert len(fake.connections) == 2
+
+
+# -- a failed fill gives its lease back ------------------------------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+class LevelLog:
+    """A log object with every level (the ListLog above only has ``error``, like old code may)."""
+
+    def __init__(self) -> None:
+        self.records: List[Any] = []
+
+    def _add(self, level: str, msg: str, *args: Any) -> None:
+        self.records.append((level, msg % args))
+
+    def debug(self, msg: str, *args: Any) -> None:
+        self._add("debug", msg, *args)
+
+    def warning(self, msg: str, *args: Any) -> None:
+        self._add("warning", msg, *args)
+
+    def error(self, msg: str, *args: Any) -> None:
+        self._add("error", msg, *args)
+
+    def levels(self) -> List[str]:
+        return [level for level, _ in self.records]
+
+
+def _client(target: Any, kind: str, sync_func: Any, asynchronous: bool = False, **options: Any) -> Any:
+    if kind == "hash":
+        return HashCacheClient(target, "Class", "Student", sync_func, asynchronous=asynchronous, **options)
+    return CacheClient(target, "Student", sync_func, asynchronous=asynchronous, **options)
+
+
+def _get(client: Any, kind: str, identity: Any) -> Any:
+    """``client.get`` for entry ``identity`` (of hash 3); runs the coroutine of an async client."""
+    result = client.get(3, identity) if kind == "hash" else client.get(identity)
+    return asyncio.run(result) if asyncio.iscoroutine(result) else result
+
+
+def _address(kind: str, identity: Any) -> Dict[str, Any]:
+    address: Dict[str, Any] = {"key": "Student", "identity": identity}
+    if kind == "hash":
+        address.update(hashKey="Class", hashId=3)
+    return address
+
+
+def _answer_to(fake: FakeDaemon, method: str) -> Any:
+    answers = [answer for request, answer in fake.answers if request["method"] == method]
+    assert len(answers) == 1, answers
+    return answers[0]
+
+
+def _failing(boom: BaseException, asynchronous: bool, calls: List[Any]) -> Any:
+    def failing(identity: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(identity)
+        raise boom
+
+    async def async_failing(identity: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(identity)
+        await asyncio.sleep(0)
+        raise boom
+
+    return async_failing if asynchronous else failing
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("kind", ["plain", "hash"])
+def test_raising_sync_func_releases_its_lease_then_reraises(fake: FakeDaemon, kind: str,
+                                                           asynchronous: bool) -> None:
+    boom = Boom("the database is down")
+    calls: List[Any] = []
+    log = LevelLog()
+    client = _client(fake.path, kind, _failing(boom, asynchronous, calls), asynchronous, log=log)
+    with pytest.raises(Boom) as excinfo:
+        _get(client, kind, 12)
+    assert excinfo.value is boom  # the very exception, not a wrapper or a copy
+    assert boom.__context__ is None and boom.__cause__ is None
+    assert excinfo.traceback[-1].name in ("failing", "async_failing")  # raised where it was raised
+    assert calls == [12]
+    assert fake.methods() == ["get", "release"]
+    assert fake.requests[1][1]["params"] == dict(_address(kind, 12), lease="lease-1")
+    assert _answer_to(fake, "release")["result"] == {"released": True}
+    assert fake.leases == {} and fake.strings == {} and fake.hashes == {}
+    assert log.records == []
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("failure", ["method-not-found", "store-error", "timeout"])
+def test_a_failed_release_never_masks_the_exception(fake: FakeDaemon, failure: str,
+                                                    asynchronous: bool) -> None:
+    if failure == "method-not-found":  # a daemon from before `release`
+        fake.error_for["release"] = (-32601, "method not found")
+    elif failure == "store-error":
+        fake.error_for["release"] = (-32603, "internal error")
+    else:
+        fake.delay = lambda r: 1.0 if r["method"] == "release" else 0.0
+    boom = Boom("sync_func failed")
+    log = LevelLog()
+    client = _client(Connection(fake.path, timeout=0.2), "plain", _failing(boom, asynchronous, []),
+                     asynchronous, log=log)
+    with pytest.raises(Boom) as excinfo:
+        _get(client, "plain", 5)
+    assert excinfo.value is boom and boom.__context__ is None
+    assert fake.methods() == ["get", "release"]
+    assert log.levels() == ["debug" if failure == "method-not-found" else "warning"]
+    assert "cannot release the lease" in log.records[0][1]
+    # A log object with nothing but `error` (all pyredis-cache needed) is fine too.
+    old_style = ListLog()
+    client.log = old_style
+    with pytest.raises(Boom):
+        _get(client, "plain", 6)
+    assert old_style.errors == []
+
+
+def test_release_failure_goes_to_a_standard_logger(fake: FakeDaemon, caplog: pytest.LogCaptureFixture) -> None:
+    fake.error_for["release"] = (-32000, "store unavailable")
+    client = CacheClient(fake.path, "Student", _failing(Boom("x"), False, []),
+                         log=logging.getLogger("app.cache"))
+    with caplog.at_level(logging.DEBUG, logger="app.cache"):
+        with pytest.raises(Boom):
+            client.get(1)
+    assert [(r.name, r.levelno) for r in caplog.records] == [("app.cache", logging.WARNING)]
+    assert "store unavailable" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("kind", ["plain", "hash"])
+def test_a_waiting_client_gets_the_released_lease_at_once(fake: FakeDaemon, kind: str,
+                                                          asynchronous: bool) -> None:
+    fake.lease_timeout = 5.0
+    holder_started = threading.Event()
+    may_fail = threading.Event()
+    boom = Boom("fill failed")
+    filled: List[Any] = []
+
+    def failing(identity: Any) -> Any:
+        holder_started.set()
+        assert may_fail.wait(10)
+        raise boom
+
+    def filling(identity: Any) -> Any:
+        filled.append(identity)
+        return "filled-%s" % identity
+
+    async def async_failing(identity: Any) -> Any:
+        holder_started.set()
+        while not may_fail.is_set():
+            await asyncio.sleep(0.005)
+        raise boom
+
+    async def async_filling(identity: Any) -> Any:
+        return filling(identity)
+
+    # Two connections, as two processes (or threads) would have.
+    a = _client(Connection(fake.path), kind, async_failing if asynchronous else failing, asynchronous)
+    b = _client(Connection(fake.path), kind, async_filling if asynchronous else filling, asynchronous)
+    outcome: Dict[str, Any] = {}
+
+    b_done = threading.Event()
+
+    def run_a() -> None:
+        try:
+            outcome["a"] = _get(a, kind, 7)
+        except BaseException as e:
+            outcome["a"] = e
+        # Keep a's thread, and so its socket, open: a closed connection would also hand the lease
+        # over. (An async client's stream closes with asyncio.run, after the release, which is
+        # why the release's own answer is checked below.)
+        b_done.wait(10)
+
+    def run_b() -> None:
+        try:
+            outcome["b"] = _get(b, kind, 7)
+            outcome["b_done"] = time.monotonic()
+        finally:
+            b_done.set()
+
+    thread_a = threading.Thread(target=run_a)
+    thread_a.start()
+    assert holder_started.wait(5)
+    thread_b = threading.Thread(target=run_b)
+    thread_b.start()
+    wait_until(lambda: fake.lease_waits == 1, 5, "b waiting behind a's lease")
+    failed_at = time.monotonic()
+    may_fail.set()
+    thread_a.join(10)
+    thread_b.join(10)
+    assert outcome["a"] is boom
+    assert outcome["b"] == "filled-7" and filled == [7]
+    assert outcome["b_done"] - failed_at < 1.0  # not lease_timeout (5 s)
+    assert fake.methods() == ["get", "get", "release", "set"]
+    assert _answer_to(fake, "release")["result"] == {"released": True}  # passed on by the release
+    assert fake.requests[3][1]["params"]["lease"] == "lease-2"  # b filled with the lease a gave back
+    assert _answer_to(fake, "set")["result"] == {"stored": True}
+    if kind == "hash":
+        assert fake.hashes["00000CLASS#0000000003"]["000STUDENT#0000000007"] == b"filled-7"
+    else:
+        assert fake.strings["000STUDENT#0000000007"] == b"filled-7"
+
+
+def test_without_release_the_waiter_gets_the_lease_after_lease_timeout(fake: FakeDaemon) -> None:
+    # A daemon from before `release`: the shim's release fails quietly, the lease expires.
+    fake.error_for["release"] = (-32601, "method not found")
+    fake.lease_timeout = 0.4
+    holder_started = threading.Event()
+    may_fail = threading.Event()
+
+    def failing(identity: Any) -> Any:
+        holder_started.set()
+        assert may_fail.wait(10)
+        raise Boom()
+
+    a = CacheClient(Connection(fake.path), "Student", failing)
+    b = CacheClient(Connection(fake.path), "Student", lambda i: "b-%s" % i)
+    b_done = threading.Event()
+
+    def run_a() -> None:
+        with pytest.raises(Boom):
+            a.get(1)
+        b_done.wait(10)  # keep a's socket open: a closed connection would pass the lease on
+
+    thread_a = threading.Thread(target=run_a)
+    thread_a.start()
+    assert holder_started.wait(5)
+    started = time.monotonic()
+    threading.Timer(0.05, may_fail.set).start()
+    assert b.get(1) == "b-1"
+    b_done.set()
+    assert time.monotonic() - started >= 0.3
+    assert _answer_to(fake, "release")["error"]["code"] == -32601
+    thread_a.join(5)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_unstorable_or_raising_set_func_releases(fake: FakeDaemon, asynchronous: bool) -> None:
+    async def async_none(identity: Any) -> Any:
+        return None
+
+    def boom_set(data: Any) -> Any:
+        raise ValueError("cannot serialise %r" % (data,))
+
+    log = LevelLog()
+    nones = CacheClient(fake.path, "Nones", async_none if asynchronous else (lambda i: None),
+                        log=log, asynchronous=asynchronous)
+    assert _get(nones, "plain", 1) is None  # nothing to store: the lease goes back
+    assert fake.methods() == ["get", "release"]
+    assert log.levels() == ["error"] and "NoneType" in log.records[0][1]
+
+    async def async_data(identity: Any) -> Any:
+        return {"id": identity}
+
+    raising = CacheClient(fake.path, "Student", async_data if asynchronous else (lambda i: {"id": i}),
+                          set_func=boom_set, asynchronous=asynchronous)
+    with pytest.raises(ValueError, match="cannot serialise"):
+        _get(raising, "plain", 2)
+    assert fake.methods()[2:] == ["get", "release"]
+    assert all(answer["result"] == {"released": True} for request, answer in fake.answers
+               if request["method"] == "release")
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_set_errors_and_lost_connections(fake: FakeDaemon, asynchronous: bool) -> None:
+    async def async_data(identity: Any) -> Any:
+        return "v%s" % identity
+
+    sync_func = async_data if asynchronous else (lambda i: "v%s" % i)
+    log = LevelLog()
+    # The daemon answers the set with an error: the lease is given back.
+    fake.error_for["set"] = (-32003, "OOM command not allowed")
+    client = CacheClient(Connection(fake.path, timeout=0.3), "Student", sync_func, log=log,
+                         asynchronous=asynchronous)
+    assert _get(client, "plain", 1) == "v1"
+    assert fake.methods() == ["get", "set", "release"] and fake.leases == {}
+    assert log.levels() == ["error"]
+    # The set gets no answer in time (sync: the socket is dropped; async: the lease expires on
+    # the daemon): no release is sent, the daemon hands the lease over by itself.
+    del fake.error_for["set"]
+    fake.delay = lambda r: 1.0 if r["method"] == "set" else 0.0
+    assert _get(client, "plain", 2) == "v2"
+    assert fake.methods()[3:] == ["get", "set"]
+    assert log.levels() == ["error", "error"] and "did not answer" in log.records[1][1]
+
+
+def test_cancelled_async_fill_releases_in_the_background(fake: FakeDaemon) -> None:
+    async def main() -> None:
+        began = asyncio.Event()
+
+        async def slow(identity: Any) -> Any:
+            began.set()
+            await asyncio.sleep(30)
+
+        client = CacheClient(fake.path, "Student", slow, asynchronous=True)
+        task = asyncio.ensure_future(client.get(9))
+        await asyncio.wait_for(began.wait(), 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert len(_background_releases) == 1  # the release runs on as a task of its own
+        for _ in range(500):
+            if not _background_releases:
+                break
+            await asyncio.sleep(0.01)
+        assert not _background_releases
+
+    asyncio.run(main())
+    assert fake.methods() == ["get", "release"]
+    assert _answer_to(fake, "release")["result"] == {"released": True}
+
+
+def test_fake_daemon_lease_protocol(fake: FakeDaemon) -> None:
+    """The fake's lease flow, as the daemon's (so the tests above test the shim, not the fake)."""
+    from redis_cache.errors import DaemonError
+    holder, other = Connection(fake.path), Connection(fake.path)
+    entry = {"key": "Student", "identity": 1}
+    first = holder.call("get", entry)
+    assert first == {"hit": False, "value": None, "lease": "lease-1"}
+    # lease:false neither takes a lease nor waits behind one.
+    assert other.call("get", dict(entry, **{"lease": False})) == {"hit": False, "value": None}
+    with pytest.raises(InvalidParamsError):
+        other.call("get", dict(entry, **{"lease": "no"}))
+    with pytest.raises(InvalidParamsError):
+        other.call("release", dict(entry, lease=7))
+    with pytest.raises(InvalidParamsError):
+        other.call("release", dict(entry, lease="lease-1", ttl=1))
+    assert other.call("release", dict(entry, lease="lease-0")) == {"released": False}
+    assert other.call("release", {"key": "Student", "identity": 2, "lease": "lease-1"}) == {"released": False}
+    # The holder asking again gets a new token; the old one is dead.
+    assert holder.call("get", entry)["lease"] == "lease-2"
+    assert holder.call("release", dict(entry, lease="lease-1")) == {"released": False}
+    assert holder.call("release", dict(entry, lease="lease-2")) == {"released": True}
+    assert holder.call("release", dict(entry, lease="lease-2")) == {"released": False}
+    # A write or delete revokes; the holder's disconnect and lease_timeout pass the lease on.
+    assert holder.call("get", entry)["lease"] == "lease-3"
+    assert holder.call("delete", entry) == {"deleted": 0}
+    assert holder.call("release", dict(entry, lease="lease-3")) == {"released": False}
+    assert holder.call("get", entry)["lease"] == "lease-4"
+    holder.close()
+    wait_until(lambda: fake.leases == {}, 5, "the lease to end with its connection")
+    fake.lease_timeout = 0.2
+    assert other.call("get", entry)["lease"] == "lease-5"
+    started = time.monotonic()
+    assert holder.call("get", entry)["lease"] == "lease-6"  # waited for lease-5 to expire
+    assert 0.15 <= time.monotonic() - started < 2
+    with pytest.raises(DaemonError) as excinfo:
+        holder.call("nosuchmethod", {})
+    assert excinfo.value.code == -32601
