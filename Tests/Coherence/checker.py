@@ -1,0 +1,1166 @@
+#!/usr/bin/env python3
+"""Coherence checker for ``cached``: a randomized workload with injected faults, then a history check.
+
+It starts its own ``redis-server`` (temp dir, Unix socket, no persistence) and its own ``cached`` (with a
+local cache, a short command timeout, short leases, and one key filled by ``fill_worker.py``), then for
+``--seconds`` runs:
+
+- ``--clients`` connections to ``cached`` (``--depth`` requests in flight on each) doing random
+  ``get``/``set``/``delete`` (and now and then ``deleteHash``) on 16 entries: 6 of key ``Student`` (no
+  handler: the lease flow), 4 fields of hash ``Class``/3 (same key), 6 of key ``Filled`` (a sync
+  handler). Some entries are read-mostly (3 % of their operations are writes), some write-heavy (40 %),
+  so values stay in the daemon's local cache long enough for a lost invalidation to show. Every value
+  written is unique. A ``get`` answered with a lease is followed by a ``set`` with that lease (or, 20 %,
+  a ``release``); 15 % of the gets of ``Student`` say ``"lease": false``. A daemon that answers
+  ``release`` with -32601, or ``"lease": false`` with -32602, is run without them;
+- one *direct writer* that ``SET``/``DEL``/``HSET``/``HDEL``s the same Redis keys itself, as another
+  application would;
+- a fault injector (a fault every 0.5-2 s, each enabled kind once per round in a random order):
+  ``kill-data`` (``CLIENT KILL`` of the daemon's data connections), ``kill-listener`` (its invalidation
+  connection), ``pause`` (``CLIENT PAUSE`` 50-400 ms, ``ALL`` or ``WRITE``), ``timeout`` (a pause longer
+  than the daemon's command timeout), ``restart`` (``kill -9`` of Redis, restarted empty on the same
+  socket).
+
+Every operation's send and answer instants are recorded; the history is then checked by
+``history.check`` (see history.py for the rule and why it never flags a legal history). Writes made
+directly to Redis, and restarts, are given ``--direct-lag-ms`` for their invalidations to reach
+``cached`` (Redis's client-side caching delivers them asynchronously, on another connection).
+A request not answered within ``--unanswered-ms`` is UNANSWERED (at the end the checker stops sending
+and waits for every answer). If ``cached`` closes a client connection, the reads in flight on it are
+excused and its writes have an unknown outcome (both counted); the connection is reopened.
+
+Exit status: 0 when there are no violations and no unanswered requests, 1 otherwise, 2 on a setup error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import history as H  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+FAULT_KINDS = ("kill-data", "kill-listener", "pause", "restart", "timeout")
+CHECKER_PREFIX = "coh-"  # CLIENT SETNAME of the checker's own Redis connections
+COMMAND_TIMEOUT = 0.3  # cached's redis_options.command_timeout (seconds)
+LEASE_TIMEOUT = 1.0
+
+
+def now() -> int:
+    return time.monotonic_ns()
+
+
+# ------------------------------------------------------------------------------------------------
+# Entries
+
+
+def address(name: str, identity: int) -> str:
+    """pyredis-cache's layout: ``key.zfill(10).upper() + "#" + "%010d" % identity``."""
+    return name.zfill(10).upper() + "#" + "%010d" % identity
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    identity: int
+    hash_key: Optional[str] = None
+    hash_id: Optional[int] = None
+    handler: bool = False
+    #: The share of client operations on this entry that are writes (read-mostly entries keep values in
+    #: the daemon's local cache long enough for a missed invalidation to show).
+    write_share: float = 0.3
+
+    @functools.cached_property
+    def redis_key(self) -> str:
+        if self.hash_key is not None and self.hash_id is not None:
+            return address(self.hash_key, self.hash_id)
+        return address(self.key, self.identity)
+
+    @functools.cached_property
+    def redis_field(self) -> Optional[str]:
+        return address(self.key, self.identity) if self.hash_key is not None else None
+
+    @functools.cached_property
+    def name(self) -> str:
+        """The entry's name in the history: its Redis address (``HASH/FIELD`` for a hash entry)."""
+        return self.redis_key + ("/" + self.redis_field if self.redis_field else "")
+
+    def params(self) -> dict[str, Any]:
+        p: dict[str, Any] = {"key": self.key, "identity": self.identity}
+        if self.hash_key is not None:
+            p["hashKey"] = self.hash_key
+            p["hashId"] = self.hash_id
+        return p
+
+
+HASH_KEY, HASH_ID = "Class", 3
+WRITE_SHARES = (0.03, 0.03, 0.15, 0.15, 0.4, 0.4)
+ENTRIES: list[Entry] = (
+    [Entry("Student", i, write_share=WRITE_SHARES[i - 1]) for i in range(1, 7)]
+    + [Entry("Student", i, HASH_KEY, HASH_ID, write_share=share)
+       for i, share in zip(range(11, 15), (0.03, 0.15, 0.4, 0.4))]
+    + [Entry("Filled", i, handler=True, write_share=WRITE_SHARES[i - 1]) for i in range(1, 7)]
+)
+PROBE = Entry("Student", 999)  # used only to probe the daemon's features, never checked
+
+
+# ------------------------------------------------------------------------------------------------
+# A minimal RESP2 client (asyncio)
+
+
+class RespError(Exception):
+    pass
+
+
+class RespClient:
+    """One Redis connection; one command at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, path: str, name: str, timeout: float = 1.0) -> "RespClient":
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path, limit=1 << 22), timeout)
+        client = cls(reader, writer)
+        await asyncio.wait_for(client.call("CLIENT", "SETNAME", name), timeout)
+        return client
+
+    @staticmethod
+    def encode(*args: str) -> bytes:
+        parts = [b"*%d\r\n" % len(args)]
+        for a in args:
+            b = a.encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        return b"".join(parts)
+
+    async def call(self, *args: str) -> Any:
+        """Sends a command; returns its reply (an error reply is returned as a RespError, not raised)."""
+        self.writer.write(self.encode(*args))
+        return await self._reply()
+
+    async def _reply(self) -> Any:
+        line = await self.reader.readuntil(b"\r\n")
+        kind, body = line[:1], line[1:-2]
+        if kind == b"+":
+            return body.decode()
+        if kind == b"-":
+            return RespError(body.decode())
+        if kind == b":":
+            return int(body)
+        if kind == b"$":
+            n = int(body)
+            if n < 0:
+                return None
+            data = await self.reader.readexactly(n + 2)
+            return data[:-2].decode()
+        if kind == b"*":
+            n = int(body)
+            return None if n < 0 else [await self._reply() for _ in range(n)]
+        raise ConnectionError("bad RESP reply %r" % line)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Processes
+
+
+class RedisServer:
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.socket = str(directory / "redis.sock")
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.starts = 0
+
+    def spawn(self) -> None:
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)
+        self.starts += 1
+        log = open(self.directory / "redis.log", "ab")
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700",
+             "--save", "", "--appendonly", "no", "--dir", str(self.directory), "--daemonize", "no"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                c = await RespClient.connect(self.socket, CHECKER_PREFIX + "probe", 0.5)
+                pong = await asyncio.wait_for(c.call("PING"), 0.5)
+                c.close()
+                if pong == "PONG":
+                    return
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start; see %s" % (self.directory / "redis.log"))
+            await asyncio.sleep(0.01)
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+def config_text(redis_socket: str, socket: str) -> str:
+    worker = [sys.executable, str(HERE / "fill_worker.py")]
+    return f"""# written by Tests/Coherence/checker.py
+socket = {json.dumps(socket)}
+redis = {json.dumps("unix://" + redis_socket)}
+log_level = "notice"
+
+[redis_options]
+pool_size = 2
+connect_timeout = 0.5
+command_timeout = {COMMAND_TIMEOUT}
+reconnect_max_delay = 0.5
+
+[local_cache]
+max_bytes = 16777216
+max_age = 300.0
+
+[keys.Student]
+ttl = 0
+lease_timeout = {LEASE_TIMEOUT}
+
+[keys.Filled]
+ttl = 0
+lease_timeout = {LEASE_TIMEOUT}
+handler = {json.dumps(worker)}
+workers = 2
+timeout = 2.0
+fallback_concurrency = 2
+"""
+
+
+class Daemon:
+    def __init__(self, binary: str, directory: Path, redis_socket: str) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.socket = str(directory / "cached.sock")
+        self.config = directory / "cached.toml"
+        self.config.write_text(config_text(redis_socket, self.socket))
+        self.log_path = directory / "cached.log"
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def spawn(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([self.binary, "--config", str(self.config)], stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError("cached exited with status %s:\n%s" % (self.proc.returncode, self.log_tail()))
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.socket), 0.5)
+                writer.write(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
+                line = await asyncio.wait_for(reader.readline(), 2.0)
+                writer.close()
+                if b"pong" in line:
+                    return
+            except (OSError, asyncio.TimeoutError, ConnectionError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("cached did not answer a ping:\n" + self.log_tail())
+            await asyncio.sleep(0.05)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> Optional[int]:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+# ------------------------------------------------------------------------------------------------
+# Connections to cached
+
+
+class ConnectionLost(Exception):
+    """The connection to cached closed before the answer came (``sent``: the request had been written)."""
+
+    def __init__(self, sent: bool = True) -> None:
+        super().__init__("connection lost")
+        self.sent = sent
+
+
+OVERDUE = object()  # a future's result when the watchdog gave up waiting for the answer
+
+
+@dataclass(slots=True)
+class Pending:
+    method: str
+    start: int
+    future: "asyncio.Future[Any]"
+    overdue: bool = False
+
+
+class DaemonConnection:
+    """One client connection to cached: requests are pipelined and answers matched by id."""
+
+    def __init__(self, index: int, path: str, run: "Run") -> None:
+        self.index = index
+        self.path = path
+        self.run = run
+        self.pending: dict[int, Pending] = {}
+        self.next_id = 0
+        self.closed = True
+        self.writer: Optional[asyncio.StreamWriter] = None
+        self.lock = asyncio.Lock()
+        self.reader_task: Optional[asyncio.Task[None]] = None
+        self.counted = index >= 0  # the probe and stats connections are not part of the workload
+
+    async def open(self) -> None:
+        reader, writer = await asyncio.open_unix_connection(self.path, limit=1 << 24)
+        self.writer = writer
+        self.closed = False
+        self.reader_task = asyncio.get_running_loop().create_task(self._read_loop(reader))
+
+    async def ensure_open(self) -> None:
+        async with self.lock:
+            while self.closed and not self.run.stopping:
+                try:
+                    await self.open()
+                    self.run.counters["client reconnects"] += 1
+                except OSError:
+                    await asyncio.sleep(0.05)
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                end = now()
+                if not line:
+                    break
+                msg = json.loads(line)
+                rid = msg.get("id") if isinstance(msg, dict) else None
+                p = self.pending.pop(rid, None) if isinstance(rid, int) else None
+                if p is None:
+                    self.run.anomaly("answer with an unknown id", line.decode(errors="replace")[:200])
+                    continue
+                if p.overdue:
+                    self.run.counters["answers after the unanswered bound"] += 1
+                    continue
+                p.future.set_result((msg, end))
+        except (ConnectionError, OSError, ValueError, asyncio.LimitOverrunError) as error:
+            if self.counted and not self.run.stopping:
+                self.run.anomaly("client connection broke", repr(error))
+        finally:
+            self.closed = True
+            if self.counted and not self.run.stopping:
+                self.run.counters["connections closed by cached"] += 1
+            for p in self.pending.values():
+                if not p.future.done():
+                    p.future.set_exception(ConnectionLost())
+                elif p.overdue and self.counted:
+                    self.run.never_answered += 1
+            self.pending.clear()
+            if self.writer is not None:
+                self.writer.close()
+
+    async def call(self, method: str, params: dict[str, Any]) -> tuple[Any, int, int]:
+        """Sends one request; returns (answer object or OVERDUE, send instant, answer instant)."""
+        if self.closed or self.writer is None:
+            raise ConnectionLost(sent=False)
+        self.next_id += 1
+        rid = self.next_id
+        line = json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params},
+                          separators=(",", ":")).encode() + b"\n"
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        start = now()
+        self.pending[rid] = Pending(method, start, future)
+        self.writer.write(line)
+        msg, end = await future
+        return msg, start, end
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+
+
+def outcome(source: str, code: Optional[int]) -> str:
+    """A write's source with its failure, if any (code 0: no answer within the bound)."""
+    if code is None:
+        return source
+    return source + (" unanswered" if code == 0 else " error %d" % code)
+
+
+@dataclass
+class Options:
+    seconds: float
+    clients: int
+    depth: int
+    seed: int
+    faults: list[str]
+    lag_ns: int
+    bound_ns: int
+    binary: str
+    redis_server: str
+    keep: bool
+    examples: int
+
+
+@dataclass
+class FaultRecord:
+    at: int
+    kind: str
+    detail: str
+
+
+@dataclass
+class Features:
+    release: bool = True
+    lease_false: bool = True
+
+
+class Run:
+    def __init__(self, options: Options, directory: Path) -> None:
+        self.o = options
+        self.dir = directory
+        self.rng = random.Random(options.seed)
+        self.history = H.History()
+        self.counters: Counter[str] = Counter()
+        self.ops: Counter[str] = Counter()
+        self.faults: Counter[str] = Counter()
+        self.fault_log: list[FaultRecord] = []
+        self.anomalies: Counter[str] = Counter()
+        self.anomaly_examples: dict[str, list[str]] = {}
+        self.features = Features()
+        self.stopping = False
+        self.value_counter = 0
+        self.unanswered = 0
+        self.never_answered = 0
+        self.unanswered_examples: list[str] = []
+        self.connections: list[DaemonConnection] = []
+        self.redis = RedisServer(options.redis_server, directory)
+        self.daemon: Optional[Daemon] = None
+        self.t0 = now()
+        self.elapsed = 0.0
+        self.daemon_exit: Optional[int] = None
+        self.daemon_stats: Any = None
+
+    # --- recording
+
+    def anomaly(self, kind: str, example: str) -> None:
+        self.anomalies[kind] += 1
+        ex = self.anomaly_examples.setdefault(kind, [])
+        if len(ex) < 3:
+            ex.append(example)
+
+    def new_value(self, prefix: str) -> str:
+        self.value_counter += 1
+        return "%s-%d" % (prefix, self.value_counter)
+
+    def write(self, entry: Entry, value: Optional[str], start: int, end: float, source: str,
+              lag: int = 0, claimed_unwritten: bool = False) -> None:
+        self.history.writes.append(H.Write(entry.name, value, start, end, lag, sys.intern(source), claimed_unwritten))
+
+    def read(self, entry: Entry, value: Optional[str], start: int, end: int, source: str,
+             uncached_fill: bool = False) -> None:
+        self.history.reads.append(H.Read(entry.name, value, start, end, sys.intern(source), uncached_fill))
+        if value is not None and value.startswith("F|") and value not in self.history.fills:
+            parts = value.split("|")
+            try:
+                self.history.fills[value] = H.Fill(parts[1], int(parts[3]))
+            except (IndexError, ValueError):
+                self.anomaly("malformed fill value", value)
+
+    # --- client operations
+
+    async def actor(self, conn: DaemonConnection, rng: random.Random) -> None:
+        while not self.stopping:
+            if conn.closed:
+                await conn.ensure_open()
+                continue
+            entry = rng.choice(ENTRIES)
+            x = rng.random() / entry.write_share  # below 1: a write (sets 60 %, deletes 38 %, deleteHash 2 %)
+            try:
+                if x >= 1.0:
+                    await self.op_get(conn, entry, rng)
+                elif x < 0.6:
+                    await self.op_set(conn, entry)
+                elif x < 0.98 or entry.hash_key is None:
+                    await self.op_delete(conn, entry)
+                else:
+                    await self.op_delete_hash(conn)
+            except ConnectionLost:
+                await asyncio.sleep(0.01)
+            except (KeyError, TypeError, AttributeError, ValueError) as error:  # an answer of an unexpected shape
+                self.anomaly("unexpected answer", repr(error))
+                await asyncio.sleep(0.01)
+
+    def error_answer(self, op: str, msg: Any) -> Optional[int]:
+        """The error code of an error answer (counted), 0 for no answer within the bound, None for a result."""
+        if msg is OVERDUE:
+            self.ops[op + " unanswered"] += 1
+            return 0
+        error = msg.get("error")
+        if error is None:
+            return None
+        code = int(error.get("code", 0))
+        self.ops["%s error %d" % (op, code)] += 1
+        if code not in (-32000, -32002, -32004, -32005, -32006):
+            self.anomaly("unexpected error %d to %s" % (code, op), json.dumps(error)[:300])
+        return code
+
+    async def op_get(self, conn: DaemonConnection, entry: Entry, rng: random.Random) -> None:
+        params = entry.params()
+        no_lease = not entry.handler and self.features.lease_false and rng.random() < 0.15
+        if no_lease:
+            params["lease"] = False
+        op = "get(lease:false)" if no_lease else "get"
+        try:
+            msg, s, e = await conn.call("get", params)
+        except ConnectionLost as lost:
+            if lost.sent:
+                self.ops[op + " dropped (excused)"] += 1
+            raise
+        if no_lease and msg is not OVERDUE and msg.get("error", {}).get("code") == -32602:
+            self.features.lease_false = False
+            self.counters["get lease:false refused with -32602: stopped using it"] += 1
+            return
+        if self.error_answer(op, msg) is not None:
+            await asyncio.sleep(0.002)
+            return
+        result = msg["result"]
+        value = result.get("value")
+        if result.get("encoding") == "base64":
+            self.anomaly("base64 value", json.dumps(result)[:200])
+        lease = result.get("lease")
+        src = "c%d %s" % (conn.index, op)
+        if lease is not None:
+            if no_lease:
+                self.anomaly("lease granted to a get with lease:false", json.dumps(result)[:200])
+            self.ops[op + " lease"] += 1
+            self.read(entry, None, s, e, src + " -> lease")
+            await self.fulfil_lease(conn, entry, lease, rng)
+            return
+        uncached = result.get("cached") is False
+        if result.get("hit"):
+            kind = "hit"
+        elif value is None:
+            kind = "miss"
+        elif entry.handler:
+            kind = "fill" + (" cached:false" if uncached else "")
+        else:
+            kind = "waited" + (" cached:false" if uncached else "")
+        self.ops["%s %s" % (op, kind)] += 1
+        uncached_fill = uncached and entry.handler and isinstance(value, str) and value.startswith("F|")
+        self.read(entry, value, s, e, "%s -> %s" % (src, kind), uncached_fill)
+
+    async def fulfil_lease(self, conn: DaemonConnection, entry: Entry, lease: str, rng: random.Random) -> None:
+        if rng.random() < 0.5:
+            await asyncio.sleep(rng.random() * 0.003)
+        if self.features.release and rng.random() < 0.2:
+            params = entry.params()
+            params["lease"] = lease
+            msg, s, e = await conn.call("release", params)
+            if msg is not OVERDUE and msg.get("error", {}).get("code") == -32601:
+                self.features.release = False
+                self.counters["release answered -32601: stopped using it"] += 1
+            elif self.error_answer("release", msg) is None:
+                released = msg["result"].get("released")
+                self.ops["release released:%s" % json.dumps(released)] += 1
+                return
+            else:
+                return
+        await self.op_set(conn, entry, lease)
+
+    async def op_set(self, conn: DaemonConnection, entry: Entry, lease: Optional[str] = None) -> None:
+        value = self.new_value("c%d" % conn.index)
+        params = entry.params()
+        params["value"] = value
+        op = "set"
+        if lease is not None:
+            params["lease"] = lease
+            op = "set(lease)"
+        src = "c%d %s" % (conn.index, op)
+        start = now()
+        try:
+            msg, start, e = await conn.call("set", params)
+        except ConnectionLost as lost:
+            if lost.sent:
+                self.ops[op + " dropped (unknown outcome)"] += 1
+                self.write(entry, value, start, H.INF, src + " dropped")
+            raise
+        code = self.error_answer(op, msg)
+        if code is not None:
+            self.write(entry, value, start, H.INF, outcome(src, code), claimed_unwritten=code == -32000)
+            await asyncio.sleep(0.002)
+            return
+        result = msg["result"]
+        if result.get("stored") is True:
+            self.ops[op + " stored"] += 1
+            self.write(entry, value, start, e, src)
+        else:
+            self.ops[op + " refused"] += 1
+            if lease is None:
+                self.anomaly("plain set refused", json.dumps(result)[:200])
+            self.history.refused[value] = entry.name
+
+    async def op_delete(self, conn: DaemonConnection, entry: Entry) -> None:
+        src = "c%d delete" % conn.index
+        start = now()
+        try:
+            msg, start, e = await conn.call("delete", entry.params())
+        except ConnectionLost as lost:
+            if lost.sent:
+                self.ops["delete dropped (unknown outcome)"] += 1
+                self.write(entry, H.ABSENT, start, H.INF, src + " dropped")
+            raise
+        code = self.error_answer("delete", msg)
+        if code is not None:
+            self.write(entry, H.ABSENT, start, H.INF, outcome(src, code), claimed_unwritten=code == -32000)
+            await asyncio.sleep(0.002)
+            return
+        self.ops["delete"] += 1
+        self.write(entry, H.ABSENT, start, e, src)
+
+    async def op_delete_hash(self, conn: DaemonConnection) -> None:
+        src = "c%d deleteHash" % conn.index
+        hashed = [x for x in ENTRIES if x.hash_key is not None]
+        start = now()
+        try:
+            msg, start, e = await conn.call("deleteHash", {"hashKey": HASH_KEY, "hashId": HASH_ID})
+        except ConnectionLost as lost:
+            if lost.sent:
+                self.ops["deleteHash dropped (unknown outcome)"] += 1
+                for x in hashed:
+                    self.write(x, H.ABSENT, start, H.INF, src + " dropped")
+            raise
+        code = self.error_answer("deleteHash", msg)
+        end: float = H.INF if code is not None else e
+        if code is None:
+            self.ops["deleteHash"] += 1
+        for x in hashed:
+            self.write(x, H.ABSENT, start, end, outcome(src, code), claimed_unwritten=code == -32000)
+
+    # --- the direct writer
+
+    async def direct_writer(self, rng: random.Random) -> None:
+        client: Optional[RespClient] = None
+        while not self.stopping:
+            await asyncio.sleep(rng.uniform(0.001, 0.006))
+            if client is None:
+                try:
+                    client = await RespClient.connect(self.redis.socket, CHECKER_PREFIX + "direct", 0.5)
+                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    await asyncio.sleep(0.05)
+                    continue
+            entry = rng.choice(ENTRIES)
+            value: Optional[str] = self.new_value("d") if rng.random() < 0.6 else None
+            f = entry.redis_field
+            cmd: tuple[str, ...]
+            if value is not None:
+                cmd = ("HSET", entry.redis_key, f, value) if f else ("SET", entry.redis_key, value)
+            else:
+                cmd = ("HDEL", entry.redis_key, f) if f else ("DEL", entry.redis_key)
+            start = now()
+            try:
+                reply = await asyncio.wait_for(client.call(*cmd), 5.0)
+                end = now()
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                self.ops["direct %s dropped (unknown outcome)" % cmd[0]] += 1
+                self.write(entry, value, start, H.INF, "direct %s dropped" % cmd[0], self.o.lag_ns)
+                client.close()
+                client = None
+                continue
+            if isinstance(reply, RespError):
+                self.ops["direct %s error" % cmd[0]] += 1
+                self.write(entry, value, start, H.INF, "direct %s error" % cmd[0], self.o.lag_ns)
+                continue
+            self.ops["direct " + cmd[0]] += 1
+            self.write(entry, value, start, end, "direct " + cmd[0], self.o.lag_ns)
+        if client is not None:
+            client.close()
+
+    # --- faults
+
+    async def fault_injector(self, rng: random.Random) -> None:
+        admin: Optional[RespClient] = None
+        bag: list[str] = []  # each kind once per round, in a random order: every kind comes up early
+        while not self.stopping:
+            await asyncio.sleep(rng.uniform(0.5, 2.0))
+            if self.stopping:
+                break
+            if not bag:
+                bag = list(self.o.faults)
+                rng.shuffle(bag)
+            kind = bag.pop()
+            detail: Optional[str]
+            started = now()
+            try:
+                if kind == "restart":
+                    if admin is not None:
+                        admin.close()
+                        admin = None
+                    detail = await self.restart_redis(rng)
+                else:
+                    if admin is None:
+                        admin = await RespClient.connect(self.redis.socket, CHECKER_PREFIX + "faults")
+                    detail = await self.admin_fault(admin, kind, rng)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as error:
+                self.counters["fault attempts that failed"] += 1
+                self.anomaly("fault %s failed" % kind, repr(error))
+                if admin is not None:
+                    admin.close()
+                admin = None
+                bag.append(kind)  # try it again next
+                continue
+            if detail is None:
+                self.counters["faults skipped (%s: no target)" % kind] += 1
+                bag.append(kind)
+                continue
+            self.faults[kind] += 1
+            self.fault_log.append(FaultRecord(started, kind, detail))
+        if admin is not None:
+            admin.close()
+
+    async def admin_fault(self, admin: RespClient, kind: str, rng: random.Random) -> Optional[str]:
+        if kind in ("kill-data", "kill-listener"):
+            listing = await asyncio.wait_for(admin.call("CLIENT", "LIST"), 5.0)
+            data, listeners = [], []
+            for line in str(listing).splitlines():
+                fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+                if fields.get("name", "").startswith(CHECKER_PREFIX):
+                    continue
+                if fields.get("sub", "0") != "0" or fields.get("cmd") == "subscribe":
+                    listeners.append(fields["id"])
+                else:
+                    data.append(fields["id"])
+            if kind == "kill-listener":
+                targets = listeners
+            else:
+                targets = rng.sample(data, rng.randint(1, len(data))) if data else []
+            if not targets:
+                return None
+            for cid in targets:
+                await asyncio.wait_for(admin.call("CLIENT", "KILL", "ID", cid), 5.0)
+            return "ids " + ",".join(targets)
+        if kind == "pause":
+            ms, mode = rng.randint(50, 400), rng.choice(["ALL", "WRITE"])
+        else:  # timeout: longer than cached's command timeout
+            timeout_ms = int(COMMAND_TIMEOUT * 1000)
+            ms, mode = rng.randint(timeout_ms + 200, timeout_ms + 600), rng.choice(["ALL", "WRITE"])
+        await asyncio.wait_for(admin.call("CLIENT", "PAUSE", str(ms), mode), 5.0)
+        await asyncio.sleep(ms / 1000)
+        return "%d ms %s" % (ms, mode)
+
+    async def restart_redis(self, rng: random.Random) -> str:
+        down = rng.uniform(0.05, 0.3)
+        kill_at = now()
+        self.redis.kill9()
+        await asyncio.sleep(down)
+        self.redis.spawn()
+        await self.redis.wait_ready()
+        ready_at = now()
+        for entry in ENTRIES:
+            self.write(entry, H.ABSENT, kill_at, ready_at, "restart of Redis", self.o.lag_ns)
+        return "down %.0f ms, ready after %.0f ms" % (down * 1000, (ready_at - kill_at) / 1e6)
+
+    # --- watchdogs
+
+    async def watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            limit = now() - self.o.bound_ns
+            for conn in self.connections:
+                for rid, p in conn.pending.items():
+                    if not p.overdue and p.start < limit:
+                        p.overdue = True
+                        self.unanswered += 1
+                        if len(self.unanswered_examples) < 5:
+                            self.unanswered_examples.append("c%d id %d %s sent at %.3f s" % (
+                                conn.index, rid, p.method, (p.start - self.t0) / 1e9))
+                        p.future.set_result((OVERDUE, now()))
+            if self.daemon and self.daemon.proc and self.daemon.proc.poll() is not None and self.daemon_exit is None:
+                self.daemon_exit = self.daemon.proc.returncode
+                self.anomaly("cached exited during the run", "status %s" % self.daemon_exit)
+                self.stopping = True
+
+    # --- setup, run, teardown
+
+    async def probe_features(self) -> None:
+        conn = DaemonConnection(-1, self.daemon.socket if self.daemon else "", self)
+        await conn.open()
+        params = PROBE.params()
+        params["lease"] = False
+        msg, _, _ = await conn.call("get", params)
+        if msg.get("error", {}).get("code") == -32602:
+            self.features.lease_false = False
+        elif "lease" in msg.get("result", {}):
+            self.anomaly("lease granted to a get with lease:false", json.dumps(msg)[:200])
+        params = PROBE.params()
+        params["lease"] = "0" * 32
+        msg, _, _ = await conn.call("release", params)
+        if msg.get("error", {}).get("code") == -32601:
+            self.features.release = False
+        conn.reader_task and conn.reader_task.cancel()
+        conn.close()
+
+    async def fetch_stats(self) -> Any:
+        if self.daemon is None:
+            return None
+        conn = DaemonConnection(-2, self.daemon.socket, self)
+        try:
+            await conn.open()
+            msg, _, _ = await asyncio.wait_for(conn.call("stats", {}), 5.0)
+            return msg.get("result")
+        except (OSError, asyncio.TimeoutError, ConnectionLost):
+            return None
+        finally:
+            conn.close()
+
+    async def main(self) -> None:
+        self.redis.spawn()
+        await self.redis.wait_ready()
+        for entry in ENTRIES:
+            self.write(entry, H.ABSENT, 0, 0, "initial state")
+        self.daemon = Daemon(self.o.binary, self.dir, self.redis.socket)
+        self.daemon.spawn()
+        await self.daemon.wait_ready()
+        await self.probe_features()
+        loop = asyncio.get_running_loop()
+        self.t0 = now()
+        for i in range(self.o.clients):
+            conn = DaemonConnection(i, self.daemon.socket, self)
+            await conn.open()
+            self.connections.append(conn)
+        watchdog = loop.create_task(self.watchdog())
+        tasks = [loop.create_task(self.actor(conn, random.Random(self.rng.random())))
+                 for conn in self.connections for _ in range(self.o.depth)]
+        tasks.append(loop.create_task(self.direct_writer(random.Random(self.rng.random()))))
+        if self.o.faults:
+            tasks.append(loop.create_task(self.fault_injector(random.Random(self.rng.random()))))
+        deadline = time.monotonic() + self.o.seconds
+        while time.monotonic() < deadline and not self.stopping:
+            await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        self.elapsed = (now() - self.t0) / 1e9
+        # Drain: no new requests; every request sent is answered or passes the unanswered bound.
+        self.stopping = True
+        await asyncio.wait(tasks, timeout=self.o.bound_ns / 1e9 + 10)
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+                self.anomaly("task did not finish at the end", repr(t))
+        for t in tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                self.anomaly("task failed", repr(t.exception()))
+        # Wait for answers that came after the bound (already counted as unanswered).
+        drain_deadline = time.monotonic() + 2.0
+        while any(c.pending for c in self.connections) and time.monotonic() < drain_deadline:
+            await asyncio.sleep(0.05)
+        for conn in self.connections:
+            self.never_answered += sum(1 for p in conn.pending.values() if p.overdue)
+            conn.pending.clear()
+        watchdog.cancel()
+        self.daemon_stats = await self.fetch_stats()
+        for conn in self.connections:
+            conn.close()
+
+    def teardown(self) -> None:
+        if self.daemon is not None:
+            status = self.daemon.stop()
+            if self.daemon_exit is None and status not in (0, None):
+                self.anomaly("cached exit status after SIGTERM", str(status))
+        self.redis.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+
+
+def fmt_t(run: Run, instant: float) -> str:
+    if instant == H.INF:
+        return "never"
+    if instant == 0:
+        return "start"
+    return "%.6f s" % ((instant - run.t0) / 1e9)
+
+
+def last_fault(run: Run, instant: int) -> Optional[str]:
+    before = [f for f in run.fault_log if f.at <= instant]
+    if not before:
+        return None
+    f = before[-1]
+    return "%s (%s) %.0f ms before the read" % (f.kind, f.detail, (instant - f.at) / 1e6)
+
+
+def violation_dict(run: Run, v: H.Violation, reads: int = 1) -> dict[str, Any]:
+    r = v.read
+    d: dict[str, Any] = {
+        "kind": v.kind, "entry": r.entry, "value": r.value, "read": r.source,
+        "read_interval": [fmt_t(run, r.start), fmt_t(run, r.end)],
+    }
+    if v.write is not None:
+        d["write"] = {"source": v.write.source, "interval": [fmt_t(run, v.write.invoke), fmt_t(run, v.write.respond)]}
+    if v.superseded_by is not None:
+        w2 = v.superseded_by
+        d["superseded_by"] = {"source": w2.source, "value": w2.value,
+                              "interval": [fmt_t(run, w2.invoke), fmt_t(run, w2.respond)], "lag_ms": w2.lag / 1e6}
+        d["stale_for_ms"] = round(stale_ms(v), 3)
+    lf = last_fault(run, r.start)
+    if lf:
+        d["last_fault"] = lf
+    if reads > 1:
+        d["reads_in_episode"] = reads
+    return d
+
+
+def stale_ms(v: H.Violation) -> float:
+    """How long after the superseding write became visible (respond + lag) the stale read began."""
+    w2 = v.superseded_by
+    return (v.read.start - (w2.respond + w2.lag)) / 1e6 if w2 is not None else 0.0
+
+
+@dataclass
+class Episode:
+    """Violations that are one fault of the daemon: the same value read from one entry after the same write."""
+
+    first: H.Violation
+    reads: int = 0
+    max_stale_ms: float = 0.0
+    last_fault_kind: str = "none"
+
+
+def episodes(run: Run, violations: list[H.Violation]) -> list[Episode]:
+    by_key: dict[tuple[str, Optional[str], int], Episode] = {}
+    for v in violations:
+        key = (v.read.entry, v.read.value, id(v.superseded_by) if v.superseded_by is not None else 0)
+        ep = by_key.get(key)
+        if ep is None:
+            before = [f for f in run.fault_log if f.at <= v.read.start]
+            ep = by_key[key] = Episode(v, last_fault_kind=before[-1].kind if before else "none")
+        ep.reads += 1
+        ep.max_stale_ms = max(ep.max_stale_ms, stale_ms(v))
+    return sorted(by_key.values(), key=lambda e: e.first.read.start)
+
+
+def build_report(run: Run, result: H.Result) -> dict[str, Any]:
+    ops_total = sum(run.ops.values())
+    elapsed = run.elapsed
+    eps = episodes(run, result.violations)
+    by_key = Counter(v.read.entry.split("#")[0].lstrip("0") for v in result.violations)
+    writes_by_source: Counter[str] = Counter()
+    for w in run.history.writes:
+        s = w.source
+        writes_by_source["direct" if s.startswith("direct") else "restart" if s.startswith("restart")
+                         else "initial" if s.startswith("initial") else "client"] += 1
+    local = None
+    if isinstance(run.daemon_stats, dict):
+        local = run.daemon_stats.get("store", {}).get("localCache")
+    passed = not result.violations and run.unanswered == 0 and run.never_answered == 0 and run.daemon_exit is None
+    return {
+        "passed": passed,
+        "seconds": round(elapsed, 3),
+        "clients": run.o.clients, "depth": run.o.depth, "seed": run.o.seed,
+        "faults_enabled": run.o.faults, "binary": run.o.binary,
+        "direct_lag_ms": run.o.lag_ns / 1e6, "unanswered_bound_ms": run.o.bound_ns / 1e6,
+        "features": {"release": run.features.release, "get_lease_false": run.features.lease_false},
+        "operations": ops_total,
+        "operations_per_second": round(ops_total / elapsed) if elapsed > 0 else 0,
+        "operations_by_kind": dict(sorted(run.ops.items())),
+        "faults": {k: run.faults.get(k, 0) for k in run.o.faults},
+        "history": {"entries": len(ENTRIES), "reads_checked": result.reads_checked,
+                    "writes": result.writes_checked, "fills": len(run.history.fills),
+                    "refused_writes": len(run.history.refused),
+                    "writes_by_source": dict(writes_by_source)},
+        "violations": len(result.violations),
+        "violations_by_kind": dict(Counter(v.kind for v in result.violations)),
+        "violations_by_key": dict(by_key),
+        "violation_episodes": len(eps),
+        "violation_episodes_by_last_fault": dict(Counter(e.last_fault_kind for e in eps)),
+        "max_stale_ms": round(max((e.max_stale_ms for e in eps), default=0.0), 3),
+        "violation_examples": [violation_dict(run, e.first, e.reads) for e in eps[: run.o.examples]],
+        "unanswered": run.unanswered,
+        "never_answered": run.never_answered,
+        "unanswered_examples": run.unanswered_examples,
+        "counters": dict(sorted(run.counters.items())),
+        "notes": {k: n for k, n in result.notes.items() if n},
+        "note_examples": result.note_examples,
+        "anomalies": dict(run.anomalies),
+        "anomaly_examples": run.anomaly_examples,
+        "daemon_exit_during_run": run.daemon_exit,
+        "daemon_local_cache": local,
+    }
+
+
+def print_text(rep: dict[str, Any]) -> None:
+    p = print
+    p("cached coherence check: %.1f s, %d clients x %d, seed %d, faults: %s" % (
+        rep["seconds"], rep["clients"], rep["depth"], rep["seed"], ",".join(rep["faults_enabled"]) or "none"))
+    p("features: release %s, get lease:false %s" % (
+        "yes" if rep["features"]["release"] else "no (-32601)",
+        "yes" if rep["features"]["get_lease_false"] else "no (-32602)"))
+    p("operations: %d (%d/s)" % (rep["operations"], rep["operations_per_second"]))
+    for k, n in rep["operations_by_kind"].items():
+        p("  %-40s %d" % (k, n))
+    p("faults injected: " + (", ".join("%s %d" % kv for kv in rep["faults"].items()) or "none"))
+    h = rep["history"]
+    p("history: %d entries, %d writes (%s), %d handler fills, %d refused writes, %d reads checked" % (
+        h["entries"], h["writes"], ", ".join("%s %d" % kv for kv in h["writes_by_source"].items()),
+        h["fills"], h["refused_writes"], h["reads_checked"]))
+    p("  writes made directly to Redis and restarts may stay invisible for %.0f ms: Redis's client-side"
+      " caching delivers their invalidations asynchronously" % rep["direct_lag_ms"])
+    if rep["daemon_local_cache"]:
+        p("daemon local cache: " + json.dumps(rep["daemon_local_cache"]))
+    for k, n in rep["counters"].items():
+        p("  %s: %d" % (k, n))
+    p("violations: %d %s" % (rep["violations"], json.dumps(rep["violations_by_kind"]) if rep["violations"] else ""))
+    if rep["violations"]:
+        p("  by key: " + json.dumps(rep["violations_by_key"]))
+        p("  %d episodes (the same value read from one entry after the same write), by the last fault before"
+          " them: %s; longest staleness beyond the lag: %.1f ms" % (
+              rep["violation_episodes"], json.dumps(rep["violation_episodes_by_last_fault"]), rep["max_stale_ms"]))
+        p("  first read of the first %d episodes:" % len(rep["violation_examples"]))
+    for i, v in enumerate(rep["violation_examples"], 1):
+        p("  %d. %s read of %s: value %s, read by %s in [%s, %s]%s" % (
+            i, v["kind"], v["entry"], json.dumps(v["value"]), v["read"], *v["read_interval"],
+            " (%d reads in this episode)" % v["reads_in_episode"] if v.get("reads_in_episode") else ""))
+        if "write" in v:
+            p("     written by %s in [%s, %s]" % (v["write"]["source"], *v["write"]["interval"]))
+        if "superseded_by" in v:
+            s = v["superseded_by"]
+            p("     superseded by %s of %s in [%s, %s] (+%.0f ms lag): stale for %.3f ms" % (
+                s["source"], json.dumps(s["value"]), *s["interval"], s["lag_ms"], v["stale_for_ms"]))
+        if "last_fault" in v:
+            p("     last fault: " + v["last_fault"])
+    p("unanswered: %d (within %.0f ms), never answered: %d" % (
+        rep["unanswered"], rep["unanswered_bound_ms"], rep["never_answered"]))
+    for ex in rep["unanswered_examples"]:
+        p("  " + ex)
+    for k, n in rep["notes"].items():
+        p("note: %s: %d %s" % (k, n, "; ".join(rep["note_examples"].get(k, []))))
+    for k, n in rep["anomalies"].items():
+        p("anomaly: %s: %d  e.g. %s" % (k, n, " | ".join(rep["anomaly_examples"].get(k, []))))
+    p("result: " + ("PASS" if rep["passed"] else "FAIL"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+
+
+def default_binary() -> str:
+    return os.environ.get("CACHED_BIN") or str(REPO / ".build" / "debug" / "cached")
+
+
+def find_redis_server() -> Optional[str]:
+    found = shutil.which("redis-server")
+    return found or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
+
+
+def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, required=True, help="how long the workload runs")
+    ap.add_argument("--clients", type=int, default=8, help="client connections to cached (default 8)")
+    ap.add_argument("--depth", type=int, default=2, help="concurrent requests per connection (default 2)")
+    ap.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock, printed)")
+    ap.add_argument("--faults", default="all", help="all, none, or a comma list of " + ",".join(FAULT_KINDS))
+    ap.add_argument("--direct-lag-ms", type=float, default=100.0,
+                    help="time a direct write to Redis (or a restart) may stay invisible (default 100)")
+    ap.add_argument("--unanswered-ms", type=float, default=15000.0,
+                    help="a request not answered within this is UNANSWERED (default 15000)")
+    ap.add_argument("--bin", default=default_binary(),
+                    help="the cached binary (default $CACHED_BIN or .build/debug/cached)")
+    ap.add_argument("--redis-server", default=find_redis_server(), help="the redis-server binary")
+    ap.add_argument("--examples", type=int, default=5, help="violations printed in detail (default 5)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, config)")
+    ap.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    a = ap.parse_args(argv)
+    if a.faults == "all":
+        faults = list(FAULT_KINDS)
+    elif a.faults in ("none", ""):
+        faults = []
+    else:
+        faults = [f.strip() for f in a.faults.split(",") if f.strip()]
+        bad = [f for f in faults if f not in FAULT_KINDS]
+        if bad:
+            ap.error("unknown fault kind(s): %s (known: %s)" % (",".join(bad), ",".join(FAULT_KINDS)))
+    if not a.redis_server:
+        ap.error("redis-server not found (PATH or /usr/bin); pass --redis-server")
+    seed = a.seed if a.seed is not None else int(time.time()) % 1_000_000
+    return Options(a.seconds, max(1, a.clients), max(1, a.depth), seed, faults, int(a.direct_lag_ms * 1e6),
+                   int(a.unanswered_ms * 1e6), a.bin, a.redis_server, a.keep, a.examples), a.json
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    options, as_json = parse_args(argv)
+    if not os.access(options.binary, os.X_OK):
+        print("cached binary not found: %s" % options.binary, file=sys.stderr)
+        return 2
+    directory = Path(tempfile.mkdtemp(prefix="cached-coherence-"))
+    run = Run(options, directory)
+    try:
+        try:
+            asyncio.run(run.main())
+        finally:
+            run.teardown()
+    except RuntimeError as error:
+        print("setup failed: %s" % error, file=sys.stderr)
+        print("files kept in %s" % directory, file=sys.stderr)
+        return 2
+    result = H.check(run.history)
+    report = build_report(run, result)
+    if options.keep or not report["passed"]:
+        report["directory"] = str(directory)
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
+    if as_json:
+        print(json.dumps(report, indent=1))
+    else:
+        print_text(report)
+        if "directory" in report:
+            print("files (config, logs) in " + report["directory"])
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
