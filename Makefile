@@ -6,7 +6,7 @@ DESTDIR ?=
 RUN_DIR := $(CURDIR)/run
 REDIS_URL ?=
 
-.PHONY: all deps build release run test test-swift test-python install clean bench fuzz fuzz-replay
+.PHONY: all deps build release run test test-swift test-python test-coherence soak install clean bench fuzz fuzz-replay
 
 all: build
 
@@ -18,6 +18,19 @@ build: deps
 
 release: deps
 	$(SWIFT) build -c release
+
+## Coherence (Tests/Coherence): unit tests of the history check, then a 20 s checker run against a
+## real redis-server and cached with every fault kind (docs/reliability.md).
+test-coherence:
+	CACHED_BIN=$$($(SWIFT) build --show-bin-path)/cached $(PYTHON) -m pytest Tests/Coherence -q
+
+## Coherence soak (not part of `make test`): the checker for SOAK_SECONDS with every fault kind; prints
+## operations checked, faults injected, violations; exit status 1 on any violation or unanswered request.
+SOAK_SECONDS ?= 600
+SOAK_ARGS ?=
+soak: build
+	$(PYTHON) Tests/Coherence/checker.py --seconds $(SOAK_SECONDS) --faults all \
+		--bin $$($(SWIFT) build --show-bin-path)/cached $(SOAK_ARGS)
 
 ## Start cached in the foreground with the example configuration, on run/cached.sock.
 ## Uses the embedded store unless REDIS_URL is set (e.g. REDIS_URL=redis://127.0.0.1:6379/0).
@@ -31,6 +44,7 @@ run: build
 test: build
 	$(MAKE) test-swift
 	$(MAKE) test-python
+	$(MAKE) test-coherence
 
 ## Serial: the integration tests block on sockets and processes; run in parallel with the worker-pool
 ## tests on a 2-core machine they starve Swift's cooperative thread pool. All suites take about a minute.

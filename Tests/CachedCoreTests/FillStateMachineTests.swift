@@ -59,7 +59,12 @@ struct FillStateMachineTests {
         func join(_ entry: String, _ waiter: Int) -> Bool { machine.joinFlight(entry, waiter: waiter) }
         func flightMissed(_ entry: String, _ id: UInt64) -> Bool { machine.flightReadMissed(entry, flight: id) }
         func mayStore(_ entry: String, _ id: UInt64) -> (allowed: Bool, overwrite: Bool) { machine.flightMayStore(entry, flight: id) }
-        func finish(_ entry: String, _ id: UInt64) -> [Int] { machine.finishFlight(entry, flight: id) }
+        /// Ends a flight: returns the waiters its outcome is for; the others are told to read again.
+        func finish(_ entry: String, _ id: UInt64) -> [Int] {
+            let end = machine.finishFlight(entry, flight: id)
+            answer(end.readAgain, "readAgain")
+            return end.answer
+        }
         func release(_ entry: String, _ token: String) -> Bool {
             let (released, actions) = machine.release(entry, token: token)
             apply(actions)
@@ -307,6 +312,37 @@ struct FillStateMachineTests {
         #expect(h.mayStore("e", id).allowed == false)
     }
 
+    /// A get that joins a flight after a write of the entry started must not get the flight's older read.
+    @Test func aGetJoiningAfterAWriteReadsAgainInsteadOfTakingTheFlightsOlderRead() {
+        let h = Harness()
+        let starter = h.waiter()
+        guard case .start(let id, _) = h.machine.requestFlight("e", waiter: starter) else {
+            Issue.record("no flight started")
+            return
+        }
+        let early = h.waiter()
+        #expect(h.join("e", early))  // before the write: the flight's read is good for it
+        _ = h.machine.writeStarted("e", isDelete: false)
+        h.apply(h.machine.writeFinished("e"))
+        let late = h.waiter()
+        #expect(h.join("e", late))
+        #expect(h.finish("e", id) == [starter, early])
+        #expect(h.told(late) == ["readAgain"])
+
+        // A read the flight sends after the late joiner joined is good for it.
+        let second = h.waiter()
+        guard case .start(let id2, _) = h.machine.requestFlight("e", waiter: second) else {
+            Issue.record("no flight started")
+            return
+        }
+        _ = h.machine.writeStarted("e", isDelete: true)
+        let late2 = h.waiter()
+        #expect(h.join("e", late2))
+        h.apply(h.machine.writeFinished("e"))
+        #expect(!h.flightMissed("e", id2))  // overtaken: the flight reads again, after late2 joined
+        #expect(h.finish("e", id2) == [second, late2])
+    }
+
     @Test func aHashDeleteOvertakesReadsOfItsFieldsOnly() {
         let h = Harness()
         let field = h.machine.readStarted("H#f")
@@ -370,7 +406,7 @@ struct FillStateMachineTests {
                 let f = flights.remove(at: Int(rng.next() % UInt64(flights.count)))
                 _ = h.machine.flightReadMissed(f.entry, flight: f.id)
                 _ = h.machine.flightMayStore(f.entry, flight: f.id)
-                h.answer(h.machine.finishFlight(f.entry, flight: f.id), "filled")
+                h.answer(h.finish(f.entry, f.id), "filled")
             case 7:
                 let w = h.waiter()
                 if h.machine.joinFlight(entry, waiter: w) { handedIn.append(w) }
@@ -397,7 +433,7 @@ struct FillStateMachineTests {
         // Drain: reads answered, writes and flights finished, leases expire until nobody waits.
         for (e, t) in reads { h.machine.readFinished(e, t) }
         for e in writes { h.apply(h.machine.writeFinished(e)) }
-        for f in flights { h.answer(h.machine.finishFlight(f.entry, flight: f.id), "filled") }
+        for f in flights { h.answer(h.finish(f.entry, f.id), "filled") }
         for c in 1...4 { h.apply(h.machine.connectionClosed(ConnectionID(UInt64(c)))) }
         while let (entry, lease) = h.leases.first {
             h.leases[entry] = nil

@@ -147,21 +147,32 @@ public final class RequestDispatcher: Sendable {
     /// miss (lease flow) or the handler is called anyway (handler flight).
     static let maximumRereads = 3
 
-    private func get(_ params: GetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
+    private func get(_ params: GetParams, context: RequestContext, attempt: Int = 0) -> EventLoopFuture<MethodResult> {
         let entry = FillCoordinator.EntryKey(params.address)
-        if let joined = coordinator.joinFlight(entry, on: context.eventLoop) {
+        let flight: EventLoopFuture<FillCoordinator.Answer>
+        if attempt >= Self.maximumRereads {
+            // Writes kept overtaking the flights this get joined: one plain read, no flight, no lease.
+            var plain = params
+            plain.mayLease = false
+            return leaseGet(plain, entry, context: context, attempt: attempt)
+        } else if let joined = coordinator.joinFlight(entry, on: context.eventLoop) {
             // A flight for this entry is under way: wait for its answer, with no store read of our own.
-            return joined.map(Self.result(of:))
+            flight = joined
+        } else if let handler = handlers.handler(for: params.address.key) {
+            // A key with a handler: one flight per entry, registered before the store read, so every concurrent
+            // get of the entry joins it and a stampede costs one store read and at most one handler call.
+            let keyConfig = currentConfiguration.key(params.address.key)
+            flight = coordinator.requestFlight(entry, on: context.eventLoop) { id in
+                self.runFlight(id, entry, handler, params, keyConfig, on: context.eventLoop, attempt: 0)
+            }
+        } else {
+            return leaseGet(params, entry, context: context, attempt: attempt)
         }
-        guard let handler = handlers.handler(for: params.address.key) else {
-            return leaseGet(params, entry, context: context, attempt: 0)
+        // A flight's answer is not good for a get that joined after a write of the entry started: it asks again.
+        return flight.flatMap { answer in
+            if case .readAgain = answer { return self.get(params, context: context, attempt: attempt + 1) }
+            return context.eventLoop.makeSucceededFuture(Self.result(of: answer))
         }
-        // A key with a handler: one flight per entry, registered before the store read, so every concurrent
-        // get of the entry joins it and a stampede costs one store read and at most one handler call.
-        let keyConfig = currentConfiguration.key(params.address.key)
-        return coordinator.requestFlight(entry, on: context.eventLoop) { id in
-            self.runFlight(id, entry, handler, params, keyConfig, on: context.eventLoop, attempt: 0)
-        }.map(Self.result(of:))
     }
 
     /// A key without a handler: read the store; a trusted miss gets a lease, waits for the holder's
@@ -309,7 +320,8 @@ public final class RequestDispatcher: Sendable {
                 case .value(nil, _), .inStore(nil): return .storedRefused("the handler has no such entry")
                 case .value(_, let stored): return stored ? .stored(true) : .storedRefused("the filled value could not be stored")
                 case .inStore: return .stored(true)  // joined a get's flight that found the entry stored
-                case .lease, .miss, .readAgain: return .stored(false)
+                case .readAgain: return .storedRefused("the entry was written meanwhile")
+                case .lease, .miss: return .stored(false)
                 }
             }
         }

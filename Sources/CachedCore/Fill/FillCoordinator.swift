@@ -123,8 +123,9 @@ public final class FillCoordinator: Sendable {
 
     /// The flight ended: every waiter gets its outcome.
     public func finishFlight(_ key: EntryKey, flight id: UInt64, _ result: Result<FillOutcome, any Error>) {
-        let waiters = state.withLockedValue { $0.machine.finishFlight(key, flight: id) }
-        for waiter in waiters {
+        let end = state.withLockedValue { $0.machine.finishFlight(key, flight: id) }
+        for waiter in end.readAgain { waiter.succeed(.readAgain) }
+        for waiter in end.answer {
             switch result {
             case .success(.inStore(let value)): waiter.succeed(.inStore(value))
             case .success(.filled(let value, let stored)): waiter.succeed(.value(value, cached: stored))

@@ -35,11 +35,31 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
 
     struct Flight {
         var id: UInt64
-        var waiters: [Waiter]
+        var waiters: [FlightWaiter]
         /// The entry's epoch when the flight's latest store read was sent (or when a refresh started it).
         var readEpoch: UInt64
+        /// Store reads sent so far (the first goes out as the flight starts).
+        var reads = 1
         /// Started by a `set` without value (a refresh): its value replaces what is stored.
         var overwrite: Bool
+    }
+
+    /// A waiter of a flight, with what it takes to know whether the flight's answer is good for it.
+    struct FlightWaiter {
+        var waiter: Waiter
+        /// Good whatever happens: it started the flight, or it joined with nothing written since the read.
+        var clean: Bool
+        /// The flight's reads sent when it joined: a read sent after it joined is good for it too.
+        var readsBefore: Int
+    }
+
+    /// What a flight's end means for its waiters.
+    struct FlightEnd {
+        /// The flight's outcome is good for these.
+        var answer: [Waiter] = []
+        /// These joined after a write of the entry started, and the flight's read came before that
+        /// write: its outcome could be older than what they must see. They read again.
+        var readAgain: [Waiter] = []
     }
 
     enum Activity {
@@ -165,7 +185,7 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
         switch record.activity {
         case .flight(var flight)?:
             // A handler flight (the key was given a handler by a reload): its answer is this entry's.
-            flight.waiters.append(waiter)
+            join(waiter, &flight, record)
             record.activity = .flight(flight)
             counters.joinedFlights += 1
             return []
@@ -201,7 +221,7 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     /// Joins the handler flight under way for `entry`, if any.
     mutating func joinFlight(_ entry: Entry, waiter: Waiter) -> Bool {
         guard var record = records[entry], case .flight(var flight)? = record.activity else { return false }
-        flight.waiters.append(waiter)
+        join(waiter, &flight, record)
         record.activity = .flight(flight)
         records[entry] = record
         counters.joinedFlights += 1
@@ -218,7 +238,7 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
         var actions: [Action] = []
         switch record.activity {
         case .flight(var flight)?:
-            flight.waiters.append(waiter)
+            join(waiter, &flight, record)
             record.activity = .flight(flight)
             counters.joinedFlights += 1
             return .joined
@@ -230,7 +250,9 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
         }
         if overwrite { bump(&record) }  // a refresh is a write: reads in flight are overtaken
         nextFlightID += 1
-        record.activity = .flight(Flight(id: nextFlightID, waiters: waiters, readEpoch: record.epoch, overwrite: overwrite))
+        // Everyone waiting now waits for a read (or a refresh) that starts after it asked: good for all.
+        let starters = waiters.map { FlightWaiter(waiter: $0, clean: true, readsBefore: 0) }
+        record.activity = .flight(Flight(id: nextFlightID, waiters: starters, readEpoch: record.epoch, overwrite: overwrite))
         counters.flights += 1
         return .start(id: nextFlightID, actions)
     }
@@ -242,6 +264,7 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
         guard record.epoch != flight.readEpoch || record.writes > 0 else { return true }
         counters.readsOvertaken += 1
         flight.readEpoch = record.epoch
+        flight.reads += 1
         record.activity = .flight(flight)
         records[entry] = record
         return false
@@ -255,12 +278,21 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
         return (record.epoch == flight.readEpoch && record.writes == 0, flight.overwrite)
     }
 
-    /// The flight ended: its waiters, to be answered with its outcome.
-    mutating func finishFlight(_ entry: Entry, flight id: UInt64) -> [Waiter] {
-        guard var record = records[entry], case .flight(let flight)? = record.activity, flight.id == id else { return [] }
+    /// The flight ended: the waiters its outcome is good for, and those that must read again.
+    mutating func finishFlight(_ entry: Entry, flight id: UInt64) -> FlightEnd {
+        guard var record = records[entry], case .flight(let flight)? = record.activity, flight.id == id else { return FlightEnd() }
         record.activity = nil
         store(entry, record)
-        return flight.waiters
+        var end = FlightEnd()
+        for w in flight.waiters {
+            if w.clean || w.readsBefore < flight.reads {
+                end.answer.append(w.waiter)
+            } else {
+                end.readAgain.append(w.waiter)
+            }
+        }
+        counters.readsOvertaken += end.readAgain.count
+        return end
     }
 
     // MARK: Writes
@@ -362,6 +394,13 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
 
     // MARK: Internals
 
+    /// Adds `waiter` to the flight, noting whether the flight's read (sent before it joined) is still
+    /// good for it: no write of the entry started since that read was sent, and none is in flight.
+    private func join(_ waiter: Waiter, _ flight: inout Flight, _ record: Record) {
+        let clean = record.epoch == flight.readEpoch && record.writes == 0
+        flight.waiters.append(FlightWaiter(waiter: waiter, clean: clean, readsBefore: flight.reads))
+    }
+
     /// Ends the holder's lease: the first waiter gets a new one, or the lease ends when nobody waits.
     private mutating func passOn(_ entry: Entry, _ lease: Lease, in record: inout Record) -> [Action] {
         var lease = lease
@@ -399,6 +438,7 @@ extension FillStateMachine.Record: Sendable where Entry: Sendable, Waiter: Senda
 extension FillStateMachine.Activity: Sendable where Entry: Sendable, Waiter: Sendable {}
 extension FillStateMachine.Lease: Sendable where Entry: Sendable, Waiter: Sendable {}
 extension FillStateMachine.Flight: Sendable where Entry: Sendable, Waiter: Sendable {}
+extension FillStateMachine.FlightWaiter: Sendable where Entry: Sendable, Waiter: Sendable {}
 extension FillStateMachine.Pending: Sendable where Entry: Sendable, Waiter: Sendable {}
 
 /// Taken when a store read of an entry is sent; handed back with its answer, it tells whether a write of

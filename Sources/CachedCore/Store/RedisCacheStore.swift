@@ -169,6 +169,9 @@ public final class RedisCacheStore: CacheStore {
         }
         switch error.code {
         case .timeout: return CachedError(.storeTimeout, "Redis did not answer in time; the outcome is unknown")
+        case .connectionClosed:
+            // The command was sent: Redis may have run it. "Unavailable" would promise nothing was written.
+            return CachedError(.storeTimeout, "Redis unavailable: \(error.message)")
         case .errorReply: return CachedError(.storeError, "Redis error: \(error.message)")
         default: return CachedError(.storeUnavailable, "Redis unavailable: \(error.message)")
         }

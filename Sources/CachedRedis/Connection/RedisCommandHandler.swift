@@ -40,7 +40,7 @@ public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHa
     public func channelInactive(context: ChannelHandlerContext) {
         timeoutTask?.cancel()
         timeoutTask = nil
-        let (promises, error) = stateMachine.close(RedisClientError(.connectionClosed, "connection to Redis closed"))
+        let (promises, error) = stateMachine.close(RedisClientError(.connectionClosed, "the connection to Redis closed before it answered; the outcome is unknown"))
         for promise in promises { promise.fail(error) }
         context.fireChannelInactive()
     }

@@ -38,13 +38,13 @@ public final class RedisConnection: Sendable {
         let request = RedisRequest(command: command, promise: promise)
         if channel.eventLoop.inEventLoop {
             channel.pipeline.syncOperations.write(NIOAny(request)).whenFailure { _ in
-                promise.fail(RedisClientError(.connectionClosed, "connection to Redis closed"))
+                promise.fail(RedisClientError(.unavailable, "the connection to Redis closed before the command was sent"))
             }
         } else {
             let channel = self.channel
             channel.eventLoop.execute {
                 channel.pipeline.syncOperations.write(NIOAny(request)).whenFailure { _ in
-                    promise.fail(RedisClientError(.connectionClosed, "connection to Redis closed"))
+                    promise.fail(RedisClientError(.unavailable, "the connection to Redis closed before the command was sent"))
                 }
             }
         }
