@@ -106,7 +106,7 @@ struct Ping: AsyncParsableCommand {
 struct Get: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print an entry's value (raw bytes, no newline added); exit status 1 on a miss.",
-        discussion: "It only looks: a miss never takes a lease and never waits for another client's fill (\"lease\": false).")
+        discussion: "A miss never takes a lease and never waits for another client's fill (\"lease\": false); a key with a sync handler is still filled by the daemon.")
     @OptionGroup var global: GlobalOptions
     @OptionGroup var entry: EntryOptions
 

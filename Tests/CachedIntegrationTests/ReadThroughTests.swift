@@ -203,6 +203,20 @@ struct ReadThroughTests {
         _ = first
     }
 
+    /// The example `make run` serves: a miss on Student is filled by examples/handlers/student.py, the next
+    /// get is a hit, an unknown identity is a miss with value null.
+    @Test func theExampleConfigurationFillsFromItsHandler() throws {
+        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let config = try String(contentsOf: repo.appendingPathComponent("examples/cached.toml"), encoding: .utf8)
+            .replacingOccurrences(of: "\"examples/handlers/", with: "\"\(repo.path)/examples/handlers/")
+        let daemon = try DaemonProcess(config: config)
+        let c = try daemon.client()
+        let ada = #"{"id":12,"name":"Ada Lovelace","class":3}"#
+        #expect(try c.call("get", ["key": .string("Student"), "identity": .number("12")])["result"] == .object(["hit": .bool(false), "value": .string(ada)]))
+        #expect(try c.call("get", ["key": .string("Student"), "identity": .number("12")])["result"] == .object(["hit": .bool(true), "value": .string(ada)]))
+        #expect(try c.call("get", ["key": .string("Student"), "identity": .number("99")])["result"]?["value"] == .null)
+    }
+
     @Test func sighupChangesAKeysHandler() throws {
         let daemon = try DaemonProcess(config: FillWorker.config(mode: "version", version: 1))
         let c = try daemon.client()
