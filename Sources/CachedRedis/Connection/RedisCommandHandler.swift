@@ -1,3 +1,4 @@
+import CachedProtocol
 import NIOCore
 
 /// A command on its way to Redis, with the promise its reply completes.

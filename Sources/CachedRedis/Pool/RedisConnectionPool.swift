@@ -83,130 +83,57 @@ public final class RedisConnectionPool: Sendable {
 
 // MARK: - Slot
 
+extension RedisConfiguration {
+    /// The backoff between attempts to (re)connect, for every connection to this Redis.
+    var reconnectBackoff: ReconnectStateMachine.Backoff {
+        ReconnectStateMachine.Backoff(base: minimumReconnectDelay, cap: maximumReconnectDelay)
+    }
+}
+
 extension RedisConnectionPool {
-    /// One connection's lifecycle: connect, serve, reconnect with backoff when it drops.
+    /// One connection of the pool, kept up by a ``Reconnector``; its reads are tracked for the local copy.
     final class Slot: Sendable {
         let index: Int
         let eventLoop: any EventLoop
-        let configuration: RedisConfiguration
-        let logger: Logger
-        let trackingRedirect: NIOLockedValueBox<Int64?>
-        private let state: NIOLockedValueBox<State>
-
-        struct State {
-            var connection: RedisConnection?
-            var failures = 0
-            var stopped = false
-            var reconnect: Scheduled<Void>?
-            var firstAttempt: EventLoopPromise<Void>?
-        }
+        private let reconnector: Reconnector<RedisConnection>
 
         init(index: Int, eventLoop: any EventLoop, configuration: RedisConfiguration, logger: Logger, trackingRedirect: NIOLockedValueBox<Int64?>) {
-            self.trackingRedirect = trackingRedirect
             self.index = index
             self.eventLoop = eventLoop
-            self.configuration = configuration
-            self.logger = logger
-            self.state = NIOLockedValueBox(State())
-        }
-
-        var current: RedisConnection? {
-            state.withLockedValue { $0.connection }
-        }
-
-        func start() async {
-            let promise = eventLoop.makePromise(of: Void.self)
-            state.withLockedValue { $0.firstAttempt = promise }
-            eventLoop.execute { self.connect() }
-            try? await promise.futureResult.get()
-        }
-
-        func shutdown() async {
-            let (connection, reconnect, first) = state.withLockedValue { state in
-                state.stopped = true
-                let result = (state.connection, state.reconnect, state.firstAttempt)
-                state.connection = nil
-                state.reconnect = nil
-                state.firstAttempt = nil
-                return result
-            }
-            reconnect?.cancel()
-            first?.succeed()
-            try? await connection?.close().get()
-        }
-
-        private func connect() {
-            guard !state.withLockedValue({ $0.stopped }) else { return }
-            let redirect = trackingRedirect.withLockedValue { $0 }
-            RedisConnection.connect(configuration: configuration, eventLoop: eventLoop).flatMap { connection in
-                // Reads on this connection are tracked for the local cache (when an invalidation listener is up).
-                guard let redirect else { return connection.eventLoop.makeSucceededFuture(connection) }
-                return connection.enableTracking(redirectTo: redirect).map { connection }.recover { _ in connection }
-            }.whenComplete { result in
-                switch result {
-                case .success(let connection):
-                    let (stopped, failures, first) = self.state.withLockedValue { state in
-                        let f = state.failures
-                        if !state.stopped {
-                            state.connection = connection
-                            state.failures = 0
+            let redacted = configuration.redactedDescription
+            reconnector = Reconnector(
+                eventLoop: eventLoop, backoff: configuration.reconnectBackoff,
+                connect: {
+                    let redirect = trackingRedirect.withLockedValue { $0 }
+                    return RedisConnection.connect(configuration: configuration, eventLoop: eventLoop).flatMap { connection in
+                        // Reads on this connection are tracked for the local cache (when an invalidation listener is up).
+                        guard let redirect else { return connection.eventLoop.makeSucceededFuture(connection) }
+                        return connection.enableTracking(redirectTo: redirect).map { connection }.recover { _ in connection }
+                    }
+                },
+                closeFuture: { $0.channel.closeFuture },
+                close: { $0.close() },
+                onEvent: { event in
+                    switch event {
+                    case .up(_, let failures):
+                        logger.info("connected to Redis", metadata: ["slot": "\(index)", "redis": "\(redacted)", "after_failures": "\(failures)"])
+                    case .lost:
+                        logger.warning("connection to Redis lost", metadata: ["slot": "\(index)"])
+                    case .failed(let error, let failures, _):
+                        if failures <= 2 || failures.isMultiple(of: 50) {
+                            logger.warning(
+                                "cannot connect to Redis; retrying with backoff",
+                                metadata: ["slot": "\(index)", "error": "\(error)", "failures": "\(failures)"])
                         }
-                        let first = state.firstAttempt
-                        state.firstAttempt = nil
-                        return (state.stopped, f, first)
                     }
-                    first?.succeed()
-                    if stopped {
-                        connection.close(promise: nil)
-                        return
-                    }
-                    self.logger.info(
-                        "connected to Redis",
-                        metadata: ["slot": "\(self.index)", "redis": "\(self.configuration.redactedDescription)", "after_failures": "\(failures)"])
-                    connection.channel.closeFuture.whenComplete { _ in
-                        self.connectionClosed(connection)
-                    }
-                case .failure(let error):
-                    self.scheduleReconnect(after: error)
-                }
-            }
+                })
         }
 
-        private func connectionClosed(_ connection: RedisConnection) {
-            let stopped = state.withLockedValue { state in
-                if state.connection === connection { state.connection = nil }
-                return state.stopped
-            }
-            guard !stopped else { return }
-            logger.warning("connection to Redis lost", metadata: ["slot": "\(index)"])
-            scheduleReconnect(after: nil)
-        }
+        var current: RedisConnection? { reconnector.current }
 
-        private func scheduleReconnect(after error: (any Error)?) {
-            let (failures, first) = state.withLockedValue { state in
-                state.failures += 1
-                let first = state.firstAttempt
-                state.firstAttempt = nil
-                return (state.failures, first)
-            }
-            first?.succeed()
-            let base = configuration.minimumReconnectDelay.nanoseconds
-            let cap = configuration.maximumReconnectDelay.nanoseconds
-            let exponent = min(failures - 1, 20)
-            let delay = min(cap, base << exponent)
-            let jittered = TimeAmount.nanoseconds(Int64(Double(delay) * Double.random(in: 0.8...1.2)))
-            if let error, failures <= 2 || failures.isMultiple(of: 50) {
-                logger.warning(
-                    "cannot connect to Redis; retrying with backoff",
-                    metadata: ["slot": "\(index)", "error": "\(error)", "failures": "\(failures)"])
-            }
-            let task = eventLoop.scheduleTask(in: jittered) { self.connect() }
-            let stopped = state.withLockedValue { state in
-                if !state.stopped { state.reconnect = task }
-                return state.stopped
-            }
-            if stopped { task.cancel() }
-        }
+        func start() async { await reconnector.start() }
+
+        func shutdown() async { await reconnector.shutdown() }
     }
 }
 

@@ -21,129 +21,83 @@ public final class RedisInvalidationListener: Sendable {
         case disconnected
     }
 
-    private let configuration: RedisConfiguration
-    private let eventLoop: any EventLoop
-    private let logger: Logger
-    private let onEvent: @Sendable (Event) -> Void
-    private let state = NIOLockedValueBox(State())
-
-    struct State {
-        var id: Int64?
-        var channel: (any Channel)?
-        var stopped = false
-        var failures = 0
-        var reconnect: Scheduled<Void>?
-        var firstAttempt: EventLoopPromise<Void>?
+    /// The subscribed connection and its client id.
+    final class Subscription: Sendable {
+        let channel: any Channel
+        let clientID: Int64
+        init(channel: any Channel, clientID: Int64) {
+            self.channel = channel
+            self.clientID = clientID
+        }
     }
 
+    private let reconnector: Reconnector<Subscription>
+
     public init(configuration: RedisConfiguration, eventLoop: any EventLoop, logger: Logger, onEvent: @escaping @Sendable (Event) -> Void) {
-        self.configuration = configuration
-        self.eventLoop = eventLoop
-        self.logger = logger
-        self.onEvent = onEvent
+        reconnector = Reconnector(
+            eventLoop: eventLoop, backoff: configuration.reconnectBackoff,
+            connect: { Self.subscribe(configuration: configuration, eventLoop: eventLoop, onEvent: onEvent) },
+            closeFuture: { $0.channel.closeFuture },
+            close: { $0.channel.close() },
+            onEvent: { event in
+                switch event {
+                case .up(let subscription, _):
+                    logger.info("tracking Redis invalidations", metadata: ["client_id": "\(subscription.clientID)"])
+                    onEvent(.invalidateAll)
+                    onEvent(.connected(subscription.clientID))
+                case .lost:
+                    onEvent(.disconnected)
+                    onEvent(.invalidateAll)
+                    logger.warning("invalidation connection to Redis lost; local cache disabled until it is back")
+                case .failed(let error, let failures, _):
+                    if failures <= 2 || failures.isMultiple(of: 50) {
+                        logger.warning("cannot connect the invalidation listener; retrying", metadata: ["error": "\(error)"])
+                    }
+                }
+            })
     }
 
     /// The client id data connections must redirect their tracking to, while the listener is up.
-    public var currentID: Int64? { state.withLockedValue { $0.id } }
+    public var currentID: Int64? { reconnector.current?.clientID }
 
     /// Connects; returns once the first attempt has ended.
     public func start() async {
-        let promise = eventLoop.makePromise(of: Void.self)
-        state.withLockedValue { $0.firstAttempt = promise }
-        eventLoop.execute { self.connect() }
-        try? await promise.futureResult.get()
+        await reconnector.start()
     }
 
     public func shutdown() async {
-        let (channel, reconnect, first) = state.withLockedValue { state in
-            state.stopped = true
-            defer {
-                state.channel = nil
-                state.reconnect = nil
-                state.firstAttempt = nil
-            }
-            return (state.channel, state.reconnect, state.firstAttempt)
-        }
-        reconnect?.cancel()
-        first?.succeed()
-        try? await channel?.close()
+        await reconnector.shutdown()
     }
 
-    private func connect() {
-        guard !state.withLockedValue({ $0.stopped }) else { return }
+    /// One attempt: connect, learn the client id, swap the command handler for a subscription handler
+    /// (from then on the connection only receives pushes) and subscribe.
+    private static func subscribe(
+        configuration: RedisConfiguration, eventLoop: any EventLoop, onEvent: @escaping @Sendable (Event) -> Void
+    ) -> EventLoopFuture<Subscription> {
         RedisConnection.connect(configuration: configuration, eventLoop: eventLoop).flatMap { connection in
             connection.send(RedisCommand("CLIENT", "ID")).flatMapThrowing { reply -> (RedisConnection, Int64) in
                 guard case .integer(let id) = reply else { throw RedisClientError(.protocolError, "CLIENT ID: \(reply)") }
                 return (connection, id)
             }
-        }.flatMap { (connection, id) -> EventLoopFuture<(any Channel, Int64)> in
-            // From here on the connection only receives pushes: swap the command handler for a subscription handler.
+        }.flatMap { (connection, id) -> EventLoopFuture<Subscription> in
             let channel = connection.channel
-            let onEvent = self.onEvent
             let sync = channel.pipeline.syncOperations
             let handler: RedisCommandHandler
             do {
                 handler = try sync.handler(type: RedisCommandHandler.self)
             } catch {
+                channel.close(promise: nil)
                 return channel.eventLoop.makeFailedFuture(error)
             }
             return sync.removeHandler(handler).flatMapThrowing {
                 try channel.pipeline.syncOperations.addHandler(RedisSubscriptionHandler(onEvent: onEvent))
             }.flatMap {
                 channel.writeAndFlush(RedisCommand("SUBSCRIBE", "__redis__:invalidate").encoded)
-            }.map { (channel, id) }
-        }.whenComplete { result in
-            switch result {
-            case .success(let (channel, id)):
-                let first = self.state.withLockedValue { state in
-                    state.id = id
-                    state.channel = channel
-                    state.failures = 0
-                    defer { state.firstAttempt = nil }
-                    return state.firstAttempt
-                }
-                self.logger.info("tracking Redis invalidations", metadata: ["client_id": "\(id)"])
-                self.onEvent(.invalidateAll)
-                self.onEvent(.connected(id))
-                first?.succeed()
-                channel.closeFuture.whenComplete { _ in self.lost() }
-            case .failure(let error):
-                self.retry(after: error)
+            }.map { Subscription(channel: channel, clientID: id) }.flatMapErrorThrowing { error in
+                channel.close(promise: nil)
+                throw error
             }
         }
-    }
-
-    private func lost() {
-        let stopped = state.withLockedValue { state in
-            state.id = nil
-            state.channel = nil
-            return state.stopped
-        }
-        onEvent(.disconnected)
-        onEvent(.invalidateAll)
-        guard !stopped else { return }
-        logger.warning("invalidation connection to Redis lost; local cache disabled until it is back")
-        retry(after: nil)
-    }
-
-    private func retry(after error: (any Error)?) {
-        let (failures, first) = state.withLockedValue { state in
-            state.failures += 1
-            defer { state.firstAttempt = nil }
-            return (state.failures, state.firstAttempt)
-        }
-        first?.succeed()
-        if let error, failures <= 2 {
-            logger.warning("cannot connect the invalidation listener; retrying", metadata: ["error": "\(error)"])
-        }
-        let base = configuration.minimumReconnectDelay.nanoseconds
-        let delay = min(configuration.maximumReconnectDelay.nanoseconds, base << min(failures - 1, 20))
-        let task = eventLoop.scheduleTask(in: .nanoseconds(delay)) { self.connect() }
-        let stopped = state.withLockedValue { state in
-            if !state.stopped { state.reconnect = task }
-            return state.stopped
-        }
-        if stopped { task.cancel() }
     }
 }
 
