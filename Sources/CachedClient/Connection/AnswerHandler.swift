@@ -19,13 +19,13 @@ struct OutgoingLine: Sendable {
 /// Writes are not flushed one by one: the first write of an event-loop tick schedules one flush at
 /// the end of the tick, so concurrent callers are pipelined into few `writev` calls. When the
 /// connection ends, every pending request fails with ``CachedClientError``.
-final class AnswerHandler: ChannelDuplexHandler {
+final class AnswerHandler: ChannelDuplexHandler, TickFlushing {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = OutgoingLine
     typealias OutboundOut = ByteBuffer
 
     private var pending: [Int: EventLoopPromise<Answer>] = [:]
-    private var flushScheduled = false
+    var flushScheduled = false
     /// Set once the connection is unusable; later writes fail at once.
     private var failure: CachedClientError?
     private let maximumDepth: Int
@@ -52,16 +52,6 @@ final class AnswerHandler: ChannelDuplexHandler {
         }
         context.write(wrapOutboundOut(outgoing.line), promise: written)
         scheduleFlush(context: context)
-    }
-
-    private func scheduleFlush(context: ChannelHandlerContext) {
-        guard !flushScheduled else { return }
-        flushScheduled = true
-        let loopBoundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
-        context.eventLoop.assumeIsolated().execute { [self] in
-            flushScheduled = false
-            loopBoundContext.value.flush()
-        }
     }
 
     // MARK: Inbound

@@ -2,8 +2,9 @@ import NIOCore
 
 /// A channel handler whose writes within one event-loop tick share one flush.
 ///
-/// Used by the Redis command handler (auto-pipelining) and by the daemon's client connections (answers
-/// completed in the same tick); `package` so that it stays out of the public API.
+/// Used by the Redis command handler (auto-pipelining), the daemon's client connections (answers
+/// completed in the same tick) and the Swift client's connection (requests from concurrent callers);
+/// `package` so that it stays out of the public API.
 package protocol TickFlushing: AnyObject {
     /// Whether a flush is already scheduled for the end of this tick.
     var flushScheduled: Bool { get set }
