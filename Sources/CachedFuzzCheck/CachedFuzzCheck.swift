@@ -139,9 +139,7 @@ struct Checker {
     }
 
     func tooLongError() -> CachedError {
-        CachedError(
-            .limitExceeded, "Line longer than \(limits.maxLineBytes) bytes",
-            data: .object(["limit": .string("max_line_bytes"), "value": .number(String(limits.maxLineBytes))]))
+        .lineTooLong(maxLineBytes: limits.maxLineBytes)
     }
 
     // MARK: One line
@@ -355,11 +353,9 @@ struct Checker {
             switch result {
             case .failure(let error):
                 return checkAnswer(id: id, error: error, context: "method error")
-            case .success(let resultBytes):
+            case .success(let methodResult):
                 var buffer = ByteBuffer()
-                buffer.writeJSONRPCResultPrefix(id: id)
-                buffer.writeBytes(resultBytes)
-                buffer.writeInteger(UInt8(ascii: "}"))
+                buffer.writeResponse(id: id, .success(methodResult))
                 let bytes = Array(buffer.readableBytesView)
                 if let answer = parseJSON(bytes, context: "result answer") { checkEnvelope(answer, id: id, context: "result answer") }
                 return bytes
@@ -384,71 +380,59 @@ struct Checker {
 
     // MARK: Methods
 
-    /// Decodes the params like the dispatcher and writes a result as the daemon would.
-    mutating func runMethod(_ request: JSONRPCRequest) -> Result<[UInt8], CachedError> {
+    /// Decodes the params like the dispatcher, and makes a result of each kind the daemon writes (the
+    /// answer is then written by the daemon's own `writeResponse`, the hot `.hit` writer included).
+    mutating func runMethod(_ request: JSONRPCRequest) -> Result<MethodResult, CachedError> {
         guard let method = CachedMethod(rawValue: request.method) else {
-            return .failure(
-                CachedError(.methodNotFound, "Method not found: \(request.method)",
-                            data: .object(["methods": .array(CachedMethod.allCases.map { .string($0.rawValue) })])))
+            return .failure(.methodNotFound(request.method))
         }
         if !sameBytes(method.rawValue, request.method) { fail("method \(Array(request.method.utf8)) taken as \(method.rawValue)") }
-        let allowed: [String]
-        var result = ByteBuffer()
+        let result: MethodResult
         do throws(CachedError) {
             switch method {
             case .get:
-                allowed = ["key", "identity", "hashKey", "hashId", "args", "kwargs", "lease"]
                 let p = try GetParams(request.params)
                 checkAddress(p.address)
-                result.writeStaticString("{\"hit\":true,")
-                result.writeValueMember(ByteBuffer(string: p.address.storeKey))
-                result.writeStaticString(",\"args\":")
-                result.writeJSONValue(.array(p.arguments.args))
-                result.writeStaticString(",\"kwargs\":")
-                result.writeJSONValue(.object(p.arguments.kwargs))
-                result.writeStaticString("}")
+                if p.arguments.args.isEmpty && p.arguments.kwargs.isEmpty {
+                    result = .hit(EncodedValue(ByteBuffer(string: p.address.storeKey)))
+                } else {
+                    result = .json(.object(["args": .array(p.arguments.args), "kwargs": .object(p.arguments.kwargs)]))
+                }
             case .set:
-                allowed = ["key", "identity", "hashKey", "hashId", "value", "encoding", "ttl", "lease", "args", "kwargs"]
                 let p = try SetParams(request.params)
                 checkAddress(p.address)
                 if let ttl = p.ttl, !(ttl.isFinite && ttl >= 0 && ttl <= 1e9) { fail("ttl \(ttl) accepted") }
                 if let value = p.value {
                     checkValueMember(Array(value.readableBytesView))
-                    result.writeStaticString("{\"hit\":false,")
-                    result.writeValueMember(value)
-                    if let lease = p.lease {
-                        result.writeStaticString(",\"lease\":")
-                        result.writeJSONString(lease)
-                    }
-                    result.writeStaticString("}")
+                    result = .fill(value: value, lease: p.lease, cached: p.ttl == nil)
                 } else {
-                    result.writeStaticString("{\"stored\":true}")
+                    result = .stored(true)
                 }
             case .delete:
-                allowed = ["key", "identity", "hashKey", "hashId"]
                 let p = try DeleteParams(request.params)
                 checkAddress(p.address)
-                result.writeStaticString("{\"deleted\":1}")
-            case .release:
-                allowed = ["key", "identity", "hashKey", "hashId", "lease"]
-                let p = try ReleaseParams(request.params)
-                checkAddress(p.address)
-                result.writeStaticString("{\"released\":false}")
+                result = .deleted(1)
             case .deleteHash:
-                allowed = ["hashKey", "hashId"]
                 let p = try DeleteHashParams(request.params)
                 checkHash(p.hash)
-                result.writeStaticString("{\"deleted\":0}")
-            case .ping, .stats:
-                allowed = []
-                _ = try EmptyParams(request.params, method: method.rawValue)
-                result.writeStaticString("\"pong\"")
+                result = .deleted(0)
+            case .release:
+                let p = try ReleaseParams(request.params)
+                checkAddress(p.address)
+                result = .released(p.lease.utf8.count.isMultiple(of: 2))
+            case .ping:
+                _ = try PingParams(request.params)
+                result = .pong
+            case .stats:
+                _ = try StatsParams(request.params)
+                result = .storedRefused(request.method)
             }
         } catch {
             if error.code != .invalidParams { fail("params rejected with \(error.code), expected -32602") }
             return .failure(error)
         }
         // Accepted: every parameter given is one the method takes, spelled exactly.
+        let allowed = method.parameters.names
         if case .object(let members)? = request.params {
             for name in members.keys where !allowed.contains(where: { sameBytes($0, name) }) {
                 fail("\(method.rawValue) accepted unknown parameter \(Array(name.utf8))")
@@ -456,7 +440,7 @@ struct Checker {
         } else if request.params != nil {
             fail("\(method.rawValue) accepted non-object params")
         }
-        return .success(Array(result.readableBytesView))
+        return .success(result)
     }
 
     mutating func checkAddress(_ address: EntryAddress) {

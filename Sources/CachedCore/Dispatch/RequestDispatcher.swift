@@ -76,61 +76,38 @@ public final class RequestDispatcher: Sendable {
             }
     }
 
-    /// Runs a request. The future fails only with ``CachedError``.
+    /// Runs a request through its method's handler (``MethodRegistry``). The future fails only with ``CachedError``.
     public func dispatch(_ request: JSONRPCRequest, context: RequestContext) -> EventLoopFuture<MethodResult> {
-        let eventLoop = context.eventLoop
-        guard let method = CachedMethod(rawValue: request.method) else {
+        guard let method = CachedMethod(rawValue: request.method), let handler = MethodRegistry.byMethod[method] else {
             stats.record(method: request.method, key: nil, outcome: .error)
-            return eventLoop.makeFailedFuture(
-                CachedError(.methodNotFound, "Method not found: \(request.method)",
-                            data: .object(["methods": .array(CachedMethod.allCases.map { .string($0.rawValue) })])))
+            return context.eventLoop.makeFailedFuture(CachedError.methodNotFound(request.method))
         }
         do {
-            switch method {
-            case .get:
-                switch run(try GetParams(request.params), context: context) {
-                case .now(let result): return eventLoop.makeSucceededFuture(result)
-                case .later(let future): return future
-                }
-            case .set:
-                let params = try SetParams(request.params)
-                return set(params, context: context).counted(self, method: "set", key: params.address.key)
-            case .delete:
-                let params = try DeleteParams(request.params)
-                let entry = FillCoordinator.EntryKey(params.address)
-                coordinator.forgetAbsent(entry)
-                let wake = coordinator.writeStarted(entry, isDelete: true)
-                assert(wake.isEmpty, "a delete passes a lease on; it wakes nobody")
-                return store.delete(params.address, on: eventLoop)
-                    .always { _ in self.coordinator.writeFinished(entry) }
-                    .map { MethodResult.deleted($0) }
-                    .counted(self, method: "delete", key: params.address.key)
-            case .deleteHash:
-                let params = try DeleteHashParams(request.params)
-                let entries = coordinator.hashDeleteStarted(params.hash.storeKey)
-                return store.deleteHash(params.hash, on: eventLoop)
-                    .always { _ in self.coordinator.writesFinished(entries) }
-                    .map { MethodResult.deleted($0) }
-                    .counted(self, method: "deleteHash", key: params.hash.hashKey)
-            case .release:
-                let params = try ReleaseParams(request.params)
-                let released = coordinator.releaseLease(FillCoordinator.EntryKey(params.address), token: params.lease)
-                return eventLoop.makeSucceededFuture(MethodResult.released(released))
-                    .counted(self, method: "release", key: params.address.key)
-            case .ping:
-                _ = try EmptyParams(request.params, method: "ping")
-                stats.record(method: "ping", key: nil, outcome: .ok)
-                return eventLoop.makeSucceededFuture(.pong)
-            case .stats:
-                _ = try EmptyParams(request.params, method: "stats")
-                stats.record(method: "stats", key: nil, outcome: .ok)
-                return eventLoop.makeSucceededFuture(.json(statsSnapshot()))
-            }
+            return try handler.run(self, request.params, context: context)
         } catch {
-            // Only parameter validation throws here, and only CachedError.
+            // Only parameter validation throws.
             stats.record(method: request.method, key: nil, outcome: .error)
-            return eventLoop.makeFailedFuture(error)
+            return context.eventLoop.makeFailedFuture(error)
         }
+    }
+
+    // MARK: delete, deleteHash
+
+    func delete(_ params: DeleteParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
+        let entry = FillCoordinator.EntryKey(params.address)
+        coordinator.forgetAbsent(entry)
+        let wake = coordinator.writeStarted(entry, isDelete: true)
+        assert(wake.isEmpty, "a delete passes a lease on; it wakes nobody")
+        return store.delete(params.address, on: context.eventLoop)
+            .always { _ in self.coordinator.writeFinished(entry) }
+            .map { MethodResult.deleted($0) }
+    }
+
+    func deleteHash(_ params: DeleteHashParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
+        let entries = coordinator.hashDeleteStarted(params.hash.storeKey)
+        return store.deleteHash(params.hash, on: context.eventLoop)
+            .always { _ in self.coordinator.writesFinished(entries) }
+            .map { MethodResult.deleted($0) }
     }
 
     func statsSnapshot() -> JSONValue {
@@ -297,7 +274,7 @@ public final class RequestDispatcher: Sendable {
 
     // MARK: set
 
-    private func set(_ params: SetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
+    func set(_ params: SetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
         let eventLoop = context.eventLoop
         let address = params.address
         let keyConfig = currentConfiguration.key(address.key)

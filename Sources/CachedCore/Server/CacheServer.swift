@@ -109,9 +109,7 @@ public final class CacheServer: Sendable {
                     logger.warning("connection refused: limit reached", metadata: ["limit": "\(limits.maxConnections)"])
                     return Self.refuse(
                         channel,
-                        CachedError(
-                            .limitExceeded, "Too many connections (limit \(limits.maxConnections))",
-                            data: .object(["limit": .string("max_connections"), "value": .number(String(limits.maxConnections))])))
+                        .limitExceeded("Too many connections (limit \(limits.maxConnections))", limit: "max_connections", value: limits.maxConnections))
                 }
                 let policy = AccessPolicy(configuration: dispatcher.currentConfiguration)
                 let serve: @Sendable () -> EventLoopFuture<Void> = {

@@ -20,8 +20,6 @@ final class ConnectionDeadlineHandler: ChannelDuplexHandler {
     private var partialSince: NIODeadline?
     private var lastActivity = NIODeadline.now()
     private var timer: RepeatedTask?
-    /// Writes seen going out: answers mean the connection is in use even if it sends nothing.
-    private var answered = false
 
     init(lineTimeout: TimeAmount?, idleTimeout: TimeAmount?, logger: Logger) {
         self.lineTimeout = lineTimeout
@@ -79,9 +77,7 @@ final class ConnectionDeadlineHandler: ChannelDuplexHandler {
             var buffer = context.channel.allocator.buffer(capacity: 160)
             buffer.writeJSONRPCError(
                 id: .null,
-                CachedError(
-                    .limitExceeded, "Request line not completed within \(seconds) s",
-                    data: .object(["limit": .string("line_timeout"), "value": .number(String(seconds))])))
+                .limitExceeded("Request line not completed within \(seconds) s", limit: "line_timeout", value: seconds))
             buffer.writeInteger(UInt8(ascii: "\n"))
             partialSince = nil
             timer?.cancel()

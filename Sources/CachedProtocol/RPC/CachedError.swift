@@ -58,4 +58,19 @@ public struct CachedError: Error, Sendable, Hashable, CustomStringConvertible {
 
 extension CachedError {
     public static func invalidParams(_ message: String) -> CachedError { CachedError(.invalidParams, message) }
+
+    /// -32001 for a limit the request or connection went over: `data` names the setting and its value.
+    public static func limitExceeded(_ message: String, limit: String, value: some Numeric & CustomStringConvertible) -> CachedError {
+        CachedError(.limitExceeded, message, data: .object(["limit": .string(limit), "value": .number(value.description)]))
+    }
+
+    /// -32001 for a line longer than `max_line_bytes`.
+    public static func lineTooLong(maxLineBytes: Int) -> CachedError {
+        .limitExceeded("Line longer than \(maxLineBytes) bytes", limit: "max_line_bytes", value: maxLineBytes)
+    }
+
+    /// -32601 for an unknown method; `data.methods` lists the methods there are.
+    public static func methodNotFound(_ method: String) -> CachedError {
+        CachedError(.methodNotFound, "Method not found: \(method)", data: .object(["methods": .array(CachedMethod.allCases.map { .string($0.rawValue) })]))
+    }
 }

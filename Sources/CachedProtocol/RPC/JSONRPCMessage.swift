@@ -44,10 +44,7 @@ extension JSONRPCMessage {
         } catch {
             switch error.kind {
             case .tooDeep:
-                return .unparseable(
-                    CachedError(
-                        .limitExceeded, "Nesting deeper than \(maxDepth) levels",
-                        data: .object(["limit": .string("max_depth"), "value": .number(String(maxDepth))])))
+                return .unparseable(.limitExceeded("Nesting deeper than \(maxDepth) levels", limit: "max_depth", value: maxDepth))
             case .duplicateMember:
                 return .unparseable(CachedError(.invalidRequest, "Invalid Request: \(error)"))
             case .syntax, .invalidUTF8, .loneSurrogate:
@@ -60,10 +57,7 @@ extension JSONRPCMessage {
                 return .unparseable(CachedError(.invalidRequest, "Invalid Request: empty batch"))
             }
             if elements.count > maxBatch {
-                return .unparseable(
-                    CachedError(
-                        .limitExceeded, "Batch larger than \(maxBatch) requests",
-                        data: .object(["limit": .string("max_batch"), "value": .number(String(maxBatch))])))
+                return .unparseable(.limitExceeded("Batch larger than \(maxBatch) requests", limit: "max_batch", value: maxBatch))
             }
             return .batch(elements.map(entry(from:)))
         default:

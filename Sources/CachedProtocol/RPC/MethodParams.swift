@@ -1,6 +1,7 @@
 import NIOCore
 
-/// The methods of the client protocol (see `docs/protocol.md`).
+/// The methods of the client protocol (see `docs/protocol.md`). Each has a ``MethodParameters`` type
+/// (``parameters``); the daemon registers how each runs in its method registry.
 public enum CachedMethod: String, Sendable, CaseIterable {
     case get
     case set
@@ -9,6 +10,36 @@ public enum CachedMethod: String, Sendable, CaseIterable {
     case release
     case ping
     case stats
+}
+
+extension CachedMethod {
+    /// The parameters model of this method.
+    public var parameters: any MethodParameters.Type {
+        switch self {
+        case .get: GetParams.self
+        case .set: SetParams.self
+        case .delete: DeleteParams.self
+        case .deleteHash: DeleteHashParams.self
+        case .release: ReleaseParams.self
+        case .ping: PingParams.self
+        case .stats: StatsParams.self
+        }
+    }
+}
+
+/// The parameters of one method: the names it takes and how they are read and validated.
+public protocol MethodParameters: Sendable {
+    /// The method they belong to.
+    static var method: CachedMethod { get }
+    /// Every parameter name the method accepts (anything else is -32602).
+    static var names: [String] { get }
+    /// Reads and validates a request's `params`; -32602 for anything missing, mistyped or unknown.
+    init(_ params: JSONValue?) throws(CachedError)
+}
+
+extension MethodParameters {
+    /// The names of an entry's address: `key`, `identity`, `hashKey`, `hashId`.
+    public static var addressNames: [String] { ["key", "identity", "hashKey", "hashId"] }
 }
 
 // MARK: - Entry addressing
@@ -69,7 +100,10 @@ public struct HandlerArguments: Sendable, Hashable {
 // MARK: - Params of each method
 
 /// `get {key, identity, hashKey?, hashId?, args?, kwargs?, lease?}`.
-public struct GetParams: Sendable, Hashable {
+public struct GetParams: MethodParameters, Hashable {
+    public static var method: CachedMethod { .get }
+    public static var names: [String] { addressNames + ["args", "kwargs", "lease"] }
+
     public var address: EntryAddress
     public var arguments: HandlerArguments
     /// False: a miss on a key without a handler is answered at once, never with a lease, never after
@@ -93,7 +127,10 @@ public struct GetParams: Sendable, Hashable {
 }
 
 /// `set {key, identity, hashKey?, hashId?, value, encoding?, ttl?}`.
-public struct SetParams: Sendable, Hashable {
+public struct SetParams: MethodParameters, Hashable {
+    public static var method: CachedMethod { .set }
+    public static var names: [String] { addressNames + ["value", "encoding", "ttl", "lease", "args", "kwargs"] }
+
     public var address: EntryAddress
     /// The value's bytes; nil asks the daemon to fill it from the key's handler.
     public var value: ByteBuffer?
@@ -128,7 +165,10 @@ public struct SetParams: Sendable, Hashable {
 }
 
 /// `delete {key, identity, hashKey?, hashId?}`.
-public struct DeleteParams: Sendable, Hashable {
+public struct DeleteParams: MethodParameters, Hashable {
+    public static var method: CachedMethod { .delete }
+    public static var names: [String] { addressNames }
+
     public var address: EntryAddress
 
     public init(_ params: JSONValue?) throws(CachedError) {
@@ -139,7 +179,10 @@ public struct DeleteParams: Sendable, Hashable {
 }
 
 /// `release {key, identity, hashKey?, hashId?, lease}`: gives a lease back.
-public struct ReleaseParams: Sendable, Hashable {
+public struct ReleaseParams: MethodParameters, Hashable {
+    public static var method: CachedMethod { .release }
+    public static var names: [String] { addressNames + ["lease"] }
+
     public var address: EntryAddress
     public var lease: String
 
@@ -152,7 +195,10 @@ public struct ReleaseParams: Sendable, Hashable {
 }
 
 /// `deleteHash {hashKey, hashId}`.
-public struct DeleteHashParams: Sendable, Hashable {
+public struct DeleteHashParams: MethodParameters, Hashable {
+    public static var method: CachedMethod { .deleteHash }
+    public static var names: [String] { ["hashKey", "hashId"] }
+
     public var hash: HashAddress
 
     public init(_ params: JSONValue?) throws(CachedError) {
@@ -163,6 +209,20 @@ public struct DeleteHashParams: Sendable, Hashable {
         self.hash = hash
         try reader.finish()
     }
+}
+
+/// `ping` (no parameters).
+public struct PingParams: MethodParameters, Hashable {
+    public static var method: CachedMethod { .ping }
+    public static var names: [String] { [] }
+    public init(_ params: JSONValue?) throws(CachedError) { _ = try EmptyParams(params, method: "ping") }
+}
+
+/// `stats` (no parameters).
+public struct StatsParams: MethodParameters, Hashable {
+    public static var method: CachedMethod { .stats }
+    public static var names: [String] { [] }
+    public init(_ params: JSONValue?) throws(CachedError) { _ = try EmptyParams(params, method: "stats") }
 }
 
 /// Methods without parameters (`ping`, `stats`).

@@ -1,4 +1,3 @@
-import CachedProtocol
 import NIOCore
 
 /// The result of a method, written into the answer without an intermediate JSON tree.

@@ -1,0 +1,65 @@
+import CachedProtocol
+import NIOCore
+
+/// One method of the client protocol as the dispatcher runs it: its parameters model (which reads and
+/// validates `params`, and names what the method takes) and what it does.
+///
+/// Adding a method is one entry in ``MethodRegistry/all``, a case of `CachedMethod` with its
+/// `MethodParameters` type and `MethodResult` answer (in `CachedProtocol`), plus its docs and client calls.
+struct MethodHandler: Sendable {
+    let method: CachedMethod
+    private let body: @Sendable (RequestDispatcher, JSONValue?, RequestContext) throws(CachedError) -> EventLoopFuture<MethodResult>
+
+    /// - Parameter run: runs the validated request; its future fails only with ``CachedError``.
+    init<Parameters: MethodParameters>(
+        _ parameters: Parameters.Type,
+        run: @escaping @Sendable (RequestDispatcher, Parameters, RequestContext) -> EventLoopFuture<MethodResult>
+    ) {
+        method = Parameters.method
+        body = { dispatcher, params, context throws(CachedError) in
+            try run(dispatcher, Parameters(params), context)
+        }
+    }
+
+    /// Reads the params (a -32602 is thrown) and runs the request.
+    func run(_ dispatcher: RequestDispatcher, _ params: JSONValue?, context: RequestContext) throws(CachedError) -> EventLoopFuture<MethodResult> {
+        try body(dispatcher, params, context)
+    }
+}
+
+/// Every method the daemon serves, in one place.
+enum MethodRegistry {
+    static let all: [MethodHandler] = [
+        MethodHandler(GetParams.self) { dispatcher, params, context in
+            switch dispatcher.run(params, context: context) {
+            case .now(let result): return context.eventLoop.makeSucceededFuture(result)
+            case .later(let future): return future
+            }
+        },
+        MethodHandler(SetParams.self) { dispatcher, params, context in
+            dispatcher.set(params, context: context).counted(dispatcher, method: "set", key: params.address.key)
+        },
+        MethodHandler(DeleteParams.self) { dispatcher, params, context in
+            dispatcher.delete(params, context: context).counted(dispatcher, method: "delete", key: params.address.key)
+        },
+        MethodHandler(DeleteHashParams.self) { dispatcher, params, context in
+            dispatcher.deleteHash(params, context: context).counted(dispatcher, method: "deleteHash", key: params.hash.hashKey)
+        },
+        MethodHandler(ReleaseParams.self) { dispatcher, params, context in
+            let released = dispatcher.coordinator.releaseLease(FillCoordinator.EntryKey(params.address), token: params.lease)
+            return context.eventLoop.makeSucceededFuture(MethodResult.released(released))
+                .counted(dispatcher, method: "release", key: params.address.key)
+        },
+        MethodHandler(PingParams.self) { dispatcher, _, context in
+            dispatcher.stats.record(method: "ping", key: nil, outcome: .ok)
+            return context.eventLoop.makeSucceededFuture(.pong)
+        },
+        MethodHandler(StatsParams.self) { dispatcher, _, context in
+            dispatcher.stats.record(method: "stats", key: nil, outcome: .ok)
+            return context.eventLoop.makeSucceededFuture(.json(dispatcher.statsSnapshot()))
+        },
+    ]
+
+    /// The handlers by method name (names are matched as `CachedMethod` matches them).
+    static let byMethod: [CachedMethod: MethodHandler] = Dictionary(uniqueKeysWithValues: all.map { ($0.method, $0) })
+}
