@@ -129,14 +129,7 @@ struct ClientConnectionHandlerTests {
         return channel
     }
 
-    func lines(_ channel: EmbeddedChannel) throws -> [String] {
-        channel.embeddedEventLoop.run()
-        var out: [String] = []
-        while let b = try channel.readOutbound(as: ByteBuffer.self) {
-            out += String(buffer: b).split(separator: "\n").map(String.init)
-        }
-        return out
-    }
+    func lines(_ channel: EmbeddedChannel) throws -> [String] { try channel.answerLines() }
 
     @Test func answersEachLine() throws {
         let channel = try makeChannel()

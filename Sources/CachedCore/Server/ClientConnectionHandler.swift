@@ -8,7 +8,8 @@ import NIOCore
 ///
 /// Requests run concurrently and are answered as they complete (clients match answers by id). When a
 /// connection has `maxInFlight` unanswered requests, reading stops until some are answered, so a
-/// pipelining client is throttled by TCP-style backpressure instead of buffered without bound.
+/// pipelining client is throttled by TCP-style backpressure instead of buffered without bound. Those
+/// decisions, and when the connection closes, are ``ClientConnectionStateMachine``'s; this type does the I/O.
 final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -21,11 +22,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     // The handler is confined to its event loop and never hands these fields out `inout` across a call
     // that could reach them again, so their accesses need no run-time exclusivity checks (callgrind
     // showed the checks at about a sixth of the instructions of a get hit).
-    @exclusivity(unchecked) private var inFlight = 0
-    private var readSuppressed = false
-    private var inputClosed = false
-    private var quiescing = false
-    @exclusivity(unchecked) private var closing = false
+    @exclusivity(unchecked) private var machine: ClientConnectionStateMachine
     package var flushScheduled = false
     /// Between channelRead and channelReadComplete: answers written then go into `batchOutput`.
     @exclusivity(unchecked) private var reading = false
@@ -34,9 +31,6 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     private let connectionID: ConnectionID
     /// Splits the received bytes into request lines.
     @exclusivity(unchecked) private var framer: RequestLineFramer
-    /// Ids of requests being run (by sequence number), to answer them -32007 if the drain deadline passes.
-    private var pendingIDs: [UInt64: [JSONRPCID]] = [:]
-    private var sequence: UInt64 = 0
 
     private static let nextConnectionID = ManagedAtomic<UInt64>(1)
 
@@ -46,6 +40,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
         self.logger = logger
         self.connectionID = ConnectionID(Self.nextConnectionID.loadThenWrappingIncrement(ordering: .relaxed))
         self.framer = RequestLineFramer(maxLineBytes: limits.maxLineBytes)
+        self.machine = ClientConnectionStateMachine(maxInFlight: limits.maxInFlight)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -62,10 +57,10 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !closing else { return }
+        guard !machine.isClosing else { return }
         reading = true
         framer.append(unwrapInboundIn(data))
-        while !closing {
+        while !machine.isClosing {
             switch framer.next() {
             case .line(let line):
                 handleLine(line, context: context)
@@ -123,10 +118,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         future.hop(to: context.eventLoop).whenComplete { result in
             let (handler, context) = loopBound.value
-            if let id, handler.pendingIDs[seq] != nil {
-                handler.writeLine(context: context) { $0.writeResponse(id: id, result.mapCachedError()) }
+            handler.finished(context: context, seq: seq) { handler in
+                if let id { handler.writeLine(context: context) { $0.writeResponse(id: id, result.mapCachedError()) } }
             }
-            handler.finished(context: context, seq: seq)
         }
     }
 
@@ -156,7 +150,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
         EventLoopFuture.whenAllSucceed(futures, on: context.eventLoop).whenSuccess { answers in
             let (handler, context) = loopBound.value
             let answered = answers.compactMap { answer in answer.0.map { ($0, answer.1) } }
-            if !answered.isEmpty, handler.pendingIDs[seq] != nil {  // a batch of notifications only gets no line at all
+            handler.finished(context: context, seq: seq) { handler in
+                guard !answered.isEmpty else { return }  // a batch of notifications only gets no line at all
                 handler.writeLine(context: context) { buffer in
                     buffer.writeInteger(UInt8(ascii: "["))
                     for (i, (id, result)) in answered.enumerated() {
@@ -166,7 +161,6 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
                     buffer.writeInteger(UInt8(ascii: "]"))
                 }
             }
-            handler.finished(context: context, seq: seq)
         }
     }
 
@@ -178,27 +172,27 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
             sendBatch(context: context)
             if framer.unterminatedBytes > 0 {
                 logger.debug("connection closed in the middle of a line", metadata: ["bytes": "\(framer.unterminatedBytes)"])
-                closeNow(context: context, flushFirst: false)
-                return
             }
-            inputClosed = true
-            closeIfIdle(context: context)
+            perform(machine.inputClosed(unterminatedBytes: framer.unterminatedBytes > 0), context: context)
             return
         }
         if event is ChannelShouldQuiesceEvent {
-            quiescing = true
-            closeIfIdle(context: context)
+            perform(machine.quiesce(), context: context)
             return
         }
         if event is DrainDeadlineEvent {
             // Shutdown's drain deadline passed: answer what is still running, then close.
             let error = CachedError(.shuttingDown, "The daemon is shutting down; the request was not completed")
-            let ids = pendingIDs.values.flatMap { $0 }
-            pendingIDs.removeAll()
-            for id in ids {
-                writeLine(context: context) { $0.writeJSONRPCError(id: id, error) }
+            let (ids, action) = machine.drainDeadline()
+            if !ids.isEmpty, context.channel.isActive {
+                var buffer = context.channel.allocator.buffer(capacity: 128 * ids.count)
+                for id in ids {
+                    buffer.writeJSONRPCError(id: id, error)
+                    buffer.writeInteger(UInt8(ascii: "\n"))
+                }
+                context.write(wrapOutboundOut(buffer), promise: nil)
             }
-            closeNow(context: context, flushFirst: true)
+            perform(action, context: context)  // closes after flushing these answers
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -208,23 +202,21 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
         if error is ByteToMessageDecoderError.PayloadTooLargeError {
             dispatcher.stats.oversizedLine()
             logger.notice("closing a connection that sent a line over the limit", metadata: ["limit": "\(limits.maxLineBytes)"])
-            let error = CachedError(
-                .limitExceeded, "Line longer than \(limits.maxLineBytes) bytes",
-                data: .object(["limit": .string("max_line_bytes"), "value": .number(String(limits.maxLineBytes))]))
+            let error = CachedError.lineTooLong(maxLineBytes: limits.maxLineBytes)
             writeLine(context: context) { $0.writeJSONRPCError(id: .null, error) }
-            closeNow(context: context, flushFirst: true)
+            perform(machine.fail(flushFirst: true), context: context)
             return
         }
         // Connection reset, or bytes left without a newline at EOF: nothing to answer.
         logger.debug("connection error", metadata: ["error": "\(error)"])
-        closeNow(context: context, flushFirst: false)
+        perform(machine.fail(flushFirst: false), context: context)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if !context.channel.isWritable && !closing {
+        if !context.channel.isWritable && !machine.isClosing {
             // Past the high-water mark: a client that does not read its answers is dropped rather than buffered for.
             logger.notice("closing a connection whose unread answers passed the output limit", metadata: ["limit": "\(limits.maxOutputBytes)"])
-            closeNow(context: context, flushFirst: false)
+            perform(machine.fail(flushFirst: false), context: context)
         }
         context.fireChannelWritabilityChanged()
     }
@@ -232,45 +224,36 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     // MARK: Outbound
 
     func read(context: ChannelHandlerContext) {
-        if inFlight >= limits.maxInFlight || quiescing || closing {
-            readSuppressed = true
-            return
-        }
-        context.read()
+        if machine.readRequested() { context.read() }
     }
 
     // MARK: Flow control
 
     private func started(context: ChannelHandlerContext, ids: [JSONRPCID]) -> UInt64 {
-        inFlight += 1
-        sequence &+= 1
-        pendingIDs[sequence] = ids
-        return sequence
+        machine.requestStarted(ids: ids)
     }
 
-    private func finished(context: ChannelHandlerContext, seq: UInt64) {
-        inFlight -= 1
-        pendingIDs[seq] = nil
-        if readSuppressed && inFlight < limits.maxInFlight && !quiescing && !closing {
-            readSuppressed = false
-            context.read()
-        }
-        closeIfIdle(context: context)
+    /// A request ended: `answer` writes its answer unless the drain deadline answered it already; then
+    /// the state machine says whether reading resumes or the connection closes.
+    private func finished(context: ChannelHandlerContext, seq: UInt64, answer: (ClientConnectionHandler) -> Void) {
+        if machine.answerReady(seq) { answer(self) }
+        perform(machine.requestFinished(), context: context)
     }
 
-    private func closeIfIdle(context: ChannelHandlerContext) {
-        if (inputClosed || quiescing) && inFlight == 0 {
-            closeNow(context: context, flushFirst: true)
+    private func perform(_ action: ClientConnectionStateMachine.Action, context: ChannelHandlerContext) {
+        switch action {
+        case .none: break
+        case .read: context.read()
+        case .close(let flushFirst): close(context: context, flushFirst: flushFirst)
         }
     }
 
-    private func closeNow(context: ChannelHandlerContext, flushFirst: Bool) {
-        guard !closing else { return }
+    /// Closes the connection (the state machine is already closing: nothing more is written).
+    private func close(context: ChannelHandlerContext, flushFirst: Bool) {
         if flushFirst, let batch = batchOutput {
             context.write(wrapOutboundOut(batch), promise: nil)
         }
         batchOutput = nil
-        closing = true
         if flushFirst {
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
             context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).whenComplete { _ in
@@ -282,7 +265,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     }
 
     private func writeLine(context: ChannelHandlerContext, _ body: (inout ByteBuffer) -> Void) {
-        guard !closing else { return }
+        guard !machine.isClosing else { return }
         if reading {
             // Appended to this read batch's answers: one buffer, one write and one flush for all of them
             // (`sendBatch` checks that the channel is still active).
@@ -296,7 +279,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
         var buffer = context.channel.allocator.buffer(capacity: 256)
         body(&buffer)
         buffer.writeInteger(UInt8(ascii: "\n"))
-        if inFlight <= 1 && !flushScheduled {
+        if machine.inFlight <= 1 && !flushScheduled {
             // The connection's only request: no other answer can join this flush, so send it now (a fill
             // answering a thousand waiters then starts delivering at the first, not after the last).
             context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
@@ -310,7 +293,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     private func sendBatch(context: ChannelHandlerContext) {
         guard let batch = batchOutput else { return }
         batchOutput = nil
-        guard context.channel.isActive, !closing else { return }
+        guard context.channel.isActive, !machine.isClosing else { return }
         context.writeAndFlush(wrapOutboundOut(batch), promise: nil)
     }
 }
@@ -319,28 +302,4 @@ extension Result where Success == MethodResult {
     func mapCachedError() -> Result<MethodResult, CachedError> {
         mapError { ($0 as? CachedError) ?? CachedError(.internalError, "Internal error") }
     }
-}
-
-/// Sent to every connection when shutdown's drain deadline passes.
-struct DrainDeadlineEvent: Sendable {}
-
-/// Answers a connection over the limit with one error line, then closes it.
-final class RefuseConnectionHandler: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-    let error: CachedError
-
-    init(error: CachedError) { self.error = error }
-
-    func channelActive(context: ChannelHandlerContext) {
-        var buffer = context.channel.allocator.buffer(capacity: 128)
-        buffer.writeJSONRPCError(id: .null, error)
-        buffer.writeInteger(UInt8(ascii: "\n"))
-        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in
-            loopBound.value.close(promise: nil)
-        }
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 }
