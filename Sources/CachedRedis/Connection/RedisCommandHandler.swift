@@ -21,22 +21,15 @@ public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHa
     private var stateMachine = RedisCommandStateMachine<EventLoopPromise<RedisReply>>()
     private let commandTimeout: TimeAmount
     package var flushScheduled = false
-    private var timeoutTask: RepeatedTask?
+    /// Set for the oldest command's deadline while commands wait; a timer that finds the oldest command
+    /// answered is set again for the next one (no polling).
+    private var timeoutTask: Scheduled<Void>?
 
     public init(commandTimeout: TimeAmount) {
         self.commandTimeout = commandTimeout
     }
 
     // MARK: Lifecycle
-
-    public func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { startTimer(context: context) }
-    }
-
-    public func channelActive(context: ChannelHandlerContext) {
-        startTimer(context: context)
-        context.fireChannelActive()
-    }
 
     public func channelInactive(context: ChannelHandlerContext) {
         timeoutTask?.cancel()
@@ -53,12 +46,12 @@ public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHa
         context.close(promise: nil)
     }
 
-    private func startTimer(context: ChannelHandlerContext) {
-        guard timeoutTask == nil else { return }
-        let interval = TimeAmount.nanoseconds(max(5_000_000, commandTimeout.nanoseconds / 10))
+    private func armTimer(context: ChannelHandlerContext) {
+        guard timeoutTask == nil, let deadline = stateMachine.oldestDeadline else { return }
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        timeoutTask = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+        timeoutTask = context.eventLoop.scheduleTask(deadline: deadline) {
             let (handler, context) = loopBound.value
+            handler.timeoutTask = nil
             handler.checkTimeouts(context: context)
         }
     }
@@ -66,7 +59,7 @@ public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHa
     private func checkTimeouts(context: ChannelHandlerContext) {
         switch stateMachine.checkTimeouts(now: .now()) {
         case .none:
-            break
+            armTimer(context: context)  // the oldest command was answered: wait for the next one's deadline
         case .failAllAndClose(let promises, let error):
             for promise in promises { promise.fail(error) }
             context.close(promise: nil)
@@ -83,6 +76,7 @@ public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHa
         case .write:
             context.write(wrapOutboundOut(request.command.encoded), promise: nil)
             scheduleFlush(context: context)
+            armTimer(context: context)
         case .fail(let error):
             request.promise.fail(error)
         }

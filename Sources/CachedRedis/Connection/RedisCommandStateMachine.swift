@@ -19,6 +19,12 @@ public struct RedisCommandStateMachine<Promise> {
 
     public init() {}
 
+    /// The deadline of the oldest command waiting for a reply (the next one that can time out).
+    public var oldestDeadline: NIODeadline? {
+        if case .active(let pending) = state { return pending.first?.deadline }
+        return nil
+    }
+
     /// The number of commands waiting for a reply.
     public var pendingCount: Int {
         if case .active(let pending) = state { return pending.count }
