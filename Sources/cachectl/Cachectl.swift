@@ -33,15 +33,27 @@ struct Cachectl: AsyncParsableCommand {
 
 /// Options of every subcommand.
 struct GlobalOptions: ParsableArguments {
-    @Option(name: .long, help: "The daemon's socket (default: $CACHED_SOCKET or /run/cached/cached.sock).")
+    @Option(name: .long, help: "The daemon's socket (default: $CACHED_SOCKET, else /run/cached/cached.sock, else run/cached.sock as `make run` serves it from the repository).")
     var socket: String?
+
+    /// `--socket`, else `$CACHED_SOCKET`, else the system socket, else `make run`'s socket in the current directory.
+    var socketPath: String {
+        if let socket { return socket }
+        if ProcessInfo.processInfo.environment["CACHED_SOCKET"] == nil,
+            !FileManager.default.fileExists(atPath: CachedClient.defaultSocketPath),
+            FileManager.default.fileExists(atPath: "run/cached.sock")
+        {
+            return "run/cached.sock"
+        }
+        return CachedClient.defaultSocketPath
+    }
 
     @Flag(name: .long, help: "Print the raw JSON result object (for jq).")
     var json = false
 
     /// Runs `body` with a connected client, mapping failures to exit statuses.
     func run(_ body: (CachedClient) async throws -> Void) async throws {
-        let client = CachedClient(socketPath: socket ?? CachedClient.defaultSocketPath)
+        let client = CachedClient(socketPath: socketPath)
         do {
             try await body(client)
             await client.close()
