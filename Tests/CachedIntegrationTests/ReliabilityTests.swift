@@ -142,7 +142,14 @@ struct HostileInputTests {
         var served = 0
         for (i, c) in clients.enumerated() {
             // Generous: on a loaded 2-core machine 10,000 answers can take a while; a lost answer still fails.
-            let answer = try c.readJSON(timeout: 30)
+            let answer: JSONValue
+            do {
+                answer = try c.readJSON(timeout: 30)
+            } catch {
+                let stats = try? daemon.client().call("stats")["result"]?["connections"]
+                Issue.record("client \(i) got no answer (\(error)); daemon connections \(String(describing: stats)); log tail: \(daemon.log().suffix(1500))")
+                throw error
+            }
             if answer["id"] == .number(String(i)), answer["result"] == .string("pong") { served += 1 }
         }
         #expect(served == 10_000)
