@@ -31,35 +31,38 @@ public struct Daemon: Sendable {
 
     /// Builds the store the configuration asks for.
     static func makeStore(_ configuration: DaemonConfiguration, group: any EventLoopGroup, logger: Logger) throws -> any CacheStore {
-        guard let url = configuration.redisURL else {
-            return EmbeddedStore(maxBytes: configuration.embedded.maxBytes)
+        let settings = configuration.startup
+        switch settings.store {
+        case .embedded:
+            return EmbeddedStore(maxBytes: settings.embedded.maxBytes)
+        case .redis(let url):
+            var redis = try RedisConfiguration(url: url)
+            redis.poolSize = settings.redis.poolSize
+            redis.connectTimeout = TimeAmount(settings.redis.connectTimeout)
+            redis.commandTimeout = TimeAmount(settings.redis.commandTimeout)
+            redis.maximumReconnectDelay = TimeAmount(settings.redis.reconnectMaxDelay)
+            let pool = RedisConnectionPool(configuration: redis, group: group, logger: logger)
+            guard settings.localCache.maxBytes > 0, settings.localCache.maxAge > .zero else {
+                return RedisCacheStore(pool: pool)
+            }
+            let local = LocalCache(maxBytes: settings.localCache.maxBytes, maxAge: TimeAmount(settings.localCache.maxAge))
+            return RedisCacheStore(pool: pool, localCache: local, listenerLoop: group.next(), logger: logger)
         }
-        var redis = try RedisConfiguration(url: url)
-        redis.poolSize = configuration.redis.poolSize
-        redis.connectTimeout = .nanoseconds(Int64(configuration.redis.connectTimeout * 1e9))
-        redis.commandTimeout = .nanoseconds(Int64(configuration.redis.commandTimeout * 1e9))
-        redis.maximumReconnectDelay = .nanoseconds(Int64(configuration.redis.reconnectMaxDelay * 1e9))
-        let pool = RedisConnectionPool(configuration: redis, group: group, logger: logger)
-        guard configuration.localCache.maxBytes > 0, configuration.localCache.maxAge > 0 else {
-            return RedisCacheStore(pool: pool)
-        }
-        let local = LocalCache(maxBytes: configuration.localCache.maxBytes, maxAge: configuration.localCache.maxAge)
-        return RedisCacheStore(pool: pool, localCache: local, listenerLoop: group.next(), logger: logger)
     }
 
     /// Runs until a graceful shutdown signal, then drains and stops. A second signal stops at once.
+    ///
+    /// The process must ignore SIGPIPE (the `cached` executable does at start-up).
     public func run() async throws {
-        // Writes to a worker that has exited must fail with EPIPE, not kill the daemon.
-        signal(SIGPIPE, SIG_IGN)
         // By default one event loop per two cores: cached shares its host with its clients and Redis.
-        let threads = configuration.threads > 0 ? configuration.threads : max(1, System.coreCount / 2)
+        let threads = configuration.startup.threads > 0 ? configuration.startup.threads : max(1, System.coreCount / 2)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         // Adopt systemd's socket first: this also clears LISTEN_* so worker processes do not inherit them.
         let listener: CacheServer.Listener
         if let fd = try Systemd.adoptListeningSocket() {
             listener = .adopted(fd)
         } else {
-            listener = .path(configuration.socketPath)
+            listener = .path(configuration.startup.socketPath)
         }
         let store = try Self.makeStore(configuration, group: group, logger: logger)
         let handlers = HandlerRegistry(factory: handlerFactory)
@@ -98,7 +101,7 @@ public struct Daemon: Sendable {
         defer { secondSignal.cancel() }
         logger.info(
             "starting cached",
-            metadata: ["store": "\(configuration.redisURL == nil ? "embedded" : "redis")", "threads": "\(threads)"])
+            metadata: ["store": "\(configuration.startup.store.name)", "threads": "\(threads)"])
         do {
             try await serviceGroup.run()
         } catch {
@@ -157,14 +160,11 @@ struct ReloadService: Service {
                 let new = try reload()
                 let old = dispatcher.currentConfiguration
                 var applied = old
-                applied.keys = new.keys
-                applied.allowUIDs = new.allowUIDs
-                applied.allowGroups = new.allowGroups
-                applied.shutdownTimeout = new.shutdownTimeout
+                applied.live = new.live  // the whole live group; the startup group waits for a restart
                 let fixed = Self.notLive(old: old, new: new)
                 dispatcher.updateConfiguration(applied)
                 await handlers.apply(applied)
-                logger.info("configuration reloaded", metadata: ["keys": "\(applied.keys.keys.sorted())"])
+                logger.info("configuration reloaded", metadata: ["keys": "\(applied.live.keys.keys.sorted())"])
                 if !fixed.isEmpty {
                     logger.warning("these settings changed but need a restart to take effect", metadata: ["settings": "\(fixed)"])
                 }
@@ -175,19 +175,23 @@ struct ReloadService: Service {
         }
     }
 
+    /// The startup settings a reload changed (they need a restart), by their names in the file.
     static func notLive(old: DaemonConfiguration, new: DaemonConfiguration) -> [String] {
+        let (o, n) = (old.startup, new.startup)
+        guard o != n else { return [] }
         var changed: [String] = []
-        if old.socketPath != new.socketPath { changed.append("socket") }
-        if old.socketMode != new.socketMode { changed.append("socket_mode") }
-        if old.socketGroup != new.socketGroup { changed.append("socket_group") }
-        if old.redisURL != new.redisURL { changed.append("redis") }
-        if old.redis != new.redis { changed.append("redis_options") }
-        if old.threads != new.threads { changed.append("threads") }
-        if old.limits != new.limits { changed.append("limits") }
-        if old.embedded != new.embedded { changed.append("embedded") }
-        if old.localCache != new.localCache { changed.append("local_cache") }
-        if old.logLevel != new.logLevel { changed.append("log_level") }
-        return changed
+        if o.socketPath != n.socketPath { changed.append("socket") }
+        if o.socketMode != n.socketMode { changed.append("socket_mode") }
+        if o.socketGroup != n.socketGroup { changed.append("socket_group") }
+        if o.store != n.store { changed.append("redis") }
+        if o.redis != n.redis { changed.append("redis_options") }
+        if o.threads != n.threads { changed.append("threads") }
+        if o.limits != n.limits { changed.append("limits") }
+        if o.embedded != n.embedded { changed.append("embedded") }
+        if o.localCache != n.localCache { changed.append("local_cache") }
+        if o.logLevel != n.logLevel { changed.append("log_level") }
+        // A setting added to `Startup` without a name here is still reported, never silently ignored.
+        return changed.isEmpty ? ["(startup settings)"] : changed
     }
 }
 

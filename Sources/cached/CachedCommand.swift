@@ -41,25 +41,27 @@ struct CachedCommand: AsyncParsableCommand {
                 throw ValidationError("\(config): \(error)")
             }
         }
-        if let socket { configuration.socketPath = socket }
-        if let redis { configuration.redisURL = redis.isEmpty ? nil : redis }
+        if let socket { configuration.startup.socketPath = socket }
+        if let redis { configuration.startup.store = DaemonConfiguration.Store(redisURL: redis) }
         if let logLevel {
             guard let level = Logger.Level(rawValue: logLevel.lowercased()) else {
                 throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
             }
-            configuration.logLevel = level
+            configuration.startup.logLevel = level
         }
         return configuration
     }
 
     func run() async throws {
+        // Writes to a worker (or a client) that has gone must fail with EPIPE, not kill the daemon.
+        signal(SIGPIPE, SIG_IGN)
         let (config, socket, redis, logLevel) = (self.config, self.socket, self.redis, self.logLevel)
         let configuration = try Self.load(config: config, socket: socket, redis: redis, logLevel: logLevel)
         if checkConfig {
             print("configuration OK")
             return
         }
-        let level = configuration.logLevel
+        let level = configuration.startup.logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level

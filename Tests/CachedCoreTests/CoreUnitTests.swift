@@ -19,8 +19,8 @@ struct EmbeddedStoreTests {
 
     @Test func stringsHashesAndDeletes() throws {
         let store = EmbeddedStore(maxBytes: 1 << 20)
-        try store.set(address(1), value: ByteBuffer(string: "a"), ttl: 0, on: loop).wait()
-        try store.set(address(1, hash: 3), value: ByteBuffer(string: "h"), ttl: 0, on: loop).wait()
+        try store.set(address(1), value: ByteBuffer(string: "a"), ttl: .zero, on: loop).wait()
+        try store.set(address(1, hash: 3), value: ByteBuffer(string: "h"), ttl: .zero, on: loop).wait()
         #expect(try store.get(address(1), on: loop).wait() == ByteBuffer(string: "a"))
         #expect(try store.get(address(1, hash: 3), on: loop).wait() == ByteBuffer(string: "h"))
         #expect(try store.get(address(2, hash: 3), on: loop).wait() == nil)
@@ -34,7 +34,7 @@ struct EmbeddedStoreTests {
 
     @Test func expiry() throws {
         let store = EmbeddedStore(maxBytes: 1 << 20)
-        try store.set(address(1), value: ByteBuffer(string: "a"), ttl: 0.05, on: loop).wait()
+        try store.set(address(1), value: ByteBuffer(string: "a"), ttl: .milliseconds(50), on: loop).wait()
         #expect(try store.get(address(1), on: loop).wait() != nil)
         usleep(80_000)
         #expect(try store.get(address(1), on: loop).wait() == nil)
@@ -43,9 +43,9 @@ struct EmbeddedStoreTests {
     @Test func leastRecentlyUsedIsEvictedWithinTheBudget() throws {
         let store = EmbeddedStore(maxBytes: 10_000)
         let value = ByteBuffer(repeating: 0x61, count: 1000)
-        for i in 0..<5 { try store.set(address(i), value: value, ttl: 0, on: loop).wait() }
+        for i in 0..<5 { try store.set(address(i), value: value, ttl: .zero, on: loop).wait() }
         _ = try store.get(address(0), on: loop).wait()  // 0 becomes most recent
-        for i in 5..<20 { try store.set(address(i), value: value, ttl: 0, on: loop).wait() }
+        for i in 5..<20 { try store.set(address(i), value: value, ttl: .zero, on: loop).wait() }
         let status = store.status()
         #expect(Int(status.detail["bytes"].flatMap { if case .number(let n) = $0 { return n } else { return nil } } ?? "") ?? .max <= 10_000)
         #expect(try store.get(address(19), on: loop).wait() != nil)
@@ -59,8 +59,8 @@ struct ConfigurationTests {
     @Test func emptyFileIsValidAndDefaultsAreSafe() throws {
         let c = try DaemonConfiguration(toml: "")
         #expect(c == DaemonConfiguration())
-        #expect(c.socketMode == 0o660)
-        #expect(c.redisURL == nil)
+        #expect(c.startup.socketMode == 0o660)
+        #expect(c.startup.store == .embedded)
     }
 
     @Test func fullFile() throws {
@@ -89,23 +89,23 @@ struct ConfigurationTests {
             working_directory = "/srv"
             queue_limit = 10
             """)
-        #expect(c.socketPath == "/tmp/x.sock")
-        #expect(c.socketMode == 0o600)
-        #expect(c.redisURL == "redis://127.0.0.1:6379/0")
-        #expect(c.logLevel == .debug)
-        #expect(c.redis.poolSize == 4)
-        #expect(c.redis.commandTimeout == 0.5)
-        #expect(c.limits.maxLineBytes == 65536)
-        #expect(c.embedded.maxBytes == 1_048_576)
-        #expect(c.key("Student").ttl == 10)
-        #expect(c.key("Fast").ttl == 0.25)
-        #expect(c.key("Other").ttl == 0)
-        #expect(c.key("Fast").negativeTTL == 2)
+        #expect(c.startup.socketPath == "/tmp/x.sock")
+        #expect(c.startup.socketMode == 0o600)
+        #expect(c.startup.store == .redis(url: "redis://127.0.0.1:6379/0"))
+        #expect(c.startup.logLevel == .debug)
+        #expect(c.startup.redis.poolSize == 4)
+        #expect(c.startup.redis.commandTimeout == .milliseconds(500))
+        #expect(c.startup.limits.maxLineBytes == 65536)
+        #expect(c.startup.embedded.maxBytes == 1_048_576)
+        #expect(c.key("Student").ttl == .seconds(10))
+        #expect(c.key("Fast").ttl == .milliseconds(250))
+        #expect(c.key("Other").ttl == .zero)
+        #expect(c.key("Fast").negativeTTL == .seconds(2))
         #expect(c.key("Student").handler == nil)
         let handler = try #require(c.key("Loaded").handler)
         #expect(handler.command == ["python3", "-m", "school.loaders", "student"])
         #expect(handler.workers == 4)
-        #expect(handler.timeout == 2.5)
+        #expect(handler.timeout == .milliseconds(2500))
         #expect(handler.environment == ["SCHOOL_DB": "postgres://x"])
         #expect(handler.workingDirectory == "/srv")
         #expect(handler.queueLimit == 10)

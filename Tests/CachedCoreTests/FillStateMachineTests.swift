@@ -50,7 +50,7 @@ struct FillStateMachineTests {
         func miss(_ entry: String, _ connection: Int, mayLease: Bool = true) -> Int {
             let w = waiter()
             let ticket = machine.readStarted(entry)
-            apply(machine.readMissed(entry, ticket, waiter: w, policy: mayLease ? .lease(ConnectionID(UInt64(connection)), timeout: 5) : .noLease))
+            apply(machine.readMissed(entry, ticket, waiter: w, policy: mayLease ? .lease(ConnectionID(UInt64(connection)), timeout: .seconds(5)) : .noLease))
             return w
         }
 
@@ -121,7 +121,7 @@ struct FillStateMachineTests {
         #expect(h.machine.writeStarted("e", isDelete: false).wake.isEmpty)
         h.apply(h.machine.writeFinished("e"))
         let w = h.waiter()
-        h.apply(h.machine.readMissed("e", ticket, waiter: w, policy: .lease(a, timeout: 5)))
+        h.apply(h.machine.readMissed("e", ticket, waiter: w, policy: .lease(a, timeout: .seconds(5))))
         #expect(h.told(w) == ["readAgain"])
         #expect(h.machine.leasesOut == 0)
         #expect(h.machine.counters.readsOvertaken == 1)
@@ -134,7 +134,7 @@ struct FillStateMachineTests {
         _ = h.machine.writeStarted("e", isDelete: false)
         let ticket = h.machine.readStarted("e")
         let w = h.waiter()
-        h.apply(h.machine.readMissed("e", ticket, waiter: w, policy: .lease(a, timeout: 5)))
+        h.apply(h.machine.readMissed("e", ticket, waiter: w, policy: .lease(a, timeout: .seconds(5))))
         #expect(h.told(w).isEmpty)
         h.apply(h.machine.writeFinished("e"))
         #expect(h.told(w) == ["readAgain"])
@@ -290,7 +290,7 @@ struct FillStateMachineTests {
         #expect(Set(h.finish("e", id)) == [setter, waiting])
         // A read sent before the refresh is overtaken by it.
         let late = h.waiter()
-        h.apply(h.machine.readMissed("e", reading, waiter: late, policy: .lease(a, timeout: 5)))
+        h.apply(h.machine.readMissed("e", reading, waiter: late, policy: .lease(a, timeout: .seconds(5))))
         #expect(h.told(late) == ["readAgain"])
     }
 
@@ -384,7 +384,7 @@ struct FillStateMachineTests {
                 let (e, t) = reads.remove(at: Int(rng.next() % UInt64(reads.count)))
                 let w = h.waiter()
                 handedIn.append(w)
-                h.apply(h.machine.readMissed(e, t, waiter: w, policy: rng.next() % 4 == 0 ? .noLease : .lease(ConnectionID(UInt64(connection)), timeout: 5)))
+                h.apply(h.machine.readMissed(e, t, waiter: w, policy: rng.next() % 4 == 0 ? .noLease : .lease(ConnectionID(UInt64(connection)), timeout: .seconds(5))))
             case 2 where !reads.isEmpty:
                 let (e, t) = reads.remove(at: Int(rng.next() % UInt64(reads.count)))
                 h.machine.readFinished(e, t)

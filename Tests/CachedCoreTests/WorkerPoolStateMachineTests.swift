@@ -79,14 +79,14 @@ struct WorkerPoolStateMachineTests {
         var m = machine(workers: 1)
         let inc = spawnAll(&m)
         guard case .dispatch(let d) = m.submit(1) else { return #expect(Bool(false)) }
-        let outcome = m.timedOut(requestID: d.requestID, timeout: 0.5)
+        let outcome = m.timedOut(requestID: d.requestID, timeout: .milliseconds(500))
         if case .failure(let error)? = outcome.completed?.result { #expect(error.code == .handlerTimeout) } else {
             Issue.record("expected a timeout")
         }
         #expect(outcome.stopWorker)
         #expect(m.timeouts == 1)
         // A second timer firing, a late answer, the exit: none completes the call again.
-        #expect(m.timedOut(requestID: d.requestID, timeout: 0.5).completed == nil)
+        #expect(m.timedOut(requestID: d.requestID, timeout: .milliseconds(500)).completed == nil)
         #expect(m.answerReceived(slot: 0, incarnation: inc[0], requestID: d.requestID, result: .success(nil)).completed == nil)
         let exit = m.exited(slot: 0, incarnation: inc[0], pid: 100, status: "signal 15", uptime: .seconds(1), spawnError: nil)
         #expect(exit.failed.isEmpty)
@@ -99,7 +99,7 @@ struct WorkerPoolStateMachineTests {
         guard case .dispatch(let d) = m.submit(1), case .enqueued(let queuedID) = m.submit(2), case .enqueued = m.submit(3) else {
             return #expect(Bool(false))
         }
-        let outcome = m.timedOut(requestID: queuedID, timeout: 1)
+        let outcome = m.timedOut(requestID: queuedID, timeout: .seconds(1))
         #expect(outcome.completed?.call == 2)
         if case .failure(let error)? = outcome.completed?.result { #expect(error.code == .handlerTimeout) }
         #expect(!outcome.stopWorker)

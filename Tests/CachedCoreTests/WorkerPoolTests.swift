@@ -20,6 +20,8 @@ struct WorkerPoolTests {
 
     /// Silent, unless WORKER_POOL_TEST_LOG is set (then to stderr, at debug level).
     static let quietLogger: Logger = {
+        // As in the `cached` executable: a write to a worker that exited fails with EPIPE instead of killing the tests.
+        signal(SIGPIPE, SIG_IGN)
         guard ProcessInfo.processInfo.environment["WORKER_POOL_TEST_LOG"] != nil else {
             return Logger(label: "worker-pool-test") { _ in SwiftLogNoOpLogHandler() }
         }
@@ -34,11 +36,11 @@ struct WorkerPoolTests {
     ) -> DaemonConfiguration.HandlerConfiguration {
         var configuration = DaemonConfiguration.HandlerConfiguration(command: ["python3", Self.fixture, mode])
         configuration.workers = workers
-        configuration.timeout = timeout
+        configuration.timeout = .seconds(timeout)
         configuration.queueLimit = queueLimit
         configuration.environment = environment
-        configuration.restartMinDelay = 0.1
-        configuration.restartMaxDelay = 2
+        configuration.restartMinDelay = .milliseconds(100)
+        configuration.restartMaxDelay = .seconds(2)
         configuration.maxLineBytes = 1024 * 1024
         return configuration
     }

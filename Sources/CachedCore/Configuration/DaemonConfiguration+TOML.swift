@@ -22,49 +22,49 @@ extension DaemonConfiguration {
             throw ConfigurationError("invalid TOML: \(error)")
         }
         var root = TableReader(table, path: "")
-        if let v = try root.string("socket") { socketPath = v }
-        if let v = try root.int("socket_mode", range: 0...0o777) { socketMode = UInt16(v) }
-        if let v = try root.string("socket_group") { socketGroup = v }
-        if let v = try root.intArray("allow_uids", range: 0...Int(UInt32.max - 1)) { allowUIDs = v.map { UInt32($0) } }
-        if let v = try root.stringOrIntArray("allow_groups") { allowGroups = v }
-        if let v = try root.seconds("shutdown_timeout") { shutdownTimeout = v }
-        if let v = try root.string("redis") { redisURL = v.isEmpty ? nil : v }
-        if let v = try root.string("log_level") { logLevel = try Self.logLevel(v) }
-        if let v = try root.int("threads", range: 0...256) { threads = v }
+        if let v = try root.string("socket") { startup.socketPath = v }
+        if let v = try root.int("socket_mode", range: 0...0o777) { startup.socketMode = UInt16(v) }
+        if let v = try root.string("socket_group") { startup.socketGroup = v }
+        if let v = try root.intArray("allow_uids", range: 0...Int(UInt32.max - 1)) { live.allowUIDs = v.map { UInt32($0) } }
+        if let v = try root.stringOrIntArray("allow_groups") { live.allowGroups = v }
+        if let v = try root.duration("shutdown_timeout") { live.shutdownTimeout = v }
+        if let v = try root.string("redis") { startup.store = Store(redisURL: v) }
+        if let v = try root.string("log_level") { startup.logLevel = try Self.logLevel(v) }
+        if let v = try root.int("threads", range: 0...256) { startup.threads = v }
         if var t = try root.table("redis_options") {
-            if let v = try t.int("pool_size", range: 1...64) { redis.poolSize = v }
-            if let v = try t.seconds("connect_timeout") { redis.connectTimeout = v }
-            if let v = try t.seconds("command_timeout") { redis.commandTimeout = v }
-            if let v = try t.seconds("reconnect_max_delay") { redis.reconnectMaxDelay = v }
+            if let v = try t.int("pool_size", range: 1...64) { startup.redis.poolSize = v }
+            if let v = try t.duration("connect_timeout") { startup.redis.connectTimeout = v }
+            if let v = try t.duration("command_timeout") { startup.redis.commandTimeout = v }
+            if let v = try t.duration("reconnect_max_delay") { startup.redis.reconnectMaxDelay = v }
             try t.finish()
         }
         if var t = try root.table("limits") {
-            if let v = try t.int("max_line_bytes", range: 256...(1 << 30)) { limits.maxLineBytes = v }
-            if let v = try t.int("max_depth", range: 2...512) { limits.maxDepth = v }
-            if let v = try t.int("max_batch", range: 1...100_000) { limits.maxBatch = v }
-            if let v = try t.int("max_connections", range: 1...1_000_000) { limits.maxConnections = v }
-            if let v = try t.int("max_in_flight", range: 1...100_000) { limits.maxInFlight = v }
-            if let v = try t.int("max_output_bytes", range: 4096...(1 << 32)) { limits.maxOutputBytes = v }
-            if let v = try t.seconds("line_timeout") { limits.lineTimeout = v }
-            if let v = try t.seconds("idle_timeout") { limits.idleTimeout = v }
+            if let v = try t.int("max_line_bytes", range: 256...(1 << 30)) { startup.limits.maxLineBytes = v }
+            if let v = try t.int("max_depth", range: 2...512) { startup.limits.maxDepth = v }
+            if let v = try t.int("max_batch", range: 1...100_000) { startup.limits.maxBatch = v }
+            if let v = try t.int("max_connections", range: 1...1_000_000) { startup.limits.maxConnections = v }
+            if let v = try t.int("max_in_flight", range: 1...100_000) { startup.limits.maxInFlight = v }
+            if let v = try t.int("max_output_bytes", range: 4096...(1 << 32)) { startup.limits.maxOutputBytes = v }
+            if let v = try t.duration("line_timeout") { startup.limits.lineTimeout = v }
+            if let v = try t.duration("idle_timeout") { startup.limits.idleTimeout = v }
             try t.finish()
         }
         if var t = try root.table("local_cache") {
-            if let v = try t.int("max_bytes", range: 0...(1 << 40)) { localCache.maxBytes = v }
-            if let v = try t.seconds("max_age") { localCache.maxAge = v }
+            if let v = try t.int("max_bytes", range: 0...(1 << 40)) { startup.localCache.maxBytes = v }
+            if let v = try t.duration("max_age") { startup.localCache.maxAge = v }
             try t.finish()
         }
         if var t = try root.table("embedded") {
-            if let v = try t.int("max_bytes", range: 1024...(1 << 40)) { embedded.maxBytes = v }
+            if let v = try t.int("max_bytes", range: 1024...(1 << 40)) { startup.embedded.maxBytes = v }
             try t.finish()
         }
         if var t = try root.table("keys") {
             for name in t.table.keys.sorted() {
                 guard var k = try t.table(name) else { continue }
                 var key = KeyConfiguration()
-                if let v = try k.seconds("ttl") { key.ttl = v }
-                if let v = try k.seconds("negative_ttl") { key.negativeTTL = v }
-                if let v = try k.seconds("lease_timeout") { key.leaseTimeout = max(v, 0.01) }
+                if let v = try k.duration("ttl") { key.ttl = v }
+                if let v = try k.duration("negative_ttl") { key.negativeTTL = v }
+                if let v = try k.duration("lease_timeout") { key.leaseTimeout = max(v, .milliseconds(10)) }
                 if let v = try k.int("fallback_concurrency", range: 0...1024) { key.fallbackConcurrency = v }
                 if let command = try k.stringArray("handler") {
                     guard !command.isEmpty, !command[0].isEmpty else {
@@ -72,17 +72,17 @@ extension DaemonConfiguration {
                     }
                     var handler = HandlerConfiguration(command: command)
                     if let v = try k.int("workers", range: 1...256) { handler.workers = v }
-                    if let v = try k.seconds("timeout") { handler.timeout = max(v, 0.001) }
+                    if let v = try k.duration("timeout") { handler.timeout = max(v, .milliseconds(1)) }
                     if let v = try k.stringTable("environment") { handler.environment = v }
                     if let v = try k.string("working_directory") { handler.workingDirectory = v }
                     if let v = try k.int("queue_limit", range: 0...1_000_000) { handler.queueLimit = v }
-                    if let v = try k.seconds("restart_min_delay") { handler.restartMinDelay = v }
-                    if let v = try k.seconds("restart_max_delay") { handler.restartMaxDelay = v }
+                    if let v = try k.duration("restart_min_delay") { handler.restartMinDelay = v }
+                    if let v = try k.duration("restart_max_delay") { handler.restartMaxDelay = v }
                     if let v = try k.int("max_line_bytes", range: 1024...(1 << 30)) { handler.maxLineBytes = v }
                     key.handler = handler
                 }
                 try k.finish()
-                keys[name] = key
+                live.keys[name] = key
             }
             try t.finish()
         }
@@ -128,6 +128,11 @@ struct TableReader {
     }
 
     /// A non-negative number of seconds (integer or float).
+    /// A number of seconds (integer or fractional, 0 to 1e9) as a `Duration`.
+    mutating func duration(_ key: String) throws(ConfigurationError) -> Duration? {
+        try seconds(key).map { .nanoseconds(Int64(($0 * 1e9).rounded())) }
+    }
+
     mutating func seconds(_ key: String) throws(ConfigurationError) -> Double? {
         used.insert(key)
         guard let value = table[key] else { return nil }

@@ -1,40 +1,78 @@
 import Logging
 
 /// Everything `cached` can be configured with. Every setting has a default; see README.md.
+///
+/// Settings come in two groups, so that a reload cannot silently miss one: ``live`` is applied as a
+/// whole by a reload (SIGHUP), ``startup`` takes effect only when the daemon starts (a reload that
+/// changes any of it says which in the log). A new setting goes into one of the two.
 public struct DaemonConfiguration: Sendable, Equatable {
-    /// Path of the Unix socket to serve (unless a socket is passed by systemd).
-    public var socketPath: String = "/run/cached/cached.sock"
-    /// File mode of a socket `cached` binds itself.
-    public var socketMode: UInt16 = 0o660
-    /// Group owning a socket `cached` binds itself (name or number); nil = the daemon's group.
-    public var socketGroup: String?
-    /// If set, only peers with one of these user ids may connect (checked with SO_PEERCRED at accept).
-    public var allowUIDs: [UInt32]?
-    /// If set, only peers in one of these groups (names or numbers; primary or supplementary) may connect.
-    /// When both lists are set, a peer allowed by either is accepted.
-    public var allowGroups: [String]?
-    /// Seconds in-flight requests get to finish at shutdown; the rest are answered -32007.
-    public var shutdownTimeout = 10.0
-    /// Redis URL; nil selects the embedded in-process store.
-    public var redisURL: String?
-    public var redis = RedisOptions()
-    public var logLevel: Logger.Level = .info
-    /// Event-loop threads; 0 means one per two cores (at least one).
-    public var threads: Int = 0
-    public var limits = Limits()
-    public var embedded = EmbeddedOptions()
-    public var localCache = LocalCacheOptions()
-    /// Per-key settings, by key name as clients send it.
-    public var keys: [String: KeyConfiguration] = [:]
+    /// Applied by a reload.
+    public var live = Live()
+    /// Applied at start only.
+    public var startup = Startup()
 
     public init() {}
+
+    /// What a reload applies at once: key settings, access lists, the drain deadline.
+    public struct Live: Sendable, Equatable {
+        /// Per-key settings, by key name as clients send it.
+        public var keys: [String: KeyConfiguration] = [:]
+        /// If set, only peers with one of these user ids may connect (checked with SO_PEERCRED at accept).
+        public var allowUIDs: [UInt32]?
+        /// If set, only peers in one of these groups (names or numbers; primary or supplementary) may connect.
+        /// When both lists are set, a peer allowed by either is accepted.
+        public var allowGroups: [String]?
+        /// The time in-flight requests get to finish at shutdown; the rest are answered -32007.
+        public var shutdownTimeout: Duration = .seconds(10)
+        public init() {}
+    }
+
+    /// What needs a restart: the socket, the store, threads, limits, memory budgets, logging.
+    public struct Startup: Sendable, Equatable {
+        /// Path of the Unix socket to serve (unless a socket is passed by systemd).
+        public var socketPath: String = "/run/cached/cached.sock"
+        /// File mode of a socket `cached` binds itself.
+        public var socketMode: UInt16 = 0o660
+        /// Group owning a socket `cached` binds itself (name or number); nil = the daemon's group.
+        public var socketGroup: String?
+        /// Where entries live.
+        public var store: Store = .embedded
+        public var redis = RedisOptions()
+        public var logLevel: Logger.Level = .info
+        /// Event-loop threads; 0 means one per two cores (at least one).
+        public var threads: Int = 0
+        public var limits = Limits()
+        public var embedded = EmbeddedOptions()
+        public var localCache = LocalCacheOptions()
+        public init() {}
+    }
+
+    /// The store the daemon uses.
+    public enum Store: Sendable, Equatable {
+        /// The in-process store (no Redis).
+        case embedded
+        /// Redis at this URL (`redis://`, `unix://`).
+        case redis(url: String)
+
+        /// `redis` setting: an empty URL selects the embedded store.
+        public init(redisURL: String?) {
+            if let redisURL, !redisURL.isEmpty { self = .redis(url: redisURL) } else { self = .embedded }
+        }
+
+        public var name: String {
+            switch self {
+            case .embedded: "embedded"
+            case .redis: "redis"
+            }
+        }
+    }
 
     /// Redis connection settings.
     public struct RedisOptions: Sendable, Equatable {
         public var poolSize = 2
-        public var connectTimeout = 1.0
-        public var commandTimeout = 1.0
-        public var reconnectMaxDelay = 2.0
+        public var connectTimeout: Duration = .seconds(1)
+        public var commandTimeout: Duration = .seconds(1)
+        public var reconnectMaxDelay: Duration = .seconds(2)
         public init() {}
     }
 
@@ -52,10 +90,10 @@ public struct DaemonConfiguration: Sendable, Equatable {
         public var maxInFlight = 256
         /// Most answer bytes queued for a client that does not read; beyond it the client is disconnected.
         public var maxOutputBytes = 16 * 1024 * 1024
-        /// Seconds a request line may take from its first byte to its newline; 0 = no limit.
-        public var lineTimeout = 10.0
-        /// Seconds a connection may stay without reading or writing anything before it is closed; 0 = never.
-        public var idleTimeout = 600.0
+        /// How long a request line may take from its first byte to its newline; zero = no limit.
+        public var lineTimeout: Duration = .seconds(10)
+        /// How long a connection may stay without reading or writing anything before it is closed; zero = never.
+        public var idleTimeout: Duration = .seconds(600)
         public init() {}
     }
 
@@ -63,8 +101,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public struct LocalCacheOptions: Sendable, Equatable {
         /// Memory budget; 0 disables the local cache (every get goes to Redis).
         public var maxBytes = 64 * 1024 * 1024
-        /// Seconds an entry may be served locally at most, even without an invalidation.
-        public var maxAge = 300.0
+        /// How long an entry may be served locally at most, even without an invalidation.
+        public var maxAge: Duration = .seconds(300)
         public init() {}
     }
 
@@ -77,17 +115,17 @@ public struct DaemonConfiguration: Sendable, Equatable {
 
     /// Settings of one key (`[keys.NAME]`).
     public struct KeyConfiguration: Sendable, Equatable {
-        /// Default TTL in seconds for entries stored without an explicit `ttl`; 0 = no expiry.
-        public var ttl: Double = 0
+        /// Default TTL for entries stored without an explicit `ttl`; zero = no expiry.
+        public var ttl: Duration = .zero
         /// The sync handler that fills a missing entry; nil = clients fill it themselves under a lease.
         public var handler: HandlerConfiguration?
-        /// Seconds a "no such entry" answer from the handler is remembered (in the daemon only); 0 = never.
-        public var negativeTTL: Double = 0
-        /// Seconds a lease is held for a client fill before the next waiter gets a new lease.
-        public var leaseTimeout: Double = 5
+        /// How long a "no such entry" answer from the handler is remembered (in the daemon only); zero = never.
+        public var negativeTTL: Duration = .zero
+        /// How long a lease is held for a client fill before the next waiter gets a new lease.
+        public var leaseTimeout: Duration = .seconds(5)
         /// Handler calls at once for this key while the store is unavailable (fallback cap).
         public var fallbackConcurrency = 2
-        public init(ttl: Double = 0, handler: HandlerConfiguration? = nil) {
+        public init(ttl: Duration = .zero, handler: HandlerConfiguration? = nil) {
             self.ttl = ttl
             self.handler = handler
         }
@@ -99,8 +137,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
         public var command: [String]
         /// Worker processes kept running.
         public var workers = 1
-        /// Seconds one sync call may take; past it the call fails and the worker is replaced.
-        public var timeout = 5.0
+        /// How long one sync call may take; past it the call fails and the worker is replaced.
+        public var timeout: Duration = .seconds(5)
         /// Extra environment variables for the workers (added to the daemon's environment).
         public var environment: [String: String] = [:]
         /// Working directory of the workers; nil = the daemon's.
@@ -108,8 +146,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
         /// Calls that may wait for a free worker; beyond it callers get the overload error.
         public var queueLimit = 1000
         /// Restart backoff after a worker exits: first delay, doubled per consecutive failure up to the maximum.
-        public var restartMinDelay = 0.1
-        public var restartMaxDelay = 5.0
+        public var restartMinDelay: Duration = .milliseconds(100)
+        public var restartMaxDelay: Duration = .seconds(5)
         /// Longest answer line a worker may write, in bytes.
         public var maxLineBytes = 16 * 1024 * 1024
 
@@ -120,8 +158,16 @@ public struct DaemonConfiguration: Sendable, Equatable {
     ///
     /// Names match without regard to case, as the store does (`Student` and `student` are one entry).
     public func key(_ name: String) -> KeyConfiguration {
-        if let exact = keys[name] { return exact }
+        if let exact = live.keys[name] { return exact }
         let upper = name.uppercased()
-        return keys.first { $0.key.uppercased() == upper }?.value ?? KeyConfiguration()
+        return live.keys.first { $0.key.uppercased() == upper }?.value ?? KeyConfiguration()
+    }
+}
+
+extension Duration {
+    /// In seconds, as a `Double` (for the wire: JSON numbers and Redis `PX` milliseconds).
+    public var inSeconds: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
     }
 }

@@ -41,13 +41,13 @@ public final class RequestDispatcher: Sendable {
     }
 
     /// How a request is answered: right away (a hit in memory), or later.
-    public enum Outcome {
+    public enum Completion {
         case now(MethodResult)
         case later(EventLoopFuture<MethodResult>)
     }
 
     /// Runs a request; a `get` whose value is in the daemon's memory is answered without any future.
-    public func run(_ request: JSONRPCRequest, context: RequestContext) -> Outcome {
+    public func run(_ request: JSONRPCRequest, context: RequestContext) -> Completion {
         guard request.method == "get" else { return .later(dispatch(request, context: context)) }
         let params: GetParams
         do {
@@ -60,7 +60,7 @@ public final class RequestDispatcher: Sendable {
     }
 
     /// Runs a `get` whose params are already validated (by ``FastGetRequest`` or ``GetParams``).
-    public func run(_ params: GetParams, context: RequestContext) -> Outcome {
+    public func run(_ params: GetParams, context: RequestContext) -> Completion {
         if let value = store.cachedValue(params.address) {
             stats.record(method: "get", key: params.address.key, outcome: .hit)
             return .now(.hit(value))
@@ -94,7 +94,7 @@ public final class RequestDispatcher: Sendable {
     // MARK: delete, deleteHash
 
     func delete(_ params: DeleteParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
-        let entry = FillCoordinator.EntryKey(params.address)
+        let entry = params.address.location
         coordinator.forgetAbsent(entry)
         let wake = coordinator.writeStarted(entry, isDelete: true)
         assert(wake.isEmpty, "a delete passes a lease on; it wakes nobody")
@@ -125,8 +125,8 @@ public final class RequestDispatcher: Sendable {
     static let maximumRereads = 3
 
     private func get(_ params: GetParams, context: RequestContext, attempt: Int = 0) -> EventLoopFuture<MethodResult> {
-        let entry = FillCoordinator.EntryKey(params.address)
-        let flight: EventLoopFuture<FillCoordinator.Answer>
+        let entry = params.address.location
+        let flight: EventLoopFuture<FillCoordinator.Verdict>
         if attempt >= Self.maximumRereads {
             // Writes kept overtaking the flights this get joined: one plain read, no flight, no lease.
             var plain = params
@@ -155,7 +155,7 @@ public final class RequestDispatcher: Sendable {
     /// A key without a handler: read the store; a trusted miss gets a lease, waits for the holder's
     /// value, or (`lease: false`) is answered at once. A miss that a write overtook reads again.
     private func leaseGet(
-        _ params: GetParams, _ entry: FillCoordinator.EntryKey, context: RequestContext, attempt: Int
+        _ params: GetParams, _ entry: StoreLocation, context: RequestContext, attempt: Int
     ) -> EventLoopFuture<MethodResult> {
         let eventLoop = context.eventLoop
         let ticket = coordinator.readStarted(entry)
@@ -182,7 +182,7 @@ public final class RequestDispatcher: Sendable {
     /// One handler flight: read the store; on a trusted miss call the handler and store its value (only
     /// if the entry is still absent and no write or delete happened since the read); answer every waiter.
     private func runFlight(
-        _ id: UInt64, _ entry: FillCoordinator.EntryKey, _ handler: any SyncHandler, _ params: GetParams,
+        _ id: UInt64, _ entry: StoreLocation, _ handler: any SyncHandler, _ params: GetParams,
         _ keyConfig: DaemonConfiguration.KeyConfiguration, on eventLoop: any EventLoop, attempt: Int
     ) {
         store.get(params.address, on: eventLoop)
@@ -227,7 +227,7 @@ public final class RequestDispatcher: Sendable {
             .always { _ in self.coordinator.releaseFallback(address.key.uppercased()) }
     }
 
-    static func result(of answer: FillCoordinator.Answer) -> MethodResult {
+    static func result(of answer: FillCoordinator.Verdict) -> MethodResult {
         switch answer {
         case .inStore(let value): .get(hit: value != nil, value: value)
         case .value(let value, let cached): .fill(value: value, lease: nil, cached: cached)
@@ -240,8 +240,8 @@ public final class RequestDispatcher: Sendable {
     /// read. A fill after a miss stores only if the entry is still absent (`SET NX`), so a value written
     /// meanwhile by anyone is never replaced by the handler's older one; a refresh replaces it.
     private func fillAndStore(
-        _ id: UInt64, _ entry: FillCoordinator.EntryKey, _ handler: any SyncHandler, _ address: EntryAddress,
-        _ arguments: HandlerArguments, _ keyConfig: DaemonConfiguration.KeyConfiguration, ttl: Double, on eventLoop: any EventLoop
+        _ id: UInt64, _ entry: StoreLocation, _ handler: any SyncHandler, _ address: EntryAddress,
+        _ arguments: HandlerArguments, _ keyConfig: DaemonConfiguration.KeyConfiguration, ttl: Duration, on eventLoop: any EventLoop
     ) -> EventLoopFuture<FillCoordinator.FillOutcome> {
         callHandler(handler, address, arguments, on: eventLoop).flatMap { value in
             guard let value else {
@@ -278,8 +278,8 @@ public final class RequestDispatcher: Sendable {
         let eventLoop = context.eventLoop
         let address = params.address
         let keyConfig = currentConfiguration.key(address.key)
-        let ttl = params.ttl ?? keyConfig.ttl
-        let entry = FillCoordinator.EntryKey(address)
+        let ttl = params.ttl.map { Duration.seconds($0) } ?? keyConfig.ttl
+        let entry = address.location
 
         guard let value = params.value else {
             // pyredis-cache's set(identity) without data: fill from the key's handler and store, replacing
@@ -336,7 +336,6 @@ public struct UnavailableHandler: ManagedSyncHandler {
     public func start() async {}
     public func shutdown() async {}
     public var status: JSONValue { .null }
-    public var callCount: Int { 0 }
 }
 
 extension EventLoopFuture where Value == MethodResult {

@@ -10,16 +10,6 @@ import NIOCore
 /// lease timers behind one lock and runs the actions after the lock is released (promises are never
 /// completed under the lock). It also keeps the negative cache and the fallback cap.
 public final class FillCoordinator: Sendable {
-    /// An entry's identity in the store.
-    public struct EntryKey: Hashable, Sendable {
-        public var storeKey: String
-        public var field: String?
-        public init(_ address: EntryAddress) {
-            storeKey = address.storeKey
-            field = address.storeField
-        }
-    }
-
     /// What a handler flight produced.
     public enum FillOutcome: Sendable {
         /// The flight's own store read found the entry, or the negative cache knows it is absent (nil).
@@ -29,7 +19,7 @@ public final class FillCoordinator: Sendable {
     }
 
     /// What a waiting `get` is answered with.
-    public enum Answer: Sendable {
+    public enum Verdict: Sendable {
         /// The flight found the entry in the store (nil: known to be absent); no handler ran.
         case inStore(ByteBuffer?)
         /// The filled or written value (nil = no such entry); `cached` is false when it was not stored.
@@ -42,13 +32,13 @@ public final class FillCoordinator: Sendable {
         case readAgain
     }
 
-    typealias Machine = FillStateMachine<EntryKey, EventLoopPromise<Answer>>
+    typealias Machine = FillStateMachine<StoreLocation, EventLoopPromise<Verdict>>
     public typealias ReadTicket = FillReadTicket
 
     struct State {
         var machine = Machine(makeToken: FillCoordinator.makeToken)
         var expiries: [String: Scheduled<Void>] = [:]
-        var negatives: [EntryKey: NIODeadline] = [:]
+        var negatives: [StoreLocation: NIODeadline] = [:]
         var fallbacks: [String: Int] = [:]
     }
 
@@ -59,21 +49,21 @@ public final class FillCoordinator: Sendable {
     // MARK: Reads (keys without a handler)
 
     /// A store read of the entry is about to be sent.
-    public func readStarted(_ key: EntryKey) -> ReadTicket {
+    public func readStarted(_ key: StoreLocation) -> ReadTicket {
         state.withLockedValue { $0.machine.readStarted(key) }
     }
 
     /// The read found the entry, or failed.
-    public func readFinished(_ key: EntryKey, _ ticket: ReadTicket) {
+    public func readFinished(_ key: StoreLocation, _ ticket: ReadTicket) {
         state.withLockedValue { $0.machine.readFinished(key, ticket) }
     }
 
     /// The read found nothing: a lease, a wait for the holder, a plain miss (`mayLease` false), or
     /// `.readAgain` when a write overtook the read.
     public func readMissed(
-        _ key: EntryKey, _ ticket: ReadTicket, context: RequestContext, mayLease: Bool, leaseTimeout: Double
-    ) -> EventLoopFuture<Answer> {
-        let promise = context.eventLoop.makePromise(of: Answer.self)
+        _ key: StoreLocation, _ ticket: ReadTicket, context: RequestContext, mayLease: Bool, leaseTimeout: Duration
+    ) -> EventLoopFuture<Verdict> {
+        let promise = context.eventLoop.makePromise(of: Verdict.self)
         let policy: Machine.MissPolicy = mayLease ? .lease(context.connection, timeout: leaseTimeout) : .noLease
         let actions = state.withLockedValue {
             $0.machine.readMissed(key, ticket, waiter: promise, policy: policy)
@@ -86,10 +76,10 @@ public final class FillCoordinator: Sendable {
 
     /// Joins the handler flight under way for the entry, if any: a miss that arrives while the handler
     /// runs waits for its value without reading the store first.
-    public func joinFlight(_ key: EntryKey, on eventLoop: any EventLoop) -> EventLoopFuture<Answer>? {
-        state.withLockedValue { state -> EventLoopFuture<Answer>? in
+    public func joinFlight(_ key: StoreLocation, on eventLoop: any EventLoop) -> EventLoopFuture<Verdict>? {
+        state.withLockedValue { state -> EventLoopFuture<Verdict>? in
             guard state.machine.hasFlight(key) else { return nil }
-            let promise = eventLoop.makePromise(of: Answer.self)
+            let promise = eventLoop.makePromise(of: Verdict.self)
             _ = state.machine.joinFlight(key, waiter: promise)
             return promise.futureResult
         }
@@ -98,9 +88,9 @@ public final class FillCoordinator: Sendable {
     /// Joins the flight under way for the entry, or starts one: then `run` is called with the flight's id
     /// (outside the lock) and must end with ``finishFlight(_:flight:_:)``.
     public func requestFlight(
-        _ key: EntryKey, on eventLoop: any EventLoop, overwrite: Bool = false, run start: (UInt64) -> Void
-    ) -> EventLoopFuture<Answer> {
-        let promise = eventLoop.makePromise(of: Answer.self)
+        _ key: StoreLocation, on eventLoop: any EventLoop, overwrite: Bool = false, run start: (UInt64) -> Void
+    ) -> EventLoopFuture<Verdict> {
+        let promise = eventLoop.makePromise(of: Verdict.self)
         let decision = state.withLockedValue { $0.machine.requestFlight(key, waiter: promise, overwrite: overwrite) }
         if case .start(let id, let actions) = decision {
             run(actions)
@@ -111,18 +101,18 @@ public final class FillCoordinator: Sendable {
 
     /// The flight's store read found nothing: true to call the handler, false to read again (a write
     /// overtook the read).
-    public func flightReadMissed(_ key: EntryKey, flight id: UInt64) -> Bool {
+    public func flightReadMissed(_ key: StoreLocation, flight id: UInt64) -> Bool {
         state.withLockedValue { $0.machine.flightReadMissed(key, flight: id) }
     }
 
     /// Whether the flight's value may be stored, and whether it replaces what is stored (a refresh) or is
     /// stored only if the entry is still absent (a fill after a miss).
-    public func flightMayStore(_ key: EntryKey, flight id: UInt64) -> (allowed: Bool, overwrite: Bool) {
+    public func flightMayStore(_ key: StoreLocation, flight id: UInt64) -> (allowed: Bool, overwrite: Bool) {
         state.withLockedValue { $0.machine.flightMayStore(key, flight: id) }
     }
 
     /// The flight ended: every waiter gets its outcome.
-    public func finishFlight(_ key: EntryKey, flight id: UInt64, _ result: Result<FillOutcome, any Error>) {
+    public func finishFlight(_ key: StoreLocation, flight id: UInt64, _ result: Result<FillOutcome, any Error>) {
         let end = state.withLockedValue { $0.machine.finishFlight(key, flight: id) }
         for waiter in end.readAgain { waiter.succeed(.readAgain) }
         for waiter in end.answer {
@@ -139,28 +129,28 @@ public final class FillCoordinator: Sendable {
     /// A write (`isDelete` false: a `set` with a value and no lease) or a delete of the entry is about to
     /// be sent. Returns the waiters of a lease it revoked, to be answered when the write is done
     /// (``wake(_:stored:value:)``). Must be followed by ``writeFinished(_:)``.
-    public func writeStarted(_ key: EntryKey, isDelete: Bool) -> [EventLoopPromise<Answer>] {
+    public func writeStarted(_ key: StoreLocation, isDelete: Bool) -> [EventLoopPromise<Verdict>] {
         let start = state.withLockedValue { $0.machine.writeStarted(key, isDelete: isDelete) }
         run(start.actions)
         return start.wake
     }
 
     /// A whole hash is about to be deleted. Returns the entries to pass to ``writesFinished(_:)``.
-    public func hashDeleteStarted(_ storeKey: String) -> [EntryKey] {
+    public func hashDeleteStarted(_ storeKey: String) -> [StoreLocation] {
         let (entries, actions) = state.withLockedValue { state in
-            for key in state.negatives.keys where key.storeKey == storeKey && key.field != nil { state.negatives[key] = nil }
-            return state.machine.hashDeleteStarted { $0.storeKey == storeKey && $0.field != nil }
+            for key in state.negatives.keys where key.key == storeKey && key.field != nil { state.negatives[key] = nil }
+            return state.machine.hashDeleteStarted { $0.key == storeKey && $0.field != nil }
         }
         run(actions)
         return entries
     }
 
     /// The write is done (stored, refused or failed): misses parked behind it read again.
-    public func writeFinished(_ key: EntryKey) {
+    public func writeFinished(_ key: StoreLocation) {
         writesFinished([key])
     }
 
-    public func writesFinished(_ keys: [EntryKey]) {
+    public func writesFinished(_ keys: [StoreLocation]) {
         guard !keys.isEmpty else { return }
         let actions = state.withLockedValue { state in keys.flatMap { state.machine.writeFinished($0) } }
         run(actions)
@@ -168,7 +158,7 @@ public final class FillCoordinator: Sendable {
 
     /// Answers the waiters of a revoked or redeemed lease once its write is done: with the value when
     /// it was stored or the store failed (`cached: false`), or read again when the store refused it.
-    public func wake(_ waiters: [EventLoopPromise<Answer>], stored: Bool?, value: ByteBuffer) {
+    public func wake(_ waiters: [EventLoopPromise<Verdict>], stored: Bool?, value: ByteBuffer) {
         for waiter in waiters {
             switch stored {
             case true?: waiter.succeed(.value(value, cached: true))
@@ -182,7 +172,7 @@ public final class FillCoordinator: Sendable {
 
     /// A `set` with a lease token: nil if the token is not the entry's live lease; otherwise the lease
     /// ended, a write is in flight (end it with ``writeFinished(_:)``) and these waiters wait for it.
-    public func redeemLease(_ key: EntryKey, token: String) -> [EventLoopPromise<Answer>]? {
+    public func redeemLease(_ key: StoreLocation, token: String) -> [EventLoopPromise<Verdict>]? {
         let redeem = state.withLockedValue { state in
             state.negatives[key] = nil
             return state.machine.redeem(key, token: token)
@@ -194,7 +184,7 @@ public final class FillCoordinator: Sendable {
 
     /// The holder gives its lease back: the next waiter gets a new one at once. False when the token is
     /// no longer the entry's live lease.
-    public func releaseLease(_ key: EntryKey, token: String) -> Bool {
+    public func releaseLease(_ key: StoreLocation, token: String) -> Bool {
         let (released, actions) = state.withLockedValue { $0.machine.release(key, token: token) }
         run(actions)
         return released
@@ -208,10 +198,10 @@ public final class FillCoordinator: Sendable {
 
     // MARK: Negative entries
 
-    /// Remembers that the handler said "no such entry", for `seconds`.
-    public func rememberAbsent(_ key: EntryKey, for seconds: Double) {
-        guard seconds > 0 else { return }
-        let deadline = NIODeadline.now() + .nanoseconds(Int64(seconds * 1e9))
+    /// Remembers that the handler said "no such entry", for `duration`.
+    public func rememberAbsent(_ key: StoreLocation, for duration: Duration) {
+        guard duration > .zero else { return }
+        let deadline = NIODeadline.now() + TimeAmount(duration)
         state.withLockedValue { state in
             if state.negatives.count > 100_000 { state.negatives.removeAll() }  // bounded
             state.negatives[key] = deadline
@@ -219,7 +209,7 @@ public final class FillCoordinator: Sendable {
     }
 
     /// Whether the handler recently said "no such entry".
-    public func isKnownAbsent(_ key: EntryKey) -> Bool {
+    public func isKnownAbsent(_ key: StoreLocation) -> Bool {
         state.withLockedValue { state in
             guard let deadline = state.negatives[key] else { return false }
             if deadline <= .now() {
@@ -231,7 +221,7 @@ public final class FillCoordinator: Sendable {
     }
 
     /// The entry was written or deleted: forget that it was absent.
-    public func forgetAbsent(_ key: EntryKey) {
+    public func forgetAbsent(_ key: StoreLocation) {
         state.withLockedValue { _ = $0.negatives.removeValue(forKey: key) }
     }
 
@@ -283,7 +273,7 @@ public final class FillCoordinator: Sendable {
                 }
             case .grant(let waiter, let key, let token, let timeout):
                 let eventLoop = waiter.futureResult.eventLoop
-                let task = eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout * 1e9))) { [weak self] in
+                let task = eventLoop.scheduleTask(in: TimeAmount(timeout)) { [weak self] in
                     guard let self else { return }
                     self.expire(key, token: token)
                 }
@@ -295,7 +285,7 @@ public final class FillCoordinator: Sendable {
         }
     }
 
-    private func expire(_ key: EntryKey, token: String) {
+    private func expire(_ key: StoreLocation, token: String) {
         let actions = state.withLockedValue { state in
             state.expiries[token] = nil
             return state.machine.leaseExpired(key, token: token)

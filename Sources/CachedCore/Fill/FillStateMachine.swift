@@ -28,8 +28,8 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     struct Lease {
         var token: String
         var holder: ConnectionID
-        /// Seconds each holder has to fill before the lease passes on.
-        var timeout: Double
+        /// How long each holder has to fill before the lease passes on.
+        var timeout: Duration
         var pending: [Pending] = []
     }
 
@@ -91,8 +91,8 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     enum Action {
         /// Answer these waiters.
         case answer([Waiter], Reply)
-        /// Give `waiter` the lease `token`: schedule its expiry after `timeout` seconds, then answer it.
-        case grant(Waiter, entry: Entry, token: String, timeout: Double)
+        /// Give `waiter` the lease `token`: schedule its expiry after `timeout`, then answer it.
+        case grant(Waiter, entry: Entry, token: String, timeout: Duration)
         /// The lease `token` ended: cancel its expiry timer.
         case cancelExpiry(token: String)
     }
@@ -100,7 +100,7 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     /// What a trusted miss on a key without a handler leads to.
     enum MissPolicy {
         /// The lease flow: the first asker fills, the others wait for it.
-        case lease(ConnectionID, timeout: Double)
+        case lease(ConnectionID, timeout: Duration)
         /// Answer the miss at once; never take a lease, never wait behind one.
         case noLease
     }

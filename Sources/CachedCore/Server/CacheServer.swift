@@ -58,7 +58,8 @@ public final class CacheServer: Sendable {
         logger.info("stopping: no new connections; draining in-flight requests", metadata: ["connections": "\(connections.count)"])
         let drained = group.any().makePromise(of: Void.self)
         quiesce.initiateShutdown(promise: drained)
-        let deadline = group.any().scheduleTask(in: .nanoseconds(Int64(configuration.shutdownTimeout * 1e9))) {
+        // The drain deadline in force now: a reload may have changed it since the start.
+        let deadline = group.any().scheduleTask(in: TimeAmount(dispatcher.currentConfiguration.live.shutdownTimeout)) {
             drained.fail(CachedError(.shuttingDown, "drain deadline passed"))
         }
         // A second signal cancels the service group: stop waiting at once.
@@ -83,7 +84,7 @@ public final class CacheServer: Sendable {
 
     private func bind(quiesce: ServerQuiescingHelper) async throws -> any Channel {
         let dispatcher = self.dispatcher
-        let limits = configuration.limits
+        let limits = configuration.startup.limits
         let logger = self.logger
         let connections = self.connections
         let bootstrap = ServerBootstrap(group: group)
@@ -116,8 +117,8 @@ public final class CacheServer: Sendable {
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandlers([
                             ConnectionDeadlineHandler(
-                                lineTimeout: limits.lineTimeout > 0 ? .nanoseconds(Int64(limits.lineTimeout * 1e9)) : nil,
-                                idleTimeout: limits.idleTimeout > 0 ? .nanoseconds(Int64(limits.idleTimeout * 1e9)) : nil,
+                                lineTimeout: limits.lineTimeout > .zero ? TimeAmount(limits.lineTimeout) : nil,
+                                idleTimeout: limits.idleTimeout > .zero ? TimeAmount(limits.idleTimeout) : nil,
                                 logger: logger),
                             ClientConnectionHandler(dispatcher: dispatcher, limits: limits, logger: logger),
                         ])
@@ -139,8 +140,8 @@ public final class CacheServer: Sendable {
         case .path(let path):
             try await Self.removeStaleSocket(path, group: group)
             let channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false).get()
-            chmod(path, mode_t(configuration.socketMode))
-            if let groupName = configuration.socketGroup {
+            chmod(path, mode_t(configuration.startup.socketMode))
+            if let groupName = configuration.startup.socketGroup {
                 guard let gid = AccessPolicy.groupID(groupName) else {
                     throw ConfigurationError("socket_group: no group named \(groupName)")
                 }
@@ -148,7 +149,7 @@ public final class CacheServer: Sendable {
                     throw ConfigurationError("socket_group: cannot give \(path) to group \(groupName): \(String(cString: strerror(errno)))")
                 }
             }
-            logger.info("serving", metadata: ["socket": "\(path)", "mode": "\(String(configuration.socketMode, radix: 8))"])
+            logger.info("serving", metadata: ["socket": "\(path)", "mode": "\(String(configuration.startup.socketMode, radix: 8))"])
             return channel
         case .adopted(let fd):
             let channel = try await bootstrap.withBoundSocket(fd).get()

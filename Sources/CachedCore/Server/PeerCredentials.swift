@@ -29,8 +29,8 @@ struct AccessPolicy: Sendable {
     var gids: Set<UInt32>?
 
     init(configuration: DaemonConfiguration) {
-        uids = configuration.allowUIDs.map(Set.init)
-        gids = configuration.allowGroups.map { names in Set(names.compactMap(Self.groupID(_:))) }
+        uids = configuration.live.allowUIDs.map(Set.init)
+        gids = configuration.live.allowGroups.map { names in Set(names.compactMap(Self.groupID(_:))) }
     }
 
     var isRestricted: Bool { uids != nil || gids != nil }

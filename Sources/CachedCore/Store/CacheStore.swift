@@ -8,11 +8,11 @@ public protocol CacheStore: Sendable {
     /// The entry's bytes, or nil on a miss. One round trip (the local copy is not consulted: callers ask
     /// ``cachedValue(_:)`` first).
     func get(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer?>
-    /// Stores the entry; `ttl` in seconds, 0 = no expiry (ignored for hash fields, which cannot expire).
-    func set(_ address: EntryAddress, value: ByteBuffer, ttl: Double, on eventLoop: any EventLoop) -> EventLoopFuture<Void>
+    /// Stores the entry; `ttl` zero = no expiry (ignored for hash fields, which cannot expire).
+    func set(_ address: EntryAddress, value: ByteBuffer, ttl: Duration, on eventLoop: any EventLoop) -> EventLoopFuture<Void>
     /// Stores the entry only if it is absent (`SET ... NX`, `HSETNX`): true if stored. Fills use it, so a
     /// value written by anyone since the fill's miss is never replaced by the fill's older one.
-    func fill(_ address: EntryAddress, value: ByteBuffer, ttl: Double, on eventLoop: any EventLoop) -> EventLoopFuture<Bool>
+    func fill(_ address: EntryAddress, value: ByteBuffer, ttl: Duration, on eventLoop: any EventLoop) -> EventLoopFuture<Bool>
     /// Deletes the entry; the number deleted (0 or 1).
     func delete(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int>
     /// Deletes a whole hash; the number deleted (0 or 1).

@@ -23,17 +23,17 @@ public final class EmbeddedStore: CacheStore {
         return eventLoop.makeSucceededFuture(value?.raw)
     }
 
-    public func set(_ address: EntryAddress, value: ByteBuffer, ttl: Double, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+    public func set(_ address: EntryAddress, value: ByteBuffer, ttl: Duration, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         let now = NIODeadline.now()
-        let expiry: NIODeadline? = (ttl > 0 && address.storeField == nil) ? now + .nanoseconds(Int64(ttl * 1e9)) : nil
+        let expiry: NIODeadline? = (ttl > .zero && address.storeField == nil) ? now + TimeAmount(ttl) : nil
         let encoded = EncodedValue(value)
         state.withLockedValue { $0.set(address.storeKey, field: address.storeField, value: encoded, expiry: expiry, now: now) }
         return eventLoop.makeSucceededVoidFuture()
     }
 
-    public func fill(_ address: EntryAddress, value: ByteBuffer, ttl: Double, on eventLoop: any EventLoop) -> EventLoopFuture<Bool> {
+    public func fill(_ address: EntryAddress, value: ByteBuffer, ttl: Duration, on eventLoop: any EventLoop) -> EventLoopFuture<Bool> {
         let now = NIODeadline.now()
-        let expiry: NIODeadline? = (ttl > 0 && address.storeField == nil) ? now + .nanoseconds(Int64(ttl * 1e9)) : nil
+        let expiry: NIODeadline? = (ttl > .zero && address.storeField == nil) ? now + TimeAmount(ttl) : nil
         let encoded = EncodedValue(value)
         let stored = state.withLockedValue { store -> Bool in
             guard store.get(address.storeKey, field: address.storeField, now: now) == nil else { return false }

@@ -38,9 +38,9 @@ public final class LocalCache: Sendable {
     private let maxAge: TimeAmount
     public let maxBytes: Int
 
-    public init(maxBytes: Int, maxAge: Double) {
+    public init(maxBytes: Int, maxAge: TimeAmount) {
         self.maxBytes = maxBytes
-        self.maxAge = .nanoseconds(Int64(maxAge * 1e9))
+        self.maxAge = maxAge
         self.state = NIOLockedValueBox(State(entries: LRUStore(maxBytes: maxBytes)))
     }
 

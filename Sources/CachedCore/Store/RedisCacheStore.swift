@@ -69,7 +69,7 @@ public final class RedisCacheStore: CacheStore {
         }
     }
 
-    public func set(_ address: EntryAddress, value: ByteBuffer, ttl: Double, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+    public func set(_ address: EntryAddress, value: ByteBuffer, ttl: Duration, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         localCache?.invalidate(address.storeKey)
         return send(Self.storeCommand(address, value, ttl: ttl, onlyIfAbsent: false), on: eventLoop).flatMapThrowing { reply in
             switch reply {
@@ -79,7 +79,7 @@ public final class RedisCacheStore: CacheStore {
         }
     }
 
-    public func fill(_ address: EntryAddress, value: ByteBuffer, ttl: Double, on eventLoop: any EventLoop) -> EventLoopFuture<Bool> {
+    public func fill(_ address: EntryAddress, value: ByteBuffer, ttl: Duration, on eventLoop: any EventLoop) -> EventLoopFuture<Bool> {
         localCache?.invalidate(address.storeKey)
         return send(Self.storeCommand(address, value, ttl: ttl, onlyIfAbsent: true), on: eventLoop).flatMapThrowing { reply in
             switch reply {
@@ -93,14 +93,14 @@ public final class RedisCacheStore: CacheStore {
 
     /// `HSET`/`HSETNX` for a hash field (fields cannot expire); otherwise one atomic `SET` with its
     /// expiry (`PX`; pyredis-cache did SET then EXPIRE) and `NX` when only an absent entry may be stored.
-    static func storeCommand(_ address: EntryAddress, _ value: ByteBuffer, ttl: Double, onlyIfAbsent: Bool) -> RedisCommand {
+    static func storeCommand(_ address: EntryAddress, _ value: ByteBuffer, ttl: Duration, onlyIfAbsent: Bool) -> RedisCommand {
         if let field = address.storeField {
             return RedisCommand(onlyIfAbsent ? "HSETNX" : "HSET", .string(address.storeKey), .string(field), .bytes(value))
         }
         var arguments: [RedisArgument] = ["SET", .string(address.storeKey), .bytes(value)]
         if onlyIfAbsent { arguments.append("NX") }
-        if ttl > 0 {
-            let milliseconds = max(1, Int((ttl * 1000).rounded(.up)))
+        if ttl > .zero {
+            let milliseconds = max(1, Int((ttl.inSeconds * 1000).rounded(.up)))
             arguments += ["PX", .string(String(milliseconds))]
         }
         return RedisCommand(arguments)

@@ -80,16 +80,16 @@ public final class WorkerPool: Sendable {
         let machineConfiguration = StateMachine.Configuration(
             workers: max(1, configuration.workers),
             queueLimit: max(0, configuration.queueLimit),
-            restartMinDelay: .seconds(max(0, configuration.restartMinDelay)),
-            restartMaxDelay: .seconds(max(configuration.restartMinDelay, configuration.restartMaxDelay)))
+            restartMinDelay: max(.zero, configuration.restartMinDelay),
+            restartMaxDelay: max(configuration.restartMinDelay, configuration.restartMaxDelay))
         self.state = NIOLockedValueBox(State(machine: StateMachine(configuration: machineConfiguration)))
     }
 
     /// Starts the workers (returns once they are spawned; does not wait for any handshake).
+    ///
+    /// The process must ignore SIGPIPE (the `cached` executable does at start-up): a write to a worker
+    /// that just exited must fail with EPIPE, not kill the process.
     public func start() async {
-        // A write to a worker that just exited must fail with EPIPE, not kill the daemon
-        // (the daemon ignores SIGPIPE already; this covers a pool used on its own).
-        signal(SIGPIPE, SIG_IGN)
         let slots: Int? = state.withLockedValue { state in
             guard !state.started, !state.machine.isShuttingDown else { return nil }
             state.started = true
@@ -204,10 +204,10 @@ public final class WorkerPool: Sendable {
     /// Starts the timeout of an accepted call (under the lock): it runs from the call, queueing included.
     private func armTimer(_ requestID: UInt64, in state: inout State) {
         let timeout = configuration.timeout
-        guard timeout > 0 else { return }
+        guard timeout > .zero else { return }
         state.timers[requestID] = Task {
             do {
-                try await Task.sleep(for: .seconds(timeout))
+                try await Task.sleep(for: timeout)
             } catch {
                 return
             }
