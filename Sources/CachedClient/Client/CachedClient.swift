@@ -177,7 +177,7 @@ public final class CachedClient: Sendable {
     // MARK: Sending
 
     /// Sends requests on one line (a batch array when `asBatch`) and waits for every answer.
-    func exchange(_ requests: [Request], asBatch: Bool) async throws(CachedClientError) -> [Answer] {
+    func exchange(_ requests: [Request], asBatch: Bool) async throws(CachedClientError) -> [DaemonAnswer] {
         for request in requests { try request.validate() }
         let channel = try await channel()
         let ids = state.withLockedValue { state in
@@ -188,7 +188,7 @@ public final class CachedClient: Sendable {
         }
         var line = channel.allocator.buffer(capacity: 128 * requests.count)
         line.writeCachedRequestLine(requests, ids: ids, asBatch: asBatch)
-        let promises = ids.map { _ in channel.eventLoop.makePromise(of: Answer.self) }
+        let promises = ids.map { _ in channel.eventLoop.makePromise(of: DaemonAnswer.self) }
         let written = channel.eventLoop.makePromise(of: Void.self)
         channel.write(OutgoingLine(line: line, waiters: Array(zip(ids, promises))), promise: written)
         // A channel that closed meanwhile fails the write without reaching the handler.
@@ -196,7 +196,7 @@ public final class CachedClient: Sendable {
             let failure = CachedClientError.connectionClosed("write failed: \(error)")
             for promise in promises { promise.fail(failure) }
         }
-        var answers: [Answer] = []
+        var answers: [DaemonAnswer] = []
         answers.reserveCapacity(promises.count)
         for promise in promises {
             do {

@@ -4,12 +4,12 @@ import NIOCore
 // MARK: - Messages between the client and its channel
 
 /// What one request is answered with: the `result`, or the daemon's error object.
-typealias Answer = Result<JSONValue, CachedError>
+typealias DaemonAnswer = Result<JSONValue, CachedError>
 
 /// One line to write, and the requests in it that await an answer.
 struct OutgoingLine: Sendable {
     var line: ByteBuffer
-    var waiters: [(id: Int, promise: EventLoopPromise<Answer>)]
+    var waiters: [(id: Int, promise: EventLoopPromise<DaemonAnswer>)]
 }
 
 // MARK: - The multiplexing handler
@@ -24,7 +24,7 @@ final class AnswerHandler: ChannelDuplexHandler, TickFlushing {
     typealias OutboundIn = OutgoingLine
     typealias OutboundOut = ByteBuffer
 
-    private var pending: [Int: EventLoopPromise<Answer>] = [:]
+    private var pending: [Int: EventLoopPromise<DaemonAnswer>] = [:]
     var flushScheduled = false
     /// Set once the connection is unusable; later writes fail at once.
     private var failure: CachedClientError?
@@ -82,7 +82,7 @@ final class AnswerHandler: ChannelDuplexHandler, TickFlushing {
             fatal(context: context, .protocolViolation("answer is a JSON \(answer.typeName)"))
             return
         }
-        let outcome: Answer
+        let outcome: DaemonAnswer
         if let result = members["result"] {
             outcome = .success(result)
         } else if case .object(let error)? = members["error"] {

@@ -7,14 +7,20 @@ public protocol ManagedSyncHandler: SyncHandler {
     func start() async
     func shutdown() async
     var status: JSONValue { get }
-    var callCount: Int { get }
 }
 
 /// The running sync handler of each key that has one.
 public final class HandlerRegistry: Sendable {
     public typealias Factory = @Sendable (_ key: String, _ configuration: DaemonConfiguration.HandlerConfiguration) -> any ManagedSyncHandler
 
-    private let handlers: NIOLockedValueBox<[String: (DaemonConfiguration.HandlerConfiguration, any ManagedSyncHandler)]>
+    /// A key's handler and the settings it was started with.
+    struct Running: Sendable {
+        var configuration: DaemonConfiguration.HandlerConfiguration
+        var handler: any ManagedSyncHandler
+    }
+
+    /// By upper-cased key name.
+    private let handlers: NIOLockedValueBox<[String: Running]>
     private let factory: Factory
 
     public init(factory: @escaping Factory) {
@@ -25,25 +31,25 @@ public final class HandlerRegistry: Sendable {
     /// The handler of `key` (names match without regard to case), if it has one.
     public func handler(for key: String) -> (any SyncHandler)? {
         let upper = key.uppercased()
-        return handlers.withLockedValue { $0[upper]?.1 }
+        return handlers.withLockedValue { $0[upper]?.handler }
     }
 
     /// Starts, restarts or stops handlers so that they match `configuration`. Unchanged handlers keep running.
     public func apply(_ configuration: DaemonConfiguration) async {
-        var wanted: [String: (String, DaemonConfiguration.HandlerConfiguration)] = [:]
-        for (name, key) in configuration.keys {
+        var wanted: [String: (name: String, configuration: DaemonConfiguration.HandlerConfiguration)] = [:]
+        for (name, key) in configuration.live.keys {
             if let handler = key.handler { wanted[name.uppercased()] = (name, handler) }
         }
         var toStop: [any ManagedSyncHandler] = []
         var toStart: [any ManagedSyncHandler] = []
         handlers.withLockedValue { handlers in
-            for (upper, (config, running)) in handlers where wanted[upper]?.1 != config {
-                toStop.append(running)
+            for (upper, running) in handlers where wanted[upper]?.configuration != running.configuration {
+                toStop.append(running.handler)
                 handlers[upper] = nil
             }
-            for (upper, (name, config)) in wanted where handlers[upper] == nil {
-                let handler = factory(name, config)
-                handlers[upper] = (config, handler)
+            for (upper, want) in wanted where handlers[upper] == nil {
+                let handler = factory(want.name, want.configuration)
+                handlers[upper] = Running(configuration: want.configuration, handler: handler)
                 toStart.append(handler)
             }
         }
@@ -54,7 +60,7 @@ public final class HandlerRegistry: Sendable {
     /// Stops every handler.
     public func shutdown() async {
         let all = handlers.withLockedValue { handlers in
-            let all = handlers.values.map(\.1)
+            let all = handlers.values.map(\.handler)
             handlers.removeAll()
             return all
         }
@@ -65,12 +71,7 @@ public final class HandlerRegistry: Sendable {
     public var status: JSONValue {
         let snapshot = handlers.withLockedValue { $0 }
         var result: [String: JSONValue] = [:]
-        for (name, (_, handler)) in snapshot { result[name] = handler.status }
+        for (name, running) in snapshot { result[name] = running.handler.status }
         return .object(result)
-    }
-
-    /// Handler calls so far, per key (upper-cased name); tests count fills with it.
-    public func callCount(for key: String) -> Int {
-        handlers.withLockedValue { $0[key.uppercased()]?.1.callCount ?? 0 }
     }
 }

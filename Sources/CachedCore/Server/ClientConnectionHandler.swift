@@ -103,7 +103,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     }
 
     /// Answers a request now, or when its future completes (`id` nil: a notification, never answered).
-    private func answer(_ outcome: RequestDispatcher.Outcome, id: JSONRPCID?, context: ChannelHandlerContext) {
+    private func answer(_ outcome: RequestDispatcher.Completion, id: JSONRPCID?, context: ChannelHandlerContext) {
         let future: EventLoopFuture<MethodResult>
         switch outcome {
         case .now(let result):

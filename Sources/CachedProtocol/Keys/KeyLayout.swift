@@ -119,6 +119,25 @@ public enum KeyLayout {
 }
 
 /// Where an entry lives: a plain Redis string key, or a field of a Redis hash.
+/// Where an entry lives in Redis: a key, and for the hash layout a field of it.
+public struct StoreLocation: Sendable, Hashable, CustomStringConvertible {
+    /// The Redis key: the entry's own name, or its hash's name.
+    public let key: String
+    /// The hash field (the entry's name) for the hash layout; nil for the plain layout.
+    public let field: String?
+
+    public init(key: String, field: String?) {
+        self.key = key
+        self.field = field
+    }
+
+    public var description: String {
+        if let field { return "\(key)[\(field)]" }
+        return key
+    }
+}
+
+/// An entry as clients name it (key, identity, optional hash), with its place in Redis.
 public struct EntryAddress: Sendable, Hashable, CustomStringConvertible {
     /// The key as the client named it (its configuration section is `[keys.<key>]`).
     public var key: String
@@ -145,10 +164,10 @@ public struct EntryAddress: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    public var description: String {
-        if let storeField { return "\(storeKey)[\(storeField)]" }
-        return storeKey
-    }
+    /// Where the entry lives in Redis.
+    public var location: StoreLocation { StoreLocation(key: storeKey, field: storeField) }
+
+    public var description: String { location.description }
 }
 
 /// A hash of entries: pyredis-cache's (hash_key, hash_id).
