@@ -14,6 +14,8 @@ public struct RedisClientError: Error, Sendable, Hashable, CustomStringConvertib
         public static let errorReply = Code(rawValue: "errorReply")
         /// Redis sent bytes that are not RESP, or a reply nothing asked for.
         public static let protocolError = Code(rawValue: "protocolError")
+        /// TLS could not be set up: a certificate or key file is missing or invalid.
+        public static let tlsConfiguration = Code(rawValue: "tlsConfiguration")
         /// The pool is shut down.
         public static let shutdown = Code(rawValue: "shutdown")
 

@@ -112,9 +112,15 @@ struct RedisURLTests {
         #expect(d.password == "x")
         #expect(!d.redactedDescription.contains("x?") && d.redactedDescription.hasPrefix("unix://"))
         #expect(!b.redactedDescription.contains("p@ss"))
+        #expect(a.tls == nil && d.tls == nil)
+        let e = try RedisConfiguration(url: "rediss://:secret@cache.internal:6380/1")
+        #expect(e.endpoint == .tcp(host: "cache.internal", port: 6380))
+        #expect(e.tls == RedisConfiguration.TLS())
+        #expect(e.database == 1 && e.password == "secret")
+        #expect(e.redactedDescription == "rediss://:***@cache.internal:6380/1")
     }
 
-    @Test(arguments: ["http://x", "redis://host:notaport", "redis://host:70000", "unix://relative.sock", "unix:///a?db=x", "redis://h/db", "redis://"])
+    @Test(arguments: ["http://x", "redis://host:notaport", "redis://host:70000", "unix://relative.sock", "unix:///a?db=x", "redis://h/db", "redis://", "rediss://", "redisss://h"])
     func rejects(_ url: String) {
         #expect(throws: RedisURLError.self) { try RedisConfiguration(url: url) }
     }

@@ -33,15 +33,24 @@ public final class RedisServer: @unchecked Sendable {
     public let socketPath: String
     public let port: Int?
     public let password: String?
+    /// With TLS: the certificates, and the TLS port (the Unix socket stays plain for redis-cli).
+    public let tls: TestCertificates?
+    public let tlsPort: Int?
+    /// Whether TLS clients must present a certificate signed by the test CA.
+    public let tlsAuthClients: Bool
     private var process: ChildProcess?
 
     public static var binary: String { ProcessInfo.processInfo.environment["REDIS_SERVER"] ?? "/usr/bin/redis-server" }
 
     /// - Parameters:
     ///   - tcp: also listen on a free loopback TCP port.
-    public init(tcp: Bool = false, password: String? = nil) throws {
+    ///   - tls: also listen for TLS on a free loopback port, with these certificates.
+    public init(tcp: Bool = false, password: String? = nil, tls: TestCertificates? = nil, tlsAuthClients: Bool = false) throws {
         directory = try makeTemporaryDirectory("redis")
         socketPath = directory + "/redis.sock"
+        self.tls = tls
+        self.tlsPort = tls == nil ? nil : Self.freePort()
+        self.tlsAuthClients = tlsAuthClients
         port = tcp ? Self.freePort() : nil
         self.password = password
         try start()
@@ -61,6 +70,9 @@ public final class RedisServer: @unchecked Sendable {
         "redis://\(password.map { ":\($0)@" } ?? "")127.0.0.1:\(port ?? 0)/0"
     }
 
+    /// `rediss://127.0.0.1:<tls port>/0` (with TLS).
+    public var tlsURL: String { "rediss://127.0.0.1:\(tlsPort ?? 0)/0" }
+
     public var pid: Int32? { process?.pid }
 
     /// Starts (or restarts) the server on the same socket and port.
@@ -71,6 +83,12 @@ public final class RedisServer: @unchecked Sendable {
             "--logfile", directory + "/redis.log",
         ]
         if let password { args += ["--requirepass", password] }
+        if let tls, let tlsPort {
+            args += [
+                "--tls-port", String(tlsPort), "--tls-cert-file", tls.serverCertificate, "--tls-key-file", tls.serverKey,
+                "--tls-ca-cert-file", tls.caCertificate, "--tls-auth-clients", tlsAuthClients ? "yes" : "no",
+            ]
+        }
         process = try ChildProcess(Self.binary, args)
         guard try waitUntil(timeout: 10, { (try? cli(["PING"]))?.hasPrefix("PONG") == true || (try? cli(["PING"]))?.contains("NOAUTH") == true })
         else {
@@ -197,5 +215,42 @@ public final class DaemonProcess: @unchecked Sendable {
     /// A new client connected to this daemon.
     public func client() throws -> LineClient {
         try LineClient(path: socketPath)
+    }
+}
+
+/// A certificate authority, a server certificate (`localhost`, `127.0.0.1`) and a client certificate,
+/// made by `openssl` in a temp dir for one test.
+public final class TestCertificates: @unchecked Sendable {
+    public let directory: String
+    public var caCertificate: String { directory + "/ca.crt" }
+    public var serverCertificate: String { directory + "/server.crt" }
+    public var serverKey: String { directory + "/server.key" }
+    public var clientCertificate: String { directory + "/client.crt" }
+    public var clientKey: String { directory + "/client.key" }
+
+    /// - Parameters:
+    ///   - name: the common name of the CA (two calls make two unrelated CAs).
+    ///   - serverNames: the server certificate's subjectAltName entries.
+    public init(name: String = "cached test CA", serverNames: String = "DNS:localhost,IP:127.0.0.1") throws {
+        directory = try makeTemporaryDirectory("certs")
+        let d = directory
+        try Self.openssl(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=\(name)",
+                          "-keyout", d + "/ca.key", "-out", d + "/ca.crt"])
+        for (who, extensions) in [("server", "subjectAltName=\(serverNames)"), ("client", "extendedKeyUsage=clientAuth")] {
+            try Self.openssl(["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=\(who)",
+                              "-keyout", "\(d)/\(who).key", "-out", "\(d)/\(who).csr"])
+            try extensions.write(toFile: "\(d)/\(who).ext", atomically: true, encoding: .utf8)
+            try Self.openssl(["x509", "-req", "-in", "\(d)/\(who).csr", "-CA", d + "/ca.crt", "-CAkey", d + "/ca.key",
+                              "-CAcreateserial", "-days", "2", "-extfile", "\(d)/\(who).ext", "-out", "\(d)/\(who).crt"])
+        }
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    private static func openssl(_ arguments: [String]) throws {
+        let (status, _) = try ChildProcess.run("/usr/bin/openssl", arguments)
+        guard status == 0 else { throw HarnessError("openssl \(arguments.prefix(2).joined(separator: " ")) failed (\(status))") }
     }
 }

@@ -18,6 +18,26 @@ public struct RedisConfiguration: Sendable, Hashable {
     /// First reconnect delay; doubles per failure up to ``maximumReconnectDelay``.
     public var minimumReconnectDelay: TimeAmount
     public var maximumReconnectDelay: TimeAmount
+    /// TLS for a TCP endpoint (`rediss://`); nil: plain.
+    public var tls: TLS?
+
+    /// How to speak TLS to Redis. The server's certificate is always verified.
+    public struct TLS: Sendable, Hashable {
+        /// PEM file of the certificate authorities to trust; nil: the system trust store.
+        public var caFile: String?
+        /// PEM files of a client certificate and its key (for `tls-auth-clients yes`).
+        public var certificateFile: String?
+        public var keyFile: String?
+        /// The name to verify the server's certificate against and to send as SNI; nil: the URL's host.
+        public var serverName: String?
+
+        public init(caFile: String? = nil, certificateFile: String? = nil, keyFile: String? = nil, serverName: String? = nil) {
+            self.caFile = caFile
+            self.certificateFile = certificateFile
+            self.keyFile = keyFile
+            self.serverName = serverName
+        }
+    }
 
     public init(
         endpoint: Endpoint, username: String? = nil, password: String? = nil, database: Int = 0, poolSize: Int = 2,
@@ -37,7 +57,8 @@ public struct RedisConfiguration: Sendable, Hashable {
 }
 
 extension RedisConfiguration {
-    /// Parses `redis://[[user]:password@]host[:port][/db]` or `unix:///path[?db=N&password=P]`.
+    /// Parses `redis://[[user]:password@]host[:port][/db]`, the same with `rediss://` (TLS), or
+    /// `unix:///path[?db=N&password=P]`.
     public init(url: String) throws(RedisURLError) {
         self.init(endpoint: .tcp(host: "127.0.0.1", port: 6379))
         if url.hasPrefix("unix://") {
@@ -58,10 +79,16 @@ extension RedisConfiguration {
             }
             return
         }
-        guard url.hasPrefix("redis://") else {
-            throw RedisURLError(url: url, reason: "expected redis://host:port/db or unix:///path")
+        let scheme: String
+        if url.hasPrefix("redis://") {
+            scheme = "redis://"
+        } else if url.hasPrefix("rediss://") {
+            scheme = "rediss://"
+            tls = TLS()
+        } else {
+            throw RedisURLError(url: url, reason: "expected redis://host:port/db, rediss://host:port/db or unix:///path")
         }
-        var rest = url.dropFirst("redis://".count)
+        var rest = url.dropFirst(scheme.count)
         if let at = rest.lastIndex(of: "@") {
             let credentials = rest[..<at]
             rest = rest[rest.index(after: at)...]
@@ -127,7 +154,7 @@ extension RedisConfiguration {
     public var redactedDescription: String {
         let auth = password == nil ? "" : "\(username ?? ""):***@"
         switch endpoint {
-        case .tcp(let host, let port): return "redis://\(auth)\(host):\(port)/\(database)"
+        case .tcp(let host, let port): return "\(tls == nil ? "redis" : "rediss")://\(auth)\(host):\(port)/\(database)"
         case .unix(let path): return "unix://\(path)?db=\(database)"
         }
     }

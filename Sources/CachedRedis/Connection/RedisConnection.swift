@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 /// One multiplexed, pipelined connection to Redis.
 public final class RedisConnection: Sendable {
@@ -60,11 +61,20 @@ public final class RedisConnection: Sendable {
         configuration: RedisConfiguration, eventLoop: any EventLoop
     ) -> EventLoopFuture<RedisConnection> {
         let timeout = configuration.commandTimeout
+        // TLS (`rediss://`): a certificate problem fails this attempt with an error naming the file or the
+        // verification failure; the pool logs it and retries with backoff (the daemon runs degraded).
+        let tls: NIOSSLClientHandler?
+        do {
+            tls = try Self.tlsHandler(configuration)
+        } catch {
+            return eventLoop.makeFailedFuture(error)
+        }
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout)
             .channelOption(.socketOption(.so_keepalive), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(tls) }
                     try channel.pipeline.syncOperations.addHandlers([
                         ByteToMessageHandler(RedisReplyDecoder()),
                         RedisCommandHandler(commandTimeout: timeout),
@@ -84,6 +94,52 @@ public final class RedisConnection: Sendable {
                 channel.close(promise: nil)
                 return channel.eventLoop.makeFailedFuture(error)
             }
+        }
+    }
+
+    /// The TLS handler for a `rediss://` endpoint (nil otherwise), with verification always on.
+    static func tlsHandler(_ configuration: RedisConfiguration) throws -> NIOSSLClientHandler? {
+        guard let settings = configuration.tls, case .tcp(let host, _) = configuration.endpoint else { return nil }
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.certificateVerification = .fullVerification
+        if let caFile = settings.caFile {
+            tls.trustRoots = .certificates(try loadPEM(caFile, what: "tls_ca_file") { try NIOSSLCertificate.fromPEMFile($0) })
+        }
+        if let certificateFile = settings.certificateFile {
+            let chain = try loadPEM(certificateFile, what: "tls_cert_file") { try NIOSSLCertificate.fromPEMFile($0) }
+            tls.certificateChain = chain.map { .certificate($0) }
+            guard let keyFile = settings.keyFile else {
+                throw RedisClientError(.tlsConfiguration, "tls_cert_file is set but tls_key_file is not")
+            }
+            let key = try loadPEM(keyFile, what: "tls_key_file") { [try NIOSSLPrivateKey(file: $0, format: .pem)] }
+            tls.privateKey = .privateKey(key[0])
+        }
+        let context: NIOSSLContext
+        do {
+            context = try NIOSSLContext(configuration: tls)
+        } catch {
+            throw RedisClientError(.tlsConfiguration, "cannot set up TLS: \(error)")
+        }
+        // SNI and the name to verify: the configured name, or the URL's host. An IP address is verified
+        // against the certificate's IP entries and is not sent as SNI.
+        let name = settings.serverName ?? host
+        let isAddress = (try? SocketAddress(ipAddress: name, port: 0)) != nil
+        do {
+            return try NIOSSLClientHandler(context: context, serverHostname: isAddress ? nil : name)
+        } catch {
+            throw RedisClientError(.tlsConfiguration, "cannot set up TLS for \(name): \(error)")
+        }
+    }
+
+    private static func loadPEM<T>(_ path: String, what: String, _ load: (String) throws -> [T]) throws -> [T] {
+        do {
+            let items = try load(path)
+            guard !items.isEmpty else { throw RedisClientError(.tlsConfiguration, "\(what) \(path) holds no PEM item") }
+            return items
+        } catch let error as RedisClientError {
+            throw error
+        } catch {
+            throw RedisClientError(.tlsConfiguration, "\(what) \(path) cannot be read: \(error)")
         }
     }
 
