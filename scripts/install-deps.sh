@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing cached needs, skipping what is already there.
-# Debian packages: hiredis and libsystemd headers, redis-server/redis-cli, socat, systemd tooling.
+# Debian packages: hiredis and libsystemd headers, redis-server/redis-cli, socat, systemd tooling, openssl
+# (the TLS tests make their certificates with it).
 # Python packages: pytest for the shim's suite.
 set -euo pipefail
 
-packages=(libhiredis-dev libsystemd-dev redis-server redis-tools socat systemd)
+packages=(libhiredis-dev libsystemd-dev redis-server redis-tools socat systemd openssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

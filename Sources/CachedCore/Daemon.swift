@@ -41,6 +41,16 @@ public struct Daemon: Sendable {
             redis.connectTimeout = TimeAmount(settings.redis.connectTimeout)
             redis.commandTimeout = TimeAmount(settings.redis.commandTimeout)
             redis.maximumReconnectDelay = TimeAmount(settings.redis.reconnectMaxDelay)
+            let options = settings.redis
+            let tlsSettings = [options.tlsCAFile, options.tlsCertFile, options.tlsKeyFile, options.tlsServerName].compactMap { $0 }
+            if redis.tls != nil {
+                redis.tls = RedisConfiguration.TLS(
+                    caFile: options.tlsCAFile, certificateFile: options.tlsCertFile, keyFile: options.tlsKeyFile,
+                    serverName: options.tlsServerName)
+            } else if !tlsSettings.isEmpty {
+                // Never plain when TLS was asked for.
+                throw ConfigurationError("redis_options.tls_* are set, but the Redis URL is not rediss://")
+            }
             let pool = RedisConnectionPool(configuration: redis, group: group, logger: logger)
             guard settings.localCache.maxBytes > 0, settings.localCache.maxAge > .zero else {
                 return RedisCacheStore(pool: pool)

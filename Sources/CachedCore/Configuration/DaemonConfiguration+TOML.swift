@@ -36,6 +36,10 @@ extension DaemonConfiguration {
             if let v = try t.duration("connect_timeout") { startup.redis.connectTimeout = v }
             if let v = try t.duration("command_timeout") { startup.redis.commandTimeout = v }
             if let v = try t.duration("reconnect_max_delay") { startup.redis.reconnectMaxDelay = v }
+            if let v = try t.string("tls_ca_file") { startup.redis.tlsCAFile = v }
+            if let v = try t.string("tls_cert_file") { startup.redis.tlsCertFile = v }
+            if let v = try t.string("tls_key_file") { startup.redis.tlsKeyFile = v }
+            if let v = try t.string("tls_server_name") { startup.redis.tlsServerName = v }
             try t.finish()
         }
         if var t = try root.table("limits") {

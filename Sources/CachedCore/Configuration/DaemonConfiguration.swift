@@ -73,6 +73,12 @@ public struct DaemonConfiguration: Sendable, Equatable {
         public var connectTimeout: Duration = .seconds(1)
         public var commandTimeout: Duration = .seconds(1)
         public var reconnectMaxDelay: Duration = .seconds(2)
+        /// TLS (for a `rediss://` URL): CA file (nil: the system trust store), client certificate and key
+        /// (for `tls-auth-clients yes`), and the name to verify and send as SNI (nil: the URL's host).
+        public var tlsCAFile: String?
+        public var tlsCertFile: String?
+        public var tlsKeyFile: String?
+        public var tlsServerName: String?
         public init() {}
     }
 
