@@ -49,6 +49,11 @@ struct CachedCommand: AsyncParsableCommand {
             }
             configuration.startup.logLevel = level
         }
+        do {
+            try configuration.validate()
+        } catch {
+            throw ValidationError("\(error)")
+        }
         return configuration
     }
 

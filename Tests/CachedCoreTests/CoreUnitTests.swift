@@ -63,6 +63,17 @@ struct ConfigurationTests {
         #expect(c.startup.store == .embedded)
     }
 
+    @Test func tlsSettingsNeedARedissURL() throws {
+        var c = try DaemonConfiguration(toml: "redis = \"redis://127.0.0.1:6379/0\"\n[redis_options]\ntls_ca_file = \"/ca.pem\"\n")
+        #expect(throws: ConfigurationError.self) { try c.validate() }
+        c.startup.store = .redis(url: "rediss://127.0.0.1:6379/0")
+        try c.validate()
+        c.startup.redis.tlsCertFile = "/client.pem"
+        #expect(throws: ConfigurationError.self) { try c.validate() }  // a certificate without its key
+        c.startup.redis.tlsKeyFile = "/client.key"
+        try c.validate()
+    }
+
     @Test func fullFile() throws {
         let c = try DaemonConfiguration(toml: """
             socket = "/tmp/x.sock"

@@ -93,6 +93,19 @@ extension DaemonConfiguration {
         try root.finish()
     }
 
+    /// Checks what no single setting can: `tls_*` settings need a `rediss://` Redis URL (never plain
+    /// when TLS was asked for). Run once the command line has been applied.
+    public func validate() throws(ConfigurationError) {
+        let r = startup.redis
+        let asksForTLS = [r.tlsCAFile, r.tlsCertFile, r.tlsKeyFile, r.tlsServerName].contains { $0 != nil }
+        if asksForTLS, case .redis(let url) = startup.store, !url.hasPrefix("rediss://") {
+            throw ConfigurationError("redis_options.tls_* are set, but the Redis URL is not rediss://")
+        }
+        if r.tlsCertFile != nil, r.tlsKeyFile == nil {
+            throw ConfigurationError("redis_options.tls_cert_file is set but tls_key_file is not")
+        }
+    }
+
     static func logLevel(_ name: String) throws(ConfigurationError) -> Logger.Level {
         guard let level = Logger.Level(rawValue: name.lowercased()) else {
             throw ConfigurationError("log_level must be one of trace, debug, info, notice, warning, error, critical")
