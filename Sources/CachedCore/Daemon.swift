@@ -31,6 +31,7 @@ public struct Daemon: Sendable {
 
     /// Builds the store the configuration asks for.
     static func makeStore(_ configuration: DaemonConfiguration, group: any EventLoopGroup, logger: Logger) throws -> any CacheStore {
+        try configuration.validate()  // never plain when TLS was asked for
         let settings = configuration.startup
         switch settings.store {
         case .embedded:
@@ -42,14 +43,10 @@ public struct Daemon: Sendable {
             redis.commandTimeout = TimeAmount(settings.redis.commandTimeout)
             redis.maximumReconnectDelay = TimeAmount(settings.redis.reconnectMaxDelay)
             let options = settings.redis
-            let tlsSettings = [options.tlsCAFile, options.tlsCertFile, options.tlsKeyFile, options.tlsServerName].compactMap { $0 }
-            if redis.tls != nil {
+            if redis.tls != nil {  // rediss://
                 redis.tls = RedisConfiguration.TLS(
                     caFile: options.tlsCAFile, certificateFile: options.tlsCertFile, keyFile: options.tlsKeyFile,
                     serverName: options.tlsServerName)
-            } else if !tlsSettings.isEmpty {
-                // Never plain when TLS was asked for.
-                throw ConfigurationError("redis_options.tls_* are set, but the Redis URL is not rediss://")
             }
             let pool = RedisConnectionPool(configuration: redis, group: group, logger: logger)
             guard settings.localCache.maxBytes > 0, settings.localCache.maxAge > .zero else {

@@ -169,11 +169,3 @@ public struct DaemonConfiguration: Sendable, Equatable {
         return live.keys.first { $0.key.uppercased() == upper }?.value ?? KeyConfiguration()
     }
 }
-
-extension Duration {
-    /// In seconds, as a `Double` (for the wire: JSON numbers and Redis `PX` milliseconds).
-    public var inSeconds: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) + Double(attoseconds) / 1e18
-    }
-}

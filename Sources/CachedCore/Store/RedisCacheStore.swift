@@ -100,7 +100,7 @@ public final class RedisCacheStore: CacheStore {
         var arguments: [RedisArgument] = ["SET", .string(address.storeKey), .bytes(value)]
         if onlyIfAbsent { arguments.append("NX") }
         if ttl > .zero {
-            let milliseconds = max(1, Int((ttl.inSeconds * 1000).rounded(.up)))
+            let milliseconds = max(1, Int((ttl / .milliseconds(1)).rounded(.up)))
             arguments += ["PX", .string(String(milliseconds))]
         }
         return RedisCommand(arguments)

@@ -281,7 +281,7 @@ struct WorkerPoolStateMachine<Call> {
 
     /// The timer of `requestID` fired: the call fails, wherever it is (queued, or at a worker, which is stopped).
     mutating func timedOut(requestID: UInt64, timeout: Duration) -> CallOutcome {
-        let error = CachedError(.handlerTimeout, "handler did not answer within \(timeout.inSeconds) s")
+        let error = CachedError(.handlerTimeout, "handler did not answer within \(timeout / .seconds(1)) s")
         if let index = queue.firstIndex(where: { $0.requestID == requestID }) {
             let queued = queue.remove(at: index)
             // Not a handler call (`calls` counts those), but a failed call all the same.
