@@ -6,7 +6,8 @@
 #
 # Environment knobs (defaults in brackets): BENCH_SCRATCH [.build-bench], BENCH_REQUESTS [200000],
 # BENCH_PIPELINED_REQUESTS [1000000], BENCH_REPEAT [3], BENCH_VALUE_SIZE [100], BENCH_KEYSPACE [10000],
-# BENCH_CACHED_REDIS [tcp|unix], BENCH_OUTPUT [docs/benchmarks.md], BENCH_ARGS (extra run.py flags).
+# BENCH_CACHED_REDIS [tcp|unix], BENCH_OUTPUT [docs/benchmarks.md], BENCH_ARGS (extra run.py flags, e.g.
+# --skip-tls to leave out the row over TLS, --only tls,throughput for a quick partial run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,6 +19,7 @@ for tool in redis-server redis-benchmark redis-cli; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing (make deps / apt-get install redis-server redis-tools)" >&2; exit 1; }
 done
 command -v valgrind >/dev/null || echo "bench: valgrind is missing: the instructions-per-get figure is skipped (apt-get install valgrind)" >&2
+command -v openssl >/dev/null || echo "bench: openssl is missing: the get-hit row over TLS is skipped (apt-get install openssl)" >&2
 
 echo "bench: building release cached and cached-bench in $SCRATCH" >&2
 "$SWIFT" build --scratch-path "$SCRATCH" -c release --product cached

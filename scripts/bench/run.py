@@ -97,8 +97,9 @@ class Bench:
             time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
 
-    def populate_redis_benchmark_keys(self):
-        """SET key:%012d for the keyspace, the names redis-benchmark -r uses."""
+    def populate_redis_benchmark_keys(self, target=None):
+        """SET key:%012d for the keyspace, the names redis-benchmark -r uses. `target`: redis-cli's connection
+        arguments (default: the plain redis-server's Unix socket)."""
         path = os.path.join(self.tmp, "populate.resp")
         value = b"x" * self.a.value_size
         with open(path, "wb") as f:
@@ -106,10 +107,14 @@ class Bench:
                 k = b"key:%012d" % i
                 f.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(value), value))
         with open(path, "rb") as f:
-            subprocess.run(["redis-cli", "-s", self.redis_sock, "--pipe"], stdin=f, capture_output=True, check=True, timeout=120)
+            subprocess.run(["redis-cli"] + (target or ["-s", self.redis_sock]) + ["--pipe"], stdin=f, capture_output=True,
+                           check=True, timeout=120)
 
-    def redis_benchmark(self, pipeline, requests, unix=False):
-        target = ["-s", self.redis_sock] if unix else ["-h", "127.0.0.1", "-p", str(self.redis_port)]
+    def redis_benchmark(self, pipeline, requests, unix=False, tls=False):
+        if tls:
+            target = self.tls_target()
+        else:
+            target = ["-s", self.redis_sock] if unix else ["-h", "127.0.0.1", "-p", str(self.redis_port)]
         r = self.run(["redis-benchmark"] + target + [
             "-t", "get", "-c", str(self.a.connections), "-P", str(pipeline), "-n", str(requests),
             "-d", str(self.a.value_size), "-r", str(self.a.keyspace), "--csv"], timeout=300)
@@ -118,11 +123,68 @@ class Bench:
         return {"rps": float(row["rps"]), "p50Micros": float(row["p50_latency_ms"]) * 1000,
                 "p99Micros": float(row["p99_latency_ms"]) * 1000, "maxMicros": float(row["max_latency_ms"]) * 1000}
 
+    # ---------------------------------------------------------------- redis over TLS
+
+    def tls_unavailable(self):
+        """Why the TLS row cannot run on this machine, or None."""
+        if not shutil.which("openssl"):
+            return "openssl is missing (apt-get install openssl)"
+        for tool in ("redis-cli", "redis-benchmark"):
+            r = subprocess.run([tool, "--help"], capture_output=True, text=True)
+            if "--tls" not in r.stdout + r.stderr:
+                return "%s has no --tls option (built without TLS)" % tool
+        return None
+
+    def make_certificates(self):
+        """A CA and a server certificate (DNS:localhost, IP:127.0.0.1) in the temp dir, as the TLS tests make them."""
+        d = os.path.join(self.tmp, "tls")
+        os.makedirs(d, exist_ok=True)
+        self.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=cached bench CA",
+                  "-keyout", os.path.join(d, "ca.key"), "-out", os.path.join(d, "ca.crt")], timeout=60)
+        self.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                  "-keyout", os.path.join(d, "server.key"), "-out", os.path.join(d, "server.csr")], timeout=60)
+        with open(os.path.join(d, "server.ext"), "w") as f:
+            f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        self.run(["openssl", "x509", "-req", "-in", os.path.join(d, "server.csr"), "-CA", os.path.join(d, "ca.crt"),
+                  "-CAkey", os.path.join(d, "ca.key"), "-CAcreateserial", "-days", "2", "-extfile", os.path.join(d, "server.ext"),
+                  "-out", os.path.join(d, "server.crt")], timeout=60)
+        self.tls_ca = os.path.join(d, "ca.crt")
+        return d
+
+    def tls_target(self):
+        """redis-cli / redis-benchmark arguments for the TLS-only redis-server."""
+        return ["--tls", "--cacert", self.tls_ca, "-h", "127.0.0.1", "-p", str(self.redis_tls_port)]
+
+    def start_redis_tls(self):
+        """A second redis-server, TLS only (--port 0), no client certificates asked. Returns None, or why it
+        cannot run (a redis-server built without TLS refuses the options)."""
+        d = self.make_certificates()
+        self.redis_tls_port = self.free_port()
+        self.redis_tls = self.spawn([
+            self.a.redis_server, "--port", "0", "--tls-port", str(self.redis_tls_port), "--bind", "127.0.0.1",
+            "--tls-cert-file", os.path.join(d, "server.crt"), "--tls-key-file", os.path.join(d, "server.key"),
+            "--tls-ca-cert-file", self.tls_ca, "--tls-auth-clients", "no",
+            "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", self.tmp,
+            "--logfile", os.path.join(self.tmp, "redis-tls.log"), "--maxclients", "20000"], "redis-tls")
+        for _ in range(200):
+            if self.redis_tls.poll() is not None:
+                lines = [l for l in self.tail("redis-tls").splitlines() if l.strip()]
+                return "redis-server refused the TLS options (built without TLS?): %s" % (lines[-1] if lines else "exit %d" % self.redis_tls.returncode)
+            r = subprocess.run(["redis-cli"] + self.tls_target() + ["PING"], capture_output=True, text=True)
+            if r.stdout.strip() == "PONG":
+                return None
+            time.sleep(0.05)
+        self.stop(self.redis_tls)
+        lines = [l for l in self.tail("redis-tls").splitlines() if l.strip()]
+        return "redis-server with --tls-port did not answer PING over TLS: %s" % (lines[-1] if lines else "-")
+
     # ---------------------------------------------------------------- cached
 
-    def write_config(self, path, redis_url, with_handlers=True):
+    def write_config(self, path, redis_url, with_handlers=True, tls_ca_file=None):
         lines = ['redis = "%s"' % redis_url, 'log_level = "warning"', "", "[limits]",
                  "max_connections = %d" % (self.a.idle_connections + 1000), ""]
+        if tls_ca_file:
+            lines += ["[redis_options]", 'tls_ca_file = "%s"' % tls_ca_file, ""]
         if with_handlers:
             env = '{ PYTHONPATH = "%s:%s", BENCH_COUNT_FILE = "%s", BENCH_HANDLER_SECONDS = "%s" }' % (
                 os.path.join(ROOT, "clients", "python"), HERE, self.cold_count_file, self.a.handler_seconds)
@@ -222,24 +284,78 @@ class Bench:
             log("  P=%d run %d: redis tcp %.0f rps p99 %.0f us | redis unix %.0f rps | cached %.0f rps p99 %.0f us (errors %s, misses %s)" % (
                 pipeline, i + 1, runs["redis_tcp"][-1]["rps"], runs["redis_tcp"][-1]["p99Micros"], runs["redis_unix"][-1]["rps"],
                 c["requestsPerSecond"], c["p99Micros"], c["errors"], c["misses"]))
-        out = {}
-        for name, rs in runs.items():
-            rps_key = "requestsPerSecond" if name == "cached" else "rps"
-            out[name] = {
-                "rps": statistics.median(r[rps_key] for r in rs),
-                "p50Micros": statistics.median(r["p50Micros"] for r in rs),
-                "p99Micros": statistics.median(r["p99Micros"] for r in rs),
-                "maxMicros": max(r["maxMicros"] for r in rs),
-                "all": [round(r[rps_key]) for r in rs],
-            }
-            if name == "cached":
-                out[name]["p999Micros"] = statistics.median(r["p999Micros"] for r in rs)
-                out[name]["errors"] = sum(r["errors"] + r["unexpected"] + r["wrongValues"] for r in rs)
-                out[name]["misses"] = sum(r["misses"] for r in rs)
-                out[name]["failures"] = [r["failure"] for r in rs if r["failure"]]
+        out = {name: self.summary(rs, cached=name == "cached") for name, rs in runs.items()}
         out["cpuMicrosPerGet"] = {k: statistics.median(v) for k, v in cpu.items()}
         log("  CPU us per get: %s" % out["cpuMicrosPerGet"])
         return out
+
+    @staticmethod
+    def summary(rs, cached):
+        """Medians of redis-benchmark (`cached` False) or cached-bench runs."""
+        rps_key = "requestsPerSecond" if cached else "rps"
+        out = {
+            "rps": statistics.median(r[rps_key] for r in rs),
+            "p50Micros": statistics.median(r["p50Micros"] for r in rs),
+            "p99Micros": statistics.median(r["p99Micros"] for r in rs),
+            "maxMicros": max(r["maxMicros"] for r in rs),
+            "all": [round(r[rps_key]) for r in rs],
+        }
+        if cached:
+            out["p999Micros"] = statistics.median(r["p999Micros"] for r in rs)
+            out["errors"] = sum(r["errors"] + r["unexpected"] + r["wrongValues"] for r in rs)
+            out["misses"] = sum(r["misses"] for r in rs)
+            out["failures"] = [r["failure"] for r in rs if r["failure"]]
+        return out
+
+    def throughput_tls(self, tls_sock, sock, requests):
+        """The unpipelined get-hit figure over TLS: redis-benchmark --tls straight to the TLS redis-server vs
+        cached-bench through a cached with a rediss:// URL; in the same rounds, the plain redis-benchmark and the
+        plain cached, for the TLS / plain ratios. Interleaved, median of the repeats."""
+        runs = {"redis_tls": [], "redis_tcp": [], "cached_tls": [], "cached": []}
+        cpu = {"redis_alone": [], "cached": [], "redis_behind_cached": []}
+        n = self.a.connections
+        for i in range(self.a.repeat):
+            r0 = self.cpu_seconds(self.redis_tls.pid)
+            runs["redis_tls"].append(self.redis_benchmark(1, requests, tls=True))
+            cpu["redis_alone"].append((self.cpu_seconds(self.redis_tls.pid) - r0) / requests * 1e6)
+            runs["redis_tcp"].append(self.redis_benchmark(1, requests))
+            r0, c0 = self.cpu_seconds(self.redis_tls.pid), self.cpu_seconds(self.cached_tls.pid)
+            c = self.cached_bench(tls_sock, "--mix", "get-hit", "-c", n, "-P", 1, "-n", requests)
+            cpu["cached"].append((self.cpu_seconds(self.cached_tls.pid) - c0) / requests * 1e6)
+            cpu["redis_behind_cached"].append((self.cpu_seconds(self.redis_tls.pid) - r0) / requests * 1e6)
+            runs["cached_tls"].append(c)
+            runs["cached"].append(self.cached_bench(sock, "--mix", "get-hit", "-c", n, "-P", 1, "-n", requests))
+            log("  TLS run %d: redis tls %.0f rps p99 %.0f us | redis plain %.0f rps | cached tls %.0f rps p99 %.0f us "
+                "(errors %s, misses %s) | cached plain %.0f rps" % (
+                    i + 1, runs["redis_tls"][-1]["rps"], runs["redis_tls"][-1]["p99Micros"], runs["redis_tcp"][-1]["rps"],
+                    c["requestsPerSecond"], c["p99Micros"], c["errors"], c["misses"], runs["cached"][-1]["requestsPerSecond"]))
+        out = {name: self.summary(rs, cached=name.startswith("cached")) for name, rs in runs.items()}
+        out["cpuMicrosPerGet"] = {k: statistics.median(v) for k, v in cpu.items()}
+        log("  TLS CPU us per get: %s" % out["cpuMicrosPerGet"])
+        out["ran"] = True
+        return out
+
+    def tls(self, sock):
+        """The TLS row: its own redis-server and cached, stopped afterwards. {"ran": False, ...} when skipped."""
+        why = self.tls_unavailable() or self.start_redis_tls()
+        if why:
+            return {"ran": False, "skipped": True, "reason": why}
+        try:
+            self.populate_redis_benchmark_keys(self.tls_target())
+            config = os.path.join(self.tmp, "cached-tls.toml")
+            self.write_config(config, "rediss://127.0.0.1:%d/0" % self.redis_tls_port, with_handlers=False, tls_ca_file=self.tls_ca)
+            self.cached_tls, tls_sock = self.start_cached("cached-tls", config)
+            try:
+                warm = self.cached_bench(tls_sock, "--mix", "get-hit", "-c", self.a.connections, "-n", 0, "--warmup")
+            except RuntimeError as e:
+                return {"ran": False, "skipped": False,
+                        "reason": "the warm-up through cached over TLS failed: %s | cached log: %s" % (str(e)[:300], self.tail("cached-tls")[-500:])}
+            log("  TLS warm-up: %s s" % warm.get("warmupSeconds"))
+            return self.throughput_tls(tls_sock, sock, self.a.requests)
+        finally:
+            if getattr(self, "cached_tls", None) is not None:
+                self.stop(self.cached_tls)
+            self.stop(self.redis_tls)
 
     def python_calls(self, sock):
         a = self.a
@@ -500,6 +616,12 @@ class Bench:
 
     # ---------------------------------------------------------------- main
 
+    def wanted(self, section):
+        """A section runs unless --skip-SECTION says no or --only leaves it out."""
+        if self.a.only is not None and section not in self.a.only:
+            return False
+        return not getattr(self.a, "skip_" + section, False)
+
     def main(self):
         a = self.a
         self.cold_count_file = os.path.join(self.tmp, "cold-calls")
@@ -516,32 +638,42 @@ class Bench:
 
         warm = self.cached_bench(sock, "--mix", "get-hit", "-c", a.connections, "-n", 0, "--warmup")
         log("warm-up: %s s" % warm.get("warmupSeconds"))
-        if not a.skip_throughput:
+        if self.wanted("throughput"):
             log("get-hit, %d connections, no pipelining" % a.connections)
             self.results["p1"] = self.throughput(sock, 1, a.requests)
             log("get-hit, %d connections, pipeline 16" % a.connections)
             self.results["p16"] = self.throughput(sock, 16, a.pipelined_requests)
-        if not a.skip_python:
+        if self.wanted("tls"):
+            log("get-hit over TLS (rediss://), %d connections, no pipelining" % a.connections)
+            try:
+                self.results["tls"] = self.tls(sock)
+            except Exception as e:  # report, do not abort the other figures
+                self.results["tls"] = {"ran": False, "skipped": False, "reason": "error: %s" % str(e)[:500]}
+            if not self.results["tls"].get("ran"):
+                log("  TLS row %s: %s" % ("skipped" if self.results["tls"].get("skipped") else "failed", self.results["tls"]["reason"]))
+        if self.wanted("python"):
             log("python per-call")
             self.results["python"] = self.python_calls(sock)
-        log("1000 concurrent cold gets")
-        try:
-            self.results["cold"] = self.cold(sock)
-        except Exception as e:  # report, do not abort the other figures
-            self.results["cold"] = {"ran": False, "reason": "error: %s" % e}
-        log("  cold: %s" % self.results["cold"])
+        if self.wanted("cold"):
+            log("1000 concurrent cold gets")
+            try:
+                self.results["cold"] = self.cold(sock)
+            except Exception as e:  # report, do not abort the other figures
+                self.results["cold"] = {"ran": False, "reason": "error: %s" % e}
+            log("  cold: %s" % self.results["cold"])
         self.results["rssAfterLoadKB"] = self.rss_kb(cached.pid)
-        if not a.skip_perf:
+        if self.wanted("perf"):
             log("perf profile of get-hit")
             try:
                 self.results["perf"] = self.perf_profile(sock, cached.pid)
             except Exception as e:
                 self.results["perf"] = {"error": str(e)[:300]}
-        log("%d idle connections" % a.idle_connections)
-        self.results["idle"] = self.idle_connections(sock, cached.pid)
-        log("  idle: %s" % self.results["idle"])
+        if self.wanted("idle"):
+            log("%d idle connections" % a.idle_connections)
+            self.results["idle"] = self.idle_connections(sock, cached.pid)
+            log("  idle: %s" % self.results["idle"])
         self.stop(cached)
-        if not a.skip_callgrind:
+        if self.wanted("callgrind"):
             log("callgrind: %d get-hits at -c 10" % a.callgrind_requests)
             try:
                 self.results["callgrind"] = self.callgrind()
@@ -635,6 +767,32 @@ class Bench:
                              fr(ratio(cpu["cached"] + cpu["redis_behind_cached"], cpu["redis_alone"])), "info", "-"))
             if c["errors"] or c["misses"] or c["failures"]:
                 self.notes.append("%s: cached-bench saw %d errors, %d misses, failures %s" % (label, c["errors"], c["misses"], c["failures"]))
+        t = r.get("tls")
+        label = "get-hit over TLS (rediss://), -c %d, no pipelining" % a.connections
+        plain = "TCP" if a.cached_redis == "tcp" else "unix"
+        if t and t.get("ran"):
+            c, rt, cp, rp = t["cached_tls"], t["redis_tls"], t["cached"], t["redis_tcp"]
+            rows.append(("%s: requests/s" % label, f0(rt["rps"]), f0(c["rps"]), fr(ratio(c["rps"], rt["rps"])), "info", "-"))
+            rows.append(("%s: p50 / p99 / p99.9 / max (us)" % label,
+                         "%s / %s / - / %s" % (f0(rt["p50Micros"]), f0(rt["p99Micros"]), f0(rt["maxMicros"])),
+                         "%s / %s / %s / %s" % (f0(c["p50Micros"]), f0(c["p99Micros"]), f0(c["p999Micros"]), f0(c["maxMicros"])),
+                         "p99 " + fr(ratio(c["p99Micros"], rt["p99Micros"])), "info", "-"))
+            cpu = t.get("cpuMicrosPerGet")
+            if cpu:
+                rows.append(("%s: CPU per get (us, from /proc/PID/stat)" % label, "redis-server %.1f" % cpu["redis_alone"],
+                             "cached %.1f + redis-server %.1f" % (cpu["cached"], cpu["redis_behind_cached"]),
+                             fr(ratio(cpu["cached"] + cpu["redis_behind_cached"], cpu["redis_alone"])), "info", "-"))
+            rows.append(("get-hit, -c %d, no pipelining: Redis over TLS vs plain %s, requests/s (same rounds)" % (a.connections, plain),
+                         "TLS %s / TCP %s (TLS/plain %s)" % (f0(rt["rps"]), f0(rp["rps"]), fr(ratio(rt["rps"], rp["rps"]))),
+                         "TLS %s / %s %s" % (f0(c["rps"]), plain, f0(cp["rps"])), "TLS/plain " + fr(ratio(c["rps"], cp["rps"])),
+                         "info", "-"))
+            for name, x in (("over TLS", c), ("over plain %s" % plain, cp)):
+                if x["errors"] or x["misses"] or x["failures"]:
+                    self.notes.append("%s: cached-bench %s saw %d errors, %d misses, failures %s" % (
+                        label, name, x["errors"], x["misses"], x["failures"]))
+        elif t:
+            rows.append(("%s: requests/s" % label, "-", "skipped" if t.get("skipped") else "could not run", "-", "info", "n/a"))
+            self.notes.append("TLS row %s: %s" % ("skipped" if t.get("skipped") else "did not run", t.get("reason")))
         py = r.get("python")
         if py:
             s, rp, pc = py.get("shim", {}).get("usPerCall"), py.get("redispy", {}).get("usPerCall"), py.get("pyredis", {}).get("usPerCall")
@@ -728,6 +886,16 @@ class Bench:
                 "then %d gets from 10 connections (`cached-bench` and `redis-benchmark`); when valgrind cannot run, CPU per get from `/proc/PID/stat` and the perf profile stand in." % a.callgrind_requests,
                 "- CPU per get: utime+stime of the process over the run divided by the requests (10 ms clock ticks).",
                 ""]
+        if (r.get("tls") or {}).get("ran"):  # after the "Redis direct" line
+            redis_line = next(i for i, line in enumerate(out) if line.startswith("- Redis direct:"))
+            out.insert(redis_line + 1,
+                       "- TLS: a second redis-server, TLS only (`--port 0 --tls-port P --tls-auth-clients no`; a CA and a server certificate for "
+                       "DNS:localhost, IP:127.0.0.1 made by `openssl` at bench time), pre-populated the same way; Redis direct: `redis-benchmark --tls "
+                       "--cacert ca.crt -h 127.0.0.1 -p P` with the flags above; cached: a second daemon with `redis = \"rediss://127.0.0.1:P/0\"` and "
+                       "`[redis_options] tls_ca_file`, warmed up and measured with the same `cached-bench` invocation. Hits are served from cached's local "
+                       "copy, so within the measured load cached pays TLS only on fills (each entry's first read, in the first round; the plain daemon's "
+                       "copy may already be warm from the rows above); the load writes nothing, so no invalidation crosses TLS during it. The TLS/plain "
+                       "row measures both daemons and both redis-benchmark targets in the same interleaved rounds.")
         pf = r.get("perf") or {}
         if pf.get("self"):
             top = []
@@ -746,6 +914,18 @@ class Bench:
         if self.notes:
             out += ["Notes:", ""] + ["- " + n for n in self.notes] + [""]
         return "\n".join(out)
+
+
+# What --only can name (the --skip-* flags name the same sections).
+SECTIONS = ("throughput", "tls", "python", "cold", "perf", "idle", "callgrind")
+
+
+def sections(text):
+    names = {x.strip() for x in text.split(",") if x.strip()}
+    unknown = sorted(names - set(SECTIONS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError("unknown section(s) %s; choose from %s" % (", ".join(unknown) or "(none)", ", ".join(SECTIONS)))
+    return names
 
 
 # Everything from this line on in the report is hand-written analysis, kept when a run rewrites the table.
@@ -791,6 +971,9 @@ def main():
     p.add_argument("--skip-python", action="store_true")
     p.add_argument("--skip-callgrind", action="store_true")
     p.add_argument("--skip-perf", action="store_true")
+    p.add_argument("--skip-tls", action="store_true", help="leave out the get-hit row over TLS (rediss://)")
+    p.add_argument("--only", type=sections, metavar="SECTION[,SECTION...]",
+                   help="run only these sections (quick runs; the rest of the table stays empty): " + ", ".join(SECTIONS))
     p.add_argument("--keep-temp", action="store_true")
     p.add_argument("--from-results", help="render the table from a saved results.json instead of measuring")
     args = p.parse_args()
