@@ -63,9 +63,9 @@ public final class RedisConnection: Sendable {
         let timeout = configuration.commandTimeout
         // TLS (`rediss://`): a certificate problem fails this attempt with an error naming the file or the
         // verification failure; the pool logs it and retries with backoff (the daemon runs degraded).
-        let tls: NIOSSLClientHandler?
+        let tls: TLSSetup?
         do {
-            tls = try Self.tlsHandler(configuration)
+            tls = try Self.tlsSetup(configuration)
         } catch {
             return eventLoop.makeFailedFuture(error)
         }
@@ -74,7 +74,10 @@ public final class RedisConnection: Sendable {
             .channelOption(.socketOption(.so_keepalive), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    if let tls { try channel.pipeline.syncOperations.addHandler(tls) }
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(
+                            NIOSSLClientHandler(context: tls.context, serverHostname: tls.serverHostname))
+                    }
                     try channel.pipeline.syncOperations.addHandlers([
                         ByteToMessageHandler(RedisReplyDecoder()),
                         RedisCommandHandler(commandTimeout: timeout),
@@ -97,8 +100,15 @@ public final class RedisConnection: Sendable {
         }
     }
 
-    /// The TLS handler for a `rediss://` endpoint (nil otherwise), with verification always on.
-    static func tlsHandler(_ configuration: RedisConfiguration) throws -> NIOSSLClientHandler? {
+    /// What a TLS handler is made from.
+    struct TLSSetup: Sendable {
+        var context: NIOSSLContext
+        /// SNI and the name verified (nil for an IP address, verified against the certificate's IP entries).
+        var serverHostname: String?
+    }
+
+    /// The TLS context and server name for a `rediss://` endpoint (nil otherwise), with verification always on.
+    static func tlsSetup(_ configuration: RedisConfiguration) throws -> TLSSetup? {
         guard let settings = configuration.tls, case .tcp(let host, _) = configuration.endpoint else { return nil }
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.certificateVerification = .fullVerification
@@ -124,11 +134,13 @@ public final class RedisConnection: Sendable {
         // against the certificate's IP entries and is not sent as SNI.
         let name = settings.serverName ?? host
         let isAddress = (try? SocketAddress(ipAddress: name, port: 0)) != nil
+        let setup = TLSSetup(context: context, serverHostname: isAddress ? nil : name)
         do {
-            return try NIOSSLClientHandler(context: context, serverHostname: isAddress ? nil : name)
+            _ = try NIOSSLClientHandler(context: context, serverHostname: setup.serverHostname)  // refuses a bad name here
         } catch {
             throw RedisClientError(.tlsConfiguration, "cannot set up TLS for \(name): \(error)")
         }
+        return setup
     }
 
     private static func loadPEM<T>(_ path: String, what: String, _ load: (String) throws -> [T]) throws -> [T] {
