@@ -37,24 +37,44 @@ public struct Daemon: Sendable {
         case .embedded:
             return EmbeddedStore(maxBytes: settings.embedded.maxBytes)
         case .redis(let url):
-            var redis = try RedisConfiguration(url: url)
-            redis.poolSize = settings.redis.poolSize
-            redis.connectTimeout = TimeAmount(settings.redis.connectTimeout)
-            redis.commandTimeout = TimeAmount(settings.redis.commandTimeout)
-            redis.maximumReconnectDelay = TimeAmount(settings.redis.reconnectMaxDelay)
-            let options = settings.redis
-            if redis.tls != nil {  // rediss://
-                redis.tls = RedisConfiguration.TLS(
-                    caFile: options.tlsCAFile, certificateFile: options.tlsCertFile, keyFile: options.tlsKeyFile,
-                    serverName: options.tlsServerName)
+            let redis = try Self.redisConfiguration(try RedisConfiguration(url: url), settings.redis)
+            let local = Self.localCache(settings.localCache)
+            let topology = SingleNodeTopology(configuration: redis, group: group, tracking: local != nil, logger: logger) { event in
+                local?.handle(event)
             }
-            let pool = RedisConnectionPool(configuration: redis, group: group, logger: logger)
-            guard settings.localCache.maxBytes > 0, settings.localCache.maxAge > .zero else {
-                return RedisCacheStore(pool: pool)
+            return RedisCacheStore(topology: topology, localCache: local)
+        case .sentinel(let url):
+            var sentinel = try SentinelConfiguration(url: url)
+            sentinel.data = try Self.redisConfiguration(sentinel.data, settings.redis)
+            sentinel.sentinelPassword = settings.redis.sentinelPassword
+            sentinel.refreshInterval = TimeAmount(settings.redis.topologyRefreshInterval)
+            let local = Self.localCache(settings.localCache)
+            let topology = SentinelTopology(configuration: sentinel, group: group, tracking: local != nil, logger: logger) { event in
+                local?.handle(event)
             }
-            let local = LocalCache(maxBytes: settings.localCache.maxBytes, maxAge: TimeAmount(settings.localCache.maxAge))
-            return RedisCacheStore(pool: pool, localCache: local, listenerLoop: group.next(), logger: logger)
+            return RedisCacheStore(topology: topology, localCache: local)
         }
+    }
+
+    /// A node's settings: the URL's, with the `[redis_options]` pool, timeouts and TLS files.
+    static func redisConfiguration(_ parsed: RedisConfiguration, _ options: DaemonConfiguration.RedisOptions) throws -> RedisConfiguration {
+        var redis = parsed
+        redis.poolSize = options.poolSize
+        redis.connectTimeout = TimeAmount(options.connectTimeout)
+        redis.commandTimeout = TimeAmount(options.commandTimeout)
+        redis.maximumReconnectDelay = TimeAmount(options.reconnectMaxDelay)
+        if redis.tls != nil {  // rediss://
+            redis.tls = RedisConfiguration.TLS(
+                caFile: options.tlsCAFile, certificateFile: options.tlsCertFile, keyFile: options.tlsKeyFile,
+                serverName: options.tlsServerName)
+        }
+        return redis
+    }
+
+    /// The coherent local copy, unless it is turned off (no memory or no age).
+    static func localCache(_ options: DaemonConfiguration.LocalCacheOptions) -> LocalCache? {
+        guard options.maxBytes > 0, options.maxAge > .zero else { return nil }
+        return LocalCache(maxBytes: options.maxBytes, maxAge: TimeAmount(options.maxAge))
     }
 
     /// Runs until a graceful shutdown signal, then drains and stops. A second signal stops at once.
@@ -257,8 +277,8 @@ struct NotifyService: Service {
         let store = dispatcher.store.status()
         var line = "Serving \(connections) connections, \(dispatcher.stats.totalRequests) requests (\(Int(rate))/s); store \(store.kind) "
         line += store.available ? "up" : "DOWN"
-        if case .number(let up)? = store.detail["connections"], case .number(let size)? = store.detail["poolSize"] {
-            line += " (\(up)/\(size) connections)"
+        if let summary = store.summary {
+            line += ": \(summary)"
         }
         return line
     }

@@ -1,3 +1,4 @@
+import CachedRedis
 import Logging
 import TOMLKit
 
@@ -40,6 +41,8 @@ extension DaemonConfiguration {
             if let v = try t.string("tls_cert_file") { startup.redis.tlsCertFile = v }
             if let v = try t.string("tls_key_file") { startup.redis.tlsKeyFile = v }
             if let v = try t.string("tls_server_name") { startup.redis.tlsServerName = v }
+            if let v = try t.string("sentinel_password") { startup.redis.sentinelPassword = v }
+            if let v = try t.duration("topology_refresh_interval") { startup.redis.topologyRefreshInterval = v }
             try t.finish()
         }
         if var t = try root.table("limits") {
@@ -93,13 +96,29 @@ extension DaemonConfiguration {
         try root.finish()
     }
 
-    /// Checks what no single setting can: `tls_*` settings need a `rediss://` Redis URL (never plain
-    /// when TLS was asked for). Run once the command line has been applied.
+    /// Checks what no single setting can: `tls_*` settings need a `rediss://` or `rediss-sentinel://`
+    /// Redis URL (never plain when TLS was asked for), `sentinel_password` a Sentinel URL, and the URL
+    /// must parse. Run once the command line has been applied.
     public func validate() throws(ConfigurationError) {
         let r = startup.redis
         let asksForTLS = [r.tlsCAFile, r.tlsCertFile, r.tlsKeyFile, r.tlsServerName].contains { $0 != nil }
-        if asksForTLS, case .redis(let url) = startup.store, !url.hasPrefix("rediss://") {
-            throw ConfigurationError("redis_options.tls_* are set, but the Redis URL is not rediss://")
+        if asksForTLS, startup.store != .embedded, !startup.store.usesTLS {
+            throw ConfigurationError("redis_options.tls_* are set, but the Redis URL is not rediss:// or rediss-sentinel://")
+        }
+        if r.sentinelPassword != nil, case .redis = startup.store {
+            throw ConfigurationError("redis_options.sentinel_password is set, but the Redis URL is not redis-sentinel://")
+        }
+        if r.topologyRefreshInterval <= .zero {
+            throw ConfigurationError("redis_options.topology_refresh_interval must be positive")
+        }
+        do {
+            switch startup.store {
+            case .embedded: break
+            case .redis(let url): _ = try RedisConfiguration(url: url)
+            case .sentinel(let url): _ = try SentinelConfiguration(url: url)
+            }
+        } catch {
+            throw ConfigurationError("redis: \(error)")
         }
         if r.tlsCertFile != nil, r.tlsKeyFile == nil {
             throw ConfigurationError("redis_options.tls_cert_file is set but tls_key_file is not")

@@ -1,3 +1,4 @@
+import CachedRedis
 import Logging
 
 /// Everything `cached` can be configured with. Every setting has a default; see README.md.
@@ -51,18 +52,35 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public enum Store: Sendable, Equatable {
         /// The in-process store (no Redis).
         case embedded
-        /// Redis at this URL (`redis://`, `unix://`).
+        /// One Redis server at this URL (`redis://`, `rediss://`, `unix://`).
         case redis(url: String)
+        /// The master behind Redis Sentinel (`redis-sentinel://`, `rediss-sentinel://`).
+        case sentinel(url: String)
 
-        /// `redis` setting: an empty URL selects the embedded store.
+        /// `redis` setting: an empty URL selects the embedded store; `redis-sentinel://` and
+        /// `rediss-sentinel://` select Sentinel.
         public init(redisURL: String?) {
-            if let redisURL, !redisURL.isEmpty { self = .redis(url: redisURL) } else { self = .embedded }
+            guard let redisURL, !redisURL.isEmpty else {
+                self = .embedded
+                return
+            }
+            self = SentinelConfiguration.isSentinelURL(redisURL) ? .sentinel(url: redisURL) : .redis(url: redisURL)
         }
 
         public var name: String {
             switch self {
             case .embedded: "embedded"
             case .redis: "redis"
+            case .sentinel: "sentinel"
+            }
+        }
+
+        /// Whether the URL asks for TLS (`rediss://`, `rediss-sentinel://`).
+        public var usesTLS: Bool {
+            switch self {
+            case .embedded: false
+            case .redis(let url): url.hasPrefix("rediss://")
+            case .sentinel(let url): url.hasPrefix("rediss-sentinel://")
             }
         }
     }
@@ -79,6 +97,10 @@ public struct DaemonConfiguration: Sendable, Equatable {
         public var tlsCertFile: String?
         public var tlsKeyFile: String?
         public var tlsServerName: String?
+        /// `AUTH` for the Sentinels (the URL's credentials are the data nodes').
+        public var sentinelPassword: String?
+        /// How often the topology (the master behind Sentinel) is checked even when nothing suggests a change.
+        public var topologyRefreshInterval: Duration = .seconds(5)
         public init() {}
     }
 

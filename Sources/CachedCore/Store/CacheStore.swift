@@ -32,6 +32,15 @@ public struct StoreStatus: Sendable, Hashable {
     public var kind: String
     public var available: Bool
     public var detail: [String: JSONValue]
+    /// A short phrase for systemd's `STATUS=` (for Redis: the master, its connections, Sentinels).
+    public var summary: String?
+
+    public init(kind: String, available: Bool, detail: [String: JSONValue], summary: String? = nil) {
+        self.kind = kind
+        self.available = available
+        self.detail = detail
+        self.summary = summary
+    }
 }
 
 extension CacheStore {

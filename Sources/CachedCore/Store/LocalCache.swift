@@ -23,15 +23,19 @@ public final class LocalCache: Sendable {
         var epoch: UInt64 = 0
         var invalidatedAt: [String: UInt64] = [:]
         var flushedAt: UInt64 = 0
-        var listener: Int64?
-        /// Data connections whose reads are cached here; an entry's tag names one of them.
-        var sessions: Set<UInt64> = []
+        /// The listener that is up, per node: a node's reads may be kept only while it has one.
+        var listeners: [UInt64: Int64] = [:]
+        /// When each node's entries were last dropped (an insert read before that is refused).
+        var nodeFlushedAt: [UInt64: UInt64] = [:]
+        /// Data connections whose reads are kept here (an entry's tag names one), and their node.
+        var sessions: [UInt64: UInt64] = [:]
         var hits = 0
         var misses = 0
         var invalidations = 0
         var flushes = 0
         var sessionsEnded = 0
         var droppedWithSession = 0
+        var nodesRemoved = 0
     }
 
     private let state: NIOLockedValueBox<State>
@@ -44,37 +48,39 @@ public final class LocalCache: Sendable {
         self.state = NIOLockedValueBox(State(entries: LRUStore(maxBytes: maxBytes)))
     }
 
-    /// A cached value, or nil.
+    /// A cached value, or nil. Every entry held is vouched for by a listener that is up: entries are
+    /// dropped as soon as their node's listener or connection goes.
     func get(_ address: EntryAddress) -> EncodedValue? {
         let now = NIODeadline.now()
         return state.withLockedValue { state in
-            guard state.listener != nil else { return nil }
             let value = state.entries.get(address.storeKey, field: address.storeField, now: now)
             if value != nil { state.hits += 1 } else { state.misses += 1 }
             return value
         }
     }
 
-    /// Marks the start of a read from Redis; pass the result to ``insert(_:value:readAt:trackedBy:)``.
+    /// Marks the start of a read from Redis; pass the result to ``insert(_:value:readAt:route:)``.
     func beginRead() -> UInt64 {
         state.withLockedValue { $0.epoch }
     }
 
-    /// Caches a value read from Redis on `connection`, unless it may be stale (see the type's
+    /// Caches a value read from Redis through `route`, unless it may be stale (see the type's
     /// documentation). Call it on the connection's event loop, where the reply was read: the connection's
     /// close is then seen after it, and drops the entry.
-    func insert(_ address: EntryAddress, value: ByteBuffer, readAt epoch: UInt64, on connection: RedisConnection) {
+    func insert(_ address: EntryAddress, value: ByteBuffer, readAt epoch: UInt64, route: RedisRoute) {
+        let connection = route.connection
         connection.eventLoop.preconditionInEventLoop()
         guard connection.isActive, let redirect = connection.trackingRedirect else { return }
         let now = NIODeadline.now()
         var encoded = EncodedValue(value)
         let session = connection.id
+        let node = route.node.id
         encoded.tag = session
         let watch: Bool = state.withLockedValue { state in
-            guard let listener = state.listener, redirect == listener, state.flushedAt <= epoch,
-                (state.invalidatedAt[address.storeKey] ?? 0) <= epoch
+            guard let listener = state.listeners[node], redirect == listener, state.flushedAt <= epoch,
+                (state.nodeFlushedAt[node] ?? 0) <= epoch, (state.invalidatedAt[address.storeKey] ?? 0) <= epoch
             else { return false }
-            let (inserted, _) = state.sessions.insert(session)
+            let inserted = state.sessions.updateValue(node, forKey: session) == nil
             state.entries.set(address.storeKey, field: address.storeField, value: encoded, expiry: now + maxAge, now: now)
             return inserted
         }
@@ -87,14 +93,44 @@ public final class LocalCache: Sendable {
     /// A data connection closed: Redis no longer tracks what it read, so nothing it read may be served.
     func sessionEnded(_ session: UInt64) {
         state.withLockedValue { state in
-            guard state.sessions.remove(session) != nil else { return }
+            guard state.sessions.removeValue(forKey: session) != nil else { return }
             state.epoch += 1
             state.sessionsEnded += 1
             state.droppedWithSession += state.entries.removeAll { $0.tag == session }
         }
     }
 
-    /// A key changed: drop it (and every field, for a hash).
+    /// Applies what a node reports (see ``RedisNodeEvent``).
+    public func handle(_ event: RedisNodeEvent) {
+        switch event {
+        case .invalidate(_, let keys):
+            keys.forEach(invalidate)
+        case .invalidateAll(let node):
+            state.withLockedValue { Self.flush(node: node, &$0) }
+        case .trackingUp(let node, let listener):
+            state.withLockedValue { state in
+                state.listeners[node] = listener
+                Self.flush(node: node, &state)
+            }
+        case .trackingDown(let node):
+            state.withLockedValue { state in
+                state.listeners[node] = nil
+                Self.flush(node: node, &state)
+            }
+        case .removed(let node):
+            state.withLockedValue { state in
+                state.listeners[node] = nil
+                state.nodesRemoved += 1
+                Self.flush(node: node, &state)
+                state.nodeFlushedAt[node] = nil  // ids are never reused: no insert can name it again
+            }
+        case .connectionLost, .connectFailed:
+            break  // the connection's close future already dropped what it read
+        }
+    }
+
+    /// A key changed: drop it (and every field, for a hash). Keys are dropped whatever node reported them:
+    /// a key lives on one node, so this never drops less than needed.
     func invalidate(_ storeKey: String) {
         state.withLockedValue { state in
             state.epoch += 1
@@ -110,12 +146,19 @@ public final class LocalCache: Sendable {
         state.withLockedValue { Self.flush(&$0) }
     }
 
-    /// The invalidation listener that is up (values may be cached only while there is one).
-    func setListener(_ id: Int64?) {
-        state.withLockedValue { state in
-            state.listener = id
-            Self.flush(&state)
+    /// Drops what `node`'s connections read. When no other node has entries here, everything is dropped
+    /// at once (a new store, no scan).
+    private static func flush(node: UInt64, _ state: inout State) {
+        if state.sessions.values.allSatisfy({ $0 == node }) {
+            flush(&state)
+            return
         }
+        state.epoch += 1
+        state.nodeFlushedAt[node] = state.epoch
+        // Sessions stay until their connection closes (their close callback is registered once).
+        let sessions = state.sessions
+        _ = state.entries.removeAll { sessions[$0.tag] == node }
+        state.flushes += 1
     }
 
     private static func flush(_ state: inout State) {
@@ -129,11 +172,12 @@ public final class LocalCache: Sendable {
     var status: JSONValue {
         state.withLockedValue { s in
             .object([
-                "enabled": .bool(s.listener != nil), "keys": .number(String(s.entries.count)),
+                "enabled": .bool(!s.listeners.isEmpty), "keys": .number(String(s.entries.count)),
                 "bytes": .number(String(s.entries.usedBytes)), "maxBytes": .number(String(maxBytes)),
                 "hits": .number(String(s.hits)), "misses": .number(String(s.misses)),
                 "invalidations": .number(String(s.invalidations)), "flushes": .number(String(s.flushes)),
                 "connectionsLost": .number(String(s.sessionsEnded)), "droppedWithConnection": .number(String(s.droppedWithSession)),
+                "nodesRemoved": .number(String(s.nodesRemoved)),
             ])
         }
     }

@@ -4,42 +4,24 @@ import Logging
 import NIOCore
 
 /// Entries in Redis, in pyredis-cache's layout, with an optional coherent local copy (``LocalCache``).
+///
+/// Every command goes to the node the ``RedisTopology`` routes its key to; the topology's node events
+/// keep the local copy coherent (wire them with ``LocalCache/handle(_:)``).
 public final class RedisCacheStore: CacheStore {
-    public let pool: RedisConnectionPool
+    public let topology: any RedisTopology
     let localCache: LocalCache?
-    let listener: RedisInvalidationListener?
 
-    public init(pool: RedisConnectionPool, localCache: LocalCache? = nil, listenerLoop: (any EventLoop)? = nil, logger: Logger? = nil) {
-        self.pool = pool
+    public init(topology: any RedisTopology, localCache: LocalCache? = nil) {
+        self.topology = topology
         self.localCache = localCache
-        if let localCache, let listenerLoop, let logger {
-            self.listener = RedisInvalidationListener(
-                configuration: pool.configuration, eventLoop: listenerLoop, logger: logger
-            ) { event in
-                switch event {
-                case .invalidate(let keys): keys.forEach(localCache.invalidate)
-                case .invalidateAll: localCache.invalidateAll()
-                case .connected(let id):
-                    // Existing connections switch their tracking to the new listener before values are cached again.
-                    pool.setTrackingRedirect(id).whenComplete { _ in localCache.setListener(id) }
-                case .disconnected:
-                    localCache.setListener(nil)
-                    _ = pool.setTrackingRedirect(nil)
-                }
-            }
-        } else {
-            self.listener = nil
-        }
     }
 
     public func start() async {
-        await listener?.start()
-        await pool.start()
+        await topology.start()
     }
 
     public func shutdown() async {
-        await listener?.shutdown()
-        await pool.shutdown()
+        await topology.shutdown()
     }
 
     public func cachedValue(_ address: EntryAddress) -> EncodedValue? {
@@ -53,15 +35,15 @@ public final class RedisCacheStore: CacheStore {
         } else {
             command = RedisCommand("GET", .string(address.storeKey))
         }
-        guard let connection = pool.connection(preferring: eventLoop) else {
-            return eventLoop.makeFailedFuture(CachedError(.storeUnavailable, "Redis unavailable: no connection to Redis is up"))
+        guard let route = topology.route(address.storeKey, preferring: eventLoop) else {
+            return eventLoop.makeFailedFuture(Self.noConnection)
         }
         let readAt = localCache?.beginRead() ?? 0
         let localCache = self.localCache
-        return Self.checked(connection.send(command)).flatMapThrowing { reply in
+        return checked(route.connection.send(command), route).flatMapThrowing { reply in
             switch reply {
             case .bulk(let value):
-                localCache?.insert(address, value: value, readAt: readAt, on: connection)
+                localCache?.insert(address, value: value, readAt: readAt, route: route)
                 return value
             case .null: return nil
             default: throw CachedError(.storeError, "unexpected reply from Redis to GET: \(reply)")
@@ -71,7 +53,7 @@ public final class RedisCacheStore: CacheStore {
 
     public func set(_ address: EntryAddress, value: ByteBuffer, ttl: Duration, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         localCache?.invalidate(address.storeKey)
-        return send(Self.storeCommand(address, value, ttl: ttl, onlyIfAbsent: false), on: eventLoop).flatMapThrowing { reply in
+        return send(Self.storeCommand(address, value, ttl: ttl, onlyIfAbsent: false), key: address.storeKey, on: eventLoop).flatMapThrowing { reply in
             switch reply {
             case .status, .integer: return
             default: throw CachedError(.storeError, "unexpected reply from Redis to SET: \(reply)")
@@ -81,7 +63,7 @@ public final class RedisCacheStore: CacheStore {
 
     public func fill(_ address: EntryAddress, value: ByteBuffer, ttl: Duration, on eventLoop: any EventLoop) -> EventLoopFuture<Bool> {
         localCache?.invalidate(address.storeKey)
-        return send(Self.storeCommand(address, value, ttl: ttl, onlyIfAbsent: true), on: eventLoop).flatMapThrowing { reply in
+        return send(Self.storeCommand(address, value, ttl: ttl, onlyIfAbsent: true), key: address.storeKey, on: eventLoop).flatMapThrowing { reply in
             switch reply {
             case .status: return true  // SET ... NX stored
             case .null: return false  // SET ... NX: the key exists
@@ -114,29 +96,33 @@ public final class RedisCacheStore: CacheStore {
         } else {
             command = RedisCommand("DEL", .string(address.storeKey))
         }
-        return integer(command, on: eventLoop)
+        return integer(command, key: address.storeKey, on: eventLoop)
     }
 
     public func deleteHash(_ hash: HashAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int> {
         localCache?.invalidate(hash.storeKey)
-        return integer(RedisCommand("DEL", .string(hash.storeKey)), on: eventLoop)
+        return integer(RedisCommand("DEL", .string(hash.storeKey)), key: hash.storeKey, on: eventLoop)
     }
 
     public func status() -> StoreStatus {
-        let connected = pool.connectedCount
+        let topology = self.topology.status
+        let connected = topology.nodes.reduce(0) { $0 + $1.connections }
         var detail: [String: JSONValue] = [
-            "url": .string(pool.configuration.redactedDescription),
+            "url": .string(topology.url),
             "connections": .number(String(connected)),
-            "poolSize": .number(String(pool.configuration.poolSize)),
+            "poolSize": .number(String(topology.nodes.first?.poolSize ?? 0)),
+            "topology": topology.json,
         ]
         if let localCache { detail["localCache"] = localCache.status }
-        return StoreStatus(kind: "redis", available: connected > 0, detail: detail)
+        return StoreStatus(kind: "redis", available: topology.available, detail: detail, summary: topology.summary)
     }
 
     // MARK: Helpers
 
-    private func integer(_ command: RedisCommand, on eventLoop: any EventLoop) -> EventLoopFuture<Int> {
-        send(command, on: eventLoop).flatMapThrowing { reply in
+    private static let noConnection = CachedError(.storeUnavailable, "Redis unavailable: no connection to Redis is up")
+
+    private func integer(_ command: RedisCommand, key: String, on eventLoop: any EventLoop) -> EventLoopFuture<Int> {
+        send(command, key: key, on: eventLoop).flatMapThrowing { reply in
             guard case .integer(let n) = reply else {
                 throw CachedError(.storeError, "unexpected reply from Redis: \(reply)")
             }
@@ -144,17 +130,23 @@ public final class RedisCacheStore: CacheStore {
         }
     }
 
-    /// Sends a command; maps client errors and error replies to ``CachedError``.
-    private func send(_ command: RedisCommand, on eventLoop: any EventLoop) -> EventLoopFuture<RedisReply> {
-        Self.checked(pool.send(command, preferring: eventLoop))
+    /// Sends a command to the node that serves `key`; maps client errors and error replies to ``CachedError``.
+    private func send(_ command: RedisCommand, key: String, on eventLoop: any EventLoop) -> EventLoopFuture<RedisReply> {
+        guard let route = topology.route(key, preferring: eventLoop) else {
+            return eventLoop.makeFailedFuture(Self.noConnection)
+        }
+        return checked(route.connection.send(command), route)
     }
 
-    /// Maps client errors and error replies to ``CachedError``.
-    private static func checked(_ future: EventLoopFuture<RedisReply>) -> EventLoopFuture<RedisReply> {
-        future
+    /// Maps client errors and error replies to ``CachedError``; tells the topology of error replies
+    /// (`READONLY` after a failover makes a Sentinel topology re-resolve the master).
+    private func checked(_ future: EventLoopFuture<RedisReply>, _ route: RedisRoute) -> EventLoopFuture<RedisReply> {
+        let topology = self.topology
+        return future
             .flatMapErrorThrowing { error in throw Self.map(error) }
             .flatMapThrowing { reply in
                 if case .error(let message) = reply {
+                    topology.errorReply(message, from: route.node)
                     throw CachedError(
                         .storeError, "Redis error: \(message)",
                         data: .object(["redis": .string(String(message.prefix { $0 != " " }))]))

@@ -16,14 +16,30 @@ public final class RedisConnectionPool: Sendable {
     /// The client id of the invalidation listener new connections redirect their tracking to (nil: no tracking).
     private let trackingRedirect = NIOLockedValueBox<Int64?>(nil)
 
-    public init(configuration: RedisConfiguration, group: any EventLoopGroup, logger: Logger) {
+    /// What the pool reports about its connections (beyond its own log lines).
+    public enum ConnectionEvent: Sendable {
+        /// A connection that was up closed.
+        case lost
+        /// An attempt to connect failed.
+        case failed
+    }
+
+    /// - Parameter onConnectionEvent: told when a connection is lost or an attempt fails (a topology
+    ///   re-resolves its nodes on it), on the connection's event loop.
+    public init(
+        configuration: RedisConfiguration, group: any EventLoopGroup, logger: Logger,
+        onConnectionEvent: @escaping @Sendable (ConnectionEvent) -> Void = { _ in }
+    ) {
         self.configuration = configuration
         self.logger = logger
         var slots: [Slot] = []
         var iterator = group.makeIterator()
         for index in 0..<max(1, configuration.poolSize) {
             let loop = iterator.next() ?? group.next()
-            slots.append(Slot(index: index, eventLoop: loop, configuration: configuration, logger: logger, trackingRedirect: trackingRedirect))
+            slots.append(
+                Slot(
+                    index: index, eventLoop: loop, configuration: configuration, logger: logger,
+                    trackingRedirect: trackingRedirect, onConnectionEvent: onConnectionEvent))
         }
         self.slots = slots
     }
@@ -97,7 +113,10 @@ extension RedisConnectionPool {
         let eventLoop: any EventLoop
         private let reconnector: Reconnector<RedisConnection>
 
-        init(index: Int, eventLoop: any EventLoop, configuration: RedisConfiguration, logger: Logger, trackingRedirect: NIOLockedValueBox<Int64?>) {
+        init(
+            index: Int, eventLoop: any EventLoop, configuration: RedisConfiguration, logger: Logger,
+            trackingRedirect: NIOLockedValueBox<Int64?>, onConnectionEvent: @escaping @Sendable (ConnectionEvent) -> Void
+        ) {
             self.index = index
             self.eventLoop = eventLoop
             let redacted = configuration.redactedDescription
@@ -119,7 +138,9 @@ extension RedisConnectionPool {
                         logger.info("connected to Redis", metadata: ["slot": "\(index)", "redis": "\(redacted)", "after_failures": "\(failures)"])
                     case .lost:
                         logger.warning("connection to Redis lost", metadata: ["slot": "\(index)"])
+                        onConnectionEvent(.lost)
                     case .failed(let error, let failures, _):
+                        onConnectionEvent(.failed)
                         if failures <= 2 || failures.isMultiple(of: 50) {
                             logger.warning(
                                 "cannot connect to Redis; retrying with backoff",
