@@ -38,6 +38,8 @@ public final class RedisServer: @unchecked Sendable {
     public let tlsPort: Int?
     /// Whether TLS clients must present a certificate signed by the test CA.
     public let tlsAuthClients: Bool
+    /// More `redis-server` arguments (e.g. `--replicaof`).
+    public var extraArguments: [String]
     private var process: ChildProcess?
 
     public static var binary: String { ProcessInfo.processInfo.environment["REDIS_SERVER"] ?? "/usr/bin/redis-server" }
@@ -45,7 +47,11 @@ public final class RedisServer: @unchecked Sendable {
     /// - Parameters:
     ///   - tcp: also listen on a free loopback TCP port.
     ///   - tls: also listen for TLS on a free loopback port, with these certificates.
-    public init(tcp: Bool = false, password: String? = nil, tls: TestCertificates? = nil, tlsAuthClients: Bool = false) throws {
+    public init(
+        tcp: Bool = false, password: String? = nil, tls: TestCertificates? = nil, tlsAuthClients: Bool = false,
+        extraArguments: [String] = []
+    ) throws {
+        self.extraArguments = extraArguments
         directory = try makeTemporaryDirectory("redis")
         socketPath = directory + "/redis.sock"
         self.tls = tls
@@ -82,7 +88,8 @@ public final class RedisServer: @unchecked Sendable {
             "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", directory,
             "--logfile", directory + "/redis.log",
         ]
-        if let password { args += ["--requirepass", password] }
+        if let password { args += ["--requirepass", password, "--masterauth", password] }
+        args += extraArguments
         if let tls, let tlsPort {
             args += [
                 "--tls-port", String(tlsPort), "--tls-cert-file", tls.serverCertificate, "--tls-key-file", tls.serverKey,
@@ -125,7 +132,7 @@ public final class RedisServer: @unchecked Sendable {
         return bytes
     }
 
-    static func freePort() -> Int {
+    public static func freePort() -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var addr = sockaddr_in()
