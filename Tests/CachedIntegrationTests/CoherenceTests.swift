@@ -27,9 +27,11 @@ struct CoherenceTests {
 
     /// Finding 1: Redis forgets what a connection read when it closes (redis/redis#11767), so entries that
     /// connection read must not be served from the local copy any more.
-    @Test func aKilledDataConnectionDropsWhatItRead() throws {
-        let redis = try RedisServer()
-        let daemon = try DaemonProcess(arguments: ["--redis", redis.unixURL])
+    @Test(arguments: StoreKind.redis)
+    func aKilledDataConnectionDropsWhatItRead(kind: StoreKind) throws {
+        let f = try Fixture(kind)
+        let redis = try #require(f.redis)
+        let daemon = f.daemon
         try redis.cli(["SET", "00STALEKEY#0000000001", "old"])
         try redis.cli(["HSET", "00000CLASS#0000000003", "00STALEKEY#0000000001", "old-field"])
         let hashEntry = Self.stale.merging(["hashKey": .string("Class"), "hashId": int(3)]) { $1 }

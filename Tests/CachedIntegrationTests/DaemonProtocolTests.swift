@@ -5,17 +5,30 @@ import Testing
 
 /// Which store a daemon under test uses.
 enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
-    case embedded, redisUnix, redisTCP
+    case embedded, redisUnix, redisTCP, redisTLS, sentinel
     var testDescription: String { rawValue }
+    /// Every kind that talks to Redis.
+    static let redis: [StoreKind] = [.redisUnix, .redisTCP, .redisTLS, .sentinel]
 }
 
-/// A daemon plus (for the Redis kinds) its private Redis.
+/// A daemon plus (for the Redis kinds) its private Redis (behind Sentinel: the master).
 final class Fixture: @unchecked Sendable {
     let redis: RedisServer?
     let daemon: DaemonProcess
+    private var sentinels: SentinelGroup?
 
     init(_ kind: StoreKind, config: String = "") throws {
         switch kind {
+        case .redisTLS:
+            let certs = try TestCertificates()
+            let r = try RedisServer(tls: certs)
+            redis = r
+            daemon = try DaemonProcess(config: TLSTests.tlsConfig(certs) + config, arguments: ["--redis", r.tlsURL])
+        case .sentinel:
+            let group = try SentinelGroup()
+            sentinels = group
+            redis = group.master()
+            daemon = try DaemonProcess(config: config, arguments: ["--redis", group.url])
         case .embedded:
             redis = nil
             daemon = try DaemonProcess(config: config)
@@ -27,6 +40,13 @@ final class Fixture: @unchecked Sendable {
             let r = try RedisServer(tcp: true)
             redis = r
             daemon = try DaemonProcess(config: config, arguments: ["--redis", r.tcpURL])
+        }
+        if kind != .embedded {
+            // Resolved and connected (the listener, the pool; behind Sentinel the master first).
+            let c = try daemon.client()
+            guard try waitUntil(timeout: 10, { (try? c.call("stats"))?["result"]?["store"]?["available"] == .bool(true) }) else {
+                throw HarnessError("the daemon did not reach Redis: \(daemon.log().suffix(1500))")
+            }
         }
     }
 }
@@ -92,7 +112,7 @@ struct DaemonMethodTests {
         #expect(got?["encoding"] == nil)
     }
 
-    @Test(arguments: [StoreKind.embedded, .redisUnix])
+    @Test(arguments: [StoreKind.embedded, .redisUnix, .redisTLS])
     func ttls(kind: StoreKind) throws {
         let f = try Fixture(kind, config: "[keys.Session]\nttl = 30\n")
         let c = try f.daemon.client()
@@ -116,8 +136,9 @@ struct DaemonMethodTests {
 
 @Suite("Daemon: pyredis-cache layout in Redis", .serialized)
 struct RedisLayoutTests {
-    @Test func writesAreVisibleToRedisCLIAndForeignWritesAreHits() throws {
-        let f = try Fixture(.redisUnix)
+    @Test(arguments: StoreKind.redis)
+    func writesAreVisibleToRedisCLIAndForeignWritesAreHits(kind: StoreKind) throws {
+        let f = try Fixture(kind)
         let redis = try #require(f.redis)
         let c = try f.daemon.client()
         _ = try c.call("set", params(["key": .string("Student"), "identity": int(12), "value": .string("{\"name\":\"x\"}")]))
@@ -133,8 +154,9 @@ struct RedisLayoutTests {
         #expect(try c.call("get", params(["key": .string("Student"), "identity": int(1), "hashKey": .string("Class"), "hashId": int(4)]))["result"]?["value"] == .string("hash-elsewhere"))
     }
 
-    @Test func wrongTypeIsAStoreError() throws {
-        let f = try Fixture(.redisUnix)
+    @Test(arguments: StoreKind.redis)
+    func wrongTypeIsAStoreError(kind: StoreKind) throws {
+        let f = try Fixture(kind)
         let redis = try #require(f.redis)
         try redis.cli(["HSET", "000STUDENT#0000000001", "f", "v"])
         let answer = try f.daemon.client().call("get", params(["key": .string("Student"), "identity": int(1)]))

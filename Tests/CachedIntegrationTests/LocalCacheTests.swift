@@ -23,9 +23,11 @@ struct LocalCacheTests {
         try c.call("get", params)["result"]?["value"]
     }
 
-    @Test func repeatedHitsAreServedWithoutRedis() throws {
-        let redis = try RedisServer()
-        let daemon = try DaemonProcess(arguments: ["--redis", redis.unixURL])
+    @Test(arguments: StoreKind.redis)
+    func repeatedHitsAreServedWithoutRedis(kind: StoreKind) throws {
+        let f = try Fixture(kind)
+        let redis = try #require(f.redis)
+        let daemon = f.daemon
         try redis.cli(["SET", "000STUDENT#0000000001", "v1"])
         try redis.cli(["HSET", "00000CLASS#0000000003", "000STUDENT#0000000001", "h1"])
         let c = try daemon.client()
@@ -39,9 +41,11 @@ struct LocalCacheTests {
         #expect(local?["hits"]?.intValue == 98)
     }
 
-    @Test func writesByAnyoneExpiryAndFlushesInvalidate() throws {
-        let redis = try RedisServer()
-        let daemon = try DaemonProcess(arguments: ["--redis", redis.unixURL])
+    @Test(arguments: StoreKind.redis)
+    func writesByAnyoneExpiryAndFlushesInvalidate(kind: StoreKind) throws {
+        let f = try Fixture(kind)
+        let redis = try #require(f.redis)
+        let daemon = f.daemon
         let c = try daemon.client()
         try redis.cli(["SET", "000STUDENT#0000000001", "v1"])
         #expect(try value(c) == .string("v1"))
@@ -69,9 +73,11 @@ struct LocalCacheTests {
         #expect(try c.call("get", Self.entry)["result"]?["hit"] == .bool(false))
     }
 
-    @Test func noStaleValueSurvivesARedisRestart() throws {
-        let redis = try RedisServer()
-        let daemon = try DaemonProcess(arguments: ["--redis", redis.unixURL])
+    @Test(arguments: [StoreKind.redisUnix, .redisTLS])
+    func noStaleValueSurvivesARedisRestart(kind: StoreKind) throws {
+        let f = try Fixture(kind)
+        let redis = try #require(f.redis)
+        let daemon = f.daemon
         let c = try daemon.client()
         try redis.cli(["SET", "000STUDENT#0000000001", "before-crash"])
         #expect(try value(c) == .string("before-crash"))
@@ -84,9 +90,11 @@ struct LocalCacheTests {
         #expect(try waitUntil(timeout: 2, interval: 0.001) { try value(c) == .string("later") })
     }
 
-    @Test func concurrentWritersNeverLeaveAStaleValueBehind() throws {
-        let redis = try RedisServer()
-        let daemon = try DaemonProcess(arguments: ["--redis", redis.unixURL])
+    @Test(arguments: StoreKind.redis)
+    func concurrentWritersNeverLeaveAStaleValueBehind(kind: StoreKind) throws {
+        let f = try Fixture(kind)
+        let redis = try #require(f.redis)
+        let daemon = f.daemon
         let stop = Locked(false)
         let done = DispatchGroup()
         // Readers hammer the key through cached while a writer changes it in Redis directly.

@@ -119,6 +119,23 @@ struct SentinelTests {
         #expect(try waitUntil(timeout: 10, interval: 0.1) { try oldMaster.cli(["ROLE"]).hasPrefix("slave") })
     }
 
+    /// The URL's credentials and database are the data nodes'; `sentinel_password` is the Sentinels'.
+    @Test func credentialsDatabaseAndSentinelPassword() throws {
+        let group = try SentinelGroup(password: "data-pw", sentinelPassword: "sentinel-pw")
+        let master = try #require(group.master())
+        let url = group.url(credentials: ":data-pw@", database: 3)
+        let daemon = try DaemonProcess(config: Self.config + "sentinel_password = \"sentinel-pw\"\n", arguments: ["--redis", url])
+        let c = try daemon.client()
+        #expect(try waitUntil(timeout: 5) { (try? c.call("stats"))?["result"]?["store"]?["available"] == .bool(true) })
+        #expect(try c.call("set", Self.entry.merging(["value": .string("db3")]) { $1 })["result"]?["stored"] == .bool(true))
+        #expect(try master.cli(["-n", "3", "GET", "000STUDENT#0000000001"]) == "db3")
+        #expect(try master.cli(["-n", "0", "EXISTS", "000STUDENT#0000000001"]) == "0")
+        // Without the Sentinels' password no master is found: degraded, and the log says why.
+        let refused = try DaemonProcess(config: Self.config, arguments: ["--redis", url])
+        #expect(try refused.client().call("get", Self.entry)["error"]?["code"] == int(-32000))
+        #expect(try waitUntil(timeout: 5) { refused.log().contains("NOAUTH") || refused.log().contains("AUTH") })
+    }
+
     /// No Sentinel reachable: the daemon starts degraded and answers -32000 at once, then finds the master
     /// when a Sentinel is back.
     @Test func startsDegradedWhenNoSentinelAnswers() throws {

@@ -8,7 +8,7 @@ import Testing
 struct TLSTests {
     static let entry = params(["key": .string("Student"), "identity": int(5)])
 
-    func tlsConfig(_ certs: TestCertificates, serverName: String? = "localhost", client: Bool = false) -> String {
+    static func tlsConfig(_ certs: TestCertificates, serverName: String? = "localhost", client: Bool = false) -> String {
         var lines = ["[redis_options]", "tls_ca_file = \"\(certs.caCertificate)\""]
         if let serverName { lines.append("tls_server_name = \"\(serverName)\"") }
         if client {
@@ -26,7 +26,7 @@ struct TLSTests {
         let redis = try RedisServer(tls: certs, tlsAuthClients: clientCertificate)
         // Without a server name the URL's host (127.0.0.1) is verified against the certificate's IP entry.
         let daemon = try DaemonProcess(
-            config: tlsConfig(certs, serverName: serverName, client: clientCertificate), arguments: ["--redis", redis.tlsURL])
+            config: Self.tlsConfig(certs, serverName: serverName, client: clientCertificate), arguments: ["--redis", redis.tlsURL])
         let c = try daemon.client()
         #expect(try waitUntil(timeout: 5) { (try? c.call("stats"))?["result"]?["store"]?["available"] == .bool(true) })
         #expect(try c.call("set", Self.entry.merging(["value": .string("secret")]) { $1 })["result"]?["stored"] == .bool(true))
@@ -49,7 +49,7 @@ struct TLSTests {
         let certs = try TestCertificates()
         let other = try TestCertificates(name: "another CA")
         let redis = try RedisServer(tls: certs)
-        let daemon = try DaemonProcess(config: tlsConfig(other), arguments: ["--redis", redis.tlsURL])
+        let daemon = try DaemonProcess(config: Self.tlsConfig(other), arguments: ["--redis", redis.tlsURL])
         let c = try daemon.client()
         #expect(try c.call("ping")["result"] == .string("pong"))
         #expect(try c.call("get", Self.entry)["error"]?["code"] == int(-32000))
@@ -64,13 +64,13 @@ struct TLSTests {
     @Test func aCertificateForAnotherNameIsRefused() throws {
         let certs = try TestCertificates(serverNames: "DNS:localhost")
         let redis = try RedisServer(tls: certs)
-        let wrong = try DaemonProcess(config: tlsConfig(certs, serverName: "redis.example"), arguments: ["--redis", redis.tlsURL])
+        let wrong = try DaemonProcess(config: Self.tlsConfig(certs, serverName: "redis.example"), arguments: ["--redis", redis.tlsURL])
         let c = try wrong.client()
         #expect(try c.call("get", Self.entry)["error"]?["code"] == int(-32000))
         #expect(try waitUntil(timeout: 5) { wrong.log().contains("cannot connect to Redis") })
-        let byAddress = try DaemonProcess(config: tlsConfig(certs, serverName: nil), arguments: ["--redis", redis.tlsURL])
+        let byAddress = try DaemonProcess(config: Self.tlsConfig(certs, serverName: nil), arguments: ["--redis", redis.tlsURL])
         #expect(try byAddress.client().call("get", Self.entry)["error"]?["code"] == int(-32000))
-        let right = try DaemonProcess(config: tlsConfig(certs, serverName: "localhost"), arguments: ["--redis", redis.tlsURL])
+        let right = try DaemonProcess(config: Self.tlsConfig(certs, serverName: "localhost"), arguments: ["--redis", redis.tlsURL])
         let r = try right.client()
         #expect(try waitUntil(timeout: 5) { (try? r.call("stats"))?["result"]?["store"]?["available"] == .bool(true) })
         #expect(try r.call("set", Self.entry.merging(["value": .string("v")]) { $1 })["result"]?["stored"] == .bool(true))
@@ -89,7 +89,7 @@ struct TLSTests {
     @Test func tlsSettingsWithAPlainURLAreRefused() throws {
         let certs = try TestCertificates()
         let redis = try RedisServer(tcp: true)
-        let daemon = try DaemonProcess(config: tlsConfig(certs), arguments: ["--redis", redis.tcpURL], waitForReady: false)
+        let daemon = try DaemonProcess(config: Self.tlsConfig(certs), arguments: ["--redis", redis.tcpURL], waitForReady: false)
         #expect(daemon.waitForExit(timeout: 10) != 0)
         #expect(daemon.log().contains("rediss://"))
     }

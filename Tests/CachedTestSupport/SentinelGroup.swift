@@ -10,7 +10,14 @@ public final class SentinelGroup: @unchecked Sendable {
     private let directory: String
     private var sentinels: [ChildProcess] = []
 
-    public init(password: String? = nil) throws {
+    /// The Sentinels' own password (`requirepass` in sentinel.conf), if any.
+    public let sentinelPassword: String?
+
+    /// - Parameters:
+    ///   - password: the data nodes' `requirepass` (the Sentinels authenticate with it).
+    ///   - sentinelPassword: the Sentinels' `requirepass`.
+    public init(password: String? = nil, sentinelPassword: String? = nil) throws {
+        self.sentinelPassword = sentinelPassword
         directory = try makeTemporaryDirectory("sentinel")
         let master = try RedisServer(tcp: true, password: password)
         let replica = try RedisServer(
@@ -32,6 +39,7 @@ public final class SentinelGroup: @unchecked Sendable {
 
                 """
             if let password { text += "sentinel auth-pass \(masterName) \(password)\n" }
+            if let sentinelPassword { text += "requirepass \(sentinelPassword)\nsentinel sentinel-pass \(sentinelPassword)\n" }
             try text.write(toFile: conf, atomically: true, encoding: .utf8)
             sentinels.append(try ChildProcess(RedisServer.binary, [conf, "--sentinel"]))
         }
@@ -39,8 +47,9 @@ public final class SentinelGroup: @unchecked Sendable {
         let ready = try waitUntil(timeout: 20, interval: 0.1) {
             guard try replica.cli(["INFO", "replication"]).contains("master_link_status:up") else { return false }
             return try sentinelPorts.allSatisfy { port in
-                let others = try Self.cli(port: port, ["SENTINEL", "sentinels", masterName])
-                return try Self.cli(port: port, ["SENTINEL", "get-master-addr-by-name", masterName]).contains(String(master.port!))
+                let others = try Self.cli(port: port, ["SENTINEL", "sentinels", masterName], password: sentinelPassword)
+                return try Self.cli(port: port, ["SENTINEL", "get-master-addr-by-name", masterName], password: sentinelPassword)
+                    .contains(String(master.port!))
                     && others.components(separatedBy: "\n").filter { $0 == "name" }.count == 2
             }
         }
@@ -55,15 +64,18 @@ public final class SentinelGroup: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
-    /// `redis-sentinel://127.0.0.1:s1,127.0.0.1:s2,127.0.0.1:s3/mymaster/0`.
-    public var url: String {
-        "redis-sentinel://" + sentinelPorts.map { "127.0.0.1:\($0)" }.joined(separator: ",") + "/\(masterName)/0"
+    /// `redis-sentinel://127.0.0.1:s1,127.0.0.1:s2,127.0.0.1:s3/mymaster/0` (no credentials).
+    public var url: String { url() }
+
+    /// The Sentinel URL with the data nodes' credentials and database.
+    public func url(credentials: String = "", database: Int = 0) -> String {
+        "redis-sentinel://\(credentials)" + sentinelPorts.map { "127.0.0.1:\($0)" }.joined(separator: ",") + "/\(masterName)/\(database)"
     }
 
     /// The master's port as the first Sentinel that answers names it.
     public func masterPort() -> Int? {
         for port in sentinelPorts {
-            if let text = try? Self.cli(port: port, ["SENTINEL", "get-master-addr-by-name", masterName]) {
+            if let text = try? Self.cli(port: port, ["SENTINEL", "get-master-addr-by-name", masterName], password: sentinelPassword) {
                 let lines = text.split(separator: "\n")
                 if lines.count == 2, let master = Int(lines[1]) { return master }
             }
@@ -78,8 +90,9 @@ public final class SentinelGroup: @unchecked Sendable {
     }
 
     /// Runs `redis-cli -p port`.
-    public static func cli(port: Int, _ arguments: [String]) throws -> String {
-        var bytes = try ChildProcess.output("/usr/bin/redis-cli", ["-p", String(port), "--raw"] + arguments)
+    public static func cli(port: Int, _ arguments: [String], password: String? = nil) throws -> String {
+        let auth = password.map { ["-a", $0, "--no-auth-warning"] } ?? []
+        var bytes = try ChildProcess.output("/usr/bin/redis-cli", ["-p", String(port), "--raw"] + auth + arguments)
         if bytes.last == UInt8(ascii: "\n") { bytes.removeLast() }
         return String(decoding: bytes, as: UTF8.self)
     }

@@ -42,6 +42,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,7 +50,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,6 +59,10 @@ import history as H  # noqa: E402
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 FAULT_KINDS = ("kill-data", "kill-listener", "pause", "restart", "timeout")
+#: Fault kinds of the Sentinel topology only (``--faults all`` includes them there).
+SENTINEL_FAULT_KINDS = ("failover",)
+MASTER_NAME = "mymaster"
+LOCALHOST = "127.0.0.1"
 CHECKER_PREFIX = "coh-"  # CLIENT SETNAME of the checker's own Redis connections
 COMMAND_TIMEOUT = 0.3  # cached's redis_options.command_timeout (seconds)
 LEASE_TIMEOUT = 1.0
@@ -119,6 +124,7 @@ ENTRIES: list[Entry] = (
     + [Entry("Filled", i, handler=True, write_share=WRITE_SHARES[i - 1]) for i in range(1, 7)]
 )
 PROBE = Entry("Student", 999)  # used only to probe the daemon's features, never checked
+FAILOVER_PROBE = Entry("Student", 998)  # written through cached to time a failover, never checked
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,6 +135,13 @@ class RespError(Exception):
     pass
 
 
+#: A Redis server's address: a Unix socket path, or a TCP (host, port).
+Address = Union[str, tuple[str, int]]
+
+#: What the RESP client catches as a failed connection or command.
+RESP_FAILURES = (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError)
+
+
 class RespClient:
     """One Redis connection; one command at a time."""
 
@@ -137,11 +150,35 @@ class RespClient:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, path: str, name: str, timeout: float = 1.0) -> "RespClient":
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path, limit=1 << 22), timeout)
+    async def connect(cls, address: Address, name: str, timeout: float = 1.0) -> "RespClient":
+        if isinstance(address, str):
+            opening = asyncio.open_unix_connection(address, limit=1 << 22)
+        else:
+            opening = asyncio.open_connection(address[0], address[1], limit=1 << 22)
+        reader, writer = await asyncio.wait_for(opening, timeout)
         client = cls(reader, writer)
-        await asyncio.wait_for(client.call("CLIENT", "SETNAME", name), timeout)
+        try:
+            await asyncio.wait_for(client.call("CLIENT", "SETNAME", name), timeout)
+        except BaseException:
+            client.close()
+            raise
         return client
+
+    @classmethod
+    async def query(cls, address: Address, *args: str, timeout: float = 0.5) -> Any:
+        """Connects, sends one command, returns its reply, closes."""
+        client = await cls.connect(address, CHECKER_PREFIX + "query", timeout)
+        try:
+            return await asyncio.wait_for(client.call(*args), timeout)
+        finally:
+            client.close()
+
+    async def transaction(self, commands: list[tuple[str, ...]]) -> tuple[Any, int]:
+        """``MULTI``, the commands, ``EXEC`` in one write; returns (``EXEC``'s reply, the send instant)."""
+        self.writer.write(b"".join(self.encode(*c) for c in [("MULTI",), *commands, ("EXEC",)]))
+        sent = now()
+        replies = [await self._reply() for _ in range(len(commands) + 2)]
+        return replies[-1], sent
 
     @staticmethod
     def encode(*args: str) -> bytes:
@@ -185,21 +222,38 @@ class RespClient:
 
 
 class RedisServer:
-    def __init__(self, binary: str, directory: Path) -> None:
+    """One redis-server: on a Unix socket (``port`` None, the single topology) or on 127.0.0.1:``port``."""
+
+    def __init__(self, binary: str, directory: Path, port: Optional[int] = None, name: str = "redis") -> None:
         self.binary = binary
         self.directory = directory
+        self.port = port
+        self.name = name
         self.socket = str(directory / "redis.sock")
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.starts = 0
 
-    def spawn(self) -> None:
-        if os.path.exists(self.socket):
-            os.unlink(self.socket)
+    @property
+    def address(self) -> Address:
+        return self.socket if self.port is None else (LOCALHOST, self.port)
+
+    def spawn(self, replicaof: Optional[int] = None) -> None:
+        """Starts the server (empty: no persistence); as a replica of 127.0.0.1:``replicaof`` if given."""
         self.starts += 1
+        if self.port is None:
+            if os.path.exists(self.socket):
+                os.unlink(self.socket)
+            listen = ["--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700"]
+        else:
+            # Replicas announce 127.0.0.1 (what Sentinel hands out); no delay before a replica's sync.
+            listen = ["--port", str(self.port), "--bind", LOCALHOST, "--replica-announce-ip", LOCALHOST,
+                      "--repl-diskless-sync-delay", "0"]
+            if replicaof is not None:
+                listen += ["--replicaof", LOCALHOST, str(replicaof)]
         log = open(self.directory / "redis.log", "ab")
         self.proc = subprocess.Popen(
-            [self.binary, "--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700",
-             "--save", "", "--appendonly", "no", "--dir", str(self.directory), "--daemonize", "no"],
+            [self.binary, *listen, "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+             "--daemonize", "no"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
 
@@ -207,16 +261,35 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                c = await RespClient.connect(self.socket, CHECKER_PREFIX + "probe", 0.5)
+                c = await RespClient.connect(self.address, CHECKER_PREFIX + "probe", 0.5)
                 pong = await asyncio.wait_for(c.call("PING"), 0.5)
                 c.close()
                 if pong == "PONG":
                     return
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            except RESP_FAILURES:
                 pass
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError("%s exited with status %s; see %s" % (
+                    self.name, self.proc.returncode, self.directory / "redis.log"))
             if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start; see %s" % (self.directory / "redis.log"))
+                raise RuntimeError("%s did not start; see %s" % (self.name, self.directory / "redis.log"))
             await asyncio.sleep(0.01)
+
+    async def replication(self) -> dict[str, str]:
+        """``INFO replication`` as a dict."""
+        info = await RespClient.query(self.address, "INFO", "replication")
+        if not isinstance(info, str):
+            raise ConnectionError("INFO replication answered %r" % (info,))
+        return dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+
+    async def in_sync_with(self, master: "RedisServer") -> bool:
+        """Whether this server is a replica of ``master`` with its link up."""
+        try:
+            info = await self.replication()
+        except RESP_FAILURES:
+            return False
+        return (info.get("role") == "slave" and info.get("master_port") == str(master.port)
+                and info.get("master_link_status") == "up")
 
     def kill9(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -232,11 +305,170 @@ class RedisServer:
                 self.kill9()
 
 
-def config_text(redis_socket: str, socket: str) -> str:
+class SentinelServer:
+    """One Sentinel (``redis-server sentinel.conf --sentinel``) on 127.0.0.1:``port``."""
+
+    def __init__(self, binary: str, directory: Path, port: int, index: int) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.port = port
+        self.name = "sentinel-%d" % index
+        self.conf = directory / "sentinel.conf"
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    @property
+    def address(self) -> Address:
+        return (LOCALHOST, self.port)
+
+    def spawn(self, master_port: int) -> None:
+        # Sentinel rewrites its file (what it learns about replicas and other Sentinels): it must be writable.
+        self.conf.write_text("\n".join([
+            "# written by Tests/Coherence/checker.py",
+            "port %d" % self.port,
+            "bind %s" % LOCALHOST,
+            "dir %s" % self.directory,
+            "sentinel announce-ip %s" % LOCALHOST,
+            "sentinel monitor %s %s %d 2" % (MASTER_NAME, LOCALHOST, master_port),
+            "sentinel down-after-milliseconds %s 1000" % MASTER_NAME,
+            "sentinel failover-timeout %s 3000" % MASTER_NAME,
+            "sentinel parallel-syncs %s 1" % MASTER_NAME,
+            ""]))
+        log = open(self.directory / "sentinel.log", "ab")
+        self.proc = subprocess.Popen([self.binary, str(self.conf), "--sentinel"], stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (all held open until all are chosen)."""
+    held: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((LOCALHOST, 0))
+            held.append(s)
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
+class SentinelTopology:
+    """A master, one replica and three Sentinels monitoring them as ``mymaster``, in the run's temp dir.
+
+    The two data nodes trade roles at each failover; the current master is whatever the Sentinels name.
+    """
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        ports = free_ports(5)
+        self.nodes = []
+        for name, port in zip(("redis-a", "redis-b"), ports[:2]):
+            (directory / name).mkdir()
+            self.nodes.append(RedisServer(binary, directory / name, port, name))
+        self.sentinels = []
+        for i, port in enumerate(ports[2:], 1):
+            (directory / ("sentinel-%d" % i)).mkdir()
+            self.sentinels.append(SentinelServer(binary, directory / ("sentinel-%d" % i), port, i))
+        self.next_sentinel = 0
+
+    def url(self) -> str:
+        """The daemon's ``redis`` setting."""
+        return "redis-sentinel://%s/%s" % (",".join("%s:%d" % s.address for s in self.sentinels), MASTER_NAME)
+
+    def node_at(self, port: int) -> Optional[RedisServer]:
+        return next((n for n in self.nodes if n.port == port), None)
+
+    def other(self, node: RedisServer) -> RedisServer:
+        return self.nodes[1] if node is self.nodes[0] else self.nodes[0]
+
+    async def master_port(self, sentinel: SentinelServer) -> Optional[int]:
+        reply = await RespClient.query(sentinel.address, "SENTINEL", "get-master-addr-by-name", MASTER_NAME)
+        return int(reply[1]) if isinstance(reply, list) and len(reply) == 2 else None
+
+    async def master(self) -> RedisServer:
+        """The master a Sentinel names (the first that answers, taking turns)."""
+        error: Optional[BaseException] = None
+        for _ in range(len(self.sentinels)):
+            sentinel = self.sentinels[self.next_sentinel % len(self.sentinels)]
+            self.next_sentinel += 1
+            try:
+                port = await self.master_port(sentinel)
+            except RESP_FAILURES as e:
+                error = e
+                continue
+            node = self.node_at(port) if port is not None else None
+            if node is not None:
+                return node
+            error = ConnectionError("%s names master port %s" % (sentinel.name, port))
+        raise ConnectionError("no Sentinel named the master: %r" % (error,))
+
+    async def sentinels_agree(self, master: RedisServer, replica: Optional[RedisServer]) -> bool:
+        """Every Sentinel names ``master``, knows the 2 others, and sees ``replica`` as a healthy replica."""
+        try:
+            for s in self.sentinels:
+                if await self.master_port(s) != master.port:
+                    return False
+                others = await RespClient.query(s.address, "SENTINEL", "sentinels", MASTER_NAME)
+                if not isinstance(others, list) or len(others) != len(self.sentinels) - 1:
+                    return False
+                if replica is None:
+                    continue
+                # A replica the Sentinel does not list, or sees down, cannot be promoted ("no good slave").
+                # (Its view of the replica's link comes from INFO every 10 s: in_sync_with asks the replica.)
+                replicas = await RespClient.query(s.address, "SENTINEL", "replicas", MASTER_NAME)
+                listed = [dict(zip(r[::2], r[1::2])) for r in replicas] if isinstance(replicas, list) else []
+                if not any(f.get("port") == str(replica.port) and f.get("flags") == "slave" for f in listed):
+                    return False
+            return True
+        except RESP_FAILURES:
+            return False
+
+    async def start(self, timeout: float = 60.0) -> None:
+        master, replica = self.nodes
+        master.spawn()
+        await master.wait_ready()
+        replica.spawn(replicaof=master.port)
+        await replica.wait_ready()
+        for s in self.sentinels:
+            s.spawn(master.port)
+        await self.wait_settled(master, replica, timeout)
+
+    async def wait_settled(self, master: RedisServer, replica: RedisServer, timeout: float,
+                           stopping: Optional[Any] = None) -> bool:
+        """Waits until ``replica`` is in sync with ``master`` and every Sentinel sees both; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await replica.in_sync_with(master) and await self.sentinels_agree(master, replica):
+                return True
+            if stopping is not None and stopping():
+                return False
+            await asyncio.sleep(0.1)
+        if stopping is None:
+            raise RuntimeError("the Sentinel topology did not settle within %.0f s (logs in %s)" % (
+                timeout, master.directory.parent))
+        return False
+
+    def stop(self) -> None:
+        for s in self.sentinels:
+            s.stop()
+        for n in self.nodes:
+            n.stop()
+
+
+def config_text(redis_url: str, socket: str) -> str:
     worker = [sys.executable, str(HERE / "fill_worker.py")]
     return f"""# written by Tests/Coherence/checker.py
 socket = {json.dumps(socket)}
-redis = {json.dumps("unix://" + redis_socket)}
+redis = {json.dumps(redis_url)}
 log_level = "notice"
 
 [redis_options]
@@ -264,12 +496,12 @@ fallback_concurrency = 2
 
 
 class Daemon:
-    def __init__(self, binary: str, directory: Path, redis_socket: str) -> None:
+    def __init__(self, binary: str, directory: Path, redis_url: str) -> None:
         self.binary = binary
         self.directory = directory
         self.socket = str(directory / "cached.sock")
         self.config = directory / "cached.toml"
-        self.config.write_text(config_text(redis_socket, self.socket))
+        self.config.write_text(config_text(redis_url, self.socket))
         self.log_path = directory / "cached.log"
         self.proc: Optional[subprocess.Popen[bytes]] = None
 
@@ -446,6 +678,12 @@ class Options:
     redis_server: str
     keep: bool
     examples: int
+    #: "single" (one redis-server on a Unix socket) or "sentinel" (master, replica, three Sentinels).
+    topology: str = "single"
+    #: Least time between the kills of two failovers (seconds).
+    failover_interval: float = 10.0
+    #: The daemon's ``redis`` setting instead of the topology's ("master": redis://127.0.0.1:<first master>).
+    daemon_redis: Optional[str] = None
 
 
 @dataclass
@@ -453,6 +691,20 @@ class FaultRecord:
     at: int
     kind: str
     detail: str
+
+
+@dataclass
+class FailoverRecord:
+    """What one ``failover`` fault measured (instants from ``now()``)."""
+
+    killed: int
+    #: The replica was partitioned (link cut, reconnections refused) this long before the kill.
+    cut_ms: Optional[float] = None
+    promoted: Optional[int] = None
+    #: The first answer of cached served by the new master (a ``set`` stored after the kill).
+    first_answer: Optional[int] = None
+    rejoined: Optional[int] = None
+    exact: bool = True
 
 
 @dataclass
@@ -481,6 +733,12 @@ class Run:
         self.unanswered_examples: list[str] = []
         self.connections: list[DaemonConnection] = []
         self.redis = RedisServer(options.redis_server, directory)
+        self.sentinel: Optional[SentinelTopology] = None
+        if options.topology == "sentinel":
+            self.sentinel = SentinelTopology(options.redis_server, directory)
+        self.failovers: list[FailoverRecord] = []
+        #: A problem of the topology itself (e.g. no promotion): the run fails.
+        self.topology_error: Optional[str] = None
         self.daemon: Optional[Daemon] = None
         self.t0 = now()
         self.elapsed = 0.0
@@ -506,12 +764,38 @@ class Run:
     def read(self, entry: Entry, value: Optional[str], start: int, end: int, source: str,
              uncached_fill: bool = False) -> None:
         self.history.reads.append(H.Read(entry.name, value, start, end, sys.intern(source), uncached_fill))
+        self.register_fill(value)
+
+    def register_fill(self, value: Optional[str]) -> None:
+        """A handler's value (it names its entry and when it was produced) becomes a fill of the history."""
         if value is not None and value.startswith("F|") and value not in self.history.fills:
             parts = value.split("|")
             try:
                 self.history.fills[value] = H.Fill(parts[1], int(parts[3]))
             except (IndexError, ValueError):
                 self.anomaly("malformed fill value", value)
+
+    # --- the Redis master
+
+    async def master(self) -> RedisServer:
+        """The current master: the single server, or the one a Sentinel names."""
+        return self.redis if self.sentinel is None else await self.sentinel.master()
+
+    async def connect_master(self, name: str) -> tuple[RespClient, RedisServer]:
+        """A connection to the current master, checked with ``ROLE`` (Sentinel: a restarted old master
+        says ``master`` until the Sentinels make it a replica, so the Sentinels are asked again)."""
+        node = await self.master()
+        client = await RespClient.connect(node.address, CHECKER_PREFIX + name, 0.5)
+        if self.sentinel is None:
+            return client, node
+        try:
+            role = await asyncio.wait_for(client.call("ROLE"), 0.5)
+            if not (isinstance(role, list) and role and role[0] == "master") or await self.master() is not node:
+                raise ConnectionError("%s is not the master" % node.name)
+        except BaseException:
+            client.close()
+            raise
+        return client, node
 
     # --- client operations
 
@@ -691,8 +975,8 @@ class Run:
             await asyncio.sleep(rng.uniform(0.001, 0.006))
             if client is None:
                 try:
-                    client = await RespClient.connect(self.redis.socket, CHECKER_PREFIX + "direct", 0.5)
-                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    client, _ = await self.connect_master("direct")
+                except RESP_FAILURES:
                     await asyncio.sleep(0.05)
                     continue
             entry = rng.choice(ENTRIES)
@@ -726,6 +1010,7 @@ class Run:
 
     async def fault_injector(self, rng: random.Random) -> None:
         admin: Optional[RespClient] = None
+        admin_node: Optional[RedisServer] = None
         bag: list[str] = []  # each kind once per round, in a random order: every kind comes up early
         while not self.stopping:
             await asyncio.sleep(rng.uniform(0.5, 2.0))
@@ -735,19 +1020,31 @@ class Run:
                 bag = list(self.o.faults)
                 rng.shuffle(bag)
             kind = bag.pop()
+            if kind == "failover":
+                wait = self.failover_wait()
+                if wait > 0 and any(k != "failover" for k in bag):
+                    bag.insert(0, kind)  # too soon after the last one: the other kinds first
+                    continue
+                if wait > 0:
+                    await self.sleep_unless_stopping(wait)
+                    if self.stopping:
+                        break
             detail: Optional[str]
             started = now()
             try:
-                if kind == "restart":
+                if kind in ("restart", "failover"):
                     if admin is not None:
                         admin.close()
                         admin = None
-                    detail = await self.restart_redis(rng)
+                    detail = await (self.restart_redis(rng) if kind == "restart" else self.failover(rng))
                 else:
+                    if admin is not None and self.sentinel is not None and await self.master() is not admin_node:
+                        admin.close()
+                        admin = None
                     if admin is None:
-                        admin = await RespClient.connect(self.redis.socket, CHECKER_PREFIX + "faults")
+                        admin, admin_node = await self.connect_master("faults")
                     detail = await self.admin_fault(admin, kind, rng)
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as error:
+            except RESP_FAILURES as error:
                 self.counters["fault attempts that failed"] += 1
                 self.anomaly("fault %s failed" % kind, repr(error))
                 if admin is not None:
@@ -770,8 +1067,10 @@ class Run:
             data, listeners = [], []
             for line in str(listing).splitlines():
                 fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-                if fields.get("name", "").startswith(CHECKER_PREFIX):
-                    continue
+                if fields.get("name", "").startswith((CHECKER_PREFIX, "sentinel-")):
+                    continue  # the checker's own, and the Sentinels' (their hello channel is a subscription)
+                if "S" in fields.get("flags", "") or "M" in fields.get("flags", ""):
+                    continue  # a replica's link
                 if fields.get("sub", "0") != "0" or fields.get("cmd") == "subscribe":
                     listeners.append(fields["id"])
                 else:
@@ -795,16 +1094,203 @@ class Run:
         return "%d ms %s" % (ms, mode)
 
     async def restart_redis(self, rng: random.Random) -> str:
+        """``kill -9`` of the master, restarted empty at once (Sentinel: too soon for a failover; its
+        replica then resyncs from the empty master)."""
         down = rng.uniform(0.05, 0.3)
+        node = await self.master()
         kill_at = now()
-        self.redis.kill9()
+        node.kill9()
         await asyncio.sleep(down)
-        self.redis.spawn()
-        await self.redis.wait_ready()
+        node.spawn()
+        await node.wait_ready()
         ready_at = now()
         for entry in ENTRIES:
             self.write(entry, H.ABSENT, kill_at, ready_at, "restart of Redis", self.o.lag_ns)
-        return "down %.0f ms, ready after %.0f ms" % (down * 1000, (ready_at - kill_at) / 1e6)
+        detail = "down %.0f ms, ready after %.0f ms" % (down * 1000, (ready_at - kill_at) / 1e6)
+        if self.sentinel is not None:
+            if await self.master() is not node:
+                self.topology_error = "a failover happened during a restart of the master (%s)" % detail
+                self.anomaly("unplanned failover", detail)
+            detail += " (%s)" % node.name
+        return detail
+
+    # --- failovers (Sentinel topology)
+
+    def failover_wait(self) -> float:
+        """Seconds until the next failover may be injected."""
+        if not self.failovers:
+            return 0.0
+        return self.o.failover_interval - (now() - self.failovers[-1].killed) / 1e9
+
+    async def sleep_unless_stopping(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def snapshot_commands(self) -> list[tuple[str, ...]]:
+        return [("HGET", e.redis_key, e.redis_field) if e.redis_field else ("GET", e.redis_key) for e in ENTRIES]
+
+    async def failover(self, rng: random.Random) -> Optional[str]:
+        """``kill -9`` of the master; the Sentinels promote its replica; the old master comes back on its
+        port (empty) and the Sentinels make it a replica of the new one. See history.py, *Failovers*, for
+        how the replica's contents are read and modelled; ``None`` when the replica is not in sync."""
+        assert self.sentinel is not None
+        topo = self.sentinel
+        old = await self.master()
+        new = topo.other(old)
+        if not await topo.wait_settled(old, new, 10.0, lambda: self.stopping):
+            return None
+        record = FailoverRecord(killed=0)
+        # Half the time the replica is partitioned from the master a little before the kill, so that
+        # writes are lost: its link is cut, and a wrong masterauth makes each reconnection fail its
+        # handshake (a replica otherwise reconnects at once and catches up from the backlog).
+        if rng.random() < 0.5:
+            cut_ms = rng.uniform(20, 300)
+            await RespClient.query(new.address, "CONFIG", "SET", "masterauth", "partitioned-by-the-checker")
+            await RespClient.query(old.address, "CLIENT", "KILL", "TYPE", "replica")
+            await asyncio.sleep(cut_ms / 1000)
+            record.cut_ms = cut_ms
+        record.killed = killed = now()
+        old.kill9()
+        dead = now()
+        self.failovers.append(record)
+        if record.cut_ms is not None:
+            try:
+                await RespClient.query(new.address, "CONFIG", "SET", "masterauth", "")
+            except RESP_FAILURES as error:
+                self.anomaly("masterauth not restored", repr(error))
+        probe = asyncio.get_running_loop().create_task(self.first_answer_after(dead))
+        try:
+            values, frozen, read_end, exact = await self.read_promoted_replica(new)
+            record.exact = exact
+            for value in values.values():
+                self.register_fill(value)
+            promoted = await self.wait_promotion(new, 30.0)
+            if promoted is None:
+                raise ConnectionError("the Sentinels did not promote %s within 30 s of the kill" % new.name)
+            record.promoted = promoted
+            self.history.failovers.append(H.Failover(
+                killed, dead, frozen, promoted if exact else read_end, values, exact, self.o.lag_ns,
+                "failover %d" % len(self.failovers)))
+            # The first answer cached serves from the new master (the old one comes back only after it).
+            done, _ = await asyncio.wait([probe], timeout=10.0)
+            if done:
+                record.first_answer = probe.result()
+        except RESP_FAILURES as error:
+            # Without the replica's contents the history cannot model the failover: the run stops.
+            self.topology_error = "failover %d: %s" % (len(self.failovers), error)
+            self.anomaly("failover could not be modelled", str(error))
+            self.stopping = True
+            return "failed: %s" % error
+        finally:
+            if not probe.done():
+                probe.cancel()
+        old.spawn()
+        await old.wait_ready()
+        if await topo.wait_settled(new, old, 60.0, lambda: self.stopping):
+            record.rejoined = now()
+        elif not self.stopping:
+            self.anomaly("old master did not rejoin as a replica within 60 s", old.name)
+        return "%s -> %s%s; promoted after %.0f ms; first answer from the new master %s; rejoined %s%s" % (
+            old.name, new.name, ", replica partitioned %.0f ms before" % record.cut_ms if record.cut_ms else "",
+            (promoted - killed) / 1e6,
+            "after %.0f ms" % ((record.first_answer - killed) / 1e6) if record.first_answer else "not seen",
+            "after %.0f ms" % ((record.rejoined - killed) / 1e6) if record.rejoined else "not awaited",
+            "" if exact else "; replica read after its promotion (inexact)")
+
+    async def read_promoted_replica(self, replica: RedisServer) -> tuple[dict[str, H.Value], int, int, bool]:
+        """Every entry's value on ``replica`` once its link to the dead master is down and it has applied
+        all it received (two reads 30 ms apart agree), read with ``ROLE`` in one ``MULTI``.
+
+        Returns (values, send instant of the ``EXEC``, its answer instant, exact): exact when ``ROLE``
+        still said ``slave`` (the values are the new master's state at its promotion, which came later).
+        """
+        client: Optional[RespClient] = None
+        previous: Optional[tuple[Any, list[Any]]] = None
+        deadline = time.monotonic() + 30.0
+        commands = [("ROLE",), *self.snapshot_commands()]
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    if client is None:
+                        client = await RespClient.connect(replica.address, CHECKER_PREFIX + "snapshot", 0.5)
+                    reply, sent = await asyncio.wait_for(client.transaction(commands), 2.0)
+                    end = now()
+                except RESP_FAILURES:
+                    if client is not None:
+                        client.close()
+                    client = None
+                    await asyncio.sleep(0.01)
+                    continue
+                if not isinstance(reply, list) or len(reply) != len(commands):
+                    await asyncio.sleep(0.01)  # e.g. -LOADING
+                    continue
+                role, values = reply[0], reply[1:]
+                snapshot = {e.name: v for e, v in zip(ENTRIES, values)}
+                if role[0] == "master":
+                    self.counters["failover: replica read after its promotion (inexact)"] += 1
+                    return snapshot, sent, end, False
+                state, offset = role[3], role[4]
+                if state in ("connected", "sync", "handshake"):
+                    await asyncio.sleep(0.005)  # still reading what the dead master sent
+                    continue
+                if previous is not None and previous == (offset, values):
+                    return snapshot, sent, end, True
+                previous = (offset, values)
+                await asyncio.sleep(0.03)
+        finally:
+            if client is not None:
+                client.close()
+        raise ConnectionError("could not read the replica %s after the kill" % replica.name)
+
+    async def wait_promotion(self, new: RedisServer, timeout: float) -> Optional[int]:
+        """The instant a Sentinel first names ``new`` as the master (polled every 10 ms)."""
+        assert self.sentinel is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for s in self.sentinel.sentinels:
+                try:
+                    if await self.sentinel.master_port(s) == new.port:
+                        return now()
+                except RESP_FAILURES:
+                    pass
+            await asyncio.sleep(0.01)
+        return None
+
+    async def first_answer_after(self, dead: int) -> Optional[int]:
+        """The instant cached first stores a ``set`` sent after ``dead`` (the old master is dead then and
+        restarted only after this, so the new master served it), polling every 10 ms."""
+        conn = DaemonConnection(-3, self.daemon.socket if self.daemon else "", self)
+        call: Optional[asyncio.Task[Any]] = None
+        try:
+            while not self.stopping:
+                if conn.closed:
+                    try:
+                        await conn.open()
+                    except OSError:
+                        await asyncio.sleep(0.05)
+                        continue
+                params = FAILOVER_PROBE.params()
+                params["value"] = self.new_value("probe")
+                call = asyncio.get_running_loop().create_task(conn.call("set", params))
+                done, _ = await asyncio.wait([call], timeout=2.0)
+                if not done:
+                    conn.close()  # the read loop fails the call
+                    await asyncio.wait([call])
+                    continue
+                try:
+                    msg, start, end = call.result()
+                except ConnectionLost:
+                    await asyncio.sleep(0.01)
+                    continue
+                if start > dead and isinstance(msg, dict) and msg.get("result", {}).get("stored") is True:
+                    return end
+                await asyncio.sleep(0.01)
+            return None
+        finally:
+            conn.close()  # a call still waiting fails with ConnectionLost: nobody needs it
+            if call is not None and not call.done():
+                call.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     # --- watchdogs
 
@@ -859,12 +1345,22 @@ class Run:
         finally:
             conn.close()
 
+    def daemon_redis_url(self) -> str:
+        if self.sentinel is None:
+            return "unix://" + self.redis.socket
+        if self.o.daemon_redis == "master":
+            return "redis://%s:%d" % (LOCALHOST, self.sentinel.nodes[0].port)
+        return self.o.daemon_redis or self.sentinel.url()
+
     async def main(self) -> None:
-        self.redis.spawn()
-        await self.redis.wait_ready()
+        if self.sentinel is None:
+            self.redis.spawn()
+            await self.redis.wait_ready()
+        else:
+            await self.sentinel.start()
         for entry in ENTRIES:
             self.write(entry, H.ABSENT, 0, 0, "initial state")
-        self.daemon = Daemon(self.o.binary, self.dir, self.redis.socket)
+        self.daemon = Daemon(self.o.binary, self.dir, self.daemon_redis_url())
         self.daemon.spawn()
         await self.daemon.wait_ready()
         await self.probe_features()
@@ -912,6 +1408,8 @@ class Run:
             if self.daemon_exit is None and status not in (0, None):
                 self.anomaly("cached exit status after SIGTERM", str(status))
         self.redis.stop()
+        if self.sentinel is not None:
+            self.sentinel.stop()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -995,13 +1493,18 @@ def build_report(run: Run, result: H.Result) -> dict[str, Any]:
         writes_by_source["direct" if s.startswith("direct") else "restart" if s.startswith("restart")
                          else "initial" if s.startswith("initial") else "client"] += 1
     local = None
+    topology = None
     if isinstance(run.daemon_stats, dict):
         local = run.daemon_stats.get("store", {}).get("localCache")
-    passed = not result.violations and run.unanswered == 0 and run.never_answered == 0 and run.daemon_exit is None
+        topology = run.daemon_stats.get("store", {}).get("topology")
+    passed = (not result.violations and run.unanswered == 0 and run.never_answered == 0 and run.daemon_exit is None
+              and not result.failover_unexplained and run.topology_error is None)
     return {
         "passed": passed,
         "seconds": round(elapsed, 3),
         "clients": run.o.clients, "depth": run.o.depth, "seed": run.o.seed,
+        "topology": run.o.topology,
+        "daemon_redis": run.daemon_redis_url() if run.o.topology == "sentinel" else None,
         "faults_enabled": run.o.faults, "binary": run.o.binary,
         "direct_lag_ms": run.o.lag_ns / 1e6, "unanswered_bound_ms": run.o.bound_ns / 1e6,
         "features": {"release": run.features.release, "get_lease_false": run.features.lease_false},
@@ -1030,13 +1533,59 @@ def build_report(run: Run, result: H.Result) -> dict[str, Any]:
         "anomaly_examples": run.anomaly_examples,
         "daemon_exit_during_run": run.daemon_exit,
         "daemon_local_cache": local,
+        "daemon_topology": topology,
+        "topology_error": run.topology_error,
+        **failover_report(run, result),
+    }
+
+
+def failover_report(run: Run, result: H.Result) -> dict[str, Any]:
+    """Failovers, their timings, and the writes they lost (empty outside the Sentinel topology)."""
+    if run.o.topology != "sentinel":
+        return {}
+
+    def ms(a: Optional[int], b: int) -> Optional[float]:
+        return round((a - b) / 1e6, 1) if a is not None else None
+
+    def write_text(w: H.Write) -> str:
+        return "%s by %s in [%s, %s]" % (json.dumps(w.value), w.source, fmt_t(run, w.invoke), fmt_t(run, w.respond))
+
+    examples = []
+    for x in result.lost_writes[: run.o.examples]:
+        f = run.history.failovers[x.failover]
+        examples.append({
+            "failover": x.failover + 1, "entry": x.entry, "survived": x.survived,
+            "survived_write": write_text(x.survived_write) if x.survived_write is not None else None,
+            "lost": [write_text(w) + ", acknowledged %.1f ms before the kill" % ((f.killed - w.respond) / 1e6)
+                     for w in x.lost[-3:]],
+        })
+    return {
+        "failovers": {
+            "injected": len(run.failovers),
+            "kill_to_promotion_ms": [ms(f.promoted, f.killed) for f in run.failovers],
+            "kill_to_first_answer_ms": [ms(f.first_answer, f.killed) for f in run.failovers],
+            "kill_to_rejoin_ms": [ms(f.rejoined, f.killed) for f in run.failovers],
+            "replica_partitioned_ms": [round(f.cut_ms, 1) if f.cut_ms else None for f in run.failovers],
+            "inexact_snapshots": sum(1 for f in run.failovers if not f.exact),
+        },
+        "lost_writes": sum(len(x.lost) for x in result.lost_writes),
+        "lost_write_entries": len(result.lost_writes),
+        "lost_write_examples": examples,
+        "loss_unknown_entries": sum(result.loss_unknown),
+        "excused_reads": result.excused_reads,
+        "failover_unexplained": [
+            {"failover": u.failover + 1, "entry": u.entry, "value": u.value, "kind": u.kind}
+            for u in result.failover_unexplained],
     }
 
 
 def print_text(rep: dict[str, Any]) -> None:
     p = print
-    p("cached coherence check: %.1f s, %d clients x %d, seed %d, faults: %s" % (
-        rep["seconds"], rep["clients"], rep["depth"], rep["seed"], ",".join(rep["faults_enabled"]) or "none"))
+    p("cached coherence check: %.1f s, %d clients x %d, seed %d, topology %s, faults: %s" % (
+        rep["seconds"], rep["clients"], rep["depth"], rep["seed"], rep["topology"],
+        ",".join(rep["faults_enabled"]) or "none"))
+    if rep["daemon_redis"]:
+        p("daemon redis: " + rep["daemon_redis"])
     p("features: release %s, get lease:false %s" % (
         "yes" if rep["features"]["release"] else "no (-32601)",
         "yes" if rep["features"]["get_lease_false"] else "no (-32602)"))
@@ -1054,6 +1603,36 @@ def print_text(rep: dict[str, Any]) -> None:
         p("daemon local cache: " + json.dumps(rep["daemon_local_cache"]))
     for k, n in rep["counters"].items():
         p("  %s: %d" % (k, n))
+    if "failovers" in rep:
+        f = rep["failovers"]
+
+        def series(xs: list[Optional[float]]) -> str:
+            return ", ".join("-" if x is None else "%.0f" % x for x in xs) or "none"
+
+        p("failovers: %d (%d read from the replica after its promotion: inexact)" % (
+            f["injected"], f["inexact_snapshots"]))
+        p("  kill to promotion (ms): " + series(f["kill_to_promotion_ms"]))
+        p("  kill to first answer served by the new master (ms): " + series(f["kill_to_first_answer_ms"]))
+        p("  kill to old master rejoined as a replica (ms): " + series(f["kill_to_rejoin_ms"]))
+        p("  replica partitioned before the kill (ms): " + series(f["replica_partitioned_ms"]))
+        if rep["daemon_topology"]:
+            p("  daemon topology: " + json.dumps(rep["daemon_topology"]))
+        p("lost writes (acknowledged by the old master, never on the promoted replica; not violations): "
+          "%d in %d entries%s" % (rep["lost_writes"], rep["lost_write_entries"],
+                                  ", %d entries not judged" % rep["loss_unknown_entries"]
+                                  if rep["loss_unknown_entries"] else ""))
+        for x in rep["lost_write_examples"]:
+            p("  failover %d, %s: survived %s (%s)" % (x["failover"], x["entry"], json.dumps(x["survived"]),
+                                                      x["survived_write"]))
+            for lost in x["lost"]:
+                p("    lost " + lost)
+        if rep["excused_reads"]:
+            p("  reads excused around inexact snapshots: %d" % rep["excused_reads"])
+        for u in rep["failover_unexplained"]:
+            p("FAILOVER UNEXPLAINED: failover %d, %s holds %s (%s)" % (
+                u["failover"], u["entry"], json.dumps(u["value"]), u["kind"]))
+    if rep["topology_error"]:
+        p("TOPOLOGY ERROR: " + rep["topology_error"])
     p("violations: %d %s" % (rep["violations"], json.dumps(rep["violations_by_kind"]) if rep["violations"] else ""))
     if rep["violations"]:
         p("  by key: " + json.dumps(rep["violations_by_key"]))
@@ -1103,7 +1682,16 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
     ap.add_argument("--clients", type=int, default=8, help="client connections to cached (default 8)")
     ap.add_argument("--depth", type=int, default=2, help="concurrent requests per connection (default 2)")
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock, printed)")
-    ap.add_argument("--faults", default="all", help="all, none, or a comma list of " + ",".join(FAULT_KINDS))
+    ap.add_argument("--faults", default="all", help="all, none, or a comma list of %s (and, with --topology "
+                    "sentinel, %s; all includes it there)" % (",".join(FAULT_KINDS), ",".join(SENTINEL_FAULT_KINDS)))
+    ap.add_argument("--topology", choices=("single", "sentinel"), default="single",
+                    help="single: one redis-server on a Unix socket (default); sentinel: a master, a replica and "
+                    "three Sentinels on 127.0.0.1, cached configured with a redis-sentinel:// URL")
+    ap.add_argument("--failover-interval", type=float, default=10.0,
+                    help="least seconds between the kills of two failovers (default 10)")
+    ap.add_argument("--daemon-redis", default=None,
+                    help="sentinel topology: the daemon's redis URL instead of redis-sentinel://... ('master': "
+                    "redis://127.0.0.1:<first master>, to try the harness with a daemon that cannot follow a failover)")
     ap.add_argument("--direct-lag-ms", type=float, default=100.0,
                     help="time a direct write to Redis (or a restart) may stay invisible (default 100)")
     ap.add_argument("--unanswered-ms", type=float, default=15000.0,
@@ -1115,20 +1703,26 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, config)")
     ap.add_argument("--json", action="store_true", help="print the report as one JSON object")
     a = ap.parse_args(argv)
+    known = FAULT_KINDS + (SENTINEL_FAULT_KINDS if a.topology == "sentinel" else ())
     if a.faults == "all":
-        faults = list(FAULT_KINDS)
+        faults = list(known)
     elif a.faults in ("none", ""):
         faults = []
     else:
         faults = [f.strip() for f in a.faults.split(",") if f.strip()]
-        bad = [f for f in faults if f not in FAULT_KINDS]
+        bad = [f for f in faults if f not in known]
         if bad:
-            ap.error("unknown fault kind(s): %s (known: %s)" % (",".join(bad), ",".join(FAULT_KINDS)))
+            ap.error("unknown fault kind(s): %s (known: %s%s)" % (
+                ",".join(bad), ",".join(known),
+                "; failover needs --topology sentinel" if "failover" in bad else ""))
+    if a.daemon_redis is not None and a.topology != "sentinel":
+        ap.error("--daemon-redis is for --topology sentinel")
     if not a.redis_server:
         ap.error("redis-server not found (PATH or /usr/bin); pass --redis-server")
     seed = a.seed if a.seed is not None else int(time.time()) % 1_000_000
     return Options(a.seconds, max(1, a.clients), max(1, a.depth), seed, faults, int(a.direct_lag_ms * 1e6),
-                   int(a.unanswered_ms * 1e6), a.bin, a.redis_server, a.keep, a.examples), a.json
+                   int(a.unanswered_ms * 1e6), a.bin, a.redis_server, a.keep, a.examples, a.topology,
+                   a.failover_interval, a.daemon_redis), a.json
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -1145,6 +1739,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             run.teardown()
     except RuntimeError as error:
         print("setup failed: %s" % error, file=sys.stderr)
+        if options.topology == "sentinel" and "invalid Redis URL" in str(error):
+            print("the daemon does not accept the redis-sentinel:// URL (%s)" % run.daemon_redis_url(),
+                  file=sys.stderr)
         print("files kept in %s" % directory, file=sys.stderr)
         return 2
     result = H.check(run.history)

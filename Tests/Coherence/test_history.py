@@ -7,7 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from history import ABSENT, INF, Fill, History, Read, Write, check  # noqa: E402
+from history import ABSENT, INF, Failover, Fill, History, Read, Write, check  # noqa: E402
 
 E = "000STUDENT#0000000001"
 F = "000STUDENT#0000000002"
@@ -190,3 +190,154 @@ def test_many_writes_scale() -> None:
         writes.append(Write(E, f"v{i}", 100 * i + 1, 100 * i + 10))
         reads.append(Read(E, f"v{i}", 100 * i + 20, 100 * i + 30))
     assert kinds(History(writes=writes, reads=reads)) == []
+
+
+# --- failovers --------------------------------------------------------------------------------------
+#
+# The master is killed at 1000 (dead at 1001); the replica, read at 1100 (still a replica), held "a" for E
+# (it never received "b", acknowledged at 900); a Sentinel named the new master at 4000.
+
+KILLED, DEAD, FROZEN, PROMOTED = 1000, 1001, 1100, 4000
+
+
+def failover(values: dict[str, object], exact: bool = True, lag: int = LAG) -> Failover:
+    return Failover(KILLED, DEAD, FROZEN, PROMOTED, dict(values), exact, lag)  # type: ignore[arg-type]
+
+
+def lost_b(*reads: Read, extra: list[Write] | None = None) -> History:
+    return History(
+        writes=initial(E) + [Write(E, "a", 10, 20, source="set a"), Write(E, "b", 800, 900, source="set b")]
+        + (extra or []),
+        reads=list(reads),
+        failovers=[failover({E: "a"})],
+    )
+
+
+def test_lost_value_served_after_the_switch_is_stale() -> None:
+    result = check(lost_b(Read(E, "b", PROMOTED + LAG + 1, PROMOTED + LAG + 10)))
+    assert [v.kind for v in result.violations] == ["stale"]
+    v = result.violations[0]
+    assert v.superseded_by is not None and v.superseded_by.source.startswith("failover")
+
+
+def test_lost_value_served_before_the_switch_is_legal() -> None:
+    # Until the reset is visible (promotion + lag) a local copy of "b" may still be served.
+    assert kinds(lost_b(Read(E, "b", 950, 960), Read(E, "b", 2000, 2010), Read(E, "b", PROMOTED + LAG - 1,
+                                                                               PROMOTED + LAG + 10))) == []
+
+
+def test_surviving_older_value_is_legal_after_the_switch() -> None:
+    # Without the failover the read of "a" would be stale ("b" superseded it before the kill).
+    h = lost_b(Read(E, "a", PROMOTED + 5, PROMOTED + 10), Read(E, "a", 10 * PROMOTED, 10 * PROMOTED + 5))
+    assert kinds(h) == []
+    h.failovers.clear()
+    assert kinds(h) == ["stale", "stale"]
+
+
+def test_surviving_value_is_not_legal_before_the_kill() -> None:
+    assert kinds(lost_b(Read(E, "a", 950, 960))) == ["stale"]
+
+
+def test_write_after_the_promotion_supersedes_the_surviving_value() -> None:
+    after = [Write(E, "c", PROMOTED + 10, PROMOTED + 20, source="set c")]
+    assert kinds(lost_b(Read(E, "c", PROMOTED + 30, PROMOTED + 40), extra=after)) == []
+    assert kinds(lost_b(Read(E, "a", PROMOTED + 30, PROMOTED + 40), extra=after)) == ["stale"]
+
+
+def test_writes_across_the_failover_window_are_not_flagged() -> None:
+    # "c" was invoked before the kill and answered after the promotion (it may have been applied by the
+    # new master); "d" was invoked during the failover and answered after it; either may be read later.
+    across = [Write(E, "c", 990, PROMOTED + 50, source="set c"), Write(E, "d", 2000, PROMOTED + 60, source="set d")]
+    late = PROMOTED + 1000
+    for value in ("c", "d"):
+        assert kinds(lost_b(Read(E, value, late, late + 10), extra=across)) == []
+    # So may the surviving "a" right after the promotion: neither was surely applied before it.
+    assert kinds(lost_b(Read(E, "a", PROMOTED + 70, PROMOTED + 80), extra=across)) == []
+
+
+def test_write_acknowledged_after_the_kill_but_before_the_snapshot_is_superseded() -> None:
+    # "c" was answered at 1050: applied by the old master before it died, and not on the replica.
+    late = [Write(E, "c", 990, 1050, source="set c")]
+    assert kinds(lost_b(Read(E, "c", PROMOTED + LAG + 1, PROMOTED + LAG + 5), extra=late)) == ["stale"]
+
+
+def test_lost_writes_are_counted() -> None:
+    result = check(lost_b())
+    assert [(x.entry, x.survived, [w.value for w in x.lost]) for x in result.lost_writes] == [(E, "a", ["b"])]
+    assert result.lost_writes[0].survived_write is not None
+    assert result.lost_writes[0].survived_write.source == "set a"
+    assert result.violations == [] and result.failover_unexplained == []
+
+
+def test_nothing_lost_when_the_latest_write_survived() -> None:
+    h = History(writes=initial(E) + [Write(E, "a", 10, 20), Write(E, "b", 800, 900)], failovers=[failover({E: "b"})])
+    assert check(h).lost_writes == []
+
+
+def test_overlapping_writes_are_not_counted_as_lost() -> None:
+    # "a" and "b" overlap: "a" may have been applied last, so "b" is not surely lost.
+    h = History(writes=initial(E) + [Write(E, "a", 10, 900), Write(E, "b", 800, 850)], failovers=[failover({E: "a"})])
+    assert check(h).lost_writes == []
+
+
+def test_unknown_outcome_of_the_surviving_write_is_not_a_loss() -> None:
+    h = History(writes=initial(E) + [Write(E, "a", 10, INF), Write(E, "b", 800, 900)], failovers=[failover({E: "a"})])
+    assert check(h).lost_writes == []
+
+
+def test_unacknowledged_write_is_not_counted_as_lost() -> None:
+    h = History(writes=initial(E) + [Write(E, "a", 10, 20), Write(E, "b", 800, INF)], failovers=[failover({E: "a"})])
+    assert check(h).lost_writes == []
+
+
+def test_lost_delete() -> None:
+    h = History(writes=initial(E) + [Write(E, "a", 10, 20), Write(E, ABSENT, 800, 900, source="delete")],
+                reads=[Read(E, ABSENT, PROMOTED + LAG + 1, PROMOTED + LAG + 5)], failovers=[failover({E: "a"})])
+    result = check(h)
+    assert [v.kind for v in result.violations] == ["stale"]
+    assert [[w.value for w in x.lost] for x in result.lost_writes] == [[ABSENT]]
+
+
+def test_surviving_value_nobody_wrote_is_unexplained() -> None:
+    h = History(writes=initial(E, F) + [Write(F, "f", 10, 20)], refused={"r": E},
+                failovers=[failover({E: "zzz"}), failover({E: "r"}), failover({E: "f"})])
+    assert [(u.failover, u.kind) for u in check(h).failover_unexplained] == [
+        (0, "never-written"), (1, "refused-value"), (2, "wrong-entry")]
+
+
+def test_surviving_value_written_after_the_kill_is_unexplained() -> None:
+    h = History(writes=initial(E) + [Write(E, "late", DEAD + 5, DEAD + 10)], failovers=[failover({E: "late"})])
+    assert [u.kind for u in check(h).failover_unexplained] == ["never-written"]
+
+
+def test_second_failover_keeps_the_first_reset() -> None:
+    # After the first failover "a" survived; nothing was written since: no loss at the second one.
+    second = Failover(10 * KILLED, 10 * KILLED + 1, 10 * FROZEN, 10 * PROMOTED, {E: "a"}, True, LAG)
+    h = lost_b(Read(E, "a", 10 * PROMOTED + LAG + 1, 10 * PROMOTED + LAG + 5))
+    h.failovers.append(second)
+    result = check(h)
+    assert result.violations == []
+    assert [x.failover for x in result.lost_writes] == [0]
+
+
+def test_inexact_snapshot_excuses_reads_in_the_window() -> None:
+    # The replica was already promoted when read: "c", read from the new master, may have been written
+    # after the promotion, so what the new master held at its promotion is unknown. Reads overlapping
+    # [killed, promoted + lag] are excused; later reads are checked.
+    writes = initial(E) + [Write(E, "a", 10, 20), Write(E, "b", 800, 900), Write(E, "c", 3000, 3500)]
+    window = [Read(E, "a", 3200, 3300), Read(E, "b", PROMOTED + LAG - 5, PROMOTED + LAG + 5)]
+    h = History(writes=writes, reads=window, failovers=[failover({E: "c"}, exact=False)])
+    result = check(h)
+    assert result.violations == [] and result.excused_reads == 2 and result.reads_checked == 0
+    assert result.loss_unknown == [1] and result.lost_writes == []
+    h.reads.append(Read(E, "b", PROMOTED + LAG + 10, PROMOTED + LAG + 20))
+    h.reads.append(Read(E, "c", PROMOTED + LAG + 10, PROMOTED + LAG + 20))
+    assert kinds(h) == ["stale"]
+
+
+def test_inexact_snapshot_judges_untouched_entries() -> None:
+    h = History(writes=initial(E) + [Write(E, "a", 10, 20), Write(E, "b", 800, 900)],
+                failovers=[failover({E: "a"}, exact=False)])
+    result = check(h)
+    assert result.loss_unknown == [0]
+    assert [[w.value for w in x.lost] for x in result.lost_writes] == [["b"]]
