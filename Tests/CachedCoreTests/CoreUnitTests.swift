@@ -74,6 +74,38 @@ struct ConfigurationTests {
         try c.validate()
     }
 
+    @Test func sentinelURLsSelectTheSentinelStoreAndItsOptionsAreChecked() throws {
+        var c = try DaemonConfiguration(toml: """
+            redis = "rediss-sentinel://:pw@10.0.0.1:26379,10.0.0.2/mymaster/2"
+            [redis_options]
+            tls_ca_file = "/ca.pem"
+            sentinel_password = "sp"
+            topology_refresh_interval = 2.5
+            """)
+        #expect(c.startup.store == .sentinel(url: "rediss-sentinel://:pw@10.0.0.1:26379,10.0.0.2/mymaster/2"))
+        #expect(c.startup.store.name == "sentinel" && c.startup.store.usesTLS)
+        #expect(c.startup.redis.sentinelPassword == "sp")
+        #expect(c.startup.redis.topologyRefreshInterval == .milliseconds(2500))
+        try c.validate()
+        // TLS files need a TLS URL; a Sentinel password needs Sentinel; the URL must parse.
+        c.startup.store = .sentinel(url: "redis-sentinel://10.0.0.1/mymaster")
+        #expect(throws: ConfigurationError.self) { try c.validate() }
+        c.startup.redis.tlsCAFile = nil
+        try c.validate()
+        c.startup.store = .redis(url: "redis://10.0.0.1/0")
+        #expect(throws: ConfigurationError.self) { try c.validate() }
+        c.startup.redis.sentinelPassword = nil
+        try c.validate()
+        c.startup.store = DaemonConfiguration.Store(redisURL: "redis-sentinel://10.0.0.1")
+        #expect(throws: ConfigurationError.self) { try c.validate() }  // no master name
+        c.startup.store = DaemonConfiguration.Store(redisURL: "redis://10.0.0.1:99999")
+        #expect(throws: ConfigurationError.self) { try c.validate() }
+        c.startup.store = DaemonConfiguration.Store(redisURL: "")
+        #expect(c.startup.store == .embedded)
+        c.startup.redis.topologyRefreshInterval = .zero
+        #expect(throws: ConfigurationError.self) { try c.validate() }
+    }
+
     @Test func fullFile() throws {
         let c = try DaemonConfiguration(toml: """
             socket = "/tmp/x.sock"
