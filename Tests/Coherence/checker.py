@@ -21,6 +21,17 @@ local cache, a short command timeout, short leases, and one key filled by ``fill
   than the daemon's command timeout), ``restart`` (``kill -9`` of Redis, restarted empty on the same
   socket).
 
+``--topology sentinel`` replaces the single ``redis-server`` with a master, one replica and three Sentinels
+on free TCP ports of 127.0.0.1 (``mymaster``, quorum 2, ``down-after-milliseconds`` 1000,
+``failover-timeout`` 3000), and configures ``cached`` with ``redis-sentinel://s1,s2,s3/mymaster``. The
+direct writer and the faults go to whichever node the Sentinels name. It adds the ``failover`` fault (at
+least ``--failover-interval`` seconds apart): half the time the replica is first partitioned from the
+master for 20-300 ms (so that acknowledged writes are lost), then ``kill -9`` of the master; the
+replica's contents are read once its link is down and before its promotion, the checker waits for a
+Sentinel to name it and for a ``set`` through ``cached`` to be stored by it, then restarts the old
+master (empty, on its port) and waits for the Sentinels to make it a replica. history.py models the
+failover as a reset of every entry to the promoted replica's value and counts the lost writes.
+
 Every operation's send and answer instants are recorded; the history is then checked by
 ``history.check`` (see history.py for the rule and why it never flags a legal history). Writes made
 directly to Redis, and restarts, are given ``--direct-lag-ms`` for their invalidations to reach
@@ -29,7 +40,9 @@ A request not answered within ``--unanswered-ms`` is UNANSWERED (at the end the 
 and waits for every answer). If ``cached`` closes a client connection, the reads in flight on it are
 excused and its writes have an unknown outcome (both counted); the connection is reopened.
 
-Exit status: 0 when there are no violations and no unanswered requests, 1 otherwise, 2 on a setup error.
+Exit status: 0 when there are no violations and no unanswered requests (and, with Sentinel, no value on a
+promoted replica that nobody wrote and no failover that could not be completed), 1 otherwise, 2 on a
+setup error.
 """
 
 from __future__ import annotations
@@ -63,6 +76,11 @@ FAULT_KINDS = ("kill-data", "kill-listener", "pause", "restart", "timeout")
 SENTINEL_FAULT_KINDS = ("failover",)
 MASTER_NAME = "mymaster"
 LOCALHOST = "127.0.0.1"
+#: How long the old master stays dead after a promotion. For about 5 s after a failover a Sentinel still
+#: counts the others' "master is down" replies to it, so one spurious +sdown of the new master (seen here
+#: 1 s after a switch) is an instant odown and a new failover; with the old master dead it has no replica
+#: to promote and aborts, instead of promoting the old master restarted empty (which wiped the data).
+SETTLE_AFTER_PROMOTION = 6.0
 CHECKER_PREFIX = "coh-"  # CLIENT SETNAME of the checker's own Redis connections
 COMMAND_TIMEOUT = 0.3  # cached's redis_options.command_timeout (seconds)
 LEASE_TIMEOUT = 1.0
@@ -245,11 +263,15 @@ class RedisServer:
                 os.unlink(self.socket)
             listen = ["--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700"]
         else:
-            # Replicas announce 127.0.0.1 (what Sentinel hands out); no delay before a replica's sync.
+            # Replicas announce 127.0.0.1 (what Sentinel hands out); no delay before a replica's sync; a
+            # replica loads a full sync in memory: by default it writes it to dump.rdb, which a restart would
+            # then load (a restart must come back empty, as the history models it).
             listen = ["--port", str(self.port), "--bind", LOCALHOST, "--replica-announce-ip", LOCALHOST,
-                      "--repl-diskless-sync-delay", "0"]
+                      "--repl-diskless-sync-delay", "0", "--repl-diskless-load", "swapdb"]
             if replicaof is not None:
                 listen += ["--replicaof", LOCALHOST, str(replicaof)]
+            for stale in self.directory.glob("*.rdb"):
+                stale.unlink()
         log = open(self.directory / "redis.log", "ab")
         self.proc = subprocess.Popen(
             [self.binary, *listen, "--save", "", "--appendonly", "no", "--dir", str(self.directory),
@@ -684,6 +706,9 @@ class Options:
     failover_interval: float = 10.0
     #: The daemon's ``redis`` setting instead of the topology's ("master": redis://127.0.0.1:<first master>).
     daemon_redis: Optional[str] = None
+    #: How the old master comes back after a failover: "sentinel" (restarted as a master, empty; the
+    #: Sentinels make it a replica, about 10 s later) or "replicaof" (restarted as a replica of the new one).
+    rejoin: str = "sentinel"
 
 
 @dataclass
@@ -737,8 +762,14 @@ class Run:
         if options.topology == "sentinel":
             self.sentinel = SentinelTopology(options.redis_server, directory)
         self.failovers: list[FailoverRecord] = []
-        #: A problem of the topology itself (e.g. no promotion): the run fails.
+        #: A problem of the topology itself (no promotion, a failover the checker did not inject): the run fails.
         self.topology_error: Optional[str] = None
+        #: The master port the Sentinels should name (changed by an injected failover at its kill), and
+        #: every +switch-master seen, by (sentinel, from port, to port).
+        self.expected_master: Optional[int] = None
+        self.switches: list[tuple[int, str, int, int]] = []
+        #: Bumped at every +switch-master: the direct writer reconnects.
+        self.master_generation = 0
         self.daemon: Optional[Daemon] = None
         self.t0 = now()
         self.elapsed = 0.0
@@ -971,10 +1002,15 @@ class Run:
 
     async def direct_writer(self, rng: random.Random) -> None:
         client: Optional[RespClient] = None
+        generation = -1
         while not self.stopping:
             await asyncio.sleep(rng.uniform(0.001, 0.006))
+            if client is not None and generation != self.master_generation:
+                client.close()  # a master was switched: a demoted master keeps its clients, and takes writes
+                client = None
             if client is None:
                 try:
+                    generation = self.master_generation
                     client, _ = await self.connect_master("direct")
                 except RESP_FAILURES:
                     await asyncio.sleep(0.05)
@@ -1132,8 +1168,9 @@ class Run:
 
     async def failover(self, rng: random.Random) -> Optional[str]:
         """``kill -9`` of the master; the Sentinels promote its replica; the old master comes back on its
-        port (empty) and the Sentinels make it a replica of the new one. See history.py, *Failovers*, for
-        how the replica's contents are read and modelled; ``None`` when the replica is not in sync."""
+        port (empty, ``SETTLE_AFTER_PROMOTION`` after the promotion) and the Sentinels make it a replica of
+        the new one (``--rejoin``). See history.py, *Failovers*, for how the replica's contents are read
+        and modelled; ``None`` when the replica is not in sync."""
         assert self.sentinel is not None
         topo = self.sentinel
         old = await self.master()
@@ -1151,6 +1188,7 @@ class Run:
             await asyncio.sleep(cut_ms / 1000)
             record.cut_ms = cut_ms
         record.killed = killed = now()
+        self.expected_master = new.port
         old.kill9()
         dead = now()
         self.failovers.append(record)
@@ -1185,7 +1223,8 @@ class Run:
         finally:
             if not probe.done():
                 probe.cancel()
-        old.spawn()
+        await asyncio.sleep(max(0.0, SETTLE_AFTER_PROMOTION - (now() - promoted) / 1e9))
+        old.spawn(replicaof=new.port if self.o.rejoin == "replicaof" else None)
         await old.wait_ready()
         if await topo.wait_settled(new, old, 60.0, lambda: self.stopping):
             record.rejoined = now()
@@ -1197,6 +1236,40 @@ class Run:
             "after %.0f ms" % ((record.first_answer - killed) / 1e6) if record.first_answer else "not seen",
             "after %.0f ms" % ((record.rejoined - killed) / 1e6) if record.rejoined else "not awaited",
             "" if exact else "; replica read after its promotion (inexact)")
+
+    async def watch_switches(self, sentinel: SentinelServer) -> None:
+        """Follows one Sentinel's ``+switch-master``: a switch to another master than the one an injected
+        failover promotes is a failover the checker did not make and cannot model (the run stops)."""
+        client: Optional[RespClient] = None
+        while not self.stopping:
+            try:
+                if client is None:
+                    client = await RespClient.connect(sentinel.address, CHECKER_PREFIX + "switches", 0.5)
+                    await asyncio.wait_for(client.call("SUBSCRIBE", "+switch-master"), 0.5)
+                message = await client._reply()
+            except RESP_FAILURES:
+                if client is not None:
+                    client.close()
+                client = None
+                await asyncio.sleep(0.1)
+                continue
+            if not (isinstance(message, list) and len(message) == 3 and message[0] == "message"):
+                continue
+            fields = str(message[2]).split()  # <name> <old ip> <old port> <new ip> <new port>
+            if len(fields) != 5 or fields[0] != MASTER_NAME:
+                continue
+            at, old_port, new_port = now(), int(fields[2]), int(fields[4])
+            self.switches.append((at, sentinel.name, old_port, new_port))
+            self.master_generation += 1
+            if new_port != self.expected_master and self.topology_error is None:
+                self.topology_error = (
+                    "the Sentinels failed over on their own at %s (%s: +switch-master %d -> %d): a failover the "
+                    "checker did not inject and cannot model; reads after it are not meaningful" % (
+                        fmt_t(self, at), sentinel.name, old_port, new_port))
+                self.anomaly("failover not injected by the checker", self.topology_error)
+                self.stopping = True
+        if client is not None:
+            client.close()
 
     async def read_promoted_replica(self, replica: RedisServer) -> tuple[dict[str, H.Value], int, int, bool]:
         """Every entry's value on ``replica`` once its link to the dead master is down and it has applied
@@ -1257,13 +1330,13 @@ class Run:
             await asyncio.sleep(0.01)
         return None
 
-    async def first_answer_after(self, dead: int) -> Optional[int]:
+    async def first_answer_after(self, dead: int) -> int:
         """The instant cached first stores a ``set`` sent after ``dead`` (the old master is dead then and
         restarted only after this, so the new master served it), polling every 10 ms."""
         conn = DaemonConnection(-3, self.daemon.socket if self.daemon else "", self)
         call: Optional[asyncio.Task[Any]] = None
         try:
-            while not self.stopping:
+            while True:  # until cancelled by failover() (it waits 10 s after the promotion at most)
                 if conn.closed:
                     try:
                         await conn.open()
@@ -1286,7 +1359,6 @@ class Run:
                 if start > dead and isinstance(msg, dict) and msg.get("result", {}).get("stored") is True:
                     return end
                 await asyncio.sleep(0.01)
-            return None
         finally:
             conn.close()  # a call still waiting fails with ConnectionLost: nobody needs it
             if call is not None and not call.done():
@@ -1374,6 +1446,10 @@ class Run:
         tasks = [loop.create_task(self.actor(conn, random.Random(self.rng.random())))
                  for conn in self.connections for _ in range(self.o.depth)]
         tasks.append(loop.create_task(self.direct_writer(random.Random(self.rng.random()))))
+        watchers = []
+        if self.sentinel is not None:
+            self.expected_master = self.sentinel.nodes[0].port
+            watchers = [loop.create_task(self.watch_switches(s)) for s in self.sentinel.sentinels]
         if self.o.faults:
             tasks.append(loop.create_task(self.fault_injector(random.Random(self.rng.random()))))
         deadline = time.monotonic() + self.o.seconds
@@ -1398,6 +1474,8 @@ class Run:
             self.never_answered += sum(1 for p in conn.pending.values() if p.overdue)
             conn.pending.clear()
         watchdog.cancel()
+        for w in watchers:
+            w.cancel()
         self.daemon_stats = await self.fetch_stats()
         for conn in self.connections:
             conn.close()
@@ -1562,6 +1640,8 @@ def failover_report(run: Run, result: H.Result) -> dict[str, Any]:
     return {
         "failovers": {
             "injected": len(run.failovers),
+            "rejoin": run.o.rejoin,
+            "switch_messages": len(run.switches),
             "kill_to_promotion_ms": [ms(f.promoted, f.killed) for f in run.failovers],
             "kill_to_first_answer_ms": [ms(f.first_answer, f.killed) for f in run.failovers],
             "kill_to_rejoin_ms": [ms(f.rejoined, f.killed) for f in run.failovers],
@@ -1609,8 +1689,9 @@ def print_text(rep: dict[str, Any]) -> None:
         def series(xs: list[Optional[float]]) -> str:
             return ", ".join("-" if x is None else "%.0f" % x for x in xs) or "none"
 
-        p("failovers: %d (%d read from the replica after its promotion: inexact)" % (
-            f["injected"], f["inexact_snapshots"]))
+        p("failovers: %d (%d read from the replica after its promotion: inexact); old master rejoins by %s;"
+          " +switch-master messages seen: %d" % (
+              f["injected"], f["inexact_snapshots"], f["rejoin"], f["switch_messages"]))
         p("  kill to promotion (ms): " + series(f["kill_to_promotion_ms"]))
         p("  kill to first answer served by the new master (ms): " + series(f["kill_to_first_answer_ms"]))
         p("  kill to old master rejoined as a replica (ms): " + series(f["kill_to_rejoin_ms"]))
@@ -1689,6 +1770,10 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
                     "three Sentinels on 127.0.0.1, cached configured with a redis-sentinel:// URL")
     ap.add_argument("--failover-interval", type=float, default=10.0,
                     help="least seconds between the kills of two failovers (default 10)")
+    ap.add_argument("--rejoin", choices=("sentinel", "replicaof"), default="sentinel",
+                    help="sentinel topology: how the old master comes back after a failover: restarted as a master "
+                    "(empty) for the Sentinels to make it a replica, about 10 s later (default), or restarted as a "
+                    "replica of the new master")
     ap.add_argument("--daemon-redis", default=None,
                     help="sentinel topology: the daemon's redis URL instead of redis-sentinel://... ('master': "
                     "redis://127.0.0.1:<first master>, to try the harness with a daemon that cannot follow a failover)")
@@ -1722,7 +1807,7 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
     seed = a.seed if a.seed is not None else int(time.time()) % 1_000_000
     return Options(a.seconds, max(1, a.clients), max(1, a.depth), seed, faults, int(a.direct_lag_ms * 1e6),
                    int(a.unanswered_ms * 1e6), a.bin, a.redis_server, a.keep, a.examples, a.topology,
-                   a.failover_interval, a.daemon_redis), a.json
+                   a.failover_interval, a.daemon_redis, a.rejoin), a.json
 
 
 def main(argv: Optional[list[str]] = None) -> int:
