@@ -6,7 +6,7 @@ DESTDIR ?=
 RUN_DIR := $(CURDIR)/run
 REDIS_URL ?=
 
-.PHONY: all deps build release run test test-swift test-python test-coherence soak install clean bench fuzz fuzz-replay
+.PHONY: all deps build release run test test-swift test-python test-coherence soak soak-sentinel install clean bench fuzz fuzz-replay
 
 all: build
 
@@ -30,6 +30,12 @@ SOAK_SECONDS ?= 600
 SOAK_ARGS ?=
 soak: build
 	$(PYTHON) Tests/Coherence/checker.py --seconds $(SOAK_SECONDS) --faults all \
+		--bin $$($(SWIFT) build --show-bin-path)/cached $(SOAK_ARGS)
+
+## The same across Redis failovers: a master, a replica and three Sentinels on 127.0.0.1, cached configured
+## with a redis-sentinel:// URL, every fault kind plus `failover`; also reports lost writes and failover times.
+soak-sentinel: build
+	$(PYTHON) Tests/Coherence/checker.py --seconds $(SOAK_SECONDS) --topology sentinel --faults all \
 		--bin $$($(SWIFT) build --show-bin-path)/cached $(SOAK_ARGS)
 
 ## Start cached in the foreground with the example configuration, on run/cached.sock.
