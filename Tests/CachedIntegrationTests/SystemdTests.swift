@@ -105,6 +105,21 @@ struct SystemdTests {
         #expect(daemon.waitForExit() == 0)
     }
 
+    /// `STATUS=` names the master behind Sentinel and how many Sentinels answer.
+    @Test func statusNamesTheSentinelMaster() throws {
+        let group = try SentinelGroup()
+        let master = try #require(group.master())
+        let dir = try makeTemporaryDirectory("sdsen")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let notify = try NotifySocket(directory: dir)
+        let daemon = try DaemonProcess(
+            arguments: ["--redis", group.url], waitForReady: false, environment: ["NOTIFY_SOCKET": notify.path])
+        let ready = try #require(notify.wait(for: "READY=1", timeout: 15), "no READY=1:\n\(daemon.log())")
+        let status = ready.joined(separator: "\n")
+        #expect(status.contains("store redis up: master 127.0.0.1:\(master.port!)"), "\(status)")
+        #expect(status.contains("sentinels 3/3 reachable"), "\(status)")
+    }
+
     @Test func sighupChangesKeySettingsWithoutDroppingConnections() throws {
         let redis = try RedisServer()
         let daemon = try DaemonProcess(config: "[keys.Student]\nttl = 100\n", arguments: ["--redis", redis.unixURL])

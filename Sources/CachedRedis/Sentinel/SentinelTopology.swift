@@ -54,16 +54,17 @@ public final class SentinelTopology: RedisTopology {
         let backoff = ReconnectStateMachine.Backoff(base: configuration.data.minimumReconnectDelay, cap: configuration.data.maximumReconnectDelay)
         self.state = NIOLockedValueBox(State(machine: SentinelStateMachine(backoff: backoff)))
         let loop = eventLoop
-        let box = NIOLockedValueBox<SentinelTopology?>(nil)
+        // The watchers report to the topology, which owns them: a weak reference, set once built.
+        let owner = WeakOwner()
         self.watchers = configuration.sentinels.map { address in
             SentinelWatcher(
                 configuration: configuration.sentinel(address), masterName: configuration.masterName, eventLoop: loop,
                 backoff: backoff, logger: logger
             ) { event in
-                box.withLockedValue { $0 }?.watcherEvent(event, sentinel: address)
+                owner.topology?.watcherEvent(event, sentinel: address)
             }
         }
-        box.withLockedValue { $0 = self }
+        owner.topology = self
     }
 
     // MARK: RedisTopology
@@ -80,15 +81,17 @@ public final class SentinelTopology: RedisTopology {
         if message.hasPrefix("READONLY") { request(.readOnly) }
     }
 
+    /// Resolves the master and connects to it (returns when that first attempt ended), then subscribes
+    /// to every Sentinel and starts the periodic check.
     public func start() async {
+        let action = state.withLockedValue { $0.machine.resolveRequested(.start) }
+        if action == .resolve { await resolveLoop() }
         for watcher in watchers { await watcher.start() }
         let interval = configuration.refreshInterval
         let periodic = eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self] _ in
             self?.request(.periodic)
         }
         state.withLockedValue { $0.periodic = periodic }
-        let action = state.withLockedValue { $0.machine.resolveRequested(.start) }
-        if action == .resolve { await resolveLoop() }
     }
 
     public func shutdown() async {
@@ -249,9 +252,12 @@ public final class SentinelTopology: RedisTopology {
             logger.info("Sentinel announced a master switch", metadata: ["sentinel": "\(sentinel)", "message": "\(message)"])
             request(.switchMessage)
         case .up:
-            state.withLockedValue { $0.reachable[sentinel] = true }
+            let wasDown = state.withLockedValue { state in
+                defer { state.reachable[sentinel] = true }
+                return state.reachable[sentinel] == false
+            }
             // A message may have been missed while this Sentinel was away.
-            request(.sentinelReconnected)
+            if wasDown { request(.sentinelReconnected) }
         case .down:
             state.withLockedValue { $0.reachable[sentinel] = false }
         }
@@ -261,6 +267,16 @@ public final class SentinelTopology: RedisTopology {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+    }
+}
+
+/// A weak reference to the topology, for callbacks of what it owns.
+private final class WeakOwner: @unchecked Sendable {
+    private let lock = NIOLock()
+    private weak var _topology: SentinelTopology?
+    var topology: SentinelTopology? {
+        get { lock.withLock { _topology } }
+        set { lock.withLock { _topology = newValue } }
     }
 }
 
