@@ -38,7 +38,7 @@ struct SentinelTests {
         let topology = try self.topology(c)
         #expect(topology?["kind"] == .string("sentinel"))
         #expect(topology?["masterName"] == .string("mymaster"))
-        #expect(topology?["nodes"]?[0]?["address"] == .string("127.0.0.1:\(master.port!)"))
+        #expect(topology?["nodes"]?[0]?["address"] == .string("127.0.0.1:\(master.servicePort!)"))
         #expect(topology?["nodes"]?[0]?["role"] == .string("master"))
         #expect(try waitUntil(timeout: 5) {
             guard case .array(let sentinels)? = try self.topology(c)?["sentinels"] else { return false }
@@ -95,8 +95,8 @@ struct SentinelTests {
         #expect(try waitUntil(timeout: 2, interval: 0.005) { try c.call("get", Self.other)["result"]?["value"] == .string("after") })
         let topology = try self.topology(c)
         #expect(topology?["switches"] == int(1))
-        #expect(topology?["lastSwitch"]?["to"] == .string("127.0.0.1:\(replica.port!)"))
-        #expect(topology?["nodes"]?[0]?["address"] == .string("127.0.0.1:\(replica.port!)"))
+        #expect(topology?["lastSwitch"]?["to"] == .string("127.0.0.1:\(replica.servicePort!)"))
+        #expect(topology?["nodes"]?[0]?["address"] == .string("127.0.0.1:\(replica.servicePort!)"))
         #expect((try c.call("stats")["result"]?["store"]?["localCache"]?["nodesRemoved"]?.intValue ?? 0) == 1)
     }
 
@@ -106,9 +106,9 @@ struct SentinelTests {
         let (group, daemon, c, oldMaster, replica) = try started()
         #expect(try c.call("set", Self.entry.merging(["value": .string("one")]) { $1 })["result"]?["stored"] == .bool(true))
         #expect(try c.call("get", Self.entry)["result"]?["value"] == .string("one"))
-        _ = try SentinelGroup.cli(port: group.sentinelPorts[0], ["SENTINEL", "FAILOVER", "mymaster"])
+        _ = try group.sentinelCLI(port: group.sentinelPorts[0], ["SENTINEL", "FAILOVER", "mymaster"])
         #expect(try waitUntil(timeout: 15, interval: 0.05) {
-            try self.topology(c)?["nodes"]?[0]?["address"] == .string("127.0.0.1:\(replica.port!)")
+            try self.topology(c)?["nodes"]?[0]?["address"] == .string("127.0.0.1:\(replica.servicePort!)")
         }, "\(daemon.log().suffix(2000))")
         #expect(try waitUntil(timeout: 5, interval: 0.05) {
             try c.call("set", Self.entry.merging(["value": .string("two")]) { $1 })["result"]?["stored"] == .bool(true)
@@ -117,6 +117,27 @@ struct SentinelTests {
         #expect(try c.call("get", Self.entry)["result"]?["value"] == .string("two"))
         // Sentinel turns the old master into a replica of the new one.
         #expect(try waitUntil(timeout: 10, interval: 0.1) { try oldMaster.cli(["ROLE"]).hasPrefix("slave") })
+    }
+
+    /// `rediss-sentinel://`: TLS to the Sentinels and to the data nodes (replication over TLS too), and a
+    /// failover followed over TLS.
+    @Test func tlsToTheSentinelsAndTheDataNodes() throws {
+        let certs = try TestCertificates()
+        let group = try SentinelGroup(tls: certs)
+        let master = try #require(group.master())
+        let replica = try #require(group.nodes.first { $0 !== master })
+        let daemon = try DaemonProcess(config: Self.config + "tls_ca_file = \"\(certs.caCertificate)\"\n", arguments: ["--redis", group.url])
+        let c = try daemon.client()
+        #expect(try waitUntil(timeout: 5) { (try? c.call("stats"))?["result"]?["store"]?["available"] == .bool(true) }, "\(daemon.log().suffix(1500))")
+        #expect(try c.call("set", Self.entry.merging(["value": .string("tls")]) { $1 })["result"]?["stored"] == .bool(true))
+        #expect(try master.cli(["GET", "000STUDENT#0000000001"]) == "tls")
+        #expect(try self.topology(c)?["url"] == nil)  // the URL is under store.url
+        #expect(try c.call("stats")["result"]?["store"]?["url"]?.stringValue?.hasPrefix("rediss-sentinel://") == true)
+        master.stop(signal: SIGKILL)
+        #expect(try waitUntil(timeout: 20, interval: 0.05) {
+            try c.call("set", Self.entry.merging(["value": .string("after")]) { $1 })["result"]?["stored"] == .bool(true)
+        }, "\(daemon.log().suffix(1500))")
+        #expect(try replica.cli(["GET", "000STUDENT#0000000001"]) == "after")
     }
 
     /// The URL's credentials and database are the data nodes'; `sentinel_password` is the Sentinels'.

@@ -81,6 +81,9 @@ public final class RedisServer: @unchecked Sendable {
 
     public var pid: Int32? { process?.pid }
 
+    /// The port clients use: the TLS port with TLS, else the TCP port.
+    public var servicePort: Int? { tlsPort ?? port }
+
     /// Starts (or restarts) the server on the same socket and port.
     public func start() throws {
         var args = [
