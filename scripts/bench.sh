@@ -7,7 +7,8 @@
 # Environment knobs (defaults in brackets): BENCH_SCRATCH [.build-bench], BENCH_REQUESTS [200000],
 # BENCH_PIPELINED_REQUESTS [1000000], BENCH_REPEAT [3], BENCH_VALUE_SIZE [100], BENCH_KEYSPACE [10000],
 # BENCH_CACHED_REDIS [tcp|unix], BENCH_OUTPUT [docs/benchmarks.md], BENCH_ARGS (extra run.py flags, e.g.
-# --skip-tls to leave out the row over TLS, --only tls,throughput for a quick partial run).
+# --skip-tls / --skip-cluster to leave out the row over TLS / on a Redis Cluster, --only tls,throughput for a
+# quick partial run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -97,28 +97,33 @@ class Bench:
             time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
 
-    def populate_redis_benchmark_keys(self, target=None):
+    def populate_redis_benchmark_keys(self, target=None, prefix=b"key:"):
         """SET key:%012d for the keyspace, the names redis-benchmark -r uses. `target`: redis-cli's connection
-        arguments (default: the plain redis-server's Unix socket)."""
+        arguments (default: the plain redis-server's Unix socket); `prefix`: what comes before the 12 digits
+        (in cluster mode redis-benchmark reads key:{TAG}:%012d)."""
         path = os.path.join(self.tmp, "populate.resp")
         value = b"x" * self.a.value_size
         with open(path, "wb") as f:
             for i in range(self.a.keyspace):
-                k = b"key:%012d" % i
+                k = prefix + b"%012d" % i
                 f.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(value), value))
         with open(path, "rb") as f:
             subprocess.run(["redis-cli"] + (target or ["-s", self.redis_sock]) + ["--pipe"], stdin=f, capture_output=True,
                            check=True, timeout=120)
 
-    def redis_benchmark(self, pipeline, requests, unix=False, tls=False):
+    def redis_benchmark(self, pipeline, requests, unix=False, tls=False, cluster=False):
         if tls:
             target = self.tls_target()
+        elif cluster:
+            target = self.cluster_benchmark_target()
         else:
             target = ["-s", self.redis_sock] if unix else ["-h", "127.0.0.1", "-p", str(self.redis_port)]
         r = self.run(["redis-benchmark"] + target + [
             "-t", "get", "-c", str(self.a.connections), "-P", str(pipeline), "-n", str(requests),
             "-d", str(self.a.value_size), "-r", str(self.a.keyspace), "--csv"], timeout=300)
-        rows = list(csv.DictReader(io.StringIO(r.stdout)))
+        # In cluster mode the CSV comes after a list of the masters: read from its header line on.
+        text = r.stdout[r.stdout.find('"test"'):] if '"test"' in r.stdout else r.stdout
+        rows = list(csv.DictReader(io.StringIO(text)))
         row = rows[-1]
         return {"rps": float(row["rps"]), "p50Micros": float(row["p50_latency_ms"]) * 1000,
                 "p99Micros": float(row["p99_latency_ms"]) * 1000, "maxMicros": float(row["max_latency_ms"]) * 1000}
@@ -177,6 +182,126 @@ class Bench:
         self.stop(self.redis_tls)
         lines = [l for l in self.tail("redis-tls").splitlines() if l.strip()]
         return "redis-server with --tls-port did not answer PING over TLS: %s" % (lines[-1] if lines else "-")
+
+    # ---------------------------------------------------------------- redis cluster
+
+    CLUSTER_NODES = 3
+
+    def cluster_unavailable(self):
+        """Why the cluster row cannot run with these tools, or None."""
+        for tool, needle in (("redis-cli", "--cluster"), ("redis-benchmark", "--cluster")):
+            r = subprocess.run([tool, "--help"], capture_output=True, text=True)
+            if needle not in r.stdout + r.stderr:
+                return "%s has no --cluster option (Redis older than 5/6?)" % tool
+        return None
+
+    def free_cluster_port(self, taken):
+        """A free port P <= 55535 whose cluster bus port P+10000 is free too."""
+        for _ in range(500):
+            port = self.free_port()
+            if port > 55535 or port in taken or port + 10000 in taken:
+                continue
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            finally:
+                s.close()
+            return port
+        raise RuntimeError("no free port <= 55535 with a free cluster bus port (port + 10000)")
+
+    @staticmethod
+    def redis_info(port, section):
+        """`INFO section` (or `CLUSTER INFO` for "cluster info") of the node on `port` as a dict of strings."""
+        command = ["CLUSTER", "INFO"] if section == "cluster info" else ["INFO", section]
+        r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port)] + command, capture_output=True, text=True, timeout=30)
+        return dict(line.strip().split(":", 1) for line in r.stdout.splitlines() if ":" in line)
+
+    def cluster_keys(self):
+        """Keys in db 0 of each cluster node."""
+        out = []
+        for port in self.cluster_ports:
+            db0 = self.redis_info(port, "keyspace").get("db0", "keys=0")
+            out.append(int(db0.split(",")[0].split("=")[1]))
+        return out
+
+    def cluster_hits(self):
+        """keyspace_hits and keyspace_misses summed over the cluster nodes."""
+        hits = misses = 0
+        for port in self.cluster_ports:
+            st = self.redis_info(port, "stats")
+            hits += int(st.get("keyspace_hits", 0))
+            misses += int(st.get("keyspace_misses", 0))
+        return hits, misses
+
+    def cluster_cpu_seconds(self):
+        return sum(self.cpu_seconds(p.pid) for p in self.cluster)
+
+    def cluster_benchmark_target(self):
+        """redis-benchmark arguments for the cluster: any node as entry point; one client thread, like the
+        single-node runs and cached-bench (in cluster mode redis-benchmark otherwise starts a thread per master)."""
+        return ["--cluster", "--threads", "1", "-h", "127.0.0.1", "-p", str(self.cluster_ports[0])]
+
+    def start_cluster(self):
+        """Three primaries on self.cluster_ports (no replicas, no persistence), one folder per node under the temp dir, joined by
+        `redis-cli --cluster create`, then waited on until every node reports cluster_state:ok with all slots.
+        Returns None, or why the cluster cannot run."""
+        self.cluster = []
+        for port in self.cluster_ports:
+            d = os.path.join(self.tmp, "cluster", str(port))
+            os.makedirs(d, exist_ok=True)
+            name = "redis-cluster-%d" % port
+            self.cluster.append(self.spawn([
+                self.a.redis_server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no", "--daemonize", "no",
+                "--dir", d, "--logfile", os.path.join(self.tmp, name + ".log"), "--maxclients", "20000"], name))
+        for port, p in zip(self.cluster_ports, self.cluster):
+            for _ in range(200):
+                if p.poll() is not None:
+                    lines = [l for l in self.tail(p.bench_name).splitlines() if l.strip()]
+                    return "redis-server refused the cluster options: %s" % (lines[-1] if lines else "exit %d" % p.returncode)
+                r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), "PING"], capture_output=True, text=True)
+                if r.stdout.strip() == "PONG":
+                    break
+                time.sleep(0.05)
+            else:
+                return "cluster node %d did not answer PING" % port
+        r = self.run(["redis-cli", "--cluster", "create"] + ["127.0.0.1:%d" % port for port in self.cluster_ports] + [
+            "--cluster-replicas", "0", "--cluster-yes"], timeout=120, check=False)
+        if r.returncode != 0:
+            lines = [l for l in (r.stdout + r.stderr).splitlines() if l.strip()]
+            return "redis-cli --cluster create failed (%d): %s" % (r.returncode, lines[-1] if lines else "-")
+        deadline = time.monotonic() + 30
+        while True:
+            states = [self.redis_info(port, "cluster info") for port in self.cluster_ports]
+            if all(st.get("cluster_state") == "ok" and st.get("cluster_slots_ok") == "16384"
+                   and st.get("cluster_known_nodes") == str(self.CLUSTER_NODES) for st in states):
+                return None
+            if time.monotonic() > deadline:
+                return "the cluster did not reach cluster_state:ok within 30 s: %s" % [
+                    (st.get("cluster_state"), st.get("cluster_slots_ok"), st.get("cluster_known_nodes")) for st in states]
+            time.sleep(0.1)
+
+    def populate_cluster(self):
+        """The keyspace for redis-benchmark --cluster. In cluster mode its GET reads key:{TAG}:%012d, where TAG is
+        a hash tag of the first slot of the master each client connects to (the same tag for all of that
+        client's requests), so every master is read through one tag. The tags are learnt from a short
+        `-t set -r 1` run (key:{TAG}:000000000000 lands on each master), then key:{TAG}:0..keyspace-1 is
+        written to each master over its own connection (all of a tag's keys live in one slot, on that master).
+        Returns the prefixes, one per master."""
+        self.run(["redis-benchmark"] + self.cluster_benchmark_target() + [
+            "-t", "set", "-c", str(self.CLUSTER_NODES), "-n", "300", "-d", "1", "-r", "1", "--csv"], timeout=120)
+        prefixes = []
+        for port in self.cluster_ports:
+            r = self.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), "--scan", "--pattern", "key:*"], timeout=60)
+            found = [k for k in r.stdout.split() if k.endswith(":000000000000")]
+            if len(found) != 1:
+                raise RuntimeError("expected one redis-benchmark --cluster key on node %d, found %s" % (port, found[:5]))
+            prefix = found[0][:-12].encode()
+            self.populate_redis_benchmark_keys(["-h", "127.0.0.1", "-p", str(port)], prefix=prefix)
+            prefixes.append(prefix.decode())
+        return prefixes
 
     # ---------------------------------------------------------------- cached
 
@@ -356,6 +481,92 @@ class Bench:
             if getattr(self, "cached_tls", None) is not None:
                 self.stop(self.cached_tls)
             self.stop(self.redis_tls)
+
+    def cluster_url(self):
+        return "redis-cluster://" + ",".join("127.0.0.1:%d" % port for port in self.cluster_ports)
+
+    def throughput_cluster(self, cluster_sock, sock, requests):
+        """The unpipelined get-hit figure on a Redis Cluster: redis-benchmark --cluster straight to the masters vs
+        cached-bench through a cached with a redis-cluster:// URL; in the same rounds, the plain redis-benchmark
+        and the plain cached, for the cluster / single-node ratios. Interleaved, median of the repeats. CPU: the
+        daemon plus all the masters; redis-benchmark's hits and misses from the masters' INFO stats."""
+        runs = {"redis_cluster": [], "redis_tcp": [], "cached_cluster": [], "cached": []}
+        cpu = {"redis_alone": [], "cached": [], "redis_behind_cached": []}
+        hits = {"hits": 0, "misses": 0}
+        n = self.a.connections
+        for i in range(self.a.repeat):
+            r0, (h0, m0) = self.cluster_cpu_seconds(), self.cluster_hits()
+            runs["redis_cluster"].append(self.redis_benchmark(1, requests, cluster=True))
+            cpu["redis_alone"].append((self.cluster_cpu_seconds() - r0) / requests * 1e6)
+            h1, m1 = self.cluster_hits()
+            hits["hits"] += h1 - h0
+            hits["misses"] += m1 - m0
+            runs["redis_tcp"].append(self.redis_benchmark(1, requests))
+            r0, c0 = self.cluster_cpu_seconds(), self.cpu_seconds(self.cached_cluster.pid)
+            c = self.cached_bench(cluster_sock, "--mix", "get-hit", "-c", n, "-P", 1, "-n", requests)
+            cpu["cached"].append((self.cpu_seconds(self.cached_cluster.pid) - c0) / requests * 1e6)
+            cpu["redis_behind_cached"].append((self.cluster_cpu_seconds() - r0) / requests * 1e6)
+            runs["cached_cluster"].append(c)
+            runs["cached"].append(self.cached_bench(sock, "--mix", "get-hit", "-c", n, "-P", 1, "-n", requests))
+            log("  cluster run %d: redis cluster %.0f rps p99 %.0f us (misses %d) | redis single %.0f rps | cached cluster %.0f rps "
+                "p99 %.0f us (errors %s, misses %s) | cached single %.0f rps" % (
+                    i + 1, runs["redis_cluster"][-1]["rps"], runs["redis_cluster"][-1]["p99Micros"], m1 - m0,
+                    runs["redis_tcp"][-1]["rps"], c["requestsPerSecond"], c["p99Micros"], c["errors"], c["misses"],
+                    runs["cached"][-1]["requestsPerSecond"]))
+        out = {name: self.summary(rs, cached=name.startswith("cached")) for name, rs in runs.items()}
+        out["cpuMicrosPerGet"] = {k: statistics.median(v) for k, v in cpu.items()}
+        out["redisBenchmarkKeyspace"] = hits
+        log("  cluster CPU us per get: %s" % out["cpuMicrosPerGet"])
+        out["ran"] = True
+        return out
+
+    def cluster(self, sock):
+        """The Redis Cluster row: three masters and a cached of their own, stopped afterwards. {"ran": False, ...}
+        when skipped: the tools lack cluster mode, the daemon refuses redis-cluster:// URLs (checked with
+        --check-config before any node starts), or redis-server cannot run a cluster."""
+        why = self.cluster_unavailable()
+        if why:
+            return {"ran": False, "skipped": True, "reason": why}
+        self.cached_cluster, self.cluster, self.cluster_ports = None, [], []
+        for _ in range(self.CLUSTER_NODES):
+            self.cluster_ports.append(self.free_cluster_port(self.cluster_ports))
+        config = os.path.join(self.tmp, "cached-cluster.toml")
+        self.write_config(config, self.cluster_url(), with_handlers=False)
+        r = self.run([self.a.cached, "--check-config", "--config", config], timeout=60, check=False)
+        if r.returncode != 0:
+            lines = [l.strip() for l in (r.stdout + r.stderr).splitlines() if l.strip()]
+            refused = next((l for l in lines if "invalid Redis URL" in l), None)
+            if refused:
+                return {"ran": False, "skipped": True, "reason": "the daemon refuses redis-cluster:// URLs (cached --check-config: %s)" % refused}
+            return {"ran": False, "skipped": False, "reason": "cached --check-config failed (%d): %s" % (
+                r.returncode, lines[0] if lines else "-")}
+        try:
+            why = self.start_cluster()
+            if why:  # a port taken meanwhile is a failure, not a reason to skip
+                return {"ran": False, "skipped": "already in use" not in why, "reason": why}
+            prefixes = self.populate_cluster()
+            before = self.cluster_keys()
+            log("  cluster masters %s, redis-benchmark keys %s per master (%s)" % (
+                ", ".join(map(str, self.cluster_ports)), before, ", ".join(prefixes)))
+            self.cached_cluster, cluster_sock = self.start_cached("cached-cluster", config)
+            try:
+                warm = self.cached_bench(cluster_sock, "--mix", "get-hit", "-c", self.a.connections, "-n", 0, "--warmup")
+            except RuntimeError as e:
+                return {"ran": False, "skipped": False,
+                        "reason": "the warm-up through cached on the cluster failed: %s | cached log: %s" % (
+                            str(e)[:300], self.tail("cached-cluster")[-500:])}
+            spread = [a - b for a, b in zip(self.cluster_keys(), before)]
+            log("  cluster warm-up: %s s, entries per master %s" % (warm.get("warmupSeconds"), spread))
+            out = self.throughput_cluster(cluster_sock, sock, self.a.requests)
+            out["masters"] = self.CLUSTER_NODES
+            out["cachedEntriesPerMaster"] = spread
+            out["redisBenchmarkPrefixes"] = prefixes
+            return out
+        finally:
+            if self.cached_cluster is not None:
+                self.stop(self.cached_cluster)
+            for p in self.cluster:
+                self.stop(p)
 
     def python_calls(self, sock):
         a = self.a
@@ -651,6 +862,16 @@ class Bench:
                 self.results["tls"] = {"ran": False, "skipped": False, "reason": "error: %s" % str(e)[:500]}
             if not self.results["tls"].get("ran"):
                 log("  TLS row %s: %s" % ("skipped" if self.results["tls"].get("skipped") else "failed", self.results["tls"]["reason"]))
+        if self.wanted("cluster"):
+            log("get-hit on a Redis Cluster of %d masters (redis-cluster://), %d connections, no pipelining" % (
+                self.CLUSTER_NODES, a.connections))
+            try:
+                self.results["cluster"] = self.cluster(sock)
+            except Exception as e:  # report, do not abort the other figures
+                self.results["cluster"] = {"ran": False, "skipped": False, "reason": "error: %s" % str(e)[:500]}
+            if not self.results["cluster"].get("ran"):
+                log("  cluster row %s: %s" % ("skipped" if self.results["cluster"].get("skipped") else "failed",
+                                              self.results["cluster"]["reason"]))
         if self.wanted("python"):
             log("python per-call")
             self.results["python"] = self.python_calls(sock)
@@ -793,6 +1014,38 @@ class Bench:
         elif t:
             rows.append(("%s: requests/s" % label, "-", "skipped" if t.get("skipped") else "could not run", "-", "info", "n/a"))
             self.notes.append("TLS row %s: %s" % ("skipped" if t.get("skipped") else "did not run", t.get("reason")))
+        t = r.get("cluster")
+        label = "get-hit on a Redis Cluster (redis-cluster://, %d masters), -c %d, no pipelining" % (
+            (t or {}).get("masters", self.CLUSTER_NODES), a.connections)
+        if t and t.get("ran"):
+            c, rc, cp, rp = t["cached_cluster"], t["redis_cluster"], t["cached"], t["redis_tcp"]
+            rows.append(("%s: requests/s" % label, f0(rc["rps"]), f0(c["rps"]), fr(ratio(c["rps"], rc["rps"])), "info", "-"))
+            rows.append(("%s: p50 / p99 / p99.9 / max (us)" % label,
+                         "%s / %s / - / %s" % (f0(rc["p50Micros"]), f0(rc["p99Micros"]), f0(rc["maxMicros"])),
+                         "%s / %s / %s / %s" % (f0(c["p50Micros"]), f0(c["p99Micros"]), f0(c["p999Micros"]), f0(c["maxMicros"])),
+                         "p99 " + fr(ratio(c["p99Micros"], rc["p99Micros"])), "info", "-"))
+            cpu = t.get("cpuMicrosPerGet")
+            if cpu:
+                rows.append(("%s: CPU per get (us, from /proc/PID/stat; all masters summed)" % label,
+                             "redis-servers %.1f" % cpu["redis_alone"],
+                             "cached %.1f + redis-servers %.1f" % (cpu["cached"], cpu["redis_behind_cached"]),
+                             fr(ratio(cpu["cached"] + cpu["redis_behind_cached"], cpu["redis_alone"])), "info", "-"))
+            rows.append(("get-hit, -c %d, no pipelining: Redis Cluster vs a single redis-server over %s, requests/s (same rounds)" % (
+                             a.connections, plain),
+                         "cluster %s / TCP %s (cluster/single %s)" % (f0(rc["rps"]), f0(rp["rps"]), fr(ratio(rc["rps"], rp["rps"]))),
+                         "cluster %s / %s %s" % (f0(c["rps"]), plain, f0(cp["rps"])), "cluster/single " + fr(ratio(c["rps"], cp["rps"])),
+                         "info", "-"))
+            for name, x in (("on the cluster", c), ("on the single redis-server", cp)):
+                if x["errors"] or x["misses"] or x["failures"]:
+                    self.notes.append("%s: cached-bench %s saw %d errors, %d misses, failures %s" % (
+                        label, name, x["errors"], x["misses"], x["failures"]))
+            ks = t.get("redisBenchmarkKeyspace") or {}
+            if ks.get("misses"):
+                self.notes.append("%s: redis-benchmark --cluster missed %d of %d GETs (the masters' keyspace_misses)" % (
+                    label, ks["misses"], ks["misses"] + ks.get("hits", 0)))
+        elif t:
+            rows.append(("%s: requests/s" % label, "-", "skipped" if t.get("skipped") else "could not run", "-", "info", "n/a"))
+            self.notes.append("Cluster row %s: %s" % ("skipped" if t.get("skipped") else "did not run", t.get("reason")))
         py = r.get("python")
         if py:
             s, rp, pc = py.get("shim", {}).get("usPerCall"), py.get("redispy", {}).get("usPerCall"), py.get("pyredis", {}).get("usPerCall")
@@ -896,6 +1149,23 @@ class Bench:
                        "copy, so within the measured load cached pays TLS only on fills (each entry's first read, in the first round; the plain daemon's "
                        "copy may already be warm from the rows above); the load writes nothing, so no invalidation crosses TLS during it. The TLS/plain "
                        "row measures both daemons and both redis-benchmark targets in the same interleaved rounds.")
+        t = r.get("cluster") or {}
+        if t.get("ran"):  # after the "Redis direct" and TLS lines
+            at = max(i for i, line in enumerate(out) if line.startswith("- Redis direct:") or line.startswith("- TLS:"))
+            out.insert(at + 1,
+                       "- Cluster: %d more redis-servers as cluster masters (`--cluster-enabled yes`, no replicas, no persistence, one folder per "
+                       "node in the temp dir, joined by `redis-cli --cluster create --cluster-replicas 0`, then waited on until `cluster_state:ok`). "
+                       "Redis direct: `redis-benchmark --cluster --threads 1 -h 127.0.0.1 -p P` with the flags above (`--threads 1`: one client "
+                       "thread like the single-node runs and cached-bench; in cluster mode redis-benchmark would start one per master). In cluster "
+                       "mode redis-benchmark reads `key:{TAG}:NNNNNNNNNNNN`, TAG a hash tag of the first slot of the master a client is connected "
+                       "to, so each master serves its own copy of the keyspace (%s keys written to each before the runs; misses counted on the "
+                       "masters' `keyspace_misses`: %s). cached: a daemon with `redis = \"redis-cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3\"`, "
+                       "warmed up and measured with the same `cached-bench` invocation; its entries spread over the masters by slot (%s per "
+                       "master). CPU per get sums the masters. The cluster/single row measures both daemons and both redis-benchmark targets in "
+                       "the same interleaved rounds." % (
+                           t.get("masters", self.CLUSTER_NODES), "{:,}".format(a.keyspace),
+                           "{:,}".format((t.get("redisBenchmarkKeyspace") or {}).get("misses", 0)),
+                           "/".join("{:,}".format(x) for x in t.get("cachedEntriesPerMaster") or []) or "-"))
         pf = r.get("perf") or {}
         if pf.get("self"):
             top = []
@@ -917,7 +1187,7 @@ class Bench:
 
 
 # What --only can name (the --skip-* flags name the same sections).
-SECTIONS = ("throughput", "tls", "python", "cold", "perf", "idle", "callgrind")
+SECTIONS = ("throughput", "tls", "cluster", "python", "cold", "perf", "idle", "callgrind")
 
 
 def sections(text):
@@ -972,6 +1242,7 @@ def main():
     p.add_argument("--skip-callgrind", action="store_true")
     p.add_argument("--skip-perf", action="store_true")
     p.add_argument("--skip-tls", action="store_true", help="leave out the get-hit row over TLS (rediss://)")
+    p.add_argument("--skip-cluster", action="store_true", help="leave out the get-hit row on a Redis Cluster (redis-cluster://)")
     p.add_argument("--only", type=sections, metavar="SECTION[,SECTION...]",
                    help="run only these sections (quick runs; the rest of the table stays empty): " + ", ".join(SECTIONS))
     p.add_argument("--keep-temp", action="store_true")
