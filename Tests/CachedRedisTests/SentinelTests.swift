@@ -2,76 +2,76 @@
 import NIOCore
 import Testing
 
-@Suite("Sentinel state machine")
-struct SentinelStateMachineTests {
+@Suite("Topology refresh state machine")
+struct TopologyRefreshStateMachineTests {
     typealias Address = SentinelConfiguration.Address
     let backoff = ReconnectStateMachine.Backoff(base: .milliseconds(50), cap: .seconds(2))
     let a = Address(host: "10.0.0.1", port: 6379)
     let b = Address(host: "10.0.0.2", port: 6379)
 
-    @Test func theFirstResolutionSwitchesToTheMasterWithoutCountingASwitch() {
-        var m = SentinelStateMachine(backoff: backoff)
-        #expect(m.resolveRequested(.start) == .resolve)
-        #expect(m.resolved(a) == .switchMaster(from: nil, to: a))
-        #expect(m.switchFinished() == .none)
-        #expect(m.master == a && m.switches == 0)
+    @Test func theFirstRefreshAppliesWithoutCountingAChange() {
+        var m = TopologyRefreshStateMachine<Address>(backoff: backoff)
+        #expect(m.refreshRequested(.start) == .refresh)
+        #expect(m.refreshed(a) == .apply(from: nil, to: a))
+        #expect(m.applied() == .none)
+        #expect(m.current == a && m.changes == 0)
         // The same master again: nothing to do.
-        #expect(m.resolveRequested(.periodic) == .resolve)
-        #expect(m.resolved(a) == .none)
-        #expect(m.switches == 0)
+        #expect(m.refreshRequested(.periodic) == .refresh)
+        #expect(m.refreshed(a) == .none)
+        #expect(m.changes == 0)
     }
 
-    @Test func aNewMasterIsASwitch() {
-        var m = SentinelStateMachine(backoff: backoff)
-        _ = m.resolveRequested(.start)
-        _ = m.resolved(a)
-        _ = m.switchFinished()
-        #expect(m.resolveRequested(.switchMessage) == .resolve)
-        #expect(m.resolved(b) == .switchMaster(from: a, to: b))
-        #expect(m.switchFinished() == .none)
-        #expect(m.master == b && m.switches == 1)
+    @Test func aNewSnapshotIsAChange() {
+        var m = TopologyRefreshStateMachine<Address>(backoff: backoff)
+        _ = m.refreshRequested(.start)
+        _ = m.refreshed(a)
+        _ = m.applied()
+        #expect(m.refreshRequested(.switchMessage) == .refresh)
+        #expect(m.refreshed(b) == .apply(from: a, to: b))
+        #expect(m.applied() == .none)
+        #expect(m.current == b && m.changes == 1)
     }
 
-    @Test func oneResolutionAtATimeAndARequestDuringOneRunsRightAfterIt() {
-        var m = SentinelStateMachine(backoff: backoff)
-        #expect(m.resolveRequested(.start) == .resolve)
-        #expect(m.resolveRequested(.readOnly) == .none)
-        #expect(m.resolveRequested(.connectionLost) == .none)
-        #expect(m.resolved(a) == .switchMaster(from: nil, to: a))
+    @Test func oneRefreshAtATimeAndARequestDuringOneRunsRightAfterIt() {
+        var m = TopologyRefreshStateMachine<Address>(backoff: backoff)
+        #expect(m.refreshRequested(.start) == .refresh)
+        #expect(m.refreshRequested(.readOnly) == .none)
+        #expect(m.refreshRequested(.connectionLost) == .none)
+        #expect(m.refreshed(a) == .apply(from: nil, to: a))
         // Requests during the switch are folded into one more resolution.
-        #expect(m.resolveRequested(.switchMessage) == .none)
-        #expect(m.switchFinished() == .resolve)
-        #expect(m.resolved(a) == .none)
-        #expect(m.resolveRequested(.periodic) == .resolve)
+        #expect(m.refreshRequested(.switchMessage) == .none)
+        #expect(m.applied() == .refresh)
+        #expect(m.refreshed(a) == .none)
+        #expect(m.refreshRequested(.periodic) == .refresh)
     }
 
     @Test func failuresBackOffAndASuccessResetsThem() {
-        var m = SentinelStateMachine(backoff: backoff)
-        _ = m.resolveRequested(.start)
-        #expect(m.resolveFailed() == .retry(after: .milliseconds(50)))
-        #expect(m.resolveRequested(.retry) == .resolve)
-        #expect(m.resolveFailed() == .retry(after: .milliseconds(100)))
+        var m = TopologyRefreshStateMachine<Address>(backoff: backoff)
+        _ = m.refreshRequested(.start)
+        #expect(m.refreshFailed() == .retry(after: .milliseconds(50)))
+        #expect(m.refreshRequested(.retry) == .refresh)
+        #expect(m.refreshFailed() == .retry(after: .milliseconds(100)))
         #expect(m.failures == 2)
-        #expect(m.resolveRequested(.retry) == .resolve)
-        #expect(m.resolved(a) == .switchMaster(from: nil, to: a))
+        #expect(m.refreshRequested(.retry) == .refresh)
+        #expect(m.refreshed(a) == .apply(from: nil, to: a))
         #expect(m.failures == 0)
     }
 
     @Test func stoppedMeansNothingMore() {
-        var m = SentinelStateMachine(backoff: backoff)
-        _ = m.resolveRequested(.start)
+        var m = TopologyRefreshStateMachine<Address>(backoff: backoff)
+        _ = m.refreshRequested(.start)
         m.stop()
-        #expect(m.resolved(a) == .none)
-        #expect(m.resolveRequested(.periodic) == .none)
-        #expect(m.master == nil)
+        #expect(m.refreshed(a) == .none)
+        #expect(m.refreshRequested(.periodic) == .none)
+        #expect(m.current == nil)
     }
 
     @Test func lateReportsWithoutAResolutionAreIgnored() {
-        var m = SentinelStateMachine(backoff: backoff)
-        #expect(m.resolved(a) == .none)
-        #expect(m.resolveFailed() == .none)
-        #expect(m.switchFinished() == .none)
-        #expect(m.master == nil)
+        var m = TopologyRefreshStateMachine<Address>(backoff: backoff)
+        #expect(m.refreshed(a) == .none)
+        #expect(m.refreshFailed() == .none)
+        #expect(m.applied() == .none)
+        #expect(m.current == nil)
     }
 }
 

@@ -63,17 +63,7 @@ public struct SentinelConfiguration: Sendable, Hashable {
         }
         guard path.count <= 2 else { throw RedisURLError(url: url, reason: "expected /MASTERNAME[/db]") }
         masterName = String(name)
-        var addresses: [Address] = []
-        for item in hosts.split(separator: ",", omittingEmptySubsequences: false) {
-            // Each Sentinel parses as the host part of a plain URL (IPv6 in brackets, default port 26379).
-            let hasPort = item.hasPrefix("[") ? item.contains("]:") : item.contains(":")
-            let plain = "redis://\(hasPort ? item : "\(item):26379")"
-            guard !item.isEmpty, let parsed = try? RedisConfiguration(url: plain), case .tcp(let host, let port) = parsed.endpoint else {
-                throw RedisURLError(url: url, reason: "bad Sentinel address \"\(item)\"")
-            }
-            addresses.append(Address(host: host, port: port))
-        }
-        guard !addresses.isEmpty else { throw RedisURLError(url: url, reason: "no Sentinel address") }
+        let addresses = try Address.list(hosts, defaultPort: 26379, url: url, what: "Sentinel")
         sentinels = addresses
         // Credentials and database are the data nodes', parsed as a plain URL would be.
         let db = path.count == 2 ? "/\(path[1])" : ""
@@ -87,8 +77,7 @@ public struct SentinelConfiguration: Sendable, Hashable {
     /// The settings for one Sentinel: its address, ``sentinelPassword``, database 0, the data nodes'
     /// timeouts and TLS.
     func sentinel(_ address: Address) -> RedisConfiguration {
-        var configuration = data
-        configuration.endpoint = .tcp(host: address.host, port: address.port)
+        var configuration = data.at(address)
         configuration.username = nil
         configuration.password = sentinelPassword
         configuration.database = 0
@@ -98,9 +87,7 @@ public struct SentinelConfiguration: Sendable, Hashable {
 
     /// The settings for the data node at `host:port`.
     func dataNode(host: String, port: Int) -> RedisConfiguration {
-        var configuration = data
-        configuration.endpoint = .tcp(host: host, port: port)
-        return configuration
+        data.at(Address(host: host, port: port))
     }
 
     /// The URL without passwords, for logs and `stats`.

@@ -1,7 +1,4 @@
 import Logging
-#if canImport(Glibc)
-import Glibc
-#endif
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -11,7 +8,7 @@ import NIOCore
 /// and confirmed with `ROLE` on the node itself. It is resolved again when a Sentinel publishes
 /// `+switch-master` (one subscription per Sentinel), when the master answers `READONLY`, when a
 /// connection to it is lost or cannot be made, and every ``SentinelConfiguration/refreshInterval``.
-/// ``SentinelStateMachine`` keeps one resolution in flight at most.
+/// ``TopologyRefreshStateMachine`` keeps one resolution in flight at most.
 ///
 /// A switch starts a new ``RedisNode`` (pool and invalidation listener) on the new master, routes new
 /// commands to it, then reports the old node ``RedisNodeEvent/removed(node:)`` (the local copy drops
@@ -28,7 +25,7 @@ public final class SentinelTopology: RedisTopology {
     private let watchers: [SentinelWatcher]
 
     struct State {
-        var machine: SentinelStateMachine
+        var machine: TopologyRefreshStateMachine<SentinelConfiguration.Address>
         var node: RedisNode?
         /// Nodes that left: their late events are not forwarded.
         var retired: Set<UInt64> = []
@@ -51,8 +48,8 @@ public final class SentinelTopology: RedisTopology {
         logger[metadataKey: "master_name"] = "\(configuration.masterName)"
         self.logger = logger
         self.onEvent = onEvent
-        let backoff = ReconnectStateMachine.Backoff(base: configuration.data.minimumReconnectDelay, cap: configuration.data.maximumReconnectDelay)
-        self.state = NIOLockedValueBox(State(machine: SentinelStateMachine(backoff: backoff)))
+        let backoff = configuration.data.reconnectBackoff
+        self.state = NIOLockedValueBox(State(machine: TopologyRefreshStateMachine(backoff: backoff)))
         let loop = eventLoop
         // The watchers report to the topology, which owns them: a weak reference, set once built.
         let owner = WeakOwner()
@@ -76,16 +73,17 @@ public final class SentinelTopology: RedisTopology {
         return RedisRoute(node: node, connection: connection)
     }
 
-    public func errorReply(_ message: String, from node: RedisNode) {
+    public func errorReply(_ message: String, from node: RedisNode, attempt: Int, on eventLoop: any EventLoop) -> RedisRedirect? {
         // A master that was demoted to a replica refuses writes.
         if message.hasPrefix("READONLY") { request(.readOnly) }
+        return nil
     }
 
     /// Resolves the master and connects to it (returns when that first attempt ended), then subscribes
     /// to every Sentinel and starts the periodic check.
     public func start() async {
-        let action = state.withLockedValue { $0.machine.resolveRequested(.start) }
-        if action == .resolve { await resolveLoop() }
+        let action = state.withLockedValue { $0.machine.refreshRequested(.start) }
+        if action == .refresh { await resolveLoop() }
         for watcher in watchers { await watcher.start() }
         let interval = configuration.refreshInterval
         let periodic = eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self] _ in
@@ -111,7 +109,7 @@ public final class SentinelTopology: RedisTopology {
     }
 
     public var status: RedisTopologyStatus {
-        let (node, reachable, switches, last) = state.withLockedValue { ($0.node, $0.reachable, $0.machine.switches, $0.lastSwitch) }
+        let (node, reachable, switches, last) = state.withLockedValue { ($0.node, $0.reachable, $0.machine.changes, $0.lastSwitch) }
         return RedisTopologyStatus(
             kind: "sentinel", nodes: node.map { [$0.status(role: "master")] } ?? [], masterName: configuration.masterName,
             sentinels: configuration.sentinels.map { .init(address: $0.description, reachable: reachable[$0] ?? false) },
@@ -121,31 +119,31 @@ public final class SentinelTopology: RedisTopology {
     // MARK: Resolution
 
     /// Asks for a resolution; starts one unless one is running (then it runs again right after).
-    func request(_ reason: SentinelStateMachine.Reason) {
-        let action = state.withLockedValue { $0.machine.resolveRequested(reason) }
-        guard action == .resolve else { return }
+    func request(_ reason: TopologyRefreshStateMachine<SentinelConfiguration.Address>.Reason) {
+        let action = state.withLockedValue { $0.machine.refreshRequested(reason) }
+        guard action == .refresh else { return }
         Task { await self.resolveLoop() }
     }
 
     /// Runs resolutions (and the switches they lead to) until the machine asks for none.
     private func resolveLoop() async {
-        var action = SentinelStateMachine.Action.resolve
+        var action = TopologyRefreshStateMachine<SentinelConfiguration.Address>.Action.refresh
         while true {
             switch action {
-            case .resolve:
+            case .refresh:
                 let result = await resolveOnce()
                 action = state.withLockedValue { state in
                     switch result {
-                    case .success(let address): state.machine.resolved(address)
-                    case .failure: state.machine.resolveFailed()
+                    case .success(let address): state.machine.refreshed(address)
+                    case .failure: state.machine.refreshFailed()
                     }
                 }
                 if case .failure(let error) = result, state.withLockedValue({ $0.machine.failures }) <= 2 {
                     logger.warning("cannot resolve the Redis master through Sentinel; retrying", metadata: ["error": "\(error)"])
                 }
-            case .switchMaster(let from, let to):
+            case .apply(let from, let to):
                 await switchMaster(from: from, to: to)
-                action = state.withLockedValue { $0.machine.switchFinished() }
+                action = state.withLockedValue { $0.machine.applied() }
             case .retry(let delay):
                 let task = eventLoop.scheduleTask(in: delay) { [weak self] () -> Void in self?.request(.retry) }
                 state.withLockedValue { $0.retry = task }
@@ -215,7 +213,7 @@ public final class SentinelTopology: RedisTopology {
             let old = state.node
             state.node = node
             if let old { state.retired.insert(old.id) }
-            state.lastSwitch = .init(from: from?.description, to: to.description, at: Self.wallClock())
+            state.lastSwitch = .init(from: from?.description, to: to.description, at: wallClockSeconds())
             return (old, false)
         }
         if stopped {
@@ -261,12 +259,6 @@ public final class SentinelTopology: RedisTopology {
         case .down:
             state.withLockedValue { $0.reachable[sentinel] = false }
         }
-    }
-
-    private static func wallClock() -> Double {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
 }
 

@@ -14,14 +14,24 @@ public protocol RedisTopology: Sendable {
     /// The node that serves `key` and one of its connections that is up, preferring one on `eventLoop`
     /// (no thread hop); nil when none is up (the caller fails at once: nothing was sent).
     func route(_ key: String, preferring eventLoop: any EventLoop) -> RedisRoute?
-    /// An error reply a node sent (`READONLY`, `MOVED`, ...): a hint that the topology changed.
-    func errorReply(_ message: String, from node: RedisNode)
+    /// An error reply a node sent for a command (`READONLY`, `MOVED`, `ASK`, ...): a hint that the
+    /// topology changed, and for a cluster redirect where to send the command again. `attempt` counts the
+    /// redirects this command has followed already (the caller stops after a few).
+    func errorReply(_ message: String, from node: RedisNode, attempt: Int, on eventLoop: any EventLoop) -> RedisRedirect?
     /// Resolves and connects; returns once the first attempt has ended (up or not).
     func start() async
     /// Closes every connection and stops following changes.
     func shutdown() async
     /// What the topology looks like now, for `stats` and systemd's `STATUS=`.
     var status: RedisTopologyStatus { get }
+}
+
+/// Where a command goes after an error reply that says it was not run (a cluster redirect).
+public enum RedisRedirect: Sendable {
+    /// Send it on this route; with `asking`, preceded by `ASKING` on the same connection (`ASK`).
+    case resend(RedisRoute, asking: Bool)
+    /// Route it again once this completes (the slot map was refreshed, or a `TRYAGAIN` backoff ended).
+    case retry(after: EventLoopFuture<Void>)
 }
 
 /// A node and one of its connections that is up.
@@ -46,6 +56,8 @@ public struct RedisTopologyStatus: Sendable, Hashable {
         public var poolSize: Int
         /// Whether its invalidation listener is up (what it reads may be kept locally).
         public var tracking: Bool
+        /// In a cluster, the slots it serves.
+        public var slots: Int?
     }
 
     /// One Sentinel and whether the last attempt to reach it worked.
@@ -62,7 +74,7 @@ public struct RedisTopologyStatus: Sendable, Hashable {
         public var at: Double
     }
 
-    /// `single` or `sentinel`.
+    /// `single`, `sentinel` or `cluster`.
     public var kind: String
     public var nodes: [Node]
     public var masterName: String?
@@ -71,6 +83,12 @@ public struct RedisTopologyStatus: Sendable, Hashable {
     public var lastSwitch: Switch?
     /// Redacted URL as configured.
     public var url: String
+    /// In a cluster: redirects seen by kind (`moved`, `ask`, `tryAgain`, `clusterDown`), slot-map reads,
+    /// slots no primary serves, and when the map was last read (seconds since the Unix epoch).
+    public var redirects: [String: Int]?
+    public var refreshes: Int?
+    public var unownedSlots: Int?
+    public var lastRefresh: Double?
 
     public var available: Bool { nodes.contains { $0.connections > 0 } }
 }
@@ -80,6 +98,6 @@ extension RedisNode {
     public func status(role: String) -> RedisTopologyStatus.Node {
         RedisTopologyStatus.Node(
             address: address, role: role, connections: pool.connectedCount, poolSize: configuration.poolSize,
-            tracking: isTracking)
+            tracking: isTracking, slots: nil)
     }
 }

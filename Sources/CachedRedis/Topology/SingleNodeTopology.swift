@@ -17,7 +17,9 @@ public final class SingleNodeTopology: RedisTopology {
         return RedisRoute(node: node, connection: connection)
     }
 
-    public func errorReply(_ message: String, from node: RedisNode) {}
+    public func errorReply(_ message: String, from node: RedisNode, attempt: Int, on eventLoop: any EventLoop) -> RedisRedirect? {
+        nil
+    }
 
     public func start() async { await node.start() }
 

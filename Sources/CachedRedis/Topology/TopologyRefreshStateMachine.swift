@@ -1,22 +1,22 @@
 import NIOCore
 
-/// What a Sentinel topology does next, as a pure state machine: at most one resolution of the master in
-/// flight (a request during one is remembered and runs right after it), a switch when the confirmed
-/// master is another node, backoff after failed resolutions. No I/O: ``SentinelTopology`` runs the actions.
-package struct SentinelStateMachine: Sendable {
-    package typealias Address = SentinelConfiguration.Address
-
-    /// Why a resolution was asked for (kept for logs and tests).
+/// When a topology asks Redis what it looks like, as a pure state machine: at most one refresh in flight
+/// (a request during one is remembered and runs right after it), an `apply` when the answer differs from
+/// what is in use, backoff after failed refreshes. No I/O: the topology shells run the actions.
+///
+/// `Snapshot` is what a refresh finds: the master's address behind Sentinel, the slot map of a cluster.
+package struct TopologyRefreshStateMachine<Snapshot: Hashable & Sendable>: Sendable {
+    /// Why a refresh was asked for (kept for logs and tests).
     package enum Reason: Sendable, Hashable {
         case start, periodic, switchMessage, readOnly, connectionLost, retry, sentinelReconnected
+        case moved, clusterDown, unreachableNode
     }
 
     package enum Action: Sendable, Hashable {
-        /// Ask the Sentinels for the master and confirm it with `ROLE`; report with
-        /// ``resolved(_:)`` or ``resolveFailed()``.
-        case resolve
-        /// Move the pool and the listener to `to`, drop what was read from `from`, then ``switchFinished(at:)``.
-        case switchMaster(from: Address?, to: Address)
+        /// Ask Redis; report with ``refreshed(_:)`` or ``refreshFailed()``.
+        case refresh
+        /// Move from `from` (nil the first time) to `to`, then report ``applied()``.
+        case apply(from: Snapshot?, to: Snapshot)
         /// Ask again after `delay` (as ``Reason/retry``).
         case retry(after: TimeAmount)
         case none
@@ -24,16 +24,19 @@ package struct SentinelStateMachine: Sendable {
 
     enum Phase: Sendable, Hashable {
         case idle
-        /// A resolution (or the switch it led to) is running; `again`: another was asked for meanwhile.
-        case resolving(again: Bool)
+        /// A refresh (or the change it led to) is running; `again`: another was asked for meanwhile.
+        case refreshing(again: Bool)
         case stopped
     }
 
-    package private(set) var master: Address?
+    package private(set) var current: Snapshot?
     private(set) var phase: Phase = .idle
-    /// Resolutions that failed in a row.
+    /// Refreshes that failed in a row.
     package private(set) var failures = 0
-    package private(set) var switches = 0
+    /// Changes applied after the first.
+    package private(set) var changes = 0
+    /// Refreshes that ended (with an answer or not).
+    package private(set) var refreshes = 0
     private let backoff: ReconnectStateMachine.Backoff
 
     package init(backoff: ReconnectStateMachine.Backoff) {
@@ -41,39 +44,42 @@ package struct SentinelStateMachine: Sendable {
     }
 
     package var isStopped: Bool { phase == .stopped }
+    package var isRefreshing: Bool { if case .refreshing = phase { true } else { false } }
 
-    /// Something suggests the master may have changed (or it is time to check).
-    package mutating func resolveRequested(_ reason: Reason) -> Action {
+    /// Something suggests the topology may have changed (or it is time to check).
+    package mutating func refreshRequested(_ reason: Reason) -> Action {
         switch phase {
         case .stopped: return .none
-        case .resolving: phase = .resolving(again: true); return .none
-        case .idle: phase = .resolving(again: false); return .resolve
+        case .refreshing: phase = .refreshing(again: true); return .none
+        case .idle: phase = .refreshing(again: false); return .refresh
         }
     }
 
-    /// The Sentinels named `address` and it confirmed it is a master.
-    package mutating func resolved(_ address: Address) -> Action {
-        guard case .resolving = phase else { return .none }
+    /// The refresh found `snapshot`.
+    package mutating func refreshed(_ snapshot: Snapshot) -> Action {
+        guard case .refreshing = phase else { return .none }
         failures = 0
-        if address != master {
-            let from = master
-            master = address
-            switches += from == nil ? 0 : 1
-            return .switchMaster(from: from, to: address)
+        refreshes += 1
+        if snapshot != current {
+            let from = current
+            current = snapshot
+            changes += from == nil ? 0 : 1
+            return .apply(from: from, to: snapshot)
         }
         return finish()
     }
 
-    /// The switch asked for by ``resolved(_:)`` is done.
-    package mutating func switchFinished() -> Action {
-        guard case .resolving = phase else { return .none }
+    /// The change asked for by ``refreshed(_:)`` is in place.
+    package mutating func applied() -> Action {
+        guard case .refreshing = phase else { return .none }
         return finish()
     }
 
-    /// No Sentinel answered with a master that confirmed its role.
-    package mutating func resolveFailed() -> Action {
-        guard case .resolving = phase else { return .none }
+    /// The refresh found no usable answer.
+    package mutating func refreshFailed() -> Action {
+        guard case .refreshing = phase else { return .none }
         failures += 1
+        refreshes += 1
         phase = .idle
         return .retry(after: backoff.delay(afterFailures: failures))
     }
@@ -83,9 +89,9 @@ package struct SentinelStateMachine: Sendable {
     }
 
     private mutating func finish() -> Action {
-        if case .resolving(again: true) = phase {
-            phase = .resolving(again: false)
-            return .resolve
+        if case .refreshing(again: true) = phase {
+            phase = .refreshing(again: false)
+            return .refresh
         }
         phase = .idle
         return .none
