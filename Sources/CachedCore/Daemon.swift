@@ -53,6 +53,15 @@ public struct Daemon: Sendable {
                 local?.handle(event)
             }
             return RedisCacheStore(topology: topology, localCache: local)
+        case .cluster(let url):
+            var cluster = try ClusterConfiguration(url: url)
+            cluster.data = try Self.redisConfiguration(cluster.data, settings.redis)
+            cluster.refreshInterval = TimeAmount(settings.redis.topologyRefreshInterval)
+            let local = Self.localCache(settings.localCache)
+            let topology = ClusterTopology(configuration: cluster, group: group, tracking: local != nil, logger: logger) { event in
+                local?.handle(event)
+            }
+            return RedisCacheStore(topology: topology, localCache: local)
         }
     }
 

@@ -27,7 +27,7 @@ struct CoherenceTests {
 
     /// Finding 1: Redis forgets what a connection read when it closes (redis/redis#11767), so entries that
     /// connection read must not be served from the local copy any more.
-    @Test(arguments: StoreKind.redis)
+    @Test(arguments: StoreKind.oneKeyspace)
     func aKilledDataConnectionDropsWhatItRead(kind: StoreKind) throws {
         let f = try Fixture(kind)
         let redis = try #require(f.redis)

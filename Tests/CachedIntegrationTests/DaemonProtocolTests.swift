@@ -5,20 +5,29 @@ import Testing
 
 /// Which store a daemon under test uses.
 enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
-    case embedded, redisUnix, redisTCP, redisTLS, sentinel
+    case embedded, redisUnix, redisTCP, redisTLS, sentinel, cluster
     var testDescription: String { rawValue }
+    /// Every kind that talks to one Redis keyspace (one server, or a master behind Sentinel).
+    static let oneKeyspace: [StoreKind] = [.redisUnix, .redisTCP, .redisTLS, .sentinel]
     /// Every kind that talks to Redis.
-    static let redis: [StoreKind] = [.redisUnix, .redisTCP, .redisTLS, .sentinel]
+    static let redis: [StoreKind] = oneKeyspace + [.cluster]
 }
 
-/// A daemon plus (for the Redis kinds) its private Redis (behind Sentinel: the master).
+/// A daemon plus (for the Redis kinds) its private Redis (behind Sentinel: the master; in a cluster: a
+/// node whose `cli` follows redirects).
 final class Fixture: @unchecked Sendable {
     let redis: RedisServer?
     let daemon: DaemonProcess
     private var sentinels: SentinelGroup?
+    private(set) var cluster: ClusterGroup?
 
     init(_ kind: StoreKind, config: String = "") throws {
         switch kind {
+        case .cluster:
+            let group = try ClusterGroup()
+            cluster = group
+            redis = group.nodes[0]
+            daemon = try DaemonProcess(config: config, arguments: ["--redis", group.url])
         case .redisTLS:
             let certs = try TestCertificates()
             let r = try RedisServer(tls: certs)

@@ -15,7 +15,7 @@ struct LeaseTests {
         try c.call("set", Self.entry.merging(["value": .string(value), "lease": .string(token)]) { $1 })
     }
 
-    @Test(arguments: [StoreKind.embedded, .redisUnix, .redisTLS, .sentinel])
+    @Test(arguments: [StoreKind.embedded, .redisUnix, .redisTLS, .sentinel, .cluster])
     func holderStoresAndWaitersWake(kind: StoreKind) throws {
         let f = try Fixture(kind)
         let holder = try f.daemon.client()

@@ -23,7 +23,7 @@ struct LocalCacheTests {
         try c.call("get", params)["result"]?["value"]
     }
 
-    @Test(arguments: StoreKind.redis)
+    @Test(arguments: StoreKind.oneKeyspace)
     func repeatedHitsAreServedWithoutRedis(kind: StoreKind) throws {
         let f = try Fixture(kind)
         let redis = try #require(f.redis)
@@ -41,7 +41,7 @@ struct LocalCacheTests {
         #expect(local?["hits"]?.intValue == 98)
     }
 
-    @Test(arguments: StoreKind.redis)
+    @Test(arguments: StoreKind.oneKeyspace)
     func writesByAnyoneExpiryAndFlushesInvalidate(kind: StoreKind) throws {
         let f = try Fixture(kind)
         let redis = try #require(f.redis)

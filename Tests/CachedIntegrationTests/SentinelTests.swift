@@ -213,6 +213,9 @@ final class LoadThread: @unchecked Sendable {
 
     var successes: Int { lock.withLock { records.filter { $0.code == nil }.count } }
 
+    /// The value of the last `set` that was acknowledged.
+    var lastWritten: String? { lock.withLock { records.last { $0.code == nil && $0.method == "set" }?.value } }
+
     /// When the first successful answer to a request sent after `date` came.
     func firstSuccess(sentAfter date: Date) -> Date? {
         lock.withLock {

@@ -40,6 +40,8 @@ public final class RedisServer: @unchecked Sendable {
     public let tlsAuthClients: Bool
     /// More `redis-server` arguments (e.g. `--replicaof`).
     public var extraArguments: [String]
+    /// `redis-cli -c`: follow cluster redirects.
+    public var followRedirects = false
     private var process: ChildProcess?
 
     public static var binary: String { ProcessInfo.processInfo.environment["REDIS_SERVER"] ?? "/usr/bin/redis-server" }
@@ -57,7 +59,8 @@ public final class RedisServer: @unchecked Sendable {
         self.tls = tls
         self.tlsPort = tls == nil ? nil : Self.freePort()
         self.tlsAuthClients = tlsAuthClients
-        port = tcp ? Self.freePort() : nil
+        let cluster = extraArguments.contains("--cluster-enabled")
+        port = tcp ? (cluster ? Self.freeClusterPort() : Self.freePort()) : nil
         self.password = password
         try start()
     }
@@ -127,12 +130,21 @@ public final class RedisServer: @unchecked Sendable {
 
     /// Runs `redis-cli` and returns the exact bytes of its output without the last newline.
     public func cliBytes(_ arguments: [String], raw: Bool = true) throws -> [UInt8] {
-        var args = ["-s", socketPath]
+        // redis-cli follows cluster redirects (-c) over TCP only.
+        var args = followRedirects && port != nil ? ["-h", "127.0.0.1", "-p", String(port!), "-c"] : ["-s", socketPath]
         if raw { args.append("--raw") }
         if let password { args += ["-a", password, "--no-auth-warning"] }
         var bytes = try ChildProcess.output("/usr/bin/redis-cli", args + arguments)
         if bytes.last == UInt8(ascii: "\n") { bytes.removeLast() }
         return bytes
+    }
+
+    /// A free port at most 55535 (a cluster node also listens on port + 10000).
+    public static func freeClusterPort() -> Int {
+        while true {
+            let port = freePort()
+            if port <= 55535 { return port }
+        }
     }
 
     public static func freePort() -> Int {

@@ -103,9 +103,9 @@ extension DaemonConfiguration {
         let r = startup.redis
         let asksForTLS = [r.tlsCAFile, r.tlsCertFile, r.tlsKeyFile, r.tlsServerName].contains { $0 != nil }
         if asksForTLS, startup.store != .embedded, !startup.store.usesTLS {
-            throw ConfigurationError("redis_options.tls_* are set, but the Redis URL is not rediss:// or rediss-sentinel://")
+            throw ConfigurationError("redis_options.tls_* are set, but the Redis URL is not rediss://, rediss-sentinel:// or rediss-cluster://")
         }
-        if r.sentinelPassword != nil, case .redis = startup.store {
+        if r.sentinelPassword != nil, startup.store.name != "sentinel" {
             throw ConfigurationError("redis_options.sentinel_password is set, but the Redis URL is not redis-sentinel://")
         }
         if r.topologyRefreshInterval <= .zero {
@@ -116,6 +116,7 @@ extension DaemonConfiguration {
             case .embedded: break
             case .redis(let url): _ = try RedisConfiguration(url: url)
             case .sentinel(let url): _ = try SentinelConfiguration(url: url)
+            case .cluster(let url): _ = try ClusterConfiguration(url: url)
             }
         } catch {
             throw ConfigurationError("redis: \(error)")

@@ -56,15 +56,23 @@ public struct DaemonConfiguration: Sendable, Equatable {
         case redis(url: String)
         /// The master behind Redis Sentinel (`redis-sentinel://`, `rediss-sentinel://`).
         case sentinel(url: String)
+        /// A Redis Cluster from its seed nodes (`redis-cluster://`, `rediss-cluster://`).
+        case cluster(url: String)
 
         /// `redis` setting: an empty URL selects the embedded store; `redis-sentinel://` and
-        /// `rediss-sentinel://` select Sentinel.
+        /// `rediss-sentinel://` select Sentinel, `redis-cluster://` and `rediss-cluster://` a cluster.
         public init(redisURL: String?) {
             guard let redisURL, !redisURL.isEmpty else {
                 self = .embedded
                 return
             }
-            self = SentinelConfiguration.isSentinelURL(redisURL) ? .sentinel(url: redisURL) : .redis(url: redisURL)
+            if SentinelConfiguration.isSentinelURL(redisURL) {
+                self = .sentinel(url: redisURL)
+            } else if ClusterConfiguration.isClusterURL(redisURL) {
+                self = .cluster(url: redisURL)
+            } else {
+                self = .redis(url: redisURL)
+            }
         }
 
         public var name: String {
@@ -72,6 +80,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case .embedded: "embedded"
             case .redis: "redis"
             case .sentinel: "sentinel"
+            case .cluster: "cluster"
             }
         }
 
@@ -81,6 +90,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case .embedded: false
             case .redis(let url): url.hasPrefix("rediss://")
             case .sentinel(let url): url.hasPrefix("rediss-sentinel://")
+            case .cluster(let url): url.hasPrefix("rediss-cluster://")
             }
         }
     }
@@ -99,7 +109,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
         public var tlsServerName: String?
         /// `AUTH` for the Sentinels (the URL's credentials are the data nodes').
         public var sentinelPassword: String?
-        /// How often the topology (the master behind Sentinel) is checked even when nothing suggests a change.
+        /// How often the topology (the master behind Sentinel, a cluster's slot map) is read again even when
+        /// nothing suggests a change.
         public var topologyRefreshInterval: Duration = .seconds(5)
         public init() {}
     }

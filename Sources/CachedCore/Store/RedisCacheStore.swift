@@ -35,12 +35,9 @@ public final class RedisCacheStore: CacheStore {
         } else {
             command = RedisCommand("GET", .string(address.storeKey))
         }
-        guard let route = topology.route(address.storeKey, preferring: eventLoop) else {
-            return eventLoop.makeFailedFuture(Self.noConnection)
-        }
         let readAt = localCache?.beginRead() ?? 0
         let localCache = self.localCache
-        return checked(route.connection.send(command), route).flatMapThrowing { reply in
+        return execute(command, key: address.storeKey, on: eventLoop).flatMapThrowing { (reply, route) in
             switch reply {
             case .bulk(let value):
                 localCache?.insert(address, value: value, readAt: readAt, route: route)
@@ -132,27 +129,48 @@ public final class RedisCacheStore: CacheStore {
 
     /// Sends a command to the node that serves `key`; maps client errors and error replies to ``CachedError``.
     private func send(_ command: RedisCommand, key: String, on eventLoop: any EventLoop) -> EventLoopFuture<RedisReply> {
+        execute(command, key: key, on: eventLoop).map { $0.0 }
+    }
+
+    /// The most cluster redirects one command follows (`MOVED`, `ASK`, `TRYAGAIN`); each means the
+    /// command was not run, so sending it again is safe.
+    static let maximumRedirects = 5
+
+    /// Sends a command to the node that serves `key`, following redirects; the reply with the route that
+    /// answered it. Client errors and error replies become ``CachedError``; the topology hears of every
+    /// error reply (`READONLY` after a Sentinel failover makes it re-resolve the master).
+    private func execute(_ command: RedisCommand, key: String, on eventLoop: any EventLoop) -> EventLoopFuture<(RedisReply, RedisRoute)> {
         guard let route = topology.route(key, preferring: eventLoop) else {
             return eventLoop.makeFailedFuture(Self.noConnection)
         }
-        return checked(route.connection.send(command), route)
+        return execute(command, key: key, route: route, asking: false, attempt: 0)
     }
 
-    /// Maps client errors and error replies to ``CachedError``; tells the topology of error replies
-    /// (`READONLY` after a failover makes a Sentinel topology re-resolve the master).
-    private func checked(_ future: EventLoopFuture<RedisReply>, _ route: RedisRoute) -> EventLoopFuture<RedisReply> {
-        let topology = self.topology
-        return future
-            .flatMapErrorThrowing { error in throw Self.map(error) }
-            .flatMapThrowing { reply in
-                if case .error(let message) = reply {
-                    topology.errorReply(message, from: route.node)
-                    throw CachedError(
-                        .storeError, "Redis error: \(message)",
-                        data: .object(["redis": .string(String(message.prefix { $0 != " " }))]))
+    private func execute(
+        _ command: RedisCommand, key: String, route: RedisRoute, asking: Bool, attempt: Int
+    ) -> EventLoopFuture<(RedisReply, RedisRoute)> {
+        let sent = asking ? route.connection.sendAsking(command) : route.connection.send(command)
+        return sent.flatMapErrorThrowing { error in throw Self.map(error) }.flatMap { reply in
+            guard case .error(let message) = reply else { return route.connection.eventLoop.makeSucceededFuture((reply, route)) }
+            let loop = route.connection.eventLoop
+            if attempt < Self.maximumRedirects, let redirect = self.topology.errorReply(message, from: route.node, attempt: attempt, on: loop) {
+                switch redirect {
+                case .resend(let target, let asking):
+                    return self.execute(command, key: key, route: target, asking: asking, attempt: attempt + 1)
+                case .retry(let after):
+                    return after.flatMap {
+                        guard let again = self.topology.route(key, preferring: loop) else {
+                            return loop.makeFailedFuture(Self.noConnection)
+                        }
+                        return self.execute(command, key: key, route: again, asking: false, attempt: attempt + 1)
+                    }
                 }
-                return reply
             }
+            return loop.makeFailedFuture(
+                CachedError(
+                    .storeError, "Redis error: \(message)",
+                    data: .object(["redis": .string(String(message.prefix { $0 != " " }))])))
+        }
     }
 
     static func map(_ error: any Error) -> CachedError {

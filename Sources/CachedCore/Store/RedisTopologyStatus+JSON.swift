@@ -12,7 +12,7 @@ extension RedisTopologyStatus {
                         "address": .string(node.address), "role": .string(node.role),
                         "connections": .number(String(node.connections)), "poolSize": .number(String(node.poolSize)),
                         "tracking": .bool(node.tracking),
-                    ])
+                    ].merging(node.slots.map { ["slots": .number(String($0))] } ?? [:]) { $1 })
                 }),
         ]
         if let masterName {
@@ -28,12 +28,23 @@ extension RedisTopologyStatus {
                     ])
                 } ?? .null
         }
+        if let redirects {
+            members["redirects"] = .object(redirects.mapValues { .number(String($0)) })
+            members["refreshes"] = .number(String(refreshes ?? 0))
+            members["unownedSlots"] = .number(String(unownedSlots ?? 0))
+            members["switches"] = .number(String(switches))
+            members["lastRefresh"] = lastRefresh.map { .number(String(($0 * 1000).rounded() / 1000)) } ?? .null
+        }
         return .object(members)
     }
 
     /// One phrase for systemd's `STATUS=`: the master and, behind Sentinel, how many Sentinels answer
     /// and the last switch.
     var summary: String {
+        if kind == "cluster" {
+            let up = nodes.filter { $0.connections > 0 }.count
+            return "cluster \(up)/\(nodes.count) primaries up, \(unownedSlots ?? 0) slots unserved"
+        }
         let master = nodes.first { $0.role == "master" }
         var text = master.map { "master \($0.address) (\($0.connections)/\($0.poolSize) connections)" } ?? "no master"
         if masterName != nil {

@@ -52,6 +52,25 @@ public final class RedisConnection: Sendable {
         return promise.futureResult
     }
 
+    /// Sends `ASKING` then `command`, adjacent on this connection (an `ASK` redirect); the future holds
+    /// the command's reply.
+    public func sendAsking(_ command: RedisCommand) -> EventLoopFuture<RedisReply> {
+        let asking = channel.eventLoop.makePromise(of: RedisReply.self)
+        let promise = channel.eventLoop.makePromise(of: RedisReply.self)
+        let channel = self.channel
+        let write: @Sendable () -> Void = {
+            let failed: @Sendable (any Error) -> Void = { _ in
+                let error = RedisClientError(.unavailable, "the connection to Redis closed before the command was sent")
+                asking.fail(error)
+                promise.fail(error)
+            }
+            channel.pipeline.syncOperations.write(NIOAny(RedisRequest(command: RedisCommand("ASKING"), promise: asking))).whenFailure(failed)
+            channel.pipeline.syncOperations.write(NIOAny(RedisRequest(command: command, promise: promise))).whenFailure(failed)
+        }
+        if channel.eventLoop.inEventLoop { write() } else { channel.eventLoop.execute(write) }
+        return asking.futureResult.flatMap { _ in promise.futureResult }
+    }
+
     public func close() -> EventLoopFuture<Void> {
         channel.close()
     }
