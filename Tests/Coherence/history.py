@@ -85,6 +85,16 @@ After an inexact snapshot, entries that a write may have changed between the kil
 judged (``loss_unknown``).
 A surviving value that no write made before the kill explains (never written, a refused value, another
 entry's value) is reported in ``failover_unexplained``.
+
+*Cluster* (one shard fails over). A Redis Cluster failover promotes the replica of one primary: only the
+entries whose slots that primary served can lose writes or change. ``values`` then holds those entries
+only: the reset writes, the lost-write count and the excused window of an inexact snapshot concern them
+alone, and every other entry is checked as usual across the failover. A cluster refuses a ``MULTI`` whose
+keys lie in several slots, so there the exact snapshot is a pipeline ``ROLE``, the reads, ``ROLE`` on a
+``READONLY`` connection: both ``ROLE``s saying ``slave`` (with the link down and two such snapshots 30 ms
+apart agreeing) bracket the reads before the promotion, and the argument above holds unchanged. A
+reshard moves keys with ``MIGRATE`` (atomic per key: the key's value never changes), so it needs no
+modelling.
 """
 
 from __future__ import annotations
@@ -150,7 +160,8 @@ class Failover:
     frozen: int
     #: A Sentinel named the new master (exact), or the read of ``values`` had returned (inexact).
     promoted: int
-    #: Entry name -> value (``ABSENT``) on the promoted replica.
+    #: Entry name -> value (``ABSENT``) on the promoted replica: every entry (Sentinel), or the entries of
+    #: the failed shard (cluster).
     values: dict[str, Value]
     #: True: read from the replica before its promotion (see the module documentation).
     exact: bool = True
@@ -351,7 +362,7 @@ def _failover_losses(
 
 def _excused(history: History, read: Read) -> bool:
     for f in history.failovers:
-        if not f.exact and read.end >= f.killed and read.start <= f.promoted + f.lag:
+        if not f.exact and read.entry in f.values and read.end >= f.killed and read.start <= f.promoted + f.lag:
             return True
     return False
 

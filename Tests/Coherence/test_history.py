@@ -341,3 +341,32 @@ def test_inexact_snapshot_judges_untouched_entries() -> None:
     result = check(h)
     assert result.loss_unknown == [0]
     assert [[w.value for w in x.lost] for x in result.lost_writes] == [["b"]]
+
+
+# --- one shard fails over (cluster) -------------------------------------------------------------------
+#
+# E lives on the failed shard, F on another: the failover's values name E only.
+
+
+def test_cluster_failover_leaves_other_shards_entries_alone() -> None:
+    # "fb" was acknowledged on F's shard before the kill; no failover concerns F, so it is neither lost
+    # nor superseded: reading "fb" after the promotion is legal, reading the older "fa" stale.
+    writes = initial(E, F) + [Write(E, "a", 10, 20), Write(E, "b", 800, 900), Write(F, "fa", 10, 20),
+                              Write(F, "fb", 800, 900)]
+    late = PROMOTED + LAG + 10
+    h = History(writes=writes, reads=[Read(F, "fb", late, late + 5), Read(E, "a", late, late + 5)],
+                failovers=[failover({E: "a"})])
+    result = check(h)
+    assert result.violations == []
+    assert [(x.entry, [w.value for w in x.lost]) for x in result.lost_writes] == [(E, ["b"])]
+    h.reads.append(Read(F, "fa", late, late + 5))
+    assert kinds(h) == ["stale"]
+
+
+def test_inexact_cluster_snapshot_excuses_only_its_shards_reads() -> None:
+    writes = initial(E, F) + [Write(E, "a", 10, 20), Write(F, "fa", 10, 20), Write(F, "fb", 800, 900)]
+    h = History(writes=writes, reads=[Read(E, "a", 3200, 3300), Read(F, "fa", 3200, 3300)],
+                failovers=[failover({E: "a"}, exact=False)])
+    result = check(h)
+    assert result.excused_reads == 1 and result.reads_checked == 1
+    assert [(v.kind, v.read.entry) for v in result.violations] == [("stale", F)]
