@@ -32,6 +32,19 @@ Sentinel to name it and for a ``set`` through ``cached`` to be stored by it, the
 master (empty, on its port) and waits for the Sentinels to make it a replica. history.py models the
 failover as a reset of every entry to the promoted replica's value and counts the lost writes.
 
+``--topology cluster`` runs a Redis Cluster of six nodes (three primaries with one replica each, free ports
+of 127.0.0.1 at most 55535, ``cluster-node-timeout`` 2000) and configures ``cached`` with
+``redis-cluster://p1,p2,p3``. The checker's entries hash to slots of all three primaries; the direct writer
+routes each key to the node serving its slot (a slot map from ``CLUSTER SLOTS``, following ``MOVED`` and
+``ASK``), and ``kill-data``, ``kill-listener``, ``pause``, ``timeout`` and ``restart`` hit one primary at a
+time (a restart resets only that shard's entries). It adds ``reshard`` (1,000-1,500 slots, among them slots
+of checker entries, moved from one primary to another by ``CLUSTER SETSLOT``/``MIGRATE``, holding the
+entries' slots in the migrating state for up to 200 ms so that ``ASK`` redirections happen) and
+``failover`` (``kill -9`` of a primary owning checker entries; its replica is read before its election,
+the killed node restarts from its folder and rejoins as a replica): the failover model is the Sentinel
+one, applied to the killed shard's entries only. ``--no-daemon`` runs the topology, the direct writer, a
+direct reader and the faults without ``cached``, to try the harness itself.
+
 Every operation's send and answer instants are recorded; the history is then checked by
 ``history.check`` (see history.py for the rule and why it never flags a legal history). Writes made
 directly to Redis, and restarts, are given ``--direct-lag-ms`` for their invalidations to reach
@@ -64,7 +77,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional, Union
+from typing import Any, AsyncIterator, Callable, Optional, Sequence, Union
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,6 +88,15 @@ REPO = HERE.parent.parent
 FAULT_KINDS = ("kill-data", "kill-listener", "pause", "restart", "timeout")
 #: Fault kinds of the Sentinel topology only (``--faults all`` includes them there).
 SENTINEL_FAULT_KINDS = ("failover",)
+#: Fault kinds of the cluster topology only (``--faults all`` includes them there).
+CLUSTER_FAULT_KINDS = ("reshard", "failover")
+CLUSTER_SLOTS = 16384
+#: Every cluster node also listens on its port + 10000 (the cluster bus): node ports are at most 55535.
+CLUSTER_BUS_OFFSET = 10000
+CLUSTER_NODE_COUNT = 6
+#: Slots a reshard moves (at least; up to 1.5 times) and slots its source keeps (at least).
+RESHARD_SLOTS = 1000
+RESHARD_KEEP = 1500
 MASTER_NAME = "mymaster"
 LOCALHOST = "127.0.0.1"
 #: How long the old master stays dead after a promotion. For about 5 s after a failover a Sentinel still
@@ -149,6 +171,36 @@ PROBE = Entry("Student", 999)  # used only to probe the daemon's features, never
 FAILOVER_PROBE = Entry("Student", 998)  # written through cached to time a failover, never checked
 
 
+def crc16(data: bytes) -> int:
+    """CRC-16/XMODEM, Redis Cluster's key hash (``crc16(b"123456789") == 0x31C3``)."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+    return crc
+
+
+def key_slot(key: str) -> int:
+    """The cluster hash slot of a Redis key (a non-empty ``{hash tag}`` hashes alone)."""
+    b = key.encode()
+    opening = b.find(b"{")
+    if opening >= 0:
+        closing = b.find(b"}", opening + 1)
+        if closing > opening + 1:
+            b = b[opening + 1:closing]
+    return crc16(b) % CLUSTER_SLOTS
+
+
+def probe_entry(slots: set[int]) -> Entry:
+    """A ``Student`` entry (identity 900-997, never checked) whose key hashes to one of ``slots``."""
+    for identity in range(997, 899, -1):
+        entry = Entry("Student", identity)
+        if key_slot(entry.redis_key) in slots:
+            return entry
+    return FAILOVER_PROBE
+
+
 # ------------------------------------------------------------------------------------------------
 # A minimal RESP2 client (asyncio)
 
@@ -162,6 +214,11 @@ Address = Union[str, tuple[str, int]]
 
 #: What the RESP client catches as a failed connection or command.
 RESP_FAILURES = (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError)
+
+
+class NotSent(ConnectionError):
+    """A command that was surely not executed: no connection to the node that serves its key, or only
+    redirections (``MOVED``/``ASK``) or ``CLUSTERDOWN`` for answers."""
 
 
 class RespClient:
@@ -194,6 +251,12 @@ class RespClient:
             return await asyncio.wait_for(client.call(*args), timeout)
         finally:
             client.close()
+
+    async def pipeline(self, commands: list[tuple[str, ...]]) -> tuple[list[Any], int]:
+        """The commands in one write; returns (their replies, the send instant)."""
+        self.writer.write(b"".join(self.encode(*c) for c in commands))
+        sent = now()
+        return [await self._reply() for _ in commands], sent
 
     async def transaction(self, commands: list[tuple[str, ...]]) -> tuple[Any, int]:
         """``MULTI``, the commands, ``EXEC`` in one write; returns (``EXEC``'s reply, the send instant)."""
@@ -246,11 +309,14 @@ class RespClient:
 class RedisServer:
     """One redis-server: on a Unix socket (``port`` None, the single topology) or on 127.0.0.1:``port``."""
 
-    def __init__(self, binary: str, directory: Path, port: Optional[int] = None, name: str = "redis") -> None:
+    def __init__(self, binary: str, directory: Path, port: Optional[int] = None, name: str = "redis",
+                 args: Sequence[str] = ()) -> None:
         self.binary = binary
         self.directory = directory
         self.port = port
         self.name = name
+        #: More redis-server arguments, at every start (a cluster node's).
+        self.args = list(args)
         self.socket = str(directory / "redis.sock")
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.starts = 0
@@ -279,7 +345,7 @@ class RedisServer:
         log = open(self.directory / "redis.log", "ab")
         self.proc = subprocess.Popen(
             [self.binary, *listen, "--save", "", "--appendonly", "no", "--dir", str(self.directory),
-             "--daemonize", "no"],
+             "--daemonize", "no", *self.args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
 
@@ -508,6 +574,468 @@ class SentinelTopology:
             n.stop()
 
 
+# ------------------------------------------------------------------------------------------------
+# Redis Cluster
+
+
+@dataclass(frozen=True)
+class ClusterNodeView:
+    """One line of ``CLUSTER NODES``: what one node says about one node."""
+
+    node_id: str
+    port: int
+    flags: frozenset[str]
+    master_id: Optional[str]
+    epoch: int
+    connected: bool
+    #: Slot ranges served (inclusive); slots shown as being imported or migrated (``[...]``) are left out.
+    ranges: tuple[tuple[int, int], ...]
+
+    @property
+    def is_master(self) -> bool:
+        return "master" in self.flags
+
+    @property
+    def failing(self) -> bool:
+        return bool(self.flags & {"fail", "fail?", "noaddr", "handshake"})
+
+
+def parse_cluster_nodes(text: str) -> list[ClusterNodeView]:
+    """``<id> <ip:port@bus[,host]> <flags> <master> <ping> <pong> <epoch> <link> <slot>...`` per line."""
+    views = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        address = fields[1].split(",")[0].split("@")[0]
+        ranges = []
+        for f in fields[8:]:
+            if f.startswith("["):
+                continue
+            first, _, last = f.partition("-")
+            ranges.append((int(first), int(last or first)))
+        views.append(ClusterNodeView(
+            fields[0], int(address.rsplit(":", 1)[1] or 0), frozenset(fields[2].split(",")),
+            None if fields[3] == "-" else fields[3], int(fields[6]), fields[7] == "connected", tuple(ranges)))
+    return views
+
+
+def parse_info(text: Any) -> dict[str, str]:
+    if not isinstance(text, str):
+        raise ConnectionError("INFO answered %r" % (text,))
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def free_cluster_ports(n: int) -> list[int]:
+    """``n`` free ports of 127.0.0.1, at most 55535, whose cluster bus port (+10000) is free too (all held
+    open until all are chosen)."""
+    rng = random.Random()
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    taken: set[int] = set()
+    try:
+        for _ in range(2000):
+            if len(ports) == n:
+                return ports
+            port = rng.randint(20000, 65535 - CLUSTER_BUS_OFFSET)
+            pair = (port, port + CLUSTER_BUS_OFFSET)
+            if taken & set(pair):
+                continue
+            bound: list[socket.socket] = []
+            try:
+                for p in pair:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    bound.append(s)
+                    s.bind((LOCALHOST, p))
+            except OSError:
+                for s in bound:
+                    s.close()
+                continue
+            held.extend(bound)
+            taken.update(pair)
+            ports.append(port)
+        raise RuntimeError("no %d free port pairs (p, p+%d) on %s" % (n, CLUSTER_BUS_OFFSET, LOCALHOST))
+    finally:
+        for s in held:
+            s.close()
+
+
+async def expect_ok(client: RespClient, commands: list[tuple[str, ...]], what: str, timeout: float = 10.0) -> list[Any]:
+    """The commands pipelined on ``client``; an error reply to any of them raises."""
+    replies, _ = await asyncio.wait_for(client.pipeline(commands), timeout)
+    for command, reply in zip(commands, replies):
+        if isinstance(reply, RespError):
+            raise ConnectionError("%s: %s: %s" % (what, " ".join(command[:4]), reply))
+    return replies
+
+
+class ClusterTopology:
+    """Six cluster nodes (three primaries, one replica each) in the run's temp dir, made a cluster by
+    ``redis-cli --cluster create``.
+
+    Roles change at each failover: ``primaries`` is what the checker expects (its failovers update it at the
+    kill); ``owner`` is the slot map of the last view it learnt.
+    """
+
+    def __init__(self, binary: str, cli: str, directory: Path, node_timeout_ms: int, full_coverage: bool) -> None:
+        self.cli = cli
+        self.directory = directory
+        self.node_timeout_ms = node_timeout_ms
+        args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(node_timeout_ms), "--cluster-announce-ip", LOCALHOST,
+                # A replica is always eligible for promotion, however long its link was down (the checker
+                # partitions it, and the default factor 10 would refuse a replica down for 20 s + 10 s); no
+                # replica migrates to another primary, and a primary that loses all its slots stays one.
+                "--cluster-replica-validity-factor", "0", "--cluster-allow-replica-migration", "no",
+                "--cluster-require-full-coverage", "yes" if full_coverage else "no"]
+        self.nodes: list[RedisServer] = []
+        for i, port in enumerate(free_cluster_ports(CLUSTER_NODE_COUNT), 1):
+            name = "node-%d" % i
+            (directory / name).mkdir()
+            self.nodes.append(RedisServer(binary, directory / name, port, name, args))
+        #: Port -> node id (kept across restarts: each node keeps its nodes.conf).
+        self.ids: dict[int, str] = {}
+        self.primaries: list[int] = []
+        self.owner: list[int] = [0] * CLUSTER_SLOTS
+        #: Primary port -> its replica's port (last view).
+        self.replica_of: dict[int, int] = {}
+        #: Nodes never asked about the topology: a killed primary until it has rejoined as a replica (it
+        #: comes back believing it still serves its slots).
+        self.untrusted: set[int] = set()
+        #: Entries per primary once the cluster is up (the report).
+        self.initial_distribution: dict[str, list[str]] = {}
+
+    def url(self) -> str:
+        """The daemon's ``redis`` setting: the three first nodes (the initial primaries) as seeds."""
+        return "redis-cluster://" + ",".join("%s:%d" % (LOCALHOST, n.port) for n in self.nodes[:3])
+
+    def node_at(self, port: int) -> RedisServer:
+        for n in self.nodes:
+            if n.port == port:
+                return n
+        raise ConnectionError("no cluster node on port %d" % port)
+
+    def entries_of(self, port: int) -> list[Entry]:
+        return [e for e in ENTRIES if self.owner[key_slot(e.redis_key)] == port]
+
+    def slots_of(self, port: int) -> list[int]:
+        return [s for s in range(CLUSTER_SLOTS) if self.owner[s] == port]
+
+    def distribution(self) -> dict[str, list[str]]:
+        """Checker entries per expected primary (node name -> entry names)."""
+        return {self.node_at(p).name: [e.name for e in self.entries_of(p)] for p in sorted(self.primaries)}
+
+    def trusted(self) -> list[RedisServer]:
+        """The nodes to ask about the topology: the expected primaries first, never an untrusted one."""
+        order = [self.node_at(p) for p in self.primaries] + self.nodes
+        seen: list[RedisServer] = []
+        for n in order:
+            if n.port not in self.untrusted and n not in seen:
+                seen.append(n)
+        return seen
+
+    async def nodes_view(self, node: RedisServer) -> list[ClusterNodeView]:
+        text = await RespClient.query(node.address, "CLUSTER", "NODES")
+        if not isinstance(text, str):
+            raise ConnectionError("%s: CLUSTER NODES answered %r" % (node.name, text))
+        return parse_cluster_nodes(text)
+
+    async def view(self, learn: bool = True) -> list[ClusterNodeView]:
+        """``CLUSTER NODES`` of the first trusted node that answers (learnt: slot map and replicas)."""
+        error: Optional[BaseException] = None
+        for node in self.trusted():
+            try:
+                views = await self.nodes_view(node)
+            except RESP_FAILURES as e:
+                error = e
+                continue
+            if learn:
+                self.learn(views)
+            return views
+        raise ConnectionError("no cluster node answered CLUSTER NODES: %r" % (error,))
+
+    def learn(self, views: list[ClusterNodeView]) -> None:
+        owner = [0] * CLUSTER_SLOTS
+        ports = {v.node_id: v.port for v in views}
+        for v in views:
+            if v.is_master:
+                for first, last in v.ranges:
+                    owner[first:last + 1] = [v.port] * (last - first + 1)
+        self.owner = owner
+        self.replica_of = {ports[v.master_id]: v.port for v in views
+                           if not v.is_master and v.master_id in ports and not v.failing}
+
+    async def slot_map(self) -> list[int]:
+        """The port serving each slot (0: none), from ``CLUSTER SLOTS`` of the first trusted node that answers."""
+        error: Optional[BaseException] = None
+        for node in self.trusted():
+            try:
+                reply = await RespClient.query(node.address, "CLUSTER", "SLOTS")
+            except RESP_FAILURES as e:
+                error = e
+                continue
+            if not isinstance(reply, list):
+                error = ConnectionError("%s: CLUSTER SLOTS answered %r" % (node.name, reply))
+                continue
+            owner = [0] * CLUSTER_SLOTS
+            for first, last, primary, *_ in reply:
+                owner[first:last + 1] = [int(primary[1])] * (last - first + 1)
+            return owner
+        raise ConnectionError("no cluster node answered CLUSTER SLOTS: %r" % (error,))
+
+    async def cluster_state(self, node: RedisServer) -> str:
+        return parse_info(await RespClient.query(node.address, "CLUSTER", "INFO")).get("cluster_state", "?")
+
+    async def unsettled(self) -> Optional[str]:
+        """None when every node says ``cluster_state:ok``, all list the same primaries with the same slots
+        and nothing failing, the primaries are the expected ones, and each has a replica in sync; else why not."""
+        reference: Optional[list[tuple[int, tuple[tuple[int, int], ...]]]] = None
+        views: list[ClusterNodeView] = []
+        for node in self.nodes:
+            state = await self.cluster_state(node)
+            if state != "ok":
+                return "%s: cluster_state %s" % (node.name, state)
+            views = await self.nodes_view(node)
+            failing = [v for v in views if v.failing]
+            if failing:
+                return "%s sees %s as %s" % (node.name, failing[0].port, ",".join(sorted(failing[0].flags)))
+            shape = sorted((v.port, v.ranges) for v in views if v.is_master and v.ranges)
+            if reference is None:
+                reference = shape
+            elif shape != reference:
+                return "%s disagrees about the slot map" % node.name
+        assert reference is not None
+        serving = sorted(p for p, _ in reference)
+        if serving != sorted(self.primaries):
+            return "the primaries are %s, expected %s" % (serving, sorted(self.primaries))
+        self.learn(views)
+        for p in self.primaries:
+            replica = self.replica_of.get(p)
+            if replica is None:
+                return "%s has no replica" % self.node_at(p).name
+            if not await self.node_at(replica).in_sync_with(self.node_at(p)):
+                return "%s is not in sync with %s" % (self.node_at(replica).name, self.node_at(p).name)
+        return None
+
+    async def wait_settled(self, timeout: float, stopping: Optional[Callable[[], bool]] = None) -> bool:
+        """Waits until ``unsettled`` says nothing; False on timeout (at start-up: raises)."""
+        deadline = time.monotonic() + timeout
+        why: Optional[str] = "not asked"
+        while time.monotonic() < deadline:
+            try:
+                why = await self.unsettled()
+            except RESP_FAILURES as error:
+                why = repr(error)
+            if why is None:
+                return True
+            if stopping is not None and stopping():
+                return False
+            await asyncio.sleep(0.1)
+        if stopping is None:
+            raise RuntimeError("the cluster did not settle within %.0f s: %s (logs in %s)" % (timeout, why, self.directory))
+        return False
+
+    async def start(self, timeout: float = 60.0) -> None:
+        for n in self.nodes:
+            n.spawn()
+        for n in self.nodes:
+            await n.wait_ready()
+        log = self.directory / "cluster-create.log"
+        command = [self.cli, "--cluster", "create", *("%s:%d" % (LOCALHOST, n.port) for n in self.nodes),
+                   "--cluster-replicas", "1", "--cluster-yes"]
+        with open(log, "wb") as out:
+            done = await asyncio.to_thread(subprocess.run, command, stdout=out, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError("redis-cli --cluster create exited with status %d; see %s" % (done.returncode, log))
+        deadline = time.monotonic() + timeout
+        while True:  # until the first node's view has three primaries serving slots, and three replicas
+            views = await self.nodes_view(self.nodes[0])
+            primaries = sorted(v.port for v in views if v.is_master and v.ranges)
+            replicas = [v for v in views if not v.is_master and v.master_id]
+            if len(primaries) == CLUSTER_NODE_COUNT // 2 and len(replicas) == CLUSTER_NODE_COUNT // 2:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster has primaries %s and %d replicas after %.0f s" % (
+                    primaries, len(replicas), timeout))
+            await asyncio.sleep(0.1)
+        self.ids = {v.port: v.node_id for v in views}
+        self.primaries = primaries
+        self.learn(views)
+        await self.wait_settled(timeout)
+        for e in [*ENTRIES, PROBE, FAILOVER_PROBE]:
+            slot = await RespClient.query(self.nodes[0].address, "CLUSTER", "KEYSLOT", e.redis_key)
+            if slot != key_slot(e.redis_key):
+                raise RuntimeError("CLUSTER KEYSLOT %s is %r, the checker computes %d" % (
+                    e.redis_key, slot, key_slot(e.redis_key)))
+
+    async def spread_entries(self) -> None:
+        """Makes every primary own some checker entries: a primary without any gets one entry slot of the
+        primary owning the most distinct ones (not needed with redis-cli's slot ranges, where the entries
+        hash to all three primaries)."""
+        for _ in range(len(self.primaries)):
+            slots = {p: sorted({key_slot(e.redis_key) for e in self.entries_of(p)}) for p in self.primaries}
+            empty = [p for p in self.primaries if not slots[p]]
+            if not empty:
+                break
+            donor = max(self.primaries, key=lambda p: len(slots[p]))
+            if len(slots[donor]) < 2:
+                raise RuntimeError("the checker's entries cannot be spread over the primaries: %s" % slots)
+            await self.move_slots(donor, empty[0], slots[donor][:1])
+            await self.wait_settled(30.0)
+        self.initial_distribution = self.distribution()
+
+    async def move_slots(self, source: int, target: int, slots: list[int],
+                         hold: Callable[[list[int]], float] = lambda batch: 0.0) -> list[str]:
+        """Moves ``slots`` from the primary on ``source`` to the one on ``target`` as ``redis-cli --cluster
+        reshard`` does, 128 at a time: ``SETSLOT IMPORTING`` on the target, ``SETSLOT MIGRATING`` on the
+        source, ``MIGRATE`` of every key (``GETKEYSINSLOT`` until empty: a migrating slot takes no new key),
+        then ``SETSLOT NODE`` on the target, the source and the other primaries. ``hold(batch)`` seconds are
+        waited before and after the keys of a batch move (clients meet ``ASK`` meanwhile). Returns the keys
+        moved; an error reply raises (the slots may then stay open)."""
+        source_id, target_id = self.ids[source], self.ids[target]
+        clients: list[RespClient] = []
+        try:
+            for port in [target, source, *(p for p in self.primaries if p not in (source, target))]:
+                clients.append(await RespClient.connect((LOCALHOST, port), CHECKER_PREFIX + "reshard", 1.0))
+            dst, src = clients[0], clients[1]
+            moved: list[str] = []
+            for i in range(0, len(slots), 128):
+                batch = [str(s) for s in slots[i:i + 128]]
+                await expect_ok(dst, [("CLUSTER", "SETSLOT", s, "IMPORTING", source_id) for s in batch], "target")
+                await expect_ok(src, [("CLUSTER", "SETSLOT", s, "MIGRATING", target_id) for s in batch], "source")
+                pause = hold(slots[i:i + 128])
+                await asyncio.sleep(pause)
+                pending = batch
+                while pending:
+                    listed = await expect_ok(src, [("CLUSTER", "GETKEYSINSLOT", s, "100") for s in pending], "source")
+                    pending = [s for s, keys in zip(pending, listed) if keys]
+                    for keys in (k for k in listed if k):
+                        reply = await asyncio.wait_for(
+                            src.call("MIGRATE", LOCALHOST, str(target), "", "0", "5000", "KEYS", *keys), 10.0)
+                        if reply not in ("OK", "NOKEY"):
+                            raise ConnectionError("MIGRATE to %d: %r" % (target, reply))
+                        moved.extend(keys if reply == "OK" else [])
+                await asyncio.sleep(pause)
+                for client in clients:
+                    await expect_ok(client, [("CLUSTER", "SETSLOT", s, "NODE", target_id) for s in batch], "SETSLOT NODE")
+            return moved
+        finally:
+            for client in clients:
+                client.close()
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+
+class MasterRoute:
+    """Commands to the current master (the single server, or the one the Sentinels name) on one connection,
+    reopened after a failure or a Sentinel switch."""
+
+    def __init__(self, run: "Run", name: str) -> None:
+        self.run = run
+        self.name = name
+        self.client: Optional[RespClient] = None
+        self.generation = -1
+
+    async def call(self, key: str, *args: str, timeout: float = 5.0) -> Any:
+        """The reply (an error reply is returned); ``NotSent`` without a connection; other RESP failures
+        (the outcome is unknown) after closing the connection."""
+        if self.client is not None and self.generation != self.run.master_generation:
+            self.close()  # a master was switched: a demoted master keeps its clients, and takes writes
+        if self.client is None:
+            try:
+                self.generation = self.run.master_generation
+                self.client, _ = await self.run.connect_master(self.name)
+            except RESP_FAILURES as error:
+                raise NotSent(repr(error)) from error
+        try:
+            return await asyncio.wait_for(self.client.call(*args), timeout)
+        except RESP_FAILURES:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.client = None
+
+
+class ClusterRoute:
+    """Commands to the node serving each key's slot, as a cluster client does: a slot map from ``CLUSTER
+    SLOTS`` (asked of trusted nodes, again after a connection failure), updated by ``MOVED``; ``ASK`` is
+    followed once, with ``ASKING``. Redirections are counted in ``counters``."""
+
+    def __init__(self, topology: ClusterTopology, name: str, counters: Counter[str]) -> None:
+        self.topology = topology
+        self.name = name
+        self.counters = counters
+        self.slots: Optional[list[int]] = None
+        self.refreshed = 0.0
+        self.clients: dict[int, RespClient] = {}
+
+    async def connection(self, port: int) -> RespClient:
+        client = self.clients.get(port)
+        if client is None:
+            client = await RespClient.connect((LOCALHOST, port), CHECKER_PREFIX + self.name, 0.5)
+            self.clients[port] = client
+        return client
+
+    def drop(self, port: int) -> None:
+        client = self.clients.pop(port, None)
+        if client is not None:
+            client.close()
+        self.slots = None  # asked again before the next command
+
+    async def call(self, key: str, *args: str, timeout: float = 5.0) -> Any:
+        """As ``MasterRoute.call``; ``NotSent`` also when only redirections came back."""
+        slot = key_slot(key)
+        if self.slots is None:
+            await asyncio.sleep(max(0.0, self.refreshed + 0.05 - time.monotonic()))  # at most 20 maps a second
+            self.refreshed = time.monotonic()
+            try:
+                self.slots = await self.topology.slot_map()
+            except RESP_FAILURES as error:
+                raise NotSent("no slot map: %r" % (error,)) from error
+        port, asking = self.slots[slot], False
+        for _ in range(5):
+            if port == 0:
+                self.slots = None
+                raise NotSent("slot %d is not served" % slot)
+            try:
+                client = await self.connection(port)
+            except RESP_FAILURES as error:
+                self.drop(port)
+                raise NotSent("%d: %r" % (port, error)) from error
+            try:
+                if asking:
+                    client.writer.write(RespClient.encode("ASKING") + RespClient.encode(*args))
+                    await asyncio.wait_for(client._reply(), timeout)
+                    reply = await asyncio.wait_for(client._reply(), timeout)
+                else:
+                    reply = await asyncio.wait_for(client.call(*args), timeout)
+            except RESP_FAILURES:
+                self.drop(port)
+                raise
+            word, _, rest = str(reply).partition(" ") if isinstance(reply, RespError) else ("", "", "")
+            if word not in ("MOVED", "ASK"):
+                return reply
+            self.counters["direct %s redirections" % word] += 1
+            port, asking = int(rest.split()[1].rsplit(":", 1)[1]), word == "ASK"
+            if word == "MOVED":
+                self.slots[slot] = port
+        raise NotSent("slot %d: more than 5 redirections" % slot)
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+        self.clients.clear()
+
+
+Route = Union[MasterRoute, ClusterRoute]
+
+
 def config_text(redis_url: str, socket: str) -> str:
     worker = [sys.executable, str(HERE / "fill_worker.py")]
     return f"""# written by Tests/Coherence/checker.py
@@ -722,7 +1250,8 @@ class Options:
     redis_server: str
     keep: bool
     examples: int
-    #: "single" (one redis-server on a Unix socket) or "sentinel" (master, replica, three Sentinels).
+    #: "single" (one redis-server on a Unix socket), "sentinel" (master, replica, three Sentinels) or
+    #: "cluster" (three primaries with a replica each).
     topology: str = "single"
     #: Least time between the kills of two failovers (seconds).
     failover_interval: float = 10.0
@@ -731,6 +1260,11 @@ class Options:
     #: How the old master comes back after a failover: "sentinel" (restarted as a master, empty; the
     #: Sentinels make it a replica, about 10 s later) or "replicaof" (restarted as a replica of the new one).
     rejoin: str = "sentinel"
+    #: No cached: the topology, the direct writer, a direct reader and the faults only (tries the harness).
+    no_daemon: bool = False
+    redis_cli: Optional[str] = None
+    cluster_node_timeout_ms: int = 2000
+    cluster_full_coverage: bool = True
 
 
 @dataclass
@@ -752,6 +1286,29 @@ class FailoverRecord:
     first_answer: Optional[int] = None
     rejoined: Optional[int] = None
     exact: bool = True
+    #: Cluster: the killed primary, its promoted replica, the entries of its shard, and every live node
+    #: saying cluster_state:ok again.
+    old: str = ""
+    new: str = ""
+    entries: int = 0
+    cluster_ok: Optional[int] = None
+
+
+@dataclass
+class ReshardRecord:
+    """What one ``reshard`` fault moved (instants from ``now()``)."""
+
+    started: int
+    source: str
+    target: str
+    slots: int
+    #: Slots holding checker entries among them, and those entries.
+    entry_slots: int
+    entries: list[str]
+    keys: int = 0
+    ended: Optional[int] = None
+    #: Every node agreed on the new slot map (and said cluster_state:ok).
+    settled: Optional[int] = None
 
 
 @dataclass
@@ -783,6 +1340,14 @@ class Run:
         self.sentinel: Optional[SentinelTopology] = None
         if options.topology == "sentinel":
             self.sentinel = SentinelTopology(options.redis_server, directory)
+        self.cluster: Optional[ClusterTopology] = None
+        if options.topology == "cluster":
+            self.cluster = ClusterTopology(options.redis_server, options.redis_cli or "redis-cli", directory,
+                                           options.cluster_node_timeout_ms, options.cluster_full_coverage)
+        self.reshards: list[ReshardRecord] = []
+        #: A cluster failover is under way (primaries change): the cluster watch holds off.
+        self.cluster_busy = False
+        self.final_distribution: dict[str, list[str]] = {}
         self.failovers: list[FailoverRecord] = []
         #: A problem of the topology itself (no promotion, a failover the checker did not inject): the run fails.
         self.topology_error: Optional[str] = None
@@ -883,8 +1448,13 @@ class Run:
         if error is None:
             return None
         code = int(error.get("code", 0))
-        self.ops["%s error %d" % (op, code)] += 1
-        if code not in (-32000, -32002, -32004, -32005, -32006):
+        redis_error = str((error.get("data") or {}).get("redis", "")) if isinstance(error.get("data"), dict) else ""
+        self.ops["%s error %d%s" % (op, code, " " + redis_error if redis_error else "")] += 1
+        # A cluster without a primary for some slots (a failover, a restarted primary's first 2 s) answers
+        # CLUSTERDOWN to every command (cluster-require-full-coverage yes) or to the shard's.
+        expected = code in (-32000, -32002, -32004, -32005, -32006) or (
+            code == -32003 and self.cluster is not None and redis_error == "CLUSTERDOWN")
+        if not expected:
             self.anomaly("unexpected error %d to %s" % (code, op), json.dumps(error)[:300])
         return code
 
@@ -1022,47 +1592,77 @@ class Run:
 
     # --- the direct writer
 
+    def route(self, name: str) -> Route:
+        """Where the direct writer (and reader) send a key's commands."""
+        return ClusterRoute(self.cluster, name, self.counters) if self.cluster is not None else MasterRoute(self, name)
+
     async def direct_writer(self, rng: random.Random) -> None:
-        client: Optional[RespClient] = None
-        generation = -1
-        while not self.stopping:
-            await asyncio.sleep(rng.uniform(0.001, 0.006))
-            if client is not None and generation != self.master_generation:
-                client.close()  # a master was switched: a demoted master keeps its clients, and takes writes
-                client = None
-            if client is None:
+        route = self.route("direct")
+        try:
+            while not self.stopping:
+                await asyncio.sleep(rng.uniform(0.001, 0.006))
+                entry = rng.choice(ENTRIES)
+                value: Optional[str] = self.new_value("d") if rng.random() < 0.6 else None
+                f = entry.redis_field
+                cmd: tuple[str, ...]
+                if value is not None:
+                    cmd = ("HSET", entry.redis_key, f, value) if f else ("SET", entry.redis_key, value)
+                else:
+                    cmd = ("HDEL", entry.redis_key, f) if f else ("DEL", entry.redis_key)
+                start = now()
                 try:
-                    generation = self.master_generation
-                    client, _ = await self.connect_master("direct")
-                except RESP_FAILURES:
+                    reply = await route.call(entry.redis_key, *cmd)
+                    end = now()
+                except NotSent:
+                    self.counters["direct writes not sent (no connection, redirections only)"] += 1
                     await asyncio.sleep(0.05)
                     continue
-            entry = rng.choice(ENTRIES)
-            value: Optional[str] = self.new_value("d") if rng.random() < 0.6 else None
-            f = entry.redis_field
-            cmd: tuple[str, ...]
-            if value is not None:
-                cmd = ("HSET", entry.redis_key, f, value) if f else ("SET", entry.redis_key, value)
-            else:
-                cmd = ("HDEL", entry.redis_key, f) if f else ("DEL", entry.redis_key)
-            start = now()
-            try:
-                reply = await asyncio.wait_for(client.call(*cmd), 5.0)
-                end = now()
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-                self.ops["direct %s dropped (unknown outcome)" % cmd[0]] += 1
-                self.write(entry, value, start, H.INF, "direct %s dropped" % cmd[0], self.o.lag_ns)
-                client.close()
-                client = None
-                continue
-            if isinstance(reply, RespError):
-                self.ops["direct %s error" % cmd[0]] += 1
-                self.write(entry, value, start, H.INF, "direct %s error" % cmd[0], self.o.lag_ns)
-                continue
-            self.ops["direct " + cmd[0]] += 1
-            self.write(entry, value, start, end, "direct " + cmd[0], self.o.lag_ns)
-        if client is not None:
-            client.close()
+                except RESP_FAILURES:
+                    self.ops["direct %s dropped (unknown outcome)" % cmd[0]] += 1
+                    self.write(entry, value, start, H.INF, "direct %s dropped" % cmd[0], self.o.lag_ns)
+                    continue
+                if isinstance(reply, RespError) and str(reply).startswith("CLUSTERDOWN"):
+                    # Refused before execution: no write (an unknown outcome would explain stale reads later).
+                    self.ops["direct %s refused (CLUSTERDOWN)" % cmd[0]] += 1
+                    await asyncio.sleep(0.01)
+                    continue
+                if isinstance(reply, RespError):
+                    self.ops["direct %s error" % cmd[0]] += 1
+                    self.write(entry, value, start, H.INF, "direct %s error" % cmd[0], self.o.lag_ns)
+                    continue
+                self.ops["direct " + cmd[0]] += 1
+                self.write(entry, value, start, end, "direct " + cmd[0], self.o.lag_ns)
+        finally:
+            route.close()
+
+    async def direct_reader(self, rng: random.Random) -> None:
+        """``--no-daemon``: reads the entries straight from Redis (as routed by the checker), checked like the
+        daemon's answers: the harness's routing and failover model must explain them."""
+        route = self.route("reader")
+        try:
+            while not self.stopping:
+                await asyncio.sleep(rng.uniform(0.0005, 0.003))
+                entry = rng.choice(ENTRIES)
+                f = entry.redis_field
+                cmd = ("HGET", entry.redis_key, f) if f else ("GET", entry.redis_key)
+                start = now()
+                try:
+                    reply = await route.call(entry.redis_key, *cmd)
+                    end = now()
+                except NotSent:
+                    await asyncio.sleep(0.05)
+                    continue
+                except RESP_FAILURES:
+                    self.ops["direct read dropped"] += 1
+                    continue
+                if isinstance(reply, RespError):
+                    self.ops["direct read error %s" % str(reply).split(" ", 1)[0]] += 1
+                    await asyncio.sleep(0.01)
+                    continue
+                self.ops["direct read " + cmd[0]] += 1
+                self.read(entry, reply, start, end, "direct read " + cmd[0])
+        finally:
+            route.close()
 
     # --- faults
 
@@ -1091,7 +1691,9 @@ class Run:
             started = now()
             try:
                 async with self.no_sentinel_failover(kind in ("restart", "timeout")):
-                    if kind in ("restart", "failover"):
+                    if self.cluster is not None:
+                        detail = await self.cluster_fault(kind, rng)
+                    elif kind in ("restart", "failover"):
                         if admin is not None:
                             admin.close()
                             admin = None
@@ -1211,8 +1813,9 @@ class Run:
         while not self.stopping and time.monotonic() < deadline:
             await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
-    def snapshot_commands(self) -> list[tuple[str, ...]]:
-        return [("HGET", e.redis_key, e.redis_field) if e.redis_field else ("GET", e.redis_key) for e in ENTRIES]
+    @staticmethod
+    def snapshot_commands(entries: list[Entry]) -> list[tuple[str, ...]]:
+        return [("HGET", e.redis_key, e.redis_field) if e.redis_field else ("GET", e.redis_key) for e in entries]
 
     async def failover(self, rng: random.Random) -> Optional[str]:
         """``kill -9`` of the master; the Sentinels promote its replica; the old master comes back on its
@@ -1226,29 +1829,14 @@ class Run:
         if not await topo.wait_settled(old, new, 10.0, lambda: self.stopping):
             return None
         record = FailoverRecord(killed=0)
-        # Half the time the replica is partitioned from the master a little before the kill, so that
-        # writes are lost: its link is cut, and a wrong masterauth makes each reconnection fail its
-        # handshake (a replica otherwise reconnects at once and catches up from the backlog).
-        if rng.random() < 0.5:
-            cut_ms = rng.uniform(20, 300)
-            await RespClient.query(new.address, "CONFIG", "SET", "masterauth", "partitioned-by-the-checker")
-            try:
-                await RespClient.query(old.address, "CLIENT", "KILL", "TYPE", "replica")
-            except RESP_FAILURES:
-                await RespClient.query(new.address, "CONFIG", "SET", "masterauth", "")
-                raise  # the fault is tried again later
-            await asyncio.sleep(cut_ms / 1000)
-            record.cut_ms = cut_ms
+        record.cut_ms = await self.partition_replica(old, new, rng)
         record.killed = killed = now()
         self.expected_master = new.port
         old.kill9()
         dead = now()
         self.failovers.append(record)
         if record.cut_ms is not None:
-            try:
-                await RespClient.query(new.address, "CONFIG", "SET", "masterauth", "")
-            except RESP_FAILURES as error:
-                self.anomaly("masterauth not restored", repr(error))
+            await self.heal_replica(new)
         probe = asyncio.get_running_loop().create_task(self.first_answer_after(dead))
         try:
             values, frozen, read_end, exact = await self.read_promoted_replica(new)
@@ -1289,6 +1877,29 @@ class Run:
             "after %.0f ms" % ((record.rejoined - killed) / 1e6) if record.rejoined else "not awaited",
             "" if exact else "; replica read after its promotion (inexact)")
 
+    async def partition_replica(self, old: RedisServer, new: RedisServer, rng: random.Random) -> Optional[float]:
+        """Half the time, partitions the replica ``new`` from its master ``old`` a little before the kill, so
+        that writes are lost: its link is cut, and a wrong masterauth makes each reconnection fail its
+        handshake (a replica otherwise reconnects at once and catches up from the backlog). Returns how long
+        (ms) before now, or None; ``heal_replica`` after the kill."""
+        if rng.random() >= 0.5:
+            return None
+        cut_ms = rng.uniform(20, 300)
+        await RespClient.query(new.address, "CONFIG", "SET", "masterauth", "partitioned-by-the-checker")
+        try:
+            await RespClient.query(old.address, "CLIENT", "KILL", "TYPE", "replica")
+        except RESP_FAILURES:
+            await RespClient.query(new.address, "CONFIG", "SET", "masterauth", "")
+            raise  # the fault is tried again later
+        await asyncio.sleep(cut_ms / 1000)
+        return cut_ms
+
+    async def heal_replica(self, new: RedisServer) -> None:
+        try:
+            await RespClient.query(new.address, "CONFIG", "SET", "masterauth", "")
+        except RESP_FAILURES as error:
+            self.anomaly("masterauth not restored", repr(error))
+
     async def watch_switches(self, sentinel: SentinelServer) -> None:
         """Follows one Sentinel's ``+switch-master``: a switch to another master than the one an injected
         failover promotes is a failover the checker did not make and cannot model (the run stops)."""
@@ -1323,23 +1934,37 @@ class Run:
         if client is not None:
             client.close()
 
-    async def read_promoted_replica(self, replica: RedisServer) -> tuple[dict[str, H.Value], int, int, bool]:
-        """Every entry's value on ``replica`` once its link to the dead master is down and it has applied
-        all it received (two reads 30 ms apart agree), read with ``ROLE`` in one ``MULTI``.
+    async def read_promoted_replica(self, replica: RedisServer, entries: Optional[list[Entry]] = None,
+                                    cluster: bool = False) -> tuple[dict[str, H.Value], int, int, bool]:
+        """Every entry's value (of ``entries``: those of the killed shard) on ``replica`` once its link to the
+        dead master is down and it has applied all it received (two reads 30 ms apart agree), read with
+        ``ROLE`` in one ``MULTI``. A cluster refuses a ``MULTI`` over keys of several slots (``CROSSSLOT``):
+        there the reads are pipelined between two ``ROLE``s, on a ``READONLY`` connection; the second
+        ``ROLE`` still saying ``slave`` shows every read came before the promotion (nothing else writes to
+        a replica whose master is dead).
 
-        Returns (values, send instant of the ``EXEC``, its answer instant, exact): exact when ``ROLE``
-        still said ``slave`` (the values are the new master's state at its promotion, which came later).
+        Returns (values, send instant of the ``EXEC`` or pipeline, its answer instant, exact): exact when
+        ``ROLE`` still said ``slave`` (the values are the new master's state at its promotion, which came
+        later).
         """
+        entries = ENTRIES if entries is None else entries
         client: Optional[RespClient] = None
         previous: Optional[tuple[Any, list[Any]]] = None
         deadline = time.monotonic() + 30.0
-        commands = [("ROLE",), *self.snapshot_commands()]
+        commands = [("ROLE",), *self.snapshot_commands(entries)]
         try:
             while time.monotonic() < deadline:
+                after: Any = None
                 try:
                     if client is None:
                         client = await RespClient.connect(replica.address, CHECKER_PREFIX + "snapshot", 0.5)
-                    reply, sent = await asyncio.wait_for(client.transaction(commands), 2.0)
+                        if cluster:  # a cluster replica serves reads only on a READONLY connection (else MOVED)
+                            await asyncio.wait_for(client.call("READONLY"), 0.5)
+                    if cluster:
+                        replies, sent = await asyncio.wait_for(client.pipeline([*commands, ("ROLE",)]), 2.0)
+                        reply, after = replies[:-1], replies[-1]
+                    else:
+                        reply, sent = await asyncio.wait_for(client.transaction(commands), 2.0)
                     end = now()
                 except RESP_FAILURES:
                     if client is not None:
@@ -1347,12 +1972,13 @@ class Run:
                     client = None
                     await asyncio.sleep(0.01)
                     continue
-                if not isinstance(reply, list) or len(reply) != len(commands):
-                    await asyncio.sleep(0.01)  # e.g. -LOADING
+                if (not isinstance(reply, list) or len(reply) != len(commands)
+                        or any(isinstance(x, RespError) for x in reply)):
+                    await asyncio.sleep(0.01)  # e.g. -LOADING, or CLUSTERDOWN on a cluster replica
                     continue
                 role, values = reply[0], reply[1:]
-                snapshot = {e.name: v for e, v in zip(ENTRIES, values)}
-                if role[0] == "master":
+                snapshot = {e.name: v for e, v in zip(entries, values)}
+                if role[0] == "master" or (isinstance(after, list) and after[0] == "master"):
                     self.counters["failover: replica read after its promotion (inexact)"] += 1
                     return snapshot, sent, end, False
                 state, offset = role[3], role[4]
@@ -1382,9 +2008,10 @@ class Run:
             await asyncio.sleep(0.01)
         return None
 
-    async def first_answer_after(self, dead: int) -> int:
-        """The instant cached first stores a ``set`` sent after ``dead`` (the old master is dead then and
-        restarted only after this, so the new master served it), polling every 10 ms."""
+    async def first_answer_after(self, dead: int, probe: Entry = FAILOVER_PROBE) -> int:
+        """The instant cached first stores a ``set`` of ``probe`` (cluster: a key of the killed shard) sent
+        after ``dead`` (the old master is dead then and restarted only after this, so the new master served
+        it), polling every 10 ms."""
         conn = DaemonConnection(-3, self.daemon.socket if self.daemon else "", self)
         call: Optional[asyncio.Task[Any]] = None
         try:
@@ -1395,7 +2022,7 @@ class Run:
                     except OSError:
                         await asyncio.sleep(0.05)
                         continue
-                params = FAILOVER_PROBE.params()
+                params = probe.params()
                 params["value"] = self.new_value("probe")
                 call = asyncio.get_running_loop().create_task(conn.call("set", params))
                 done, _ = await asyncio.wait([call], timeout=2.0)
@@ -1415,6 +2042,248 @@ class Run:
             conn.close()  # a call still waiting fails with ConnectionLost: nobody needs it
             if call is not None and not call.done():
                 call.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    # --- the cluster topology's faults
+
+    async def cluster_fault(self, kind: str, rng: random.Random) -> Optional[str]:
+        """One fault on a cluster: ``reshard`` and ``failover`` below; ``restart`` of one primary; the other
+        kinds on one primary's connections (the daemon keeps data connections and a listener per primary)."""
+        assert self.cluster is not None
+        if kind == "reshard":
+            return await self.reshard(rng)
+        if kind == "failover":
+            return await self.cluster_failover(rng)
+        if kind == "restart":
+            return await self.restart_cluster_primary(rng)
+        node = self.cluster.node_at(rng.choice(self.cluster.primaries))
+        admin = await RespClient.connect(node.address, CHECKER_PREFIX + "faults", 0.5)
+        try:
+            detail = await self.admin_fault(admin, kind, rng)
+        finally:
+            admin.close()
+        return None if detail is None else "%s on %s" % (detail, node.name)
+
+    async def restart_cluster_primary(self, rng: random.Random) -> Optional[str]:
+        """``kill -9`` of one primary, restarted empty from its folder 50-300 ms later (far within
+        ``cluster-node-timeout``: no failover; its nodes.conf keeps it the primary of its slots). Only its
+        shard's entries are reset; Redis keeps a restarted primary refusing queries (CLUSTERDOWN) for 2 s."""
+        topo = self.cluster
+        assert topo is not None
+        if not await topo.wait_settled(10.0, lambda: self.stopping):
+            return None
+        node = topo.node_at(rng.choice(topo.primaries))
+        entries = topo.entries_of(node.port)
+        down = rng.uniform(0.05, 0.3)
+        kill_at = now()
+        node.kill9()
+        await asyncio.sleep(down)
+        node.spawn()
+        await node.wait_ready()
+        ready_at = now()
+        for entry in entries:
+            self.write(entry, H.ABSENT, kill_at, ready_at, "restart of Redis", self.o.lag_ns)
+        detail = "%s (%d entries) down %.0f ms, ready after %.0f ms" % (
+            node.name, len(entries), down * 1000, (ready_at - kill_at) / 1e6)
+        if await topo.wait_settled(30.0, lambda: self.stopping):
+            detail += ", cluster ok after %.0f ms" % ((now() - kill_at) / 1e6)
+        elif not self.stopping:
+            self.anomaly("cluster not settled 30 s after a restart", node.name)
+        return detail
+
+    @staticmethod
+    def reshard_window(owned: list[int], entry_slots: list[int], n: int, rng: random.Random) -> list[int]:
+        """``n`` consecutive slots of ``owned`` (sorted) with at least one of ``entry_slots`` among them, and
+        (when some 20 tries allow it) not all of them: the source keeps entries."""
+        window: list[int] = []
+        for _ in range(20):
+            i = owned.index(rng.choice(entry_slots))
+            first = rng.randint(max(0, i - n + 1), min(i, len(owned) - n))
+            window = owned[first:first + n]
+            if len(entry_slots) < 2 or not set(entry_slots) <= set(window):
+                break
+        return window
+
+    async def reshard(self, rng: random.Random) -> Optional[str]:
+        """Moves 1,000-1,500 slots, among them slots of checker entries, from a primary that keeps at least
+        ``RESHARD_KEEP`` (and, when one can, entries) to the primary with the fewest slots. ``MIGRATE`` moves
+        each key atomically: nothing is lost, nothing to model. The entries' slots stay migrating 0-200 ms
+        before and after their keys move, so that clients meet ``ASK`` (and ``MOVED`` after)."""
+        topo = self.cluster
+        assert topo is not None
+        if not await topo.wait_settled(10.0, lambda: self.stopping):
+            return None
+        counts = {p: len(topo.slots_of(p)) for p in topo.primaries}
+        entry_slots = {p: sorted({key_slot(e.redis_key) for e in topo.entries_of(p)}) for p in topo.primaries}
+        n = rng.randint(RESHARD_SLOTS, RESHARD_SLOTS * 3 // 2)
+        sources = [p for p in topo.primaries if counts[p] >= n + RESHARD_KEEP and entry_slots[p]]
+        if not sources:
+            return None
+        source = rng.choice([p for p in sources if len(entry_slots[p]) >= 2] or sources)
+        target = min((p for p in topo.primaries if p != source), key=lambda p: counts[p])
+        slots = self.reshard_window(topo.slots_of(source), entry_slots[source], n, rng)
+        held = set(slots) & set(entry_slots[source])
+        record = ReshardRecord(now(), topo.node_at(source).name, topo.node_at(target).name, len(slots), len(held),
+                               [e.name for e in topo.entries_of(source) if key_slot(e.redis_key) in held])
+        self.reshards.append(record)
+        try:
+            keys = await topo.move_slots(source, target, slots,
+                                         lambda batch: rng.uniform(0.0, 0.2) if held.intersection(batch) else 0.0)
+        except RESP_FAILURES as error:
+            # Slots may be left migrating: the cluster is no longer what the checker expects.
+            self.topology_error = "reshard %d (%s -> %s) failed: %r" % (
+                len(self.reshards), record.source, record.target, error)
+            self.anomaly("reshard failed", self.topology_error)
+            self.stopping = True
+            return "failed: %r" % (error,)
+        record.ended = now()
+        record.keys = len(keys)
+        if await topo.wait_settled(30.0, lambda: self.stopping):
+            record.settled = now()
+        return "%d slots (%d of them with %d checker entries) %s -> %s: %d keys in %.0f ms; every node agreed %s" % (
+            record.slots, record.entry_slots, len(record.entries), record.source, record.target, record.keys,
+            (record.ended - record.started) / 1e6,
+            "after %.0f ms" % ((record.settled - record.started) / 1e6) if record.settled else "not seen")
+
+    async def cluster_failover(self, rng: random.Random) -> Optional[str]:
+        """``kill -9`` of a primary owning checker entries; the cluster promotes its replica (after
+        ``cluster-node-timeout``, the failure agreement of the other primaries and the replica's election
+        delay); the killed node restarts from its folder and rejoins as a replica of the promoted one. The
+        Sentinel mode's model (history.py, *Failovers*) applies to the killed shard's entries only: their
+        values are read from the replica after its link is down and before it is promoted; no other entry
+        can lose a write."""
+        topo = self.cluster
+        assert topo is not None
+        if not await topo.wait_settled(10.0, lambda: self.stopping):
+            return None
+        candidates = [p for p in topo.primaries if topo.entries_of(p) and p in topo.replica_of]
+        if not candidates:
+            return None
+        old = topo.node_at(rng.choice(candidates))
+        new = topo.node_at(topo.replica_of[old.port])
+        entries = topo.entries_of(old.port)
+        probe_key = probe_entry(set(topo.slots_of(old.port)))
+        record = FailoverRecord(killed=0, old=old.name, new=new.name, entries=len(entries))
+        record.cut_ms = await self.partition_replica(old, new, rng)
+        self.cluster_busy = True
+        try:
+            record.killed = killed = now()
+            topo.primaries = [new.port if p == old.port else p for p in topo.primaries]
+            topo.untrusted.add(old.port)
+            old.kill9()
+            dead = now()
+            self.failovers.append(record)
+            if record.cut_ms is not None:
+                await self.heal_replica(new)
+            probe = (asyncio.get_running_loop().create_task(self.first_answer_after(dead, probe_key))
+                     if self.daemon is not None else None)
+            promoted = killed
+            try:
+                values, frozen, read_end, exact = await self.read_promoted_replica(new, entries, cluster=True)
+                record.exact = exact
+                for value in values.values():
+                    self.register_fill(value)
+                promoted_at = await self.wait_role_master(new, 30.0)
+                if promoted_at is None:
+                    raise ConnectionError("%s was not promoted within 30 s of the kill of %s" % (new.name, old.name))
+                promoted = record.promoted = promoted_at
+                self.history.failovers.append(H.Failover(
+                    killed, dead, frozen, promoted if exact else read_end, values, exact, self.o.lag_ns,
+                    "failover %d" % len(self.failovers)))
+                record.cluster_ok = await self.wait_cluster_ok([n for n in topo.nodes if n is not old], 30.0)
+                if probe is not None:
+                    done, _ = await asyncio.wait([probe], timeout=10.0)
+                    if done:
+                        record.first_answer = probe.result()
+            except RESP_FAILURES as error:
+                self.topology_error = "failover %d: %s" % (len(self.failovers), error)
+                self.anomaly("failover could not be modelled", str(error))
+                self.stopping = True
+                return "failed: %s" % error
+            finally:
+                if probe is not None and not probe.done():
+                    probe.cancel()
+            # The killed node comes back from its folder, empty: its nodes.conf still names it the primary of
+            # its slots, with an older config epoch; the others' gossip makes it a replica of the promoted one
+            # within milliseconds, and until then Redis keeps a restarted primary refusing every query
+            # (CLUSTERDOWN) for 2 s, so no write can land on it and be lost.
+            old.spawn()
+            await old.wait_ready()
+            deadline = time.monotonic() + 60.0
+            while not self.stopping and time.monotonic() < deadline:
+                if await old.in_sync_with(new):
+                    record.rejoined = now()
+                    break
+                await asyncio.sleep(0.05)
+            topo.untrusted.discard(old.port)
+            if not await topo.wait_settled(60.0, lambda: self.stopping) and not self.stopping:
+                self.anomaly("cluster not settled 60 s after a failover", "%s -> %s" % (old.name, new.name))
+        finally:
+            self.cluster_busy = False
+
+        def after(instant: Optional[int]) -> str:
+            return "after %.0f ms" % ((instant - killed) / 1e6) if instant else "not seen"
+
+        return ("%s -> %s (%d entries)%s; promoted %s; cluster ok %s; first answer for its slots %s; rejoined %s%s" % (
+            old.name, new.name, len(entries),
+            ", replica partitioned %.0f ms before" % record.cut_ms if record.cut_ms else "",
+            after(record.promoted), after(record.cluster_ok), after(record.first_answer), after(record.rejoined),
+            "" if record.exact else "; replica read after its promotion (inexact)"))
+
+    async def wait_role_master(self, node: RedisServer, timeout: float) -> Optional[int]:
+        """The instant ``node`` first answers ``ROLE`` as a master (polled every 10 ms): after its promotion."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                role = await RespClient.query(node.address, "ROLE")
+                if isinstance(role, list) and role and role[0] == "master":
+                    return now()
+            except RESP_FAILURES:
+                pass
+            await asyncio.sleep(0.01)
+        return None
+
+    async def wait_cluster_ok(self, nodes: list[RedisServer], timeout: float) -> Optional[int]:
+        """The instant every node of ``nodes`` says ``cluster_state:ok`` (polled every 20 ms)."""
+        assert self.cluster is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                states = [await self.cluster.cluster_state(n) for n in nodes]
+                if all(state == "ok" for state in states):
+                    return now()
+            except RESP_FAILURES:
+                pass
+            await asyncio.sleep(0.02)
+        return None
+
+    async def watch_cluster(self) -> None:
+        """Every 0.5 s asks a trusted node which primaries serve slots: other ones than the checker expects,
+        three times in a row outside an injected failover, are a failover the checker did not make and
+        cannot model (the run stops)."""
+        topo = self.cluster
+        assert topo is not None
+        strikes = 0
+        while not self.stopping:
+            await asyncio.sleep(0.5)
+            if self.cluster_busy:
+                strikes = 0
+                continue
+            try:
+                views = await topo.view(learn=False)
+            except RESP_FAILURES:
+                continue
+            serving = sorted(v.port for v in views if v.is_master and v.ranges and not v.failing)
+            if self.cluster_busy or serving == sorted(topo.primaries):
+                strikes = 0
+                continue
+            strikes += 1
+            if strikes >= 3 and self.topology_error is None:
+                self.topology_error = (
+                    "the cluster changed primaries on its own at %s: %s serve slots, the checker expects %s; reads "
+                    "after it are not meaningful" % (fmt_t(self, now()), [topo.node_at(p).name for p in serving],
+                                                     [topo.node_at(p).name for p in sorted(topo.primaries)]))
+                self.anomaly("failover not injected by the checker", self.topology_error)
+                self.stopping = True
 
     # --- watchdogs
 
@@ -1470,38 +2339,47 @@ class Run:
             conn.close()
 
     def daemon_redis_url(self) -> str:
-        if self.sentinel is None:
+        topology = self.sentinel or self.cluster
+        if topology is None:
             return "unix://" + self.redis.socket
         if self.o.daemon_redis == "master":
-            return "redis://%s:%d" % (LOCALHOST, self.sentinel.nodes[0].port)
-        return self.o.daemon_redis or self.sentinel.url()
+            return "redis://%s:%d" % (LOCALHOST, topology.nodes[0].port)
+        return self.o.daemon_redis or topology.url()
 
     async def main(self) -> None:
-        if self.sentinel is None:
+        if self.sentinel is not None:
+            await self.sentinel.start()
+        elif self.cluster is not None:
+            await self.cluster.start()
+            await self.cluster.spread_entries()
+        else:
             self.redis.spawn()
             await self.redis.wait_ready()
-        else:
-            await self.sentinel.start()
         for entry in ENTRIES:
             self.write(entry, H.ABSENT, 0, 0, "initial state")
-        self.daemon = Daemon(self.o.binary, self.dir, self.daemon_redis_url())
-        self.daemon.spawn()
-        await self.daemon.wait_ready()
-        await self.probe_features()
+        if not self.o.no_daemon:
+            self.daemon = Daemon(self.o.binary, self.dir, self.daemon_redis_url())
+            self.daemon.spawn()
+            await self.daemon.wait_ready()
+            await self.probe_features()
         loop = asyncio.get_running_loop()
         self.t0 = now()
-        for i in range(self.o.clients):
-            conn = DaemonConnection(i, self.daemon.socket, self)
+        for i in range(self.o.clients if self.daemon is not None else 0):
+            conn = DaemonConnection(i, self.daemon.socket if self.daemon else "", self)
             await conn.open()
             self.connections.append(conn)
         watchdog = loop.create_task(self.watchdog())
         tasks = [loop.create_task(self.actor(conn, random.Random(self.rng.random())))
                  for conn in self.connections for _ in range(self.o.depth)]
         tasks.append(loop.create_task(self.direct_writer(random.Random(self.rng.random()))))
+        if self.daemon is None:
+            tasks.append(loop.create_task(self.direct_reader(random.Random(self.rng.random()))))
         watchers = []
         if self.sentinel is not None:
             self.expected_master = self.sentinel.nodes[0].port
             watchers = [loop.create_task(self.watch_switches(s)) for s in self.sentinel.sentinels]
+        if self.cluster is not None:
+            watchers = [loop.create_task(self.watch_cluster())]
         if self.o.faults:
             tasks.append(loop.create_task(self.fault_injector(random.Random(self.rng.random()))))
         deadline = time.monotonic() + self.o.seconds
@@ -1528,6 +2406,10 @@ class Run:
         watchdog.cancel()
         for w in watchers:
             w.cancel()
+        if self.cluster is not None:
+            with contextlib.suppress(*RESP_FAILURES):
+                await self.cluster.view()
+                self.final_distribution = self.cluster.distribution()
         self.daemon_stats = await self.fetch_stats()
         for conn in self.connections:
             conn.close()
@@ -1540,6 +2422,8 @@ class Run:
         self.redis.stop()
         if self.sentinel is not None:
             self.sentinel.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1634,7 +2518,8 @@ def build_report(run: Run, result: H.Result) -> dict[str, Any]:
         "seconds": round(elapsed, 3),
         "clients": run.o.clients, "depth": run.o.depth, "seed": run.o.seed,
         "topology": run.o.topology,
-        "daemon_redis": run.daemon_redis_url() if run.o.topology == "sentinel" else None,
+        "daemon": not run.o.no_daemon,
+        "daemon_redis": run.daemon_redis_url() if run.o.topology != "single" and not run.o.no_daemon else None,
         "faults_enabled": run.o.faults, "binary": run.o.binary,
         "direct_lag_ms": run.o.lag_ns / 1e6, "unanswered_bound_ms": run.o.bound_ns / 1e6,
         "features": {"release": run.features.release, "get_lease_false": run.features.lease_false},
@@ -1666,12 +2551,42 @@ def build_report(run: Run, result: H.Result) -> dict[str, Any]:
         "daemon_topology": topology,
         "topology_error": run.topology_error,
         **failover_report(run, result),
+        **cluster_report(run),
     }
 
 
+def cluster_report(run: Run) -> dict[str, Any]:
+    """The cluster's nodes, where the entries lived, and the reshards (empty outside the cluster topology)."""
+    topo = run.cluster
+    if topo is None:
+        return {}
+
+    def ms(a: Optional[int], b: int) -> Optional[float]:
+        return round((a - b) / 1e6, 1) if a is not None else None
+
+    return {"cluster": {
+        "nodes": {n.name: n.port for n in topo.nodes},
+        "node_timeout_ms": run.o.cluster_node_timeout_ms,
+        "require_full_coverage": run.o.cluster_full_coverage,
+        "entries_per_primary_at_start": {k: len(v) for k, v in topo.initial_distribution.items()},
+        "entries_per_primary_at_end": {k: len(v) for k, v in run.final_distribution.items()},
+        "direct_redirections": {k.split()[1]: n for k, n in run.counters.items() if k.endswith("redirections")},
+        "reshards": {
+            "injected": len(run.reshards),
+            "moves": ["%s -> %s" % (r.source, r.target) for r in run.reshards],
+            "slots": [r.slots for r in run.reshards],
+            "slots_with_entries": [r.entry_slots for r in run.reshards],
+            "entries_moved": [len(r.entries) for r in run.reshards],
+            "keys": [r.keys for r in run.reshards],
+            "duration_ms": [ms(r.ended, r.started) for r in run.reshards],
+            "settled_ms": [ms(r.settled, r.started) for r in run.reshards],
+        },
+    }}
+
+
 def failover_report(run: Run, result: H.Result) -> dict[str, Any]:
-    """Failovers, their timings, and the writes they lost (empty outside the Sentinel topology)."""
-    if run.o.topology != "sentinel":
+    """Failovers, their timings, and the writes they lost (empty in the single topology)."""
+    if run.o.topology == "single":
         return {}
 
     def ms(a: Optional[int], b: int) -> Optional[float]:
@@ -1699,6 +2614,9 @@ def failover_report(run: Run, result: H.Result) -> dict[str, Any]:
             "kill_to_rejoin_ms": [ms(f.rejoined, f.killed) for f in run.failovers],
             "replica_partitioned_ms": [round(f.cut_ms, 1) if f.cut_ms else None for f in run.failovers],
             "inexact_snapshots": sum(1 for f in run.failovers if not f.exact),
+            **({"shards": ["%s -> %s (%d entries)" % (f.old, f.new, f.entries) for f in run.failovers],
+                "kill_to_cluster_ok_ms": [ms(f.cluster_ok, f.killed) for f in run.failovers]}
+               if run.o.topology == "cluster" else {}),
         },
         "lost_writes": sum(len(x.lost) for x in result.lost_writes),
         "lost_write_entries": len(result.lost_writes),
@@ -1718,6 +2636,8 @@ def print_text(rep: dict[str, Any]) -> None:
         ",".join(rep["faults_enabled"]) or "none"))
     if rep["daemon_redis"]:
         p("daemon redis: " + rep["daemon_redis"])
+    if not rep["daemon"]:
+        p("no daemon (--no-daemon): the direct writer, a direct reader and the faults only")
     p("features: release %s, get lease:false %s" % (
         "yes" if rep["features"]["release"] else "no (-32601)",
         "yes" if rep["features"]["get_lease_false"] else "no (-32602)"))
@@ -1741,12 +2661,20 @@ def print_text(rep: dict[str, Any]) -> None:
         def series(xs: list[Optional[float]]) -> str:
             return ", ".join("-" if x is None else "%.0f" % x for x in xs) or "none"
 
-        p("failovers: %d (%d read from the replica after its promotion: inexact); old master rejoins by %s;"
-          " +switch-master messages seen: %d" % (
-              f["injected"], f["inexact_snapshots"], f["rejoin"], f["switch_messages"]))
+        if rep["topology"] == "cluster":
+            p("failovers: %d (%d read from the replica after its promotion: inexact); the killed primary restarts "
+              "from its folder and rejoins as a replica" % (f["injected"], f["inexact_snapshots"]))
+            p("  shards: " + (", ".join(f["shards"]) or "none"))
+        else:
+            p("failovers: %d (%d read from the replica after its promotion: inexact); old master rejoins by %s;"
+              " +switch-master messages seen: %d" % (
+                  f["injected"], f["inexact_snapshots"], f["rejoin"], f["switch_messages"]))
         p("  kill to promotion (ms): " + series(f["kill_to_promotion_ms"]))
+        if "kill_to_cluster_ok_ms" in f:
+            p("  kill to cluster_state:ok on every live node (ms): " + series(f["kill_to_cluster_ok_ms"]))
         p("  kill to first answer served by the new master (ms): " + series(f["kill_to_first_answer_ms"]))
-        p("  kill to old master rejoined as a replica (ms): " + series(f["kill_to_rejoin_ms"]))
+        p("  kill to old %s rejoined as a replica (ms): " % ("primary" if "shards" in f else "master")
+          + series(f["kill_to_rejoin_ms"]))
         p("  replica partitioned before the kill (ms): " + series(f["replica_partitioned_ms"]))
         if rep["daemon_topology"]:
             p("  daemon topology: " + json.dumps(rep["daemon_topology"]))
@@ -1764,6 +2692,19 @@ def print_text(rep: dict[str, Any]) -> None:
         for u in rep["failover_unexplained"]:
             p("FAILOVER UNEXPLAINED: failover %d, %s holds %s (%s)" % (
                 u["failover"], u["entry"], json.dumps(u["value"]), u["kind"]))
+    if "cluster" in rep:
+        c = rep["cluster"]
+        r = c["reshards"]
+        p("cluster: nodes %s; entries per primary at start %s, at end %s; direct writer redirections %s" % (
+            json.dumps(c["nodes"]), json.dumps(c["entries_per_primary_at_start"]),
+            json.dumps(c["entries_per_primary_at_end"]), json.dumps(c["direct_redirections"])))
+        p("reshards: %d" % r["injected"])
+        for i in range(r["injected"]):
+            p("  %s: %d slots (%d with checker entries, %d entries), %d keys, %s ms, every node agreed after %s ms" % (
+                r["moves"][i], r["slots"][i], r["slots_with_entries"][i], r["entries_moved"][i], r["keys"][i],
+                r["duration_ms"][i], r["settled_ms"][i]))
+        if rep["daemon_topology"] and "failovers" not in rep:
+            p("  daemon topology: " + json.dumps(rep["daemon_topology"]))
     if rep["topology_error"]:
         p("TOPOLOGY ERROR: " + rep["topology_error"])
     p("violations: %d %s" % (rep["violations"], json.dumps(rep["violations_by_kind"]) if rep["violations"] else ""))
@@ -1816,10 +2757,12 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
     ap.add_argument("--depth", type=int, default=2, help="concurrent requests per connection (default 2)")
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock, printed)")
     ap.add_argument("--faults", default="all", help="all, none, or a comma list of %s (and, with --topology "
-                    "sentinel, %s; all includes it there)" % (",".join(FAULT_KINDS), ",".join(SENTINEL_FAULT_KINDS)))
-    ap.add_argument("--topology", choices=("single", "sentinel"), default="single",
+                    "sentinel, %s; with --topology cluster, %s; all includes them there)" % (
+                        ",".join(FAULT_KINDS), ",".join(SENTINEL_FAULT_KINDS), ",".join(CLUSTER_FAULT_KINDS)))
+    ap.add_argument("--topology", choices=("single", "sentinel", "cluster"), default="single",
                     help="single: one redis-server on a Unix socket (default); sentinel: a master, a replica and "
-                    "three Sentinels on 127.0.0.1, cached configured with a redis-sentinel:// URL")
+                    "three Sentinels on 127.0.0.1, cached configured with a redis-sentinel:// URL; cluster: a Redis "
+                    "Cluster of three primaries with a replica each, cached configured with a redis-cluster:// URL")
     ap.add_argument("--failover-interval", type=float, default=10.0,
                     help="least seconds between the kills of two failovers (default 10)")
     ap.add_argument("--rejoin", choices=("sentinel", "replicaof"), default="sentinel",
@@ -1827,8 +2770,18 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
                     "(empty) for the Sentinels to make it a replica, about 10 s later (default), or restarted as a "
                     "replica of the new master")
     ap.add_argument("--daemon-redis", default=None,
-                    help="sentinel topology: the daemon's redis URL instead of redis-sentinel://... ('master': "
-                    "redis://127.0.0.1:<first master>, to try the harness with a daemon that cannot follow a failover)")
+                    help="sentinel or cluster topology: the daemon's redis URL instead of the topology's ('master': "
+                    "redis://127.0.0.1:<first data node>, to try the harness with a daemon that cannot follow it)")
+    ap.add_argument("--no-daemon", action="store_true",
+                    help="no cached: the topology, the direct writer, a direct reader (checked like the daemon's "
+                    "answers) and the faults only, to try the harness itself")
+    ap.add_argument("--redis-cli", default=None, help="cluster topology: the redis-cli binary (default: next to "
+                    "redis-server, else on PATH)")
+    ap.add_argument("--cluster-node-timeout", type=int, default=2000,
+                    help="cluster topology: cluster-node-timeout in ms (default 2000)")
+    ap.add_argument("--cluster-full-coverage", choices=("yes", "no"), default="yes",
+                    help="cluster topology: cluster-require-full-coverage (default yes, as Redis: while a shard has "
+                    "no primary every node answers CLUSTERDOWN; no: only that shard's slots)")
     ap.add_argument("--direct-lag-ms", type=float, default=100.0,
                     help="time a direct write to Redis (or a restart) may stay invisible (default 100)")
     ap.add_argument("--unanswered-ms", type=float, default=15000.0,
@@ -1840,7 +2793,7 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, config)")
     ap.add_argument("--json", action="store_true", help="print the report as one JSON object")
     a = ap.parse_args(argv)
-    known = FAULT_KINDS + (SENTINEL_FAULT_KINDS if a.topology == "sentinel" else ())
+    known = FAULT_KINDS + {"sentinel": SENTINEL_FAULT_KINDS, "cluster": CLUSTER_FAULT_KINDS}.get(a.topology, ())
     if a.faults == "all":
         faults = list(known)
     elif a.faults in ("none", ""):
@@ -1849,22 +2802,36 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
         faults = [f.strip() for f in a.faults.split(",") if f.strip()]
         bad = [f for f in faults if f not in known]
         if bad:
-            ap.error("unknown fault kind(s): %s (known: %s%s)" % (
+            ap.error("unknown fault kind(s): %s (known: %s%s%s)" % (
                 ",".join(bad), ",".join(known),
-                "; failover needs --topology sentinel" if "failover" in bad else ""))
-    if a.daemon_redis is not None and a.topology != "sentinel":
-        ap.error("--daemon-redis is for --topology sentinel")
+                "; failover needs --topology sentinel or cluster" if "failover" in bad else "",
+                "; reshard needs --topology cluster" if "reshard" in bad else ""))
+    if a.no_daemon:
+        # Without cached there are no data connections or listeners to kill.
+        needs_daemon = [f for f in faults if f in ("kill-data", "kill-listener")]
+        if needs_daemon and a.faults != "all":
+            ap.error("--no-daemon: %s need the daemon's connections" % ",".join(needs_daemon))
+        faults = [f for f in faults if f not in needs_daemon]
+    if a.daemon_redis is not None and a.topology == "single":
+        ap.error("--daemon-redis is for --topology sentinel or cluster")
     if not a.redis_server:
         ap.error("redis-server not found (PATH or /usr/bin); pass --redis-server")
+    redis_cli = a.redis_cli
+    if a.topology == "cluster" and redis_cli is None:
+        beside = Path(a.redis_server).with_name("redis-cli")
+        redis_cli = str(beside) if os.access(beside, os.X_OK) else shutil.which("redis-cli")
+        if redis_cli is None:
+            ap.error("redis-cli not found (next to redis-server or on PATH); pass --redis-cli")
     seed = a.seed if a.seed is not None else int(time.time()) % 1_000_000
     return Options(a.seconds, max(1, a.clients), max(1, a.depth), seed, faults, int(a.direct_lag_ms * 1e6),
                    int(a.unanswered_ms * 1e6), a.bin, a.redis_server, a.keep, a.examples, a.topology,
-                   a.failover_interval, a.daemon_redis, a.rejoin), a.json
+                   a.failover_interval, a.daemon_redis, a.rejoin, a.no_daemon, redis_cli, a.cluster_node_timeout,
+                   a.cluster_full_coverage == "yes"), a.json
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     options, as_json = parse_args(argv)
-    if not os.access(options.binary, os.X_OK):
+    if not options.no_daemon and not os.access(options.binary, os.X_OK):
         print("cached binary not found: %s" % options.binary, file=sys.stderr)
         return 2
     directory = Path(tempfile.mkdtemp(prefix="cached-coherence-"))
@@ -1876,9 +2843,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             run.teardown()
     except RuntimeError as error:
         print("setup failed: %s" % error, file=sys.stderr)
-        if options.topology == "sentinel" and "invalid Redis URL" in str(error):
-            print("the daemon does not accept the redis-sentinel:// URL (%s)" % run.daemon_redis_url(),
-                  file=sys.stderr)
+        if options.topology != "single" and "invalid Redis URL" in str(error):
+            print("the daemon does not accept the %s URL (%s)" % (
+                "redis-sentinel://" if options.topology == "sentinel" else "redis-cluster://", run.daemon_redis_url()),
+                file=sys.stderr)
         print("files kept in %s" % directory, file=sys.stderr)
         return 2
     result = H.check(run.history)
