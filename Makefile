@@ -6,7 +6,7 @@ DESTDIR ?=
 RUN_DIR := $(CURDIR)/run
 REDIS_URL ?=
 
-.PHONY: all deps build release run test test-swift test-python test-coherence soak soak-sentinel install clean bench fuzz fuzz-replay
+.PHONY: all deps build release run test test-swift test-python test-coherence soak soak-sentinel soak-cluster install clean bench fuzz fuzz-replay
 
 all: build
 
@@ -36,6 +36,13 @@ soak: build
 ## with a redis-sentinel:// URL, every fault kind plus `failover`; also reports lost writes and failover times.
 soak-sentinel: build
 	$(PYTHON) Tests/Coherence/checker.py --seconds $(SOAK_SECONDS) --topology sentinel --faults all \
+		--bin $$($(SWIFT) build --show-bin-path)/cached $(SOAK_ARGS)
+
+## The same across Redis Cluster reshards and failovers: six nodes (three primaries with a replica each) on
+## 127.0.0.1, cached configured with a redis-cluster:// URL, the fault kinds on one primary at a time plus
+## `reshard` and `failover`; also reports slots and keys moved, failover times and lost writes.
+soak-cluster: build
+	$(PYTHON) Tests/Coherence/checker.py --seconds $(SOAK_SECONDS) --topology cluster --faults all \
 		--bin $$($(SWIFT) build --show-bin-path)/cached $(SOAK_ARGS)
 
 ## Start cached in the foreground with the example configuration, on run/cached.sock.

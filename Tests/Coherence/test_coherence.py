@@ -1,9 +1,12 @@
 """Runs the coherence checker against the built daemon for about 20 s with every fault kind, then for
-about 25 s across two Redis failovers (Sentinel topology).
+about 25 s across two Redis failovers (Sentinel topology), then for about 30 s across Redis Cluster
+reshards and failovers.
 
 The daemon binary is $CACHED_BIN, else .build/debug/cached; the tests are skipped when it (or
-redis-server) is missing, and the Sentinel test when redis-server cannot run a Sentinel or the daemon
-refuses redis-sentinel:// URLs. COHERENCE_SECONDS and COHERENCE_SENTINEL_SECONDS change the durations.
+redis-server) is missing, the Sentinel test when redis-server cannot run a Sentinel or the daemon
+refuses redis-sentinel:// URLs, the cluster test when redis-server cannot run a cluster node, redis-cli
+is missing, or the daemon refuses redis-cluster:// URLs. COHERENCE_SECONDS, COHERENCE_SENTINEL_SECONDS
+and COHERENCE_CLUSTER_SECONDS change the durations.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ BINARY = os.environ.get("CACHED_BIN") or str(REPO / ".build" / "debug" / "cached
 REDIS = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
 SECONDS = float(os.environ.get("COHERENCE_SECONDS", "20"))
 SENTINEL_SECONDS = float(os.environ.get("COHERENCE_SENTINEL_SECONDS", "25"))
+CLUSTER_SECONDS = float(os.environ.get("COHERENCE_CLUSTER_SECONDS", "30"))
 FAULTS = ("kill-data", "kill-listener", "pause", "restart", "timeout")
 
 
@@ -84,16 +88,19 @@ def sentinel_unavailable() -> Optional[str]:
             proc.wait()
 
 
-def daemon_refuses_sentinel_urls() -> Optional[str]:
-    """The daemon's answer to a redis-sentinel:// URL in a configuration check, if it is an invalid-URL error."""
-    with tempfile.TemporaryDirectory(prefix="cached-sentinel-url-") as d:
+def daemon_refuses_url(url: str) -> Optional[str]:
+    """The daemon's answer to ``url`` in a configuration check, if it is an invalid-URL error."""
+    with tempfile.TemporaryDirectory(prefix="cached-url-") as d:
         config = Path(d) / "cached.toml"
-        config.write_text('socket = "%s/cached.sock"\nredis = "redis-sentinel://127.0.0.1:26379,127.0.0.1:26380,'
-                          '127.0.0.1:26381/mymaster"\n' % d)
+        config.write_text('socket = "%s/cached.sock"\nredis = "%s"\n' % (d, url))
         run = subprocess.run([BINARY, "--check-config", "--config", str(config)], capture_output=True, text=True,
                              timeout=30)
     out = run.stdout + run.stderr
     return out.strip() if "invalid Redis URL" in out else None
+
+
+def daemon_refuses_sentinel_urls() -> Optional[str]:
+    return daemon_refuses_url("redis-sentinel://127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381/mymaster")
 
 
 @pytest.mark.skipif(not os.access(BINARY, os.X_OK), reason="cached binary not built: %s" % BINARY)
@@ -135,5 +142,89 @@ def test_coherent_across_failovers() -> None:
     assert report["unanswered"] == 0 and report["never_answered"] == 0, summary
     assert report["daemon_exit_during_run"] is None, summary
     # The daemon answered from each new master (a set stored through cached after the kill).
+    assert all(ms is not None for ms in failovers["kill_to_first_answer_ms"]), summary
+    assert report["passed"], summary
+
+
+def redis_cli() -> Optional[str]:
+    beside = Path(REDIS).with_name("redis-cli") if REDIS else None
+    return str(beside) if beside is not None and os.access(beside, os.X_OK) else shutil.which("redis-cli")
+
+
+def cluster_unavailable() -> Optional[str]:
+    """Why a Redis Cluster cannot run here (None: it can): redis-cli is needed to create it, and one
+    ``--cluster-enabled yes`` node on a free port (at most 55535: its bus listens on port + 10000) must
+    answer ``CLUSTER INFO``."""
+    if REDIS is None:
+        return "redis-server not installed"
+    if redis_cli() is None:
+        return "redis-cli not installed (it creates the cluster)"
+    sys.path.insert(0, str(HERE))
+    from checker import free_cluster_ports  # noqa: E402
+
+    port = free_cluster_ports(1)[0]
+    with tempfile.TemporaryDirectory(prefix="cached-cluster-probe-") as d:
+        proc = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                                 "--cluster-config-file", "nodes.conf", "--dir", d, "--save", "", "--appendonly", "no"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                    return "redis-server cannot run a cluster node: " + out.strip()[-300:]
+                try:
+                    with socket.create_connection(("127.0.0.1", port), 0.2) as c:
+                        c.sendall(b"CLUSTER INFO\r\n")
+                        if b"cluster_state:" in c.recv(4096):
+                            return None
+                except OSError:
+                    time.sleep(0.05)
+            return "a cluster node did not answer CLUSTER INFO within 5 s"
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.skipif(not os.access(BINARY, os.X_OK), reason="cached binary not built: %s" % BINARY)
+@pytest.mark.skipif(REDIS is None, reason="redis-server not installed")
+def test_coherent_across_cluster_reshards_and_failovers() -> None:
+    why = cluster_unavailable()
+    if why:
+        pytest.skip(why)
+    refused = daemon_refuses_url("redis-cluster://127.0.0.1:30001,127.0.0.1:30002,127.0.0.1:30003")
+    if refused:
+        pytest.skip("the daemon does not support redis-cluster:// URLs yet: " + refused)
+    for attempt in range(2):
+        run = subprocess.run(
+            [sys.executable, str(HERE / "checker.py"), "--seconds", str(CLUSTER_SECONDS), "--topology", "cluster",
+             "--faults", "reshard,failover", "--json", "--bin", BINARY, "--redis-server", str(REDIS),
+             "--redis-cli", str(redis_cli())],
+            capture_output=True, text=True, timeout=CLUSTER_SECONDS + 300)
+        if run.returncode == 2 and "invalid Redis URL" in run.stderr:
+            pytest.skip("the daemon does not support redis-cluster:// URLs yet: " + run.stderr.strip()[-300:])
+        assert run.returncode in (0, 1), "checker failed to run (%d):\n%s\n%s" % (
+            run.returncode, run.stdout, run.stderr)
+        report = json.loads(run.stdout)
+        # A failover the cluster made on its own is not the daemon's doing and the checker cannot model it:
+        # run once more.
+        if "on its own" not in (report["topology_error"] or ""):
+            break
+    summary = json.dumps({k: report[k] for k in (
+        "seed", "failovers", "cluster", "lost_writes", "lost_write_examples", "failover_unexplained",
+        "topology_error", "violations", "violations_by_kind", "violation_examples", "unanswered", "never_answered",
+        "unanswered_examples", "operations", "anomalies", "anomaly_examples", "daemon_topology")}, indent=1)
+    failovers, reshards = report["failovers"], report["cluster"]["reshards"]
+    # Faults come every 0.5-2 s, reshard and failover once per round; a reshard takes about 1 s, a failover
+    # about 4 s (cluster-node-timeout 2 s, then the election): 30 s make at least one of each.
+    assert reshards["injected"] >= 1 and failovers["injected"] >= 1, summary
+    assert all(n >= 1000 for n in reshards["slots"]) and sum(reshards["slots_with_entries"]) >= 1, summary
+    assert all(ms is not None for ms in failovers["kill_to_promotion_ms"]), summary
+    assert report["operations"] > 0, summary
+    assert report["topology_error"] is None and report["failover_unexplained"] == [], summary
+    assert report["violations"] == 0, summary
+    assert report["unanswered"] == 0 and report["never_answered"] == 0, summary
+    assert report["daemon_exit_during_run"] is None, summary
+    # The daemon answered for the killed shard's slots from each promoted replica.
     assert all(ms is not None for ms in failovers["kill_to_first_answer_ms"]), summary
     assert report["passed"], summary
