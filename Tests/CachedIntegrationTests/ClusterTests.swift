@@ -70,6 +70,23 @@ struct ClusterTests {
         #expect((try c.call("stats")["result"]?["store"]?["localCache"]?["hits"]?.intValue ?? 0) >= 1)
     }
 
+    /// `rediss-cluster://`: TLS to every node (the cluster bus and replication over TLS too).
+    @Test func tlsToEveryNode() throws {
+        let certs = try TestCertificates()
+        let group = try ClusterGroup(tls: certs)
+        let daemon = try DaemonProcess(
+            config: Self.config + "tls_ca_file = \"\(certs.caCertificate)\"\n", arguments: ["--redis", group.url])
+        let c = try daemon.client()
+        #expect(try waitUntil(timeout: 10) { (try? c.call("stats"))?["result"]?["store"]?["available"] == .bool(true) }, "\(daemon.log().suffix(1500))")
+        #expect(try topology(c)?["unownedSlots"] == int(0))
+        for identity in 0..<12 {
+            #expect(try c.call("set", Self.entry(identity).merging(["value": .string("t\(identity)")]) { $1 })["result"]?["stored"] == .bool(true))
+            let owner = try #require(try group.owner(of: Self.redisKey(identity)))
+            #expect(try directGet(owner, Self.redisKey(identity)) == "t\(identity)")
+            #expect(try c.call("get", Self.entry(identity))["result"]?["value"] == .string("t\(identity)"))
+        }
+    }
+
     /// `redis-cli --cluster reshard` of 1,500 slots, including the loaded entries', while clients write and
     /// read them: every request answered, no error, every value read is the last one written.
     @Test func followsAReshardUnderLoad() throws {

@@ -6,21 +6,28 @@ public final class ClusterGroup: @unchecked Sendable {
     public let nodes: [RedisServer]
     public static let nodeTimeoutMilliseconds = 2000
 
-    public init() throws {
+    /// With TLS: the certificates; nodes speak TLS only, the cluster bus and replication too.
+    public let tls: TestCertificates?
+
+    public init(tls: TestCertificates? = nil) throws {
+        self.tls = tls
         var nodes: [RedisServer] = []
+        let secure = tls == nil ? [] : ["--tls-cluster", "yes", "--tls-replication", "yes"]
         for _ in 0..<6 {
             let node = try RedisServer(
-                tcp: true,
+                tcp: tls == nil, tls: tls,
                 extraArguments: [
                     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", String(Self.nodeTimeoutMilliseconds), "--repl-diskless-load", "on-empty-db",
-                ])
+                ] + secure)
             node.followRedirects = true
             nodes.append(node)
         }
         self.nodes = nodes
-        let addresses = nodes.map { "127.0.0.1:\($0.port!)" }
-        _ = try ChildProcess.output("/usr/bin/redis-cli", ["--cluster", "create"] + addresses + ["--cluster-replicas", "1", "--cluster-yes"])
+        let addresses = nodes.map { "127.0.0.1:\($0.servicePort!)" }
+        let cliTLS = tls.map { ["--tls", "--cacert", $0.caCertificate] } ?? []
+        _ = try ChildProcess.output(
+            "/usr/bin/redis-cli", cliTLS + ["--cluster", "create"] + addresses + ["--cluster-replicas", "1", "--cluster-yes"])
         try waitUntilHealthy()
     }
 
@@ -36,9 +43,9 @@ public final class ClusterGroup: @unchecked Sendable {
         guard ok else { throw HarnessError("the cluster did not become healthy: \(try nodes[0].cli(["CLUSTER", "NODES"]))") }
     }
 
-    /// `redis-cluster://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3` (three seeds).
+    /// `redis-cluster://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3` (three seeds; `rediss-cluster://` with TLS).
     public var url: String {
-        "redis-cluster://" + nodes.prefix(3).map { "127.0.0.1:\($0.port!)" }.joined(separator: ",")
+        "\(tls == nil ? "redis" : "rediss")-cluster://" + nodes.prefix(3).map { "127.0.0.1:\($0.servicePort!)" }.joined(separator: ",")
     }
 
     /// The slot of `key`, as Redis computes it.
@@ -57,7 +64,7 @@ public final class ClusterGroup: @unchecked Sendable {
                 let contains = bounds.count == 2 ? (bounds[0]...bounds[1]).contains(slot) : bounds.first == slot
                 if contains {
                     let port = fields[1].split(separator: "@")[0].split(separator: ":").last.flatMap { Int($0) }
-                    return nodes.first { $0.port == port }
+                    return nodes.first { $0.servicePort == port }
                 }
             }
         }

@@ -57,9 +57,9 @@ public final class RedisServer: @unchecked Sendable {
         directory = try makeTemporaryDirectory("redis")
         socketPath = directory + "/redis.sock"
         self.tls = tls
-        self.tlsPort = tls == nil ? nil : Self.freePort()
-        self.tlsAuthClients = tlsAuthClients
         let cluster = extraArguments.contains("--cluster-enabled")
+        self.tlsPort = tls == nil ? nil : (cluster ? Self.freeClusterPort() : Self.freePort())
+        self.tlsAuthClients = tlsAuthClients
         port = tcp ? (cluster ? Self.freeClusterPort() : Self.freePort()) : nil
         self.password = password
         try start()
