@@ -677,8 +677,10 @@ class ClusterTopology:
     kill); ``owner`` is the slot map of the last view it learnt.
     """
 
-    def __init__(self, binary: str, cli: str, directory: Path, node_timeout_ms: int, full_coverage: bool) -> None:
+    def __init__(self, binary: str, cli: str, directory: Path, node_timeout_ms: int, full_coverage: bool,
+                 filler_keys: int = 0) -> None:
         self.cli = cli
+        self.filler_keys = filler_keys
         self.directory = directory
         self.node_timeout_ms = node_timeout_ms
         args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
@@ -863,11 +865,28 @@ class ClusterTopology:
         self.primaries = primaries
         self.learn(views)
         await self.wait_settled(timeout)
+        await self.fill()
         for e in [*ENTRIES, PROBE, FAILOVER_PROBE]:
             slot = await RespClient.query(self.nodes[0].address, "CLUSTER", "KEYSLOT", e.redis_key)
             if slot != key_slot(e.redis_key):
                 raise RuntimeError("CLUSTER KEYSLOT %s is %r, the checker computes %d" % (
                     e.redis_key, slot, key_slot(e.redis_key)))
+
+    async def fill(self) -> None:
+        """Writes ``filler_keys`` keys (``coh-filler:N``, 32 bytes each, never read) spread over all slots, each
+        on its slot's primary, so that a reshard's ``MIGRATE`` moves real data (about 1,200 keys per 1,000 slots
+        with 20,000). A restart of a primary loses its shard's share; a failover keeps it."""
+        by_port: dict[int, list[tuple[str, ...]]] = {}
+        for i in range(self.filler_keys):
+            key = "coh-filler:%06d" % i
+            by_port.setdefault(self.owner[key_slot(key)], []).append(("SET", key, "%032d" % i))
+        for port, commands in by_port.items():
+            client = await RespClient.connect((LOCALHOST, port), CHECKER_PREFIX + "fill", 1.0)
+            try:
+                for i in range(0, len(commands), 1000):
+                    await expect_ok(client, commands[i:i + 1000], "filler keys")
+            finally:
+                client.close()
 
     async def spread_entries(self) -> None:
         """Makes every primary own some checker entries: a primary without any gets one entry slot of the
@@ -1265,6 +1284,8 @@ class Options:
     redis_cli: Optional[str] = None
     cluster_node_timeout_ms: int = 2000
     cluster_full_coverage: bool = True
+    #: Filler keys spread over the cluster's slots (moved by reshards, never read).
+    cluster_keys: int = 20000
 
 
 @dataclass
@@ -1343,7 +1364,8 @@ class Run:
         self.cluster: Optional[ClusterTopology] = None
         if options.topology == "cluster":
             self.cluster = ClusterTopology(options.redis_server, options.redis_cli or "redis-cli", directory,
-                                           options.cluster_node_timeout_ms, options.cluster_full_coverage)
+                                           options.cluster_node_timeout_ms, options.cluster_full_coverage,
+                                           options.cluster_keys)
         self.reshards: list[ReshardRecord] = []
         #: A cluster failover is under way (primaries change): the cluster watch holds off.
         self.cluster_busy = False
@@ -2567,6 +2589,7 @@ def cluster_report(run: Run) -> dict[str, Any]:
     return {"cluster": {
         "nodes": {n.name: n.port for n in topo.nodes},
         "node_timeout_ms": run.o.cluster_node_timeout_ms,
+        "filler_keys": run.o.cluster_keys,
         "require_full_coverage": run.o.cluster_full_coverage,
         "entries_per_primary_at_start": {k: len(v) for k, v in topo.initial_distribution.items()},
         "entries_per_primary_at_end": {k: len(v) for k, v in run.final_distribution.items()},
@@ -2782,6 +2805,9 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
     ap.add_argument("--cluster-full-coverage", choices=("yes", "no"), default="yes",
                     help="cluster topology: cluster-require-full-coverage (default yes, as Redis: while a shard has "
                     "no primary every node answers CLUSTERDOWN; no: only that shard's slots)")
+    ap.add_argument("--cluster-keys", type=int, default=20000,
+                    help="cluster topology: filler keys written over all slots before the load, so that reshards move "
+                    "data (default 20000; never read)")
     ap.add_argument("--direct-lag-ms", type=float, default=100.0,
                     help="time a direct write to Redis (or a restart) may stay invisible (default 100)")
     ap.add_argument("--unanswered-ms", type=float, default=15000.0,
@@ -2826,7 +2852,7 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
     return Options(a.seconds, max(1, a.clients), max(1, a.depth), seed, faults, int(a.direct_lag_ms * 1e6),
                    int(a.unanswered_ms * 1e6), a.bin, a.redis_server, a.keep, a.examples, a.topology,
                    a.failover_interval, a.daemon_redis, a.rejoin, a.no_daemon, redis_cli, a.cluster_node_timeout,
-                   a.cluster_full_coverage == "yes"), a.json
+                   a.cluster_full_coverage == "yes", max(0, a.cluster_keys)), a.json
 
 
 def main(argv: Optional[list[str]] = None) -> int:
