@@ -1402,8 +1402,8 @@ class Run:
         self.history.writes.append(H.Write(entry.name, value, start, end, lag, sys.intern(source), claimed_unwritten))
 
     def read(self, entry: Entry, value: Optional[str], start: int, end: int, source: str,
-             uncached_fill: bool = False) -> None:
-        self.history.reads.append(H.Read(entry.name, value, start, end, sys.intern(source), uncached_fill))
+             uncached_fill: bool = False, uncached: bool = False) -> None:
+        self.history.reads.append(H.Read(entry.name, value, start, end, sys.intern(source), uncached_fill, uncached))
         self.register_fill(value)
 
     def register_fill(self, value: Optional[str]) -> None:
@@ -1523,7 +1523,7 @@ class Run:
             kind = "waited" + (" cached:false" if uncached else "")
         self.ops["%s %s" % (op, kind)] += 1
         uncached_fill = uncached and entry.handler and isinstance(value, str) and value.startswith("F|")
-        self.read(entry, value, s, e, "%s -> %s" % (src, kind), uncached_fill)
+        self.read(entry, value, s, e, "%s -> %s" % (src, kind), uncached_fill, uncached)
 
     async def fulfil_lease(self, conn: DaemonConnection, entry: Entry, lease: str, rng: random.Random) -> None:
         if rng.random() < 0.5:
@@ -2566,6 +2566,7 @@ def build_report(run: Run, result: H.Result) -> dict[str, Any]:
         "counters": dict(sorted(run.counters.items())),
         "notes": {k: n for k, n in result.notes.items() if n},
         "note_examples": result.note_examples,
+        "unwritten_but_read": unwritten_but_read(run),
         "anomalies": dict(run.anomalies),
         "anomaly_examples": run.anomaly_examples,
         "daemon_exit_during_run": run.daemon_exit,
@@ -2575,6 +2576,22 @@ def build_report(run: Run, result: H.Result) -> dict[str, Any]:
         **failover_report(run, result),
         **cluster_report(run),
     }
+
+
+def unwritten_but_read(run: Run) -> list[str]:
+    """Writes answered -32000 (nothing written) whose value was read later: when, and the fault before."""
+    claimed = {w.value: w for w in run.history.writes if w.claimed_unwritten and w.value is not None}
+    seen: dict[str, H.Read] = {}
+    for r in run.history.reads:
+        if r.value in claimed and not r.uncached and (r.value not in seen or r.end < seen[r.value].end):
+            seen[r.value] = r
+    out = []
+    for value, r in list(seen.items())[: run.o.examples]:
+        w = claimed[value]
+        out.append("%s %r by %s sent at %s, read by %s in [%s, %s]; last fault before the write: %s" % (
+            w.entry, value, w.source, fmt_t(run, w.invoke), r.source, fmt_t(run, r.start), fmt_t(run, r.end),
+            (last_fault(run, w.invoke) or "none").replace("before the read", "before")))
+    return out
 
 
 def cluster_report(run: Run) -> dict[str, Any]:
@@ -2755,6 +2772,8 @@ def print_text(rep: dict[str, Any]) -> None:
         p("  " + ex)
     for k, n in rep["notes"].items():
         p("note: %s: %d %s" % (k, n, "; ".join(rep["note_examples"].get(k, []))))
+    for x in rep["unwritten_but_read"]:
+        p("  " + x)
     for k, n in rep["anomalies"].items():
         p("anomaly: %s: %d  e.g. %s" % (k, n, " | ".join(rep["anomaly_examples"].get(k, []))))
     p("result: " + ("PASS" if rep["passed"] else "FAIL"))

@@ -183,6 +183,18 @@ def test_write_answered_unavailable_but_read_later_is_noted() -> None:
     assert result.notes["write answered -32000 (nothing written) was read later"] == 1
 
 
+def test_value_handed_to_a_waiter_uncached_is_not_noted() -> None:
+    # A lease holder's set failed (-32000); the waiters were handed its value marked "cached": false: it
+    # did not come from the store, as the error said.
+    h = History(
+        writes=initial(E) + [Write(E, "a", 10, INF, claimed_unwritten=True, source="c1 set(lease)")],
+        reads=[Read(E, "a", 5, 60, uncached=True)],
+    )
+    result = check(h)
+    assert result.violations == []
+    assert result.notes["write answered -32000 (nothing written) was read later"] == 0
+
+
 def test_many_writes_scale() -> None:
     writes = initial(E)
     reads = []
