@@ -2743,8 +2743,6 @@ def print_text(rep: dict[str, Any]) -> None:
             p("  %s: %d slots (%d with checker entries, %d entries), %d keys, %s ms, every node agreed after %s ms" % (
                 r["moves"][i], r["slots"][i], r["slots_with_entries"][i], r["entries_moved"][i], r["keys"][i],
                 r["duration_ms"][i], r["settled_ms"][i]))
-        if rep["daemon_topology"] and "failovers" not in rep:
-            p("  daemon topology: " + json.dumps(rep["daemon_topology"]))
     if rep["topology_error"]:
         p("TOPOLOGY ERROR: " + rep["topology_error"])
     p("violations: %d %s" % (rep["violations"], json.dumps(rep["violations_by_kind"]) if rep["violations"] else ""))
