@@ -33,35 +33,28 @@ public struct Daemon: Sendable {
     static func makeStore(_ configuration: DaemonConfiguration, group: any EventLoopGroup, logger: Logger) throws -> any CacheStore {
         try configuration.validate()  // never plain when TLS was asked for
         let settings = configuration.startup
+        let local = Self.localCache(settings.localCache)
+        /// A Redis store over the topology `make` builds; its node events keep the local copy coherent.
+        func redisStore(_ make: (_ tracking: Bool, _ onEvent: @escaping @Sendable (RedisNodeEvent) -> Void) -> any RedisTopology) -> RedisCacheStore {
+            RedisCacheStore(topology: make(local != nil) { event in local?.handle(event) }, localCache: local)
+        }
         switch settings.store {
         case .embedded:
             return EmbeddedStore(maxBytes: settings.embedded.maxBytes)
         case .redis(let url):
             let redis = try Self.redisConfiguration(try RedisConfiguration(url: url), settings.redis)
-            let local = Self.localCache(settings.localCache)
-            let topology = SingleNodeTopology(configuration: redis, group: group, tracking: local != nil, logger: logger) { event in
-                local?.handle(event)
-            }
-            return RedisCacheStore(topology: topology, localCache: local)
+            return redisStore { SingleNodeTopology(configuration: redis, group: group, tracking: $0, logger: logger, onEvent: $1) }
         case .sentinel(let url):
             var sentinel = try SentinelConfiguration(url: url)
             sentinel.data = try Self.redisConfiguration(sentinel.data, settings.redis)
             sentinel.sentinelPassword = settings.redis.sentinelPassword
             sentinel.refreshInterval = TimeAmount(settings.redis.topologyRefreshInterval)
-            let local = Self.localCache(settings.localCache)
-            let topology = SentinelTopology(configuration: sentinel, group: group, tracking: local != nil, logger: logger) { event in
-                local?.handle(event)
-            }
-            return RedisCacheStore(topology: topology, localCache: local)
+            return redisStore { SentinelTopology(configuration: sentinel, group: group, tracking: $0, logger: logger, onEvent: $1) }
         case .cluster(let url):
             var cluster = try ClusterConfiguration(url: url)
             cluster.data = try Self.redisConfiguration(cluster.data, settings.redis)
             cluster.refreshInterval = TimeAmount(settings.redis.topologyRefreshInterval)
-            let local = Self.localCache(settings.localCache)
-            let topology = ClusterTopology(configuration: cluster, group: group, tracking: local != nil, logger: logger) { event in
-                local?.handle(event)
-            }
-            return RedisCacheStore(topology: topology, localCache: local)
+            return redisStore { ClusterTopology(configuration: cluster, group: group, tracking: $0, logger: logger, onEvent: $1) }
         }
     }
 
