@@ -99,6 +99,26 @@ def daemon_refuses_url(url: str) -> Optional[str]:
     return out.strip() if "invalid Redis URL" in out else None
 
 
+def run_topology_checker(arguments: list[str], timeout: float, url_form: str, on_their_own: str) -> dict:
+    """Runs the checker with `arguments` and returns its report. A failover Redis made on its own (the
+    report's topology error says `on_their_own`) is not the daemon's doing and the checker cannot model it:
+    the run is made once more."""
+    report: dict = {}
+    for attempt in range(2):
+        run = subprocess.run(
+            [sys.executable, str(HERE / "checker.py"), *arguments, "--json", "--bin", BINARY, "--redis-server", str(REDIS)],
+            capture_output=True, text=True, timeout=timeout)
+        if run.returncode == 2 and "invalid Redis URL" in run.stderr:
+            # --check-config may not parse the URL; the daemon refused it at start-up.
+            pytest.skip("the daemon does not support %s URLs yet: %s" % (url_form, run.stderr.strip()[-300:]))
+        assert run.returncode in (0, 1), "checker failed to run (%d):\n%s\n%s" % (
+            run.returncode, run.stdout, run.stderr)
+        report = json.loads(run.stdout)
+        if on_their_own not in (report["topology_error"] or ""):
+            break
+    return report
+
+
 def daemon_refuses_sentinel_urls() -> Optional[str]:
     return daemon_refuses_url("redis-sentinel://127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381/mymaster")
 
@@ -112,22 +132,10 @@ def test_coherent_across_failovers() -> None:
     refused = daemon_refuses_sentinel_urls()
     if refused:
         pytest.skip("the daemon does not support redis-sentinel:// URLs yet: " + refused)
-    for attempt in range(2):
-        # The old master rejoins as a replica at once (--rejoin replicaof): two failovers fit in 25 s.
-        run = subprocess.run(
-            [sys.executable, str(HERE / "checker.py"), "--seconds", str(SENTINEL_SECONDS), "--topology", "sentinel",
-             "--faults", "failover", "--rejoin", "replicaof", "--json", "--bin", BINARY, "--redis-server", str(REDIS)],
-            capture_output=True, text=True, timeout=SENTINEL_SECONDS + 240)
-        if run.returncode == 2 and "invalid Redis URL" in run.stderr:
-            # --check-config may not parse the URL; the daemon refused it at start-up.
-            pytest.skip("the daemon does not support redis-sentinel:// URLs yet: " + run.stderr.strip()[-300:])
-        assert run.returncode in (0, 1), "checker failed to run (%d):\n%s\n%s" % (
-            run.returncode, run.stdout, run.stderr)
-        report = json.loads(run.stdout)
-        # A failover the Sentinels made on their own (a spurious +sdown) is not the daemon's doing and the
-        # checker cannot model it: run once more.
-        if "on their own" not in (report["topology_error"] or ""):
-            break
+    # The old master rejoins as a replica at once (--rejoin replicaof): two failovers fit in 25 s.
+    report = run_topology_checker(
+        ["--seconds", str(SENTINEL_SECONDS), "--topology", "sentinel", "--faults", "failover", "--rejoin", "replicaof"],
+        SENTINEL_SECONDS + 240, url_form="redis-sentinel://", on_their_own="on their own")
     summary = json.dumps({k: report[k] for k in (
         "seed", "failovers", "lost_writes", "lost_write_examples", "failover_unexplained", "topology_error",
         "violations", "violations_by_kind", "violation_examples", "unanswered", "never_answered",
@@ -195,21 +203,10 @@ def test_coherent_across_cluster_reshards_and_failovers() -> None:
     refused = daemon_refuses_url("redis-cluster://127.0.0.1:30001,127.0.0.1:30002,127.0.0.1:30003")
     if refused:
         pytest.skip("the daemon does not support redis-cluster:// URLs yet: " + refused)
-    for attempt in range(2):
-        run = subprocess.run(
-            [sys.executable, str(HERE / "checker.py"), "--seconds", str(CLUSTER_SECONDS), "--topology", "cluster",
-             "--faults", "reshard,failover", "--json", "--bin", BINARY, "--redis-server", str(REDIS),
-             "--redis-cli", str(redis_cli())],
-            capture_output=True, text=True, timeout=CLUSTER_SECONDS + 300)
-        if run.returncode == 2 and "invalid Redis URL" in run.stderr:
-            pytest.skip("the daemon does not support redis-cluster:// URLs yet: " + run.stderr.strip()[-300:])
-        assert run.returncode in (0, 1), "checker failed to run (%d):\n%s\n%s" % (
-            run.returncode, run.stdout, run.stderr)
-        report = json.loads(run.stdout)
-        # A failover the cluster made on its own is not the daemon's doing and the checker cannot model it:
-        # run once more.
-        if "on its own" not in (report["topology_error"] or ""):
-            break
+    report = run_topology_checker(
+        ["--seconds", str(CLUSTER_SECONDS), "--topology", "cluster", "--faults", "reshard,failover",
+         "--redis-cli", str(redis_cli())],
+        CLUSTER_SECONDS + 300, url_form="redis-cluster://", on_their_own="on its own")
     summary = json.dumps({k: report[k] for k in (
         "seed", "failovers", "cluster", "lost_writes", "lost_write_examples", "failover_unexplained",
         "topology_error", "violations", "violations_by_kind", "violation_examples", "unanswered", "never_answered",
