@@ -73,6 +73,10 @@ extension DaemonConfiguration {
                 if let v = try k.duration("negative_ttl") { key.negativeTTL = v }
                 if let v = try k.duration("lease_timeout") { key.leaseTimeout = max(v, .milliseconds(10)) }
                 if let v = try k.int("fallback_concurrency", range: 0...1024) { key.fallbackConcurrency = v }
+                if let v = try k.bool("fleet_single_flight") { key.fleetSingleFlight = v }
+                if let v = try k.duration("stale_ttl") { key.staleTTL = v }
+                if let v = try k.duration("grace") { key.grace = v }
+                if let v = try k.number("early_refresh_beta", range: 0...100) { key.earlyRefreshBeta = v }
                 if let command = try k.stringArray("handler") {
                     guard !command.isEmpty, !command[0].isEmpty else {
                         throw ConfigurationError("keys.\(name).handler must name a program")
@@ -124,6 +128,18 @@ extension DaemonConfiguration {
         if r.tlsCertFile != nil, r.tlsKeyFile == nil {
             throw ConfigurationError("redis_options.tls_cert_file is set but tls_key_file is not")
         }
+        for (name, key) in live.keys.sorted(by: { $0.key < $1.key }) where key.aging != nil {
+            let settings = "keys.\(name): stale_ttl, grace and early_refresh_beta"
+            guard key.handler != nil else {
+                throw ConfigurationError("\(settings) need a handler (a background refresh calls it)")
+            }
+            guard key.ttl > .zero else {
+                throw ConfigurationError("\(settings) need a ttl above 0 (they act around the entry's expiry)")
+            }
+            guard startup.store != .embedded else {
+                throw ConfigurationError("\(settings) need a Redis store (the entry's age is read from Redis with PTTL)")
+            }
+        }
     }
 
     static func logLevel(_ name: String) throws(ConfigurationError) -> Logger.Level {
@@ -131,6 +147,13 @@ extension DaemonConfiguration {
             throw ConfigurationError("log_level must be one of trace, debug, info, notice, warning, error, critical")
         }
         return level
+    }
+}
+
+extension Double {
+    /// `5`, `0.5`, `1e9`: how a bound reads in an error message.
+    fileprivate var formatted: String {
+        self == rounded() && abs(self) < 1e15 ? String(Int(self)) : "\(self)"
     }
 }
 
@@ -171,20 +194,33 @@ struct TableReader {
     }
 
     mutating func seconds(_ key: String) throws(ConfigurationError) -> Double? {
+        try number(key, range: 0...1e9, what: "a number of seconds")
+    }
+
+    mutating func bool(_ key: String) throws(ConfigurationError) -> Bool? {
         used.insert(key)
         guard let value = table[key] else { return nil }
-        let seconds: Double
+        guard let b = value.bool else { throw ConfigurationError("\(name(key)) must be true or false") }
+        return b
+    }
+
+    /// A number (integer or float) within `range`.
+    mutating func number(_ key: String, range: ClosedRange<Double>, what: String = "a number") throws(ConfigurationError) -> Double? {
+        used.insert(key)
+        guard let value = table[key] else { return nil }
+        let number: Double
         if let i = value.int {
-            seconds = Double(i)
+            number = Double(i)
         } else if let d = value.double {
-            seconds = d
+            number = d
         } else {
-            throw ConfigurationError("\(name(key)) must be a number of seconds")
+            throw ConfigurationError("\(name(key)) must be \(what)")
         }
-        guard seconds.isFinite, seconds >= 0, seconds <= 1e9 else {
-            throw ConfigurationError("\(name(key)) must be between 0 and 1e9 seconds")
+        guard number.isFinite, range.contains(number) else {
+            let unit = what == "a number of seconds" ? " seconds" : ""
+            throw ConfigurationError("\(name(key)) must be between \(range.lowerBound.formatted)\(unit) and \(range.upperBound.formatted)\(unit)")
         }
-        return seconds
+        return number
     }
 
     mutating func stringArray(_ key: String) throws(ConfigurationError) -> [String]? {

@@ -164,9 +164,46 @@ public struct DaemonConfiguration: Sendable, Equatable {
         public var leaseTimeout: Duration = .seconds(5)
         /// Handler calls at once for this key while the store is unavailable (fallback cap).
         public var fallbackConcurrency = 2
+        /// One fill per entry across every daemon sharing the Redis store (a fill lock in Redis, fenced
+        /// stores); nil = on with a Redis store. No effect with the embedded store.
+        public var fleetSingleFlight: Bool?
+        /// Stale-while-revalidate: for this long after `ttl`, a get answers the entry at once, marked
+        /// stale, while one background refresh runs fleet-wide; zero = off.
+        public var staleTTL: Duration = .zero
+        /// After the stale window, for this long a get waits for a refresh and, if it fails, is answered
+        /// the old value marked stale instead of the error; zero = off.
+        public var grace: Duration = .zero
+        /// XFetch's β: each hit may start one early background refresh before `ttl` ends; 0 = off.
+        public var earlyRefreshBeta: Double = 0
+
+        /// The key's stale window, grace and early refresh, when any is on.
+        public var aging: AgingPolicy? {
+            guard staleTTL > .zero || grace > .zero || earlyRefreshBeta > 0 else { return nil }
+            return AgingPolicy(staleTTL: staleTTL, grace: grace, beta: earlyRefreshBeta)
+        }
+
+        /// How long an entry of this key lives in the store when stored with `ttl`: the stale window
+        /// and grace are added to it (zero stays zero: no expiry).
+        public func storeTTL(_ ttl: Duration) -> Duration {
+            guard ttl > .zero, let aging else { return ttl }
+            return ttl + aging.staleTTL + aging.grace
+        }
+
         public init(ttl: Duration = .zero, handler: HandlerConfiguration? = nil) {
             self.ttl = ttl
             self.handler = handler
+        }
+    }
+
+    /// A key's stale-while-revalidate window, grace and early-refresh β (see ``KeyConfiguration``).
+    public struct AgingPolicy: Sendable, Equatable {
+        public var staleTTL: Duration
+        public var grace: Duration
+        public var beta: Double
+        public init(staleTTL: Duration, grace: Duration, beta: Double) {
+            self.staleTTL = staleTTL
+            self.grace = grace
+            self.beta = beta
         }
     }
 

@@ -6,6 +6,9 @@ public enum MethodResult: Sendable {
     case get(hit: Bool, value: ByteBuffer?)
     /// A hit from the daemon's memory: `{hit: true, value}` with the value's member already encoded.
     case hit(EncodedValue)
+    /// A stale entry (stale-while-revalidate, or grace after a failed refresh):
+    /// `{hit: true, value, stale: true}`.
+    case stale(EncodedValue)
     /// A miss answered by a fill: `{hit: false, value, lease?, cached?}`; `cached` is written only when false.
     case fill(value: ByteBuffer?, lease: String?, cached: Bool)
     /// `{stored}`.
@@ -38,6 +41,10 @@ extension ByteBuffer {
             self.writeStaticString("{\"hit\":true,")
             self.writeImmutableBuffer(value.member)
             self.writeInteger(UInt8(ascii: "}"))
+        case .stale(let value):
+            self.writeStaticString("{\"hit\":true,")
+            self.writeImmutableBuffer(value.member)
+            self.writeStaticString(",\"stale\":true}")
         case .fill(let value, let lease, let cached):
             self.writeStaticString("{\"hit\":false,")
             if let value {

@@ -50,6 +50,9 @@ public struct EncodedValue: Sendable {
     /// Whatever its holder uses to say where the copy came from (the daemon's local copy records the Redis
     /// connection whose tracking vouches for it; 0 when unused).
     public var tag: UInt64 = 0
+    /// Where the entry stands in its life, for keys with stale-while-revalidate or early refresh; nil for
+    /// every other entry (a plain hit).
+    public var age: EntryAge?
 
     public init(_ raw: ByteBuffer) {
         self.raw = raw
