@@ -1,5 +1,6 @@
 import CachedRedis
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -36,7 +37,10 @@ public struct Daemon: Sendable {
         let local = Self.localCache(settings.localCache)
         /// A Redis store over the topology `make` builds; its node events keep the local copy coherent.
         func redisStore(_ make: (_ tracking: Bool, _ onEvent: @escaping @Sendable (RedisNodeEvent) -> Void) -> any RedisTopology) -> RedisCacheStore {
-            RedisCacheStore(topology: make(local != nil) { event in local?.handle(event) }, localCache: local)
+            let events = NodeEvents()
+            let store = RedisCacheStore(topology: make(local != nil) { event in events.deliver(event) }, localCache: local)
+            events.connect(store)
+            return store
         }
         switch settings.store {
         case .embedded:
@@ -283,5 +287,19 @@ struct NotifyService: Service {
             line += ": \(summary)"
         }
         return line
+    }
+}
+
+/// Hands a topology's node events to the store built over it (the store is made after its topology).
+final class NodeEvents: Sendable {
+    private struct Target { weak var store: RedisCacheStore? }
+    private let target = NIOLockedValueBox(Target())
+
+    func connect(_ store: RedisCacheStore) {
+        target.withLockedValue { $0.store = store }
+    }
+
+    func deliver(_ event: RedisNodeEvent) {
+        target.withLockedValue { $0.store }?.handle(event)
     }
 }

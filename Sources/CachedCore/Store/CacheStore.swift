@@ -17,6 +17,11 @@ public protocol CacheStore: Sendable {
     func delete(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int>
     /// Deletes a whole hash; the number deleted (0 or 1).
     func deleteHash(_ hash: HashAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int>
+    /// The entry with its age (for keys with `policy`: stale-while-revalidate, grace, early refresh), or
+    /// nil on a miss. One round trip. A local copy made from it carries the age.
+    func readAged(_ address: EntryAddress, policy: DaemonConfiguration.AgingPolicy, on eventLoop: any EventLoop) -> EventLoopFuture<StoredEntry?>
+    /// The fleet's fill locks, when the store is shared by several daemons (Redis); nil otherwise.
+    var fleet: (any FleetLocks)? { get }
     /// The entry's bytes if they are in this process's memory right now (no I/O); nil otherwise.
     func cachedValue(_ address: EntryAddress) -> EncodedValue?
     /// A short description of the store's state for `stats`.
@@ -45,6 +50,10 @@ public struct StoreStatus: Sendable, Hashable {
 
 extension CacheStore {
     public func cachedValue(_ address: EntryAddress) -> EncodedValue? { nil }
+    public func readAged(_ address: EntryAddress, policy: DaemonConfiguration.AgingPolicy, on eventLoop: any EventLoop) -> EventLoopFuture<StoredEntry?> {
+        get(address, on: eventLoop).map { $0.map { StoredEntry(value: $0, age: nil) } }
+    }
+    public var fleet: (any FleetLocks)? { nil }
     public func start() async {}
     public func shutdown() async {}
 }

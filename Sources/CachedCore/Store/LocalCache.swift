@@ -67,7 +67,7 @@ public final class LocalCache: Sendable {
     /// Caches a value read from Redis through `route`, unless it may be stale (see the type's
     /// documentation). Call it on the connection's event loop, where the reply was read: the connection's
     /// close is then seen after it, and drops the entry.
-    func insert(_ address: EntryAddress, value: ByteBuffer, readAt epoch: UInt64, route: RedisRoute) {
+    func insert(_ address: EntryAddress, value: ByteBuffer, readAt epoch: UInt64, route: RedisRoute, age: EntryAge? = nil) {
         let connection = route.connection
         connection.eventLoop.preconditionInEventLoop()
         guard connection.isActive, let redirect = connection.trackingRedirect else { return }
@@ -76,12 +76,15 @@ public final class LocalCache: Sendable {
         let session = connection.id
         let node = route.node.id
         encoded.tag = session
+        encoded.age = age
+        // An entry with an age is kept no longer than Redis keeps it.
+        let expiry = age.map { min($0.expiresAt, now + maxAge) } ?? now + maxAge
         let watch: Bool = state.withLockedValue { state in
             guard let listener = state.listeners[node], redirect == listener, state.flushedAt <= epoch,
                 (state.nodeFlushedAt[node] ?? 0) <= epoch, (state.invalidatedAt[address.storeKey] ?? 0) <= epoch
             else { return false }
             let inserted = state.sessions.updateValue(node, forKey: session) == nil
-            state.entries.set(address.storeKey, field: address.storeField, value: encoded, expiry: now + maxAge, now: now)
+            state.entries.set(address.storeKey, field: address.storeField, value: encoded, expiry: expiry, now: now)
             return inserted
         }
         if watch {

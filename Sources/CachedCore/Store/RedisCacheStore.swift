@@ -10,10 +10,22 @@ import NIOCore
 public final class RedisCacheStore: CacheStore {
     public let topology: any RedisTopology
     let localCache: LocalCache?
+    /// Fills waiting for another daemon's (fed with the topology's invalidations: ``handle(_:)``).
+    let watchers = KeyWatchers()
 
     public init(topology: any RedisTopology, localCache: LocalCache? = nil) {
         self.topology = topology
         self.localCache = localCache
+    }
+
+    /// Applies what a node reports: the local copy drops what changed, waiting fills look again.
+    public func handle(_ event: RedisNodeEvent) {
+        localCache?.handle(event)
+        switch event {
+        case .invalidate(_, let keys): watchers.changed(keys)
+        case .invalidateAll, .trackingDown, .removed, .connectionLost: watchers.changedAll()
+        case .trackingUp, .connectFailed: break
+        }
     }
 
     public func start() async {
@@ -50,7 +62,8 @@ public final class RedisCacheStore: CacheStore {
 
     public func set(_ address: EntryAddress, value: ByteBuffer, ttl: Duration, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         localCache?.invalidate(address.storeKey)
-        return send(Self.storeCommand(address, value, ttl: ttl, onlyIfAbsent: false), key: address.storeKey, on: eventLoop).flatMapThrowing { reply in
+        let command = Self.fencingWrite(address, value, ttl: ttl) ?? Self.storeCommand(address, value, ttl: ttl, onlyIfAbsent: false)
+        return send(command, key: address.storeKey, on: eventLoop).flatMapThrowing { reply in
             switch reply {
             case .status, .integer: return
             default: throw CachedError(.storeError, "unexpected reply from Redis to SET: \(reply)")
@@ -85,10 +98,35 @@ public final class RedisCacheStore: CacheStore {
         return RedisCommand(arguments)
     }
 
+    /// A `set` that also ends the entry's fill lock (fencing out fills in flight on every daemon), when
+    /// the entry has a metadata key.
+    static func fencingWrite(_ address: EntryAddress, _ value: ByteBuffer, ttl: Duration) -> RedisCommand? {
+        guard let meta = FleetLayout.metaKey(address.storeKey) else { return nil }
+        return script(
+            FleetLayout.write, keys: [address.storeKey, meta],
+            [.string(FleetLayout.lockField(address.location)), .string(address.storeField ?? ""), .bytes(value), .string(milliseconds(ttl))])
+    }
+
+    /// `EVAL script numkeys keys... args...`.
+    static func script(_ source: String, keys: [String], _ arguments: [RedisArgument]) -> RedisCommand {
+        RedisCommand(["EVAL", .string(source), .string(String(keys.count))] + keys.map { .string($0) } + arguments)
+    }
+
+    /// Whole milliseconds, rounded up ("0" for no expiry).
+    static func milliseconds(_ duration: Duration) -> String {
+        guard duration > .zero else { return "0" }
+        return String(max(1, Int((duration / .milliseconds(1)).rounded(.up))))
+    }
+
     public func delete(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int> {
         localCache?.invalidate(address.storeKey)
         let command: RedisCommand
-        if let field = address.storeField {
+        if let meta = FleetLayout.metaKey(address.storeKey) {
+            // Ends the entry's fill lock in the same step: a fill in flight on any daemon is fenced out.
+            command = Self.script(
+                FleetLayout.delete, keys: [address.storeKey, meta],
+                [.string(FleetLayout.lockField(address.location)), .string(address.storeField ?? "")])
+        } else if let field = address.storeField {
             command = RedisCommand("HDEL", .string(address.storeKey), .string(field))
         } else {
             command = RedisCommand("DEL", .string(address.storeKey))
@@ -98,7 +136,10 @@ public final class RedisCacheStore: CacheStore {
 
     public func deleteHash(_ hash: HashAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int> {
         localCache?.invalidate(hash.storeKey)
-        return integer(RedisCommand("DEL", .string(hash.storeKey)), key: hash.storeKey, on: eventLoop)
+        guard let meta = FleetLayout.metaKey(hash.storeKey) else {
+            return integer(RedisCommand("DEL", .string(hash.storeKey)), key: hash.storeKey, on: eventLoop)
+        }
+        return integer(Self.script(FleetLayout.deleteHash, keys: [hash.storeKey, meta], []), key: hash.storeKey, on: eventLoop)
     }
 
     public func status() -> StoreStatus {
@@ -118,7 +159,7 @@ public final class RedisCacheStore: CacheStore {
 
     private static let noConnection = CachedError(.storeUnavailable, "Redis unavailable: no connection to Redis is up")
 
-    private func integer(_ command: RedisCommand, key: String, on eventLoop: any EventLoop) -> EventLoopFuture<Int> {
+    func integer(_ command: RedisCommand, key: String, on eventLoop: any EventLoop) -> EventLoopFuture<Int> {
         send(command, key: key, on: eventLoop).flatMapThrowing { reply in
             guard case .integer(let n) = reply else {
                 throw CachedError(.storeError, "unexpected reply from Redis: \(reply)")
@@ -128,7 +169,7 @@ public final class RedisCacheStore: CacheStore {
     }
 
     /// Sends a command to the node that serves `key`; maps client errors and error replies to ``CachedError``.
-    private func send(_ command: RedisCommand, key: String, on eventLoop: any EventLoop) -> EventLoopFuture<RedisReply> {
+    func send(_ command: RedisCommand, key: String, on eventLoop: any EventLoop) -> EventLoopFuture<RedisReply> {
         execute(command, key: key, on: eventLoop).map { $0.0 }
     }
 
@@ -139,7 +180,7 @@ public final class RedisCacheStore: CacheStore {
     /// Sends a command to the node that serves `key`, following redirects; the reply with the route that
     /// answered it. Client errors and error replies become ``CachedError``; the topology hears of every
     /// error reply (`READONLY` after a Sentinel failover makes it re-resolve the master).
-    private func execute(_ command: RedisCommand, key: String, on eventLoop: any EventLoop) -> EventLoopFuture<(RedisReply, RedisRoute)> {
+    func execute(_ command: RedisCommand, key: String, on eventLoop: any EventLoop) -> EventLoopFuture<(RedisReply, RedisRoute)> {
         guard let route = topology.route(key, preferring: eventLoop) else {
             return eventLoop.makeFailedFuture(Self.noConnection)
         }

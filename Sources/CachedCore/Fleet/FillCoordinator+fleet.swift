@@ -1,0 +1,111 @@
+import CachedProtocol
+import Logging
+import NIOCore
+
+/// Leases under the fleet's fill lock: before a lease is handed out, the daemon takes the entry's lock in
+/// Redis; when another daemon holds it, the asker waits for that daemon's fill instead, and its local
+/// waiters with it.
+extension FillCoordinator {
+    /// The grant of lease `token` to `waiter`, once the fleet lock allows it.
+    func grantUnderFleetLock(
+        _ waiter: EventLoopPromise<Verdict>, _ key: StoreLocation, token: String, timeout: Duration, fleet: any FleetLocks,
+        fleetToken: String
+    ) {
+        let eventLoop = waiter.futureResult.eventLoop
+        fleet.acquire(key, token: fleetToken, lease: timeout, requireAbsent: true, on: eventLoop).whenComplete { result in
+            switch result {
+            case .success(.won):
+                self.fleetStats.count { $0.locksWon += 1 }
+                self.grantIfLive(waiter, key, token: token, timeout: timeout, won: true)
+            case .success(.present(let value)):
+                self.filledElsewhere(waiter, key, token: token, value: value)
+            case .success(.held):
+                self.fleetStats.count {
+                    $0.locksLost += 1
+                    $0.waits += 1
+                }
+                FleetWaiter.wait(fleet, key, token: fleetToken, lease: timeout, timeout: Self.fleetWaitTimeout(timeout), on: eventLoop)
+                    .whenSuccess { outcome in
+                        switch outcome {
+                        case .value(let value):
+                            self.filledElsewhere(waiter, key, token: token, value: value)
+                        case .won:
+                            self.fleetStats.count { $0.locksWon += 1 }
+                            self.grantIfLive(waiter, key, token: token, timeout: timeout, won: true)
+                        case .gaveUp, .failed:
+                            // The lock never came free in time, or Redis failed: the lease is this daemon's alone.
+                            if case .gaveUp = outcome { self.fleetStats.count { $0.waitsGaveUp += 1 } }
+                            self.grantIfLive(waiter, key, token: token, timeout: timeout, won: false)
+                        }
+                    }
+            case .failure:
+                self.grantIfLive(waiter, key, token: token, timeout: timeout, won: false)
+            }
+        }
+    }
+
+    /// How long a daemon waits for another's fill before it fills without the lock: past two lock
+    /// lifetimes, a holder that died has lost its lock long ago.
+    static func fleetWaitTimeout(_ lease: Duration) -> Duration {
+        lease * 2 + .seconds(1)
+    }
+
+    /// Hands out the lease if it is still the entry's live one (a write may have revoked it, or its
+    /// asker's connection closed meanwhile: then the asker reads again).
+    private func grantIfLive(_ waiter: EventLoopPromise<Verdict>, _ key: StoreLocation, token: String, timeout: Duration, won: Bool) {
+        let live = state.withLockedValue { state -> Bool in
+            guard state.machine.leaseToken(key) == token else { return false }
+            if won { state.fleetLeases[key]?.won = true }
+            return true
+        }
+        guard live else {
+            waiter.succeed(.readAgain)
+            return
+        }
+        grantNow(waiter, key, token: token, timeout: timeout)
+    }
+
+    /// Another daemon filled the entry: the lease ends, its asker and every local waiter get the value.
+    private func filledElsewhere(_ waiter: EventLoopPromise<Verdict>, _ key: StoreLocation, token: String, value: ByteBuffer) {
+        let redeem = state.withLockedValue { state in
+            let redeem = state.machine.redeem(key, token: token)
+            if state.machine.leaseToken(key) == nil { state.fleetLeases[key] = nil }
+            return redeem
+        }
+        waiter.succeed(.value(value, cached: true))
+        guard case .accepted(let wake, let actions) = redeem else { return }
+        run(actions)
+        for other in wake { other.succeed(.value(value, cached: true)) }
+        writeFinished(key)
+    }
+
+    /// The fleet lock's token when this daemon holds the entry's lock for its lease (a lease `set` is
+    /// then a fenced store); the entry's lease bookkeeping ends with the store.
+    public func takeFleetToken(_ key: StoreLocation) -> String? {
+        state.withLockedValue { state in
+            guard let lease = state.fleetLeases[key] else { return nil }
+            if state.machine.leaseToken(key) == nil { state.fleetLeases[key] = nil }
+            return lease.won ? lease.token : nil
+        }
+    }
+
+    /// Drops the fleet bookkeeping of `keys` whose lease ended with nobody to pass it to; the locks won
+    /// for them, to release in Redis.
+    static func endFleetLeases(_ state: inout State, _ keys: [StoreLocation]) -> [(StoreLocation, String)] {
+        var ended: [(StoreLocation, String)] = []
+        for key in keys {
+            guard let lease = state.fleetLeases[key], state.machine.leaseToken(key) == nil else { continue }
+            state.fleetLeases[key] = nil
+            if lease.won { ended.append((key, lease.token)) }
+        }
+        return ended
+    }
+
+    /// Releases fleet locks at once, so other daemons' waits end without waiting for the lock's expiry.
+    func releaseFleetLocks(_ locks: [(StoreLocation, String)], on eventLoop: any EventLoop) {
+        guard let fleet else { return }
+        for (key, token) in locks {
+            fleet.release(key, token: token, on: eventLoop).whenFailure { _ in }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+import CachedProtocol
+import NIOConcurrencyHelpers
+import NIOCore
+
+
+/// Runs one ``FleetWaitStateMachine``: looks with ``FleetLocks/acquire(_:token:lease:requireAbsent:on:)``,
+/// wakes on the entry's invalidations (``FleetLocks/watch(_:_:)``) and on poll timers.
+final class FleetWaiter: Sendable {
+    typealias Machine = FleetWaitStateMachine<ByteBuffer>
+
+    /// The first poll comes after this; each next one waits half as long again, up to `maxPoll`.
+    static let firstPoll = TimeAmount.milliseconds(25)
+    static let maxPoll = TimeAmount.milliseconds(250)
+
+    private let locks: any FleetLocks
+    private let location: StoreLocation
+    private let token: String
+    private let lease: Duration
+    private let eventLoop: any EventLoop
+    private let promise: EventLoopPromise<Machine.Outcome>
+    private let machine: NIOLockedValueBox<Machine>
+    private let watch = NIOLockedValueBox<KeyWatchers.Watch?>(nil)
+
+    /// Waits for the entry or its lock; gives up after `timeout`.
+    static func wait(
+        _ locks: any FleetLocks, _ location: StoreLocation, token: String, lease: Duration, timeout: Duration,
+        on eventLoop: any EventLoop
+    ) -> EventLoopFuture<Machine.Outcome> {
+        let waiter = FleetWaiter(locks, location, token: token, lease: lease, timeout: timeout, on: eventLoop)
+        waiter.begin()
+        return waiter.promise.futureResult
+    }
+
+    private init(
+        _ locks: any FleetLocks, _ location: StoreLocation, token: String, lease: Duration, timeout: Duration,
+        on eventLoop: any EventLoop
+    ) {
+        self.locks = locks
+        self.location = location
+        self.token = token
+        self.lease = lease
+        self.eventLoop = eventLoop
+        self.promise = eventLoop.makePromise()
+        self.machine = NIOLockedValueBox(
+            Machine(
+                now: Self.now(), timeout: UInt64(max(0, TimeAmount(timeout).nanoseconds)),
+                firstPoll: UInt64(Self.firstPoll.nanoseconds), maxPoll: UInt64(Self.maxPoll.nanoseconds)))
+    }
+
+    private static func now() -> UInt64 { NIODeadline.now().uptimeNanoseconds }
+
+    private func begin() {
+        let watch = locks.watch(location.key) { [self] in
+            self.run(self.machine.withLockedValue { $0.changed() })
+        }
+        self.watch.withLockedValue { $0 = watch }
+        run(machine.withLockedValue { $0.start() })
+    }
+
+    private func run(_ action: Machine.Action) {
+        switch action {
+        case .none:
+            break
+        case .look:
+            locks.acquire(location, token: token, lease: lease, requireAbsent: true, on: eventLoop).whenComplete { result in
+                let look: Machine.Look
+                switch result {
+                case .success(.won): look = .won
+                case .success(.held): look = .held
+                case .success(.present(let value)): look = .present(value)
+                case .failure(let error): look = .failed(error)
+                }
+                self.run(self.machine.withLockedValue { $0.lookEnded(look, now: Self.now()) })
+            }
+        case .schedulePoll(let generation, let delay):
+            eventLoop.scheduleTask(in: .nanoseconds(Int64(delay))) {
+                self.run(self.machine.withLockedValue { $0.pollFired(generation, now: Self.now()) })
+            }
+        case .finish(let outcome):
+            if let watch = watch.withLockedValue({ w -> KeyWatchers.Watch? in defer { w = nil }; return w }) {
+                locks.unwatch(watch)
+            }
+            promise.succeed(outcome)
+        }
+    }
+}
