@@ -46,7 +46,7 @@ enum MethodRegistry {
             dispatcher.deleteHash(params, context: context).counted(dispatcher, method: "deleteHash", key: params.hash.hashKey)
         },
         MethodHandler(ReleaseParams.self) { dispatcher, params, context in
-            let released = dispatcher.coordinator.releaseLease(params.address.location, token: params.lease)
+            let released = dispatcher.coordinator.releaseLease(params.address.location, token: params.lease, on: context.eventLoop)
             return context.eventLoop.makeSucceededFuture(MethodResult.released(released))
                 .counted(dispatcher, method: "release", key: params.address.key)
         },

@@ -9,9 +9,11 @@ public final class RequestDispatcher: Sendable {
     public let stats: Stats
     public let coordinator: FillCoordinator
     public let handlers: HandlerRegistry
+    /// What the fleet's single flight and the stale window did.
+    public let fleetStats = FleetStats()
     private let configuration: NIOLockedValueBox<DaemonConfiguration>
     private let startTime = NIODeadline.now()
-    private let logger: Logger
+    let logger: Logger
 
     public init(
         store: any CacheStore, configuration: DaemonConfiguration, handlers: HandlerRegistry? = nil,
@@ -19,7 +21,7 @@ public final class RequestDispatcher: Sendable {
     ) {
         self.store = store
         self.stats = stats
-        self.coordinator = FillCoordinator()
+        self.coordinator = FillCoordinator(fleet: store.fleet, fleetStats: fleetStats)
         self.handlers = handlers ?? HandlerRegistry(factory: { key, _ in UnavailableHandler(key: key) })
         self.configuration = NIOLockedValueBox(configuration)
         self.logger = logger
@@ -36,8 +38,8 @@ public final class RequestDispatcher: Sendable {
     }
 
     /// A client connection closed: its leases pass on, its waits end.
-    public func connectionClosed(_ connection: ConnectionID) {
-        coordinator.connectionClosed(connection)
+    public func connectionClosed(_ connection: ConnectionID, on eventLoop: any EventLoop) {
+        coordinator.connectionClosed(connection, on: eventLoop)
     }
 
     /// How a request is answered: right away (a hit in memory), or later.
@@ -62,6 +64,16 @@ public final class RequestDispatcher: Sendable {
     /// Runs a `get` whose params are already validated (by ``FastGetRequest`` or ``GetParams``).
     public func run(_ params: GetParams, context: RequestContext) -> Completion {
         if let value = store.cachedValue(params.address) {
+            if let age = value.age {
+                // A key with a stale window, grace or early refresh: the entry's phase decides.
+                switch agedAnswer(params, value, age, context: context) {
+                case .now(let result):
+                    stats.record(method: "get", key: params.address.key, outcome: .hit)
+                    return .now(result)
+                case .later(let future):
+                    return .later(future.counted(self, method: "get", key: params.address.key, outcome: Self.getOutcome))
+                }
+            }
             stats.record(method: "get", key: params.address.key, outcome: .hit)
             return .now(.hit(value))
         }
@@ -69,11 +81,14 @@ public final class RequestDispatcher: Sendable {
     }
 
     private func countedGet(_ params: GetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
-        get(params, context: context)
-            .counted(self, method: "get", key: params.address.key) { result in
-                if case .get(let hit, _) = result, hit { return .hit }
-                return .miss
-            }
+        get(params, context: context).counted(self, method: "get", key: params.address.key, outcome: Self.getOutcome)
+    }
+
+    @Sendable static func getOutcome(_ result: MethodResult) -> Stats.Outcome {
+        switch result {
+        case .get(true, _), .hit, .stale: .hit
+        default: .miss
+        }
     }
 
     /// Runs a request through its method's handler (``MethodRegistry``). The future fails only with ``CachedError``.
@@ -114,6 +129,7 @@ public final class RequestDispatcher: Sendable {
         let uptime = Double((NIODeadline.now() - startTime).nanoseconds) / 1e9
         guard case .object(var members) = stats.snapshot(store: store.status(), uptimeSeconds: uptime) else { return .null }
         members["fills"] = coordinator.statistics
+        members["fleet"] = fleetStats.json
         members["handlers"] = handlers.status
         return .object(members)
     }
@@ -124,10 +140,14 @@ public final class RequestDispatcher: Sendable {
     /// miss (lease flow) or the handler is called anyway (handler flight).
     static let maximumRereads = 3
 
-    private func get(_ params: GetParams, context: RequestContext, attempt: Int = 0) -> EventLoopFuture<MethodResult> {
+    func get(_ params: GetParams, context: RequestContext, attempt: Int = 0, agedRead: Bool = true) -> EventLoopFuture<MethodResult> {
         let entry = params.address.location
         let flight: EventLoopFuture<FillCoordinator.Verdict>
-        if attempt >= Self.maximumRereads {
+        if agedRead, attempt < Self.maximumRereads, let aged = agedGet(params, context: context, attempt: attempt) {
+            // A key with a stale window, grace or early refresh: its own read first (a refresh under way
+            // must not make it wait), then the flight below on a miss.
+            return aged
+        } else if attempt >= Self.maximumRereads {
             // Writes kept overtaking the flights this get joined: one plain read, no flight, no lease.
             var plain = params
             plain.mayLease = false
@@ -147,8 +167,10 @@ public final class RequestDispatcher: Sendable {
         }
         // A flight's answer is not good for a get that joined after a write of the entry started: it asks again.
         return flight.flatMap { answer in
-            if case .readAgain = answer { return self.get(params, context: context, attempt: attempt + 1) }
-            return context.eventLoop.makeSucceededFuture(Self.result(of: answer))
+            switch answer {
+            case .readAgain, .busy: return self.get(params, context: context, attempt: attempt + 1)
+            default: return context.eventLoop.makeSucceededFuture(Self.result(of: answer))
+            }
         }
     }
 
@@ -159,7 +181,7 @@ public final class RequestDispatcher: Sendable {
     ) -> EventLoopFuture<MethodResult> {
         let eventLoop = context.eventLoop
         let ticket = coordinator.readStarted(entry)
-        return store.get(params.address, on: eventLoop).flatMapError { error in
+        return read(params.address, currentConfiguration.key(params.address.key), on: eventLoop).flatMapError { error in
             self.coordinator.readFinished(entry, ticket)
             return eventLoop.makeFailedFuture(error)
         }.flatMap { value -> EventLoopFuture<MethodResult> in
@@ -171,9 +193,13 @@ public final class RequestDispatcher: Sendable {
             // After repeated overtaken reads, a miss is still a miss that was true at some instant, but
             // not trusted enough to make someone fill: it is answered without a lease.
             let mayLease = params.mayLease && attempt < Self.maximumRereads
-            return self.coordinator.readMissed(entry, ticket, context: context, mayLease: mayLease, leaseTimeout: keyConfig.leaseTimeout)
+            return self.coordinator.readMissed(
+                entry, ticket, context: context, mayLease: mayLease, leaseTimeout: keyConfig.leaseTimeout,
+                fleetWide: self.fleetWide(keyConfig)
+            )
                 .flatMap { answer in
                     if case .readAgain = answer { return self.leaseGet(params, entry, context: context, attempt: attempt + 1) }
+                    if case .busy = answer { return self.leaseGet(params, entry, context: context, attempt: attempt + 1) }
                     return eventLoop.makeSucceededFuture(Self.result(of: answer))
                 }
         }
@@ -185,7 +211,7 @@ public final class RequestDispatcher: Sendable {
         _ id: UInt64, _ entry: StoreLocation, _ handler: any SyncHandler, _ params: GetParams,
         _ keyConfig: DaemonConfiguration.KeyConfiguration, on eventLoop: any EventLoop, attempt: Int
     ) {
-        store.get(params.address, on: eventLoop)
+        read(params.address, keyConfig, on: eventLoop)
             .map { Result<ByteBuffer?, any Error>.success($0) }
             .recover { .failure($0) }
             .whenSuccess { read in
@@ -197,6 +223,9 @@ public final class RequestDispatcher: Sendable {
                         self.coordinator.finishFlight(entry, flight: id, .success(.inStore(nil)))
                     } else if !self.coordinator.flightReadMissed(entry, flight: id) && attempt < Self.maximumRereads {
                         self.runFlight(id, entry, handler, params, keyConfig, on: eventLoop, attempt: attempt + 1)
+                    } else if let locks = self.fleetLocks(keyConfig, entry) {
+                        self.fleetFill(id, entry, handler, params, keyConfig, locks, on: eventLoop)
+                            .whenComplete { self.coordinator.finishFlight(entry, flight: id, $0) }
                     } else {
                         self.fillAndStore(id, entry, handler, params.address, params.arguments, keyConfig, ttl: keyConfig.ttl, on: eventLoop)
                             .whenComplete { self.coordinator.finishFlight(entry, flight: id, $0) }
@@ -232,14 +261,14 @@ public final class RequestDispatcher: Sendable {
         case .inStore(let value): .get(hit: value != nil, value: value)
         case .value(let value, let cached): .fill(value: value, lease: nil, cached: cached)
         case .lease(let token): .fill(value: nil, lease: token, cached: true)
-        case .miss, .readAgain: .get(hit: false, value: nil)
+        case .miss, .readAgain, .busy: .get(hit: false, value: nil)
         }
     }
 
     /// Runs the handler and stores its value, unless the entry was written or deleted since the flight's
     /// read. A fill after a miss stores only if the entry is still absent (`SET NX`), so a value written
     /// meanwhile by anyone is never replaced by the handler's older one; a refresh replaces it.
-    private func fillAndStore(
+    func fillAndStore(
         _ id: UInt64, _ entry: StoreLocation, _ handler: any SyncHandler, _ address: EntryAddress,
         _ arguments: HandlerArguments, _ keyConfig: DaemonConfiguration.KeyConfiguration, ttl: Duration, on eventLoop: any EventLoop
     ) -> EventLoopFuture<FillCoordinator.FillOutcome> {
@@ -250,6 +279,7 @@ public final class RequestDispatcher: Sendable {
             }
             let (allowed, overwrite) = self.coordinator.flightMayStore(entry, flight: id)
             guard allowed else { return eventLoop.makeSucceededFuture(.filled(value, stored: false)) }
+            let ttl = keyConfig.storeTTL(ttl)
             let stored = overwrite
                 ? self.store.set(address, value: value, ttl: ttl, on: eventLoop).map { true }
                 : self.store.fill(address, value: value, ttl: ttl, on: eventLoop)
@@ -262,7 +292,7 @@ public final class RequestDispatcher: Sendable {
         }
     }
 
-    private func callHandler(
+    func callHandler(
         _ handler: any SyncHandler, _ address: EntryAddress, _ arguments: HandlerArguments, on eventLoop: any EventLoop
     ) -> EventLoopFuture<ByteBuffer?> {
         let promise = eventLoop.makePromise(of: ByteBuffer?.self)
@@ -297,7 +327,7 @@ public final class RequestDispatcher: Sendable {
                 case .value(nil, _), .inStore(nil): return .storedRefused("the handler has no such entry")
                 case .value(_, let stored): return stored ? .stored(true) : .storedRefused("the filled value could not be stored")
                 case .inStore: return .stored(true)  // joined a get's flight that found the entry stored
-                case .readAgain: return .storedRefused("the entry was written meanwhile")
+                case .readAgain, .busy: return .storedRefused("the entry was written meanwhile")
                 case .lease, .miss: return .stored(false)
                 }
             }
@@ -309,17 +339,35 @@ public final class RequestDispatcher: Sendable {
                     .storedRefused("lease no longer valid: the entry was written or deleted, or the lease expired or was released"))
             }
             // The holder fills a missing entry: stored only if it is still absent, so a value written
-            // meanwhile (directly in Redis, or by a set racing this one) is never replaced by an older one.
-            return store.fill(address, value: value, ttl: ttl, on: eventLoop).always { result in
+            // meanwhile (directly in Redis, or by a set racing this one) is never replaced by an older one;
+            // under the fleet's fill lock, only while this daemon still holds it.
+            let storeTTL = keyConfig.storeTTL(ttl)
+            let stored: EventLoopFuture<(Bool, String?)>
+            if let fleetToken = coordinator.takeFleetToken(entry), let locks = store.fleet {
+                stored = locks.store(entry, token: fleetToken, value: value, ttl: storeTTL, mode: .fill, delta: nil, on: eventLoop)
+                    .map { outcome in
+                        switch outcome {
+                        case .stored: return (true, nil)
+                        case .writtenMeanwhile: return (false, "the entry was written meanwhile; the lease's value was not stored")
+                        case .lockLost:
+                            self.fleetStats.count { $0.fencedOut += 1 }
+                            return (false, "the lease's fill lock expired before the set (another daemon may fill the entry); the value was not stored")
+                        }
+                    }
+            } else {
+                stored = store.fill(address, value: value, ttl: storeTTL, on: eventLoop)
+                    .map { $0 ? (true, nil) : (false, "the entry was written meanwhile; the lease's value was not stored") }
+            }
+            return stored.always { result in
                 self.coordinator.writeFinished(entry)
-                self.coordinator.wake(waiters, stored: (try? result.get()), value: value)
-            }.map { stored in
-                stored ? MethodResult.stored(true) : .storedRefused("the entry was written meanwhile; the lease's value was not stored")
+                self.coordinator.wake(waiters, stored: (try? result.get()).map(\.0), value: value)
+            }.map { stored, reason in
+                stored ? MethodResult.stored(true) : .storedRefused(reason ?? "not stored")
             }
         }
         coordinator.forgetAbsent(entry)
         let waiters = coordinator.writeStarted(entry, isDelete: false)
-        return store.set(address, value: value, ttl: ttl, on: eventLoop).always { result in
+        return store.set(address, value: value, ttl: keyConfig.storeTTL(ttl), on: eventLoop).always { result in
             self.coordinator.writeFinished(entry)
             self.coordinator.wake(waiters, stored: (try? result.get()).map { true }, value: value)
         }.map { MethodResult.stored(true) }

@@ -16,6 +16,8 @@ public final class FillCoordinator: Sendable {
         case inStore(ByteBuffer?)
         /// The handler's value (nil = no such entry); `stored` is false when it was not stored.
         case filled(ByteBuffer?, stored: Bool)
+        /// A refresh found another daemon refreshing the entry (its fill lock held): no value.
+        case busy
     }
 
     /// What a waiting `get` is answered with.
@@ -30,6 +32,8 @@ public final class FillCoordinator: Sendable {
         case miss
         /// The store read was overtaken by a write of the entry: read again.
         case readAgain
+        /// The refresh this get waited for is running on another daemon: no value from it.
+        case busy
     }
 
     typealias Machine = FillStateMachine<StoreLocation, EventLoopPromise<Verdict>>
@@ -40,11 +44,27 @@ public final class FillCoordinator: Sendable {
         var expiries: [String: Scheduled<Void>] = [:]
         var negatives: [StoreLocation: NIODeadline] = [:]
         var fallbacks: [String: Int] = [:]
+        /// Entries whose leases are handed out under the fleet's fill lock, with the lock's token (one
+        /// per entry, kept while leases pass from one local asker to the next).
+        var fleetLeases: [StoreLocation: FleetLease] = [:]
     }
 
-    private let state = NIOLockedValueBox(State())
+    /// The fleet's fill lock behind an entry's leases.
+    struct FleetLease {
+        var token: String
+        /// Whether this daemon holds it (a lease `set` is then a fenced store).
+        var won = false
+    }
 
-    public init() {}
+    let state = NIOLockedValueBox(State())
+    /// The fleet's fill locks (nil: leases are this daemon's alone).
+    let fleet: (any FleetLocks)?
+    let fleetStats: FleetStats
+
+    public init(fleet: (any FleetLocks)? = nil, fleetStats: FleetStats = FleetStats()) {
+        self.fleet = fleet
+        self.fleetStats = fleetStats
+    }
 
     // MARK: Reads (keys without a handler)
 
@@ -61,18 +81,28 @@ public final class FillCoordinator: Sendable {
     /// The read found nothing: a lease, a wait for the holder, a plain miss (`mayLease` false), or
     /// `.readAgain` when a write overtook the read.
     public func readMissed(
-        _ key: StoreLocation, _ ticket: ReadTicket, context: RequestContext, mayLease: Bool, leaseTimeout: Duration
+        _ key: StoreLocation, _ ticket: ReadTicket, context: RequestContext, mayLease: Bool, leaseTimeout: Duration,
+        fleetWide: Bool = false
     ) -> EventLoopFuture<Verdict> {
         let promise = context.eventLoop.makePromise(of: Verdict.self)
         let policy: Machine.MissPolicy = mayLease ? .lease(context.connection, timeout: leaseTimeout) : .noLease
-        let actions = state.withLockedValue {
-            $0.machine.readMissed(key, ticket, waiter: promise, policy: policy)
+        let underFleetLock = mayLease && fleetWide && fleet?.supports(key) == true
+        let actions = state.withLockedValue { state in
+            if underFleetLock, state.fleetLeases[key] == nil, state.machine.leaseToken(key) == nil {
+                state.fleetLeases[key] = FleetLease(token: FillCoordinator.makeToken())
+            }
+            return state.machine.readMissed(key, ticket, waiter: promise, policy: policy)
         }
         run(actions)
         return promise.futureResult
     }
 
     // MARK: Handler flights
+
+    /// Whether a handler flight (a fill or a refresh) is under way for the entry.
+    public func hasFlight(_ key: StoreLocation) -> Bool {
+        state.withLockedValue { $0.machine.hasFlight(key) }
+    }
 
     /// Joins the handler flight under way for the entry, if any: a miss that arrives while the handler
     /// runs waits for its value without reading the store first.
@@ -119,6 +149,7 @@ public final class FillCoordinator: Sendable {
             switch result {
             case .success(.inStore(let value)): waiter.succeed(.inStore(value))
             case .success(.filled(let value, let stored)): waiter.succeed(.value(value, cached: stored))
+            case .success(.busy): waiter.succeed(.busy)
             case .failure(let error): waiter.fail(error)
             }
         }
@@ -130,7 +161,12 @@ public final class FillCoordinator: Sendable {
     /// be sent. Returns the waiters of a lease it revoked, to be answered when the write is done
     /// (``wake(_:stored:value:)``). Must be followed by ``writeFinished(_:)``.
     public func writeStarted(_ key: StoreLocation, isDelete: Bool) -> [EventLoopPromise<Verdict>] {
-        let start = state.withLockedValue { $0.machine.writeStarted(key, isDelete: isDelete) }
+        let start = state.withLockedValue { state in
+            let start = state.machine.writeStarted(key, isDelete: isDelete)
+            // The write ends the fleet lock in Redis too (a fencing write).
+            if state.machine.leaseToken(key) == nil { state.fleetLeases[key] = nil }
+            return start
+        }
         run(start.actions)
         return start.wake
     }
@@ -184,16 +220,24 @@ public final class FillCoordinator: Sendable {
 
     /// The holder gives its lease back: the next waiter gets a new one at once. False when the token is
     /// no longer the entry's live lease.
-    public func releaseLease(_ key: StoreLocation, token: String) -> Bool {
-        let (released, actions) = state.withLockedValue { $0.machine.release(key, token: token) }
+    public func releaseLease(_ key: StoreLocation, token: String, on eventLoop: any EventLoop) -> Bool {
+        let (released, actions, ended) = state.withLockedValue { state in
+            let (released, actions) = state.machine.release(key, token: token)
+            return (released, actions, released ? Self.endFleetLeases(&state, [key]) : [])
+        }
         run(actions)
+        releaseFleetLocks(ended, on: eventLoop)
         return released
     }
 
     /// A client connection closed: its leases pass to the next waiter, its waits are answered.
-    public func connectionClosed(_ connection: ConnectionID) {
-        let actions = state.withLockedValue { $0.machine.connectionClosed(connection) }
+    public func connectionClosed(_ connection: ConnectionID, on eventLoop: any EventLoop) {
+        let (actions, ended) = state.withLockedValue { state in
+            let actions = state.machine.connectionClosed(connection)
+            return (actions, Self.endFleetLeases(&state, Array(state.fleetLeases.keys)))
+        }
         run(actions)
+        releaseFleetLocks(ended, on: eventLoop)
     }
 
     // MARK: Negative entries
@@ -260,7 +304,7 @@ public final class FillCoordinator: Sendable {
 
     // MARK: Running actions
 
-    private func run(_ actions: [Machine.Action]) {
+    func run(_ actions: [Machine.Action]) {
         for action in actions {
             switch action {
             case .answer(let waiters, let reply):
@@ -272,25 +316,36 @@ public final class FillCoordinator: Sendable {
                     }
                 }
             case .grant(let waiter, let key, let token, let timeout):
-                let eventLoop = waiter.futureResult.eventLoop
-                let task = eventLoop.scheduleTask(in: TimeAmount(timeout)) { [weak self] in
-                    guard let self else { return }
-                    self.expire(key, token: token)
+                if let fleet, let fleetToken = state.withLockedValue({ $0.fleetLeases[key]?.token }) {
+                    grantUnderFleetLock(waiter, key, token: token, timeout: timeout, fleet: fleet, fleetToken: fleetToken)
+                    continue
                 }
-                state.withLockedValue { $0.expiries[token] = task }
-                waiter.succeed(.lease(token))
+                grantNow(waiter, key, token: token, timeout: timeout)
             case .cancelExpiry(let token):
                 state.withLockedValue { $0.expiries.removeValue(forKey: token) }?.cancel()
             }
         }
     }
 
-    private func expire(_ key: StoreLocation, token: String) {
-        let actions = state.withLockedValue { state in
+    func expire(_ key: StoreLocation, token: String, on eventLoop: any EventLoop) {
+        let (actions, ended) = state.withLockedValue { state in
             state.expiries[token] = nil
-            return state.machine.leaseExpired(key, token: token)
+            let actions = state.machine.leaseExpired(key, token: token)
+            return (actions, Self.endFleetLeases(&state, [key]))
         }
         run(actions)
+        releaseFleetLocks(ended, on: eventLoop)
+    }
+
+    /// Schedules the lease's expiry and hands it to `waiter`.
+    func grantNow(_ waiter: EventLoopPromise<Verdict>, _ key: StoreLocation, token: String, timeout: Duration) {
+        let eventLoop = waiter.futureResult.eventLoop
+        let task = eventLoop.scheduleTask(in: TimeAmount(timeout)) { [weak self] in
+            guard let self else { return }
+            self.expire(key, token: token, on: eventLoop)
+        }
+        state.withLockedValue { $0.expiries[token] = task }
+        waiter.succeed(.lease(token))
     }
 
     static func makeToken() -> String {

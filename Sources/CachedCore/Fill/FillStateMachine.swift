@@ -212,6 +212,12 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
 
     // MARK: Handler flights
 
+    /// The live lease's token of `entry`, if a lease is out.
+    func leaseToken(_ entry: Entry) -> String? {
+        if case .lease(let lease)? = records[entry]?.activity { return lease.token }
+        return nil
+    }
+
     /// Whether a handler flight is under way for `entry`.
     func hasFlight(_ entry: Entry) -> Bool {
         if case .flight? = records[entry]?.activity { return true }

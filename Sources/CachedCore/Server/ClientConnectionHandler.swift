@@ -44,7 +44,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        dispatcher.connectionClosed(connectionID)
+        dispatcher.connectionClosed(connectionID, on: context.eventLoop)
         context.fireChannelInactive()
     }
 

@@ -1,0 +1,121 @@
+import CachedProtocol
+import Logging
+import NIOCore
+
+/// One fill per entry across every daemon sharing the store: a handler flight that finds the entry
+/// missing takes the entry's fill lock in Redis before it calls the handler; a daemon that finds the
+/// lock held waits for the holder's value (see ``FleetLocks``).
+extension RequestDispatcher {
+    /// Whether the key's fills take the fleet's fill lock (`fleet_single_flight`, on by default with Redis).
+    func fleetWide(_ keyConfig: DaemonConfiguration.KeyConfiguration) -> Bool {
+        store.fleet != nil && keyConfig.fleetSingleFlight ?? true
+    }
+
+    /// The fill locks for `entry`, when its fills take them.
+    func fleetLocks(_ keyConfig: DaemonConfiguration.KeyConfiguration, _ entry: StoreLocation) -> (any FleetLocks)? {
+        guard fleetWide(keyConfig), let locks = store.fleet, locks.supports(entry) else { return nil }
+        return locks
+    }
+
+    /// One store read of the entry; with its age for a key with a stale window, grace or early refresh
+    /// (so a local copy made from it knows when it turns stale).
+    func read(
+        _ address: EntryAddress, _ keyConfig: DaemonConfiguration.KeyConfiguration, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<ByteBuffer?> {
+        guard let policy = keyConfig.aging else { return store.get(address, on: eventLoop) }
+        return store.readAged(address, policy: policy, on: eventLoop).map { $0?.value }
+    }
+
+    /// A handler fill after a trusted miss, under the fleet's fill lock: the daemon that takes it calls
+    /// the handler and stores with a fenced store; the others wait for its value.
+    func fleetFill(
+        _ id: UInt64, _ entry: StoreLocation, _ handler: any SyncHandler, _ params: GetParams,
+        _ keyConfig: DaemonConfiguration.KeyConfiguration, _ locks: any FleetLocks, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<FillCoordinator.FillOutcome> {
+        let token = FillCoordinator.makeToken()
+        let lease = keyConfig.leaseTimeout
+        let acquired = locks.acquire(entry, token: token, lease: lease, requireAbsent: true, on: eventLoop)
+            .map { Optional($0) }
+            .recover { _ in nil }  // Redis failed the lock: fill as one daemon would (stored only if absent)
+        return acquired.flatMap { acquired -> EventLoopFuture<FillCoordinator.FillOutcome> in
+            switch acquired {
+            case .won?:
+                self.fleetStats.count { $0.locksWon += 1 }
+                return self.fillUnderLock(id, entry, handler, params, keyConfig, locks, token: token, on: eventLoop)
+            case .present(let value)?:
+                return eventLoop.makeSucceededFuture(.inStore(value))
+            case .held?:
+                self.fleetStats.count {
+                    $0.locksLost += 1
+                    $0.waits += 1
+                }
+                return FleetWaiter.wait(
+                    locks, entry, token: token, lease: lease, timeout: FillCoordinator.fleetWaitTimeout(lease), on: eventLoop
+                ).flatMap { outcome in
+                    switch outcome {
+                    case .value(let value):
+                        return eventLoop.makeSucceededFuture(.inStore(value))
+                    case .won:
+                        self.fleetStats.count { $0.locksWon += 1 }
+                        return self.fillUnderLock(id, entry, handler, params, keyConfig, locks, token: token, on: eventLoop)
+                    case .failed(let error):
+                        return eventLoop.makeFailedFuture(error)
+                    case .gaveUp:
+                        self.fleetStats.count { $0.waitsGaveUp += 1 }
+                        self.logger.warning(
+                            "gave up waiting for another daemon's fill; filling without the fleet lock", metadata: ["entry": "\(entry)"])
+                        return self.fillAndStore(
+                            id, entry, handler, params.address, params.arguments, keyConfig, ttl: keyConfig.ttl, on: eventLoop)
+                    }
+                }
+            case nil:
+                return self.fillAndStore(id, entry, handler, params.address, params.arguments, keyConfig, ttl: keyConfig.ttl, on: eventLoop)
+            }
+        }
+    }
+
+    /// Calls the handler while holding the lock `token` and stores its value with a fenced store (only
+    /// while the lock is still this daemon's, and the entry still absent). Errors and "no such entry"
+    /// release the lock at once.
+    private func fillUnderLock(
+        _ id: UInt64, _ entry: StoreLocation, _ handler: any SyncHandler, _ params: GetParams,
+        _ keyConfig: DaemonConfiguration.KeyConfiguration, _ locks: any FleetLocks, token: String, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<FillCoordinator.FillOutcome> {
+        let started = NIODeadline.now()
+        return callHandler(handler, params.address, params.arguments, on: eventLoop).flatMapError { error in
+            locks.release(entry, token: token, on: eventLoop).whenFailure { _ in }
+            return eventLoop.makeFailedFuture(error)
+        }.flatMap { value -> EventLoopFuture<FillCoordinator.FillOutcome> in
+            let delta = Duration(NIODeadline.now() - started)
+            guard let value else {
+                self.coordinator.rememberAbsent(entry, for: keyConfig.negativeTTL)
+                locks.release(entry, token: token, on: eventLoop).whenFailure { _ in }
+                return eventLoop.makeSucceededFuture(.filled(nil, stored: false))
+            }
+            guard self.coordinator.flightMayStore(entry, flight: id).allowed else {
+                locks.release(entry, token: token, on: eventLoop).whenFailure { _ in }
+                return eventLoop.makeSucceededFuture(.filled(value, stored: false))
+            }
+            let keepDelta = (keyConfig.aging?.beta ?? 0) > 0 ? delta : nil
+            return locks.store(
+                entry, token: token, value: value, ttl: keyConfig.storeTTL(keyConfig.ttl), mode: .fill, delta: keepDelta, on: eventLoop
+            ).map { outcome in
+                if outcome == .lockLost {
+                    self.fleetStats.count { $0.fencedOut += 1 }
+                    self.logger.notice(
+                        "a fill outlived its fleet lock (lease_timeout); its value was not stored", metadata: ["entry": "\(entry)"])
+                }
+                return .filled(value, stored: outcome == .stored)
+            }.recover { error in
+                self.logger.warning("could not store a filled entry", metadata: ["entry": "\(entry)", "error": "\(error)"])
+                return .filled(value, stored: false)
+            }
+        }
+    }
+}
+
+extension Duration {
+    init(_ amount: TimeAmount) {
+        self = .nanoseconds(amount.nanoseconds)
+    }
+}
