@@ -88,10 +88,12 @@ public final class FillCoordinator: Sendable {
         let policy: Machine.MissPolicy = mayLease ? .lease(context.connection, timeout: leaseTimeout) : .noLease
         let underFleetLock = mayLease && fleetWide && fleet?.supports(key) == true
         let actions = state.withLockedValue { state in
-            if underFleetLock, state.fleetLeases[key] == nil, state.machine.leaseToken(key) == nil {
+            let actions = state.machine.readMissed(key, ticket, waiter: promise, policy: policy)
+            // A lease handed out now goes under the fleet's fill lock (granted once the lock allows).
+            if underFleetLock, state.fleetLeases[key] == nil, state.machine.leaseToken(key) != nil {
                 state.fleetLeases[key] = FleetLease(token: FillCoordinator.makeToken())
             }
-            return state.machine.readMissed(key, ticket, waiter: promise, policy: policy)
+            return actions
         }
         run(actions)
         return promise.futureResult

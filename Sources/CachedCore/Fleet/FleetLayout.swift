@@ -60,34 +60,36 @@ enum FleetLayout {
         return {1}
         """
 
-    /// The fenced store: 1 stored, 0 the token does not hold the lock, -1 the mode refused it.
+    /// The fenced store: 1 stored, 0 the token does not hold the lock, -1 the mode refused it (the lock
+    /// ends then too). The entry's write comes before any other write (see ``write``).
     /// KEYS: entry, meta. ARGV: lock field, token ('' = no lock), mode (fill|refresh|overwrite), entry
     /// field or '', value, PX ms ('0' = none), expected value (refresh), delta ms ('' = none), delete ('1').
     static let store = """
         if ARGV[2] ~= '' then
           local cur = redis.call('HGET', KEYS[2], ARGV[1])
           if not cur or string.sub(cur, 1, #ARGV[2] + 1) ~= ARGV[2] .. ' ' then return 0 end
-          redis.call('HDEL', KEYS[2], ARGV[1])
         end
         local field = ARGV[4]
+        local refused = false
         if ARGV[3] == 'fill' then
           local exists
           if field == '' then exists = redis.call('EXISTS', KEYS[1]) else exists = redis.call('HEXISTS', KEYS[1], field) end
-          if exists == 1 then return -1 end
+          refused = exists == 1
         elseif ARGV[3] == 'refresh' then
           local cur
           if field == '' then cur = redis.call('GET', KEYS[1]) else cur = redis.call('HGET', KEYS[1], field) end
-          if cur ~= ARGV[7] then return -1 end
-        end
-        if ARGV[9] == '1' then
-          if field == '' then redis.call('DEL', KEYS[1]) else redis.call('HDEL', KEYS[1], field) end
-          return 1
+          refused = cur ~= ARGV[7]
         end
         local px = tonumber(ARGV[6])
-        if field ~= '' then redis.call('HSET', KEYS[1], field, ARGV[5])
+        if refused then
+        elseif ARGV[9] == '1' then
+          if field == '' then redis.call('DEL', KEYS[1]) else redis.call('HDEL', KEYS[1], field) end
+        elseif field ~= '' then redis.call('HSET', KEYS[1], field, ARGV[5])
         elseif px > 0 then redis.call('SET', KEYS[1], ARGV[5], 'PX', px)
         else redis.call('SET', KEYS[1], ARGV[5]) end
-        if ARGV[8] ~= '' and px > 0 and field == '' then
+        if ARGV[2] ~= '' then redis.call('HDEL', KEYS[2], ARGV[1]) end
+        if refused then return -1 end
+        if ARGV[8] ~= '' and px > 0 and field == '' and ARGV[9] ~= '1' then
           redis.call('HSET', KEYS[2], 'delta', ARGV[8])
           if redis.call('PTTL', KEYS[2]) < px then redis.call('PEXPIRE', KEYS[2], px) end
         end
@@ -106,11 +108,15 @@ enum FleetLayout {
 
     /// A write through `cached` ends the entry's fill lock in the same step, so a fill in flight on any
     /// daemon is fenced out. KEYS: entry, meta. ARGV: lock field, entry field or '', value, PX ms ('0').
+    /// The write comes first: under `maxmemory` Redis refuses a script's first write that needs memory
+    /// (OOM), but lets later ones through once the script has written anything.
     static let write = """
+        local r
+        if ARGV[2] ~= '' then r = redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+        elseif tonumber(ARGV[4]) > 0 then r = redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+        else r = redis.call('SET', KEYS[1], ARGV[3]) end
         redis.call('HDEL', KEYS[2], ARGV[1])
-        if ARGV[2] ~= '' then return redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
-        if tonumber(ARGV[4]) > 0 then return redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4]) end
-        return redis.call('SET', KEYS[1], ARGV[3])
+        return r
         """
 
     /// A delete that ends the fill lock too. KEYS: entry, meta. ARGV: lock field, entry field or ''.
