@@ -117,7 +117,7 @@ struct Ping: AsyncParsableCommand {
 
 struct Get: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print an entry's value (raw bytes, no newline added); exit status 1 on a miss.",
+        abstract: "Print an entry's value (raw bytes, no newline added); exit status 1 on a miss. A stale value is noted on stderr.",
         discussion: "A miss never takes a lease and never waits for another client's fill (\"lease\": false); a key with a sync handler is still filled by the daemon.")
     @OptionGroup var global: GlobalOptions
     @OptionGroup var entry: EntryOptions
@@ -133,6 +133,7 @@ struct Get: AsyncParsableCommand {
                 global.printJSON(result)
             } else if let value = answer.value {
                 writeStdout(value)
+                if answer.stale { printError("note: the value is stale (past its key's ttl; a refresh is under way or failed)") }
             }
         }
         if !found { throw ExitCode(1) }

@@ -21,16 +21,20 @@ public struct GetResult: Sendable, Hashable {
     /// False when the daemon filled the value from a handler but could not store it (Redis down, or
     /// the entry was written or deleted meanwhile).
     public var cached: Bool
+    /// True when the value is past its key's `ttl`: answered from the stale window (one background
+    /// refresh is under way) or from grace after a failed refresh. See docs/protocol.md.
+    public var stale: Bool
 
     /// Creates a result.
-    public init(hit: Bool, value: ByteBuffer?, lease: String? = nil, cached: Bool = true) {
+    public init(hit: Bool, value: ByteBuffer?, lease: String? = nil, cached: Bool = true, stale: Bool = false) {
         self.hit = hit
         self.value = value
         self.lease = lease
         self.cached = cached
+        self.stale = stale
     }
 
-    /// Reads a `get` result object (`{"hit":...,"value":...,"encoding"?,"lease"?,"cached"?}`).
+    /// Reads a `get` result object (`{"hit":...,"value":...,"encoding"?,"lease"?,"cached"?,"stale"?}`).
     /// - Throws: ``CachedClientError`` `.protocolViolation` if it is not one.
     public init(json: JSONValue) throws(CachedClientError) {
         guard case .object(let members) = json, case .bool(let hit)? = members["hit"] else {
@@ -51,6 +55,7 @@ public struct GetResult: Sendable, Hashable {
         }
         self.lease = members["lease"]?.stringValue
         self.cached = members["cached"] != .bool(false)
+        self.stale = members["stale"] == .bool(true)
     }
 
     /// The value's bytes.
