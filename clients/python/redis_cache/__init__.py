@@ -4,6 +4,7 @@
 and behaviour; the first argument names the daemon's Unix socket instead of a Redis pool.
 """
 
+from ._base import CacheEntry
 from .connection import DEFAULT_SOCKET, Connection, ConnectionPool, default_socket_path
 from .errors import (CachedError, DaemonError, DaemonUnavailable, InvalidParamsError,
                      LengthError)
@@ -15,6 +16,7 @@ __version__ = "0.1.3.post1"
 
 __all__ = [
     "CacheClient",
+    "CacheEntry",
     "HashCacheClient",
     "Connection",
     "ConnectionPool",

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 import logging
-from typing import Any, Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Set, Tuple
 
 from .connection import Connection, resolve_connection
 from .errors import METHOD_NOT_FOUND, DaemonError, DaemonUnavailable, InvalidParamsError
@@ -17,6 +17,19 @@ Logger = Any  # the ``logging`` module or a ``logging.Logger``: anything with ``
 
 # Releases sent from a cancelled coroutine run as tasks of their own; keep them referenced until done.
 _background_releases: "Set[asyncio.Task[None]]" = set()
+
+
+class CacheEntry(NamedTuple):
+    """What ``sync_get_entry``/``async_get_entry`` answer: the data and where it came from."""
+
+    #: The data, as ``sync_get`` would answer it.
+    data: Any
+    #: True when it was in the cache (False: filled by the daemon's handler, by this call's
+    #: ``sync_func``, or computed because the daemon could not be reached).
+    hit: bool
+    #: True when it is past its key's ``ttl``: served from the stale window while one refresh runs,
+    #: or from grace after a failed refresh (see the daemon's ``stale_ttl`` and ``grace``).
+    stale: bool
 
 
 class Unstorable(TypeError):
@@ -136,6 +149,10 @@ class ClientBase:
 
     def _do_get(self, address: Dict[str, Any], identity: Any, args: Tuple[Any, ...],
                 kwargs: Dict[str, Any]) -> Any:
+        return self._do_get_entry(address, identity, args, kwargs).data
+
+    def _do_get_entry(self, address: Dict[str, Any], identity: Any, args: Tuple[Any, ...],
+                      kwargs: Dict[str, Any]) -> CacheEntry:
         try:
             result = self.connection.call("get", self._get_params(address, args, kwargs))
             miss, lease = self._miss(result)
@@ -143,9 +160,13 @@ class ClientBase:
                 raw = decode_value(result)
         except DaemonError as e:
             self._report(e)
-            return self.sync_func(identity, *args, **kwargs)
+            return CacheEntry(self.sync_func(identity, *args, **kwargs), False, False)
         if not miss:
-            return self.get_func(raw)
+            return CacheEntry(self.get_func(raw), result.get("hit") is True, result.get("stale") is True)
+        return CacheEntry(self._fill(address, identity, args, kwargs, lease), False, False)
+
+    def _fill(self, address: Dict[str, Any], identity: Any, args: Tuple[Any, ...],
+              kwargs: Dict[str, Any], lease: Optional[str]) -> Any:
         # A miss, usually with a lease: until this fill is stored (or the lease given back), other
         # `get`s of the entry wait. Whatever keeps it from being stored gives the lease back.
         try:
@@ -176,6 +197,10 @@ class ClientBase:
 
     async def _do_async_get(self, address: Dict[str, Any], identity: Any, args: Tuple[Any, ...],
                             kwargs: Dict[str, Any]) -> Any:
+        return (await self._do_async_get_entry(address, identity, args, kwargs)).data
+
+    async def _do_async_get_entry(self, address: Dict[str, Any], identity: Any, args: Tuple[Any, ...],
+                                  kwargs: Dict[str, Any]) -> CacheEntry:
         try:
             result = await self.connection.acall("get", self._get_params(address, args, kwargs))
             miss, lease = self._miss(result)
@@ -183,9 +208,13 @@ class ClientBase:
                 raw = decode_value(result)
         except DaemonError as e:
             self._report(e)
-            return await self.sync_func(identity, *args, **kwargs)
+            return CacheEntry(await self.sync_func(identity, *args, **kwargs), False, False)
         if not miss:
-            return self.get_func(raw)
+            return CacheEntry(self.get_func(raw), result.get("hit") is True, result.get("stale") is True)
+        return CacheEntry(await self._async_fill(address, identity, args, kwargs, lease), False, False)
+
+    async def _async_fill(self, address: Dict[str, Any], identity: Any, args: Tuple[Any, ...],
+                          kwargs: Dict[str, Any], lease: Optional[str]) -> Any:
         try:
             data = await self.sync_func(identity, *args, **kwargs)
         except Exception:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict
 
-from ._base import ClientBase, Logger
+from ._base import CacheEntry, ClientBase, Logger
 from .utils import default_passage, validate_key, wire_identity
 
 __all__ = ["HashCacheClient"]
@@ -55,6 +55,10 @@ class HashCacheClient(ClientBase):
         """The cached data, or ``sync_func(identity, *args, **kwargs)``'s (then cached)."""
         return self._do_get(self._address(hash_id, identity), identity, args, kwargs)
 
+    def sync_get_entry(self, hash_id: Any, identity: Any, *args: Any, **kwargs: Any) -> CacheEntry:
+        """As :meth:`sync_get`, with whether it was a hit and whether it is stale (not in pyredis-cache)."""
+        return self._do_get_entry(self._address(hash_id, identity), identity, args, kwargs)
+
     async def async_set(self, hash_id: Any, identity: Any, *args: Any, data: Any = None,
                         **kwargs: Any) -> int:
         """Coroutine variant of :meth:`sync_set` (``sync_func`` is awaited)."""
@@ -66,6 +70,10 @@ class HashCacheClient(ClientBase):
     async def async_get(self, hash_id: Any, identity: Any, *args: Any, **kwargs: Any) -> Any:
         """Coroutine variant of :meth:`sync_get` (``sync_func`` is awaited)."""
         return await self._do_async_get(self._address(hash_id, identity), identity, args, kwargs)
+
+    async def async_get_entry(self, hash_id: Any, identity: Any, *args: Any, **kwargs: Any) -> CacheEntry:
+        """Coroutine variant of :meth:`sync_get_entry`."""
+        return await self._do_async_get_entry(self._address(hash_id, identity), identity, args, kwargs)
 
     def delete(self, hash_id: Any, identity: Any) -> int:
         """Deletes one entry of the hash; the number deleted (0 or 1)."""

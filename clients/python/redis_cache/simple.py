@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict
 
-from ._base import ClientBase, Logger
+from ._base import CacheEntry, ClientBase, Logger
 from .utils import default_passage, validate_key, wire_identity
 
 __all__ = ["CacheClient"]
@@ -52,6 +52,10 @@ class CacheClient(ClientBase):
         """The cached data, or ``sync_func(identity, *args, **kwargs)``'s (then cached)."""
         return self._do_get(self._address(identity), identity, args, kwargs)
 
+    def sync_get_entry(self, identity: Any, *args: Any, **kwargs: Any) -> CacheEntry:
+        """As :meth:`sync_get`, with whether it was a hit and whether it is stale (not in pyredis-cache)."""
+        return self._do_get_entry(self._address(identity), identity, args, kwargs)
+
     async def async_set(self, identity: Any, *args: Any, data: Any = None, **kwargs: Any) -> int:
         """Coroutine variant of :meth:`sync_set` (``sync_func`` is awaited)."""
         address = self._address(identity)
@@ -62,6 +66,10 @@ class CacheClient(ClientBase):
     async def async_get(self, identity: Any, *args: Any, **kwargs: Any) -> Any:
         """Coroutine variant of :meth:`sync_get` (``sync_func`` is awaited)."""
         return await self._do_async_get(self._address(identity), identity, args, kwargs)
+
+    async def async_get_entry(self, identity: Any, *args: Any, **kwargs: Any) -> CacheEntry:
+        """Coroutine variant of :meth:`sync_get_entry`."""
+        return await self._do_async_get_entry(self._address(identity), identity, args, kwargs)
 
     def delete(self, identity: Any) -> int:
         """Deletes the entry; the number deleted (0 or 1)."""

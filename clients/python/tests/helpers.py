@@ -158,10 +158,15 @@ class RedisServer:
 class Daemon:
     """The real cached binary on a private socket."""
 
-    def __init__(self, binary: Path, workdir: Path, redis_url: Optional[str], name: str = "cached") -> None:
+    def __init__(self, binary: Path, workdir: Path, redis_url: Optional[str], name: str = "cached",
+                 config: Optional[str] = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.socket = str(workdir / (name + ".sock"))
         argv = [str(binary), "--socket", self.socket, "--log-level", "info"]
+        if config is not None:
+            config_path = workdir / (name + ".toml")
+            config_path.write_text(config)
+            argv += ["--config", str(config_path)]
         if redis_url is not None:
             argv += ["--redis", redis_url]
         self.process = Process(argv, workdir / (name + ".log"))

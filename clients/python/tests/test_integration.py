@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -403,3 +404,47 @@ def test_failed_fill_hands_the_lease_to_the_waiting_client(cached: Daemon, redis
         stored = redis("GET", "000STUDENT#0000000031")
         assert 0 < redis("TTL", "000STUDENT#0000000031") <= 10
     assert json.loads(stored) == {"name": "Student 31"}
+
+
+FILL_WORKER = Path(__file__).resolve().parents[3] / "Tests" / "Fixtures" / "daemon" / "fill_worker.py"
+
+
+def test_get_entry_reports_hits_and_stale_values(daemon_bin: Path, redis_server: RedisServer, redis: Resp,
+                                                 sockdir: Path) -> None:
+    """A key with a stale window: past its ttl the value is answered at once, marked stale."""
+    config = """
+[keys.Student]
+ttl = 1
+stale_ttl = 30
+handler = ["%s", "%s"]
+environment = { FILL_DELAY = "0.5" }
+""" % (sys.executable, FILL_WORKER)
+    daemon = Daemon(daemon_bin, sockdir, redis_server.url, name="stale", config=config)
+    try:
+        calls: List[Any] = []
+        cache = CacheClient(daemon.socket, "Student", make_sync_func(calls), get_func=lambda b: b.decode())
+        first = cache.sync_get_entry(12)
+        assert first == ("Student:12:[]:{}", False, False)  # filled by the daemon's handler
+        assert cache.sync_get_entry(12) == ("Student:12:[]:{}", True, False)
+        # Stored for ttl + stale_ttl: pyredis-cache readers see plain bytes with a longer TTL.
+        assert redis("GET", "000STUDENT#0000000012") == b"Student:12:[]:{}"
+        assert 1 < redis("PTTL", "000STUDENT#0000000012") / 1000.0 <= 31
+        time.sleep(1.3)
+        started = time.monotonic()
+        stale = cache.sync_get_entry(12)
+        assert time.monotonic() - started < 0.4  # not the handler's 0.5 s
+        assert stale.hit and stale.stale and stale.data == "Student:12:[]:{}"
+        assert cache.sync_get(12) == "Student:12:[]:{}"  # the pyredis-cache API is unchanged
+        asyncio.run(_async_entry(daemon.socket))
+        assert calls == []  # the shim never called its own sync_func: the daemon filled
+    finally:
+        daemon.stop()
+
+
+async def _async_entry(socket_path: str) -> Any:
+    async def never(identity: Any) -> Any:
+        raise AssertionError("not called")
+    cache = CacheClient(socket_path, "Student", never, get_func=lambda b: b.decode(), asynchronous=True)
+    entry = await cache.async_get_entry(12)
+    assert entry.data == "Student:12:[]:{}" and entry.hit
+    return entry

@@ -41,7 +41,7 @@ class ListLog:
 
 
 def test_public_api() -> None:
-    for name in ("CacheClient", "HashCacheClient", "Connection", "ConnectionPool", "LengthError"):
+    for name in ("CacheClient", "HashCacheClient", "CacheEntry", "Connection", "ConnectionPool", "LengthError"):
         assert hasattr(redis_cache, name)
     from redis_cache.simple import CacheClient as C
     from redis_cache.hash import HashCacheClient as H
