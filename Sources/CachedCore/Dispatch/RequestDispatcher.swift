@@ -272,7 +272,8 @@ public final class RequestDispatcher: Sendable {
         _ id: UInt64, _ entry: StoreLocation, _ handler: any SyncHandler, _ address: EntryAddress,
         _ arguments: HandlerArguments, _ keyConfig: DaemonConfiguration.KeyConfiguration, ttl: Duration, on eventLoop: any EventLoop
     ) -> EventLoopFuture<FillCoordinator.FillOutcome> {
-        callHandler(handler, address, arguments, on: eventLoop).flatMap { value in
+        let started = NIODeadline.now()
+        return callHandler(handler, address, arguments, on: eventLoop).flatMap { value in
             guard let value else {
                 self.coordinator.rememberAbsent(entry, for: keyConfig.negativeTTL)
                 return eventLoop.makeSucceededFuture(.filled(nil, stored: false))
@@ -280,9 +281,18 @@ public final class RequestDispatcher: Sendable {
             let (allowed, overwrite) = self.coordinator.flightMayStore(entry, flight: id)
             guard allowed else { return eventLoop.makeSucceededFuture(.filled(value, stored: false)) }
             let ttl = keyConfig.storeTTL(ttl)
-            let stored = overwrite
-                ? self.store.set(address, value: value, ttl: ttl, on: eventLoop).map { true }
-                : self.store.fill(address, value: value, ttl: ttl, on: eventLoop)
+            let stored: EventLoopFuture<Bool>
+            if (keyConfig.aging?.beta ?? 0) > 0, address.storeField == nil, let locks = self.store.fleet, locks.supports(entry) {
+                // Early refresh needs the fill's duration beside the entry (no lock: fleet_single_flight is off).
+                stored = locks.store(
+                    entry, token: nil, value: value, ttl: ttl, mode: overwrite ? .overwrite : .fill,
+                    delta: Duration(NIODeadline.now() - started), on: eventLoop
+                ).map { $0 == .stored }
+            } else {
+                stored = overwrite
+                    ? self.store.set(address, value: value, ttl: ttl, on: eventLoop).map { true }
+                    : self.store.fill(address, value: value, ttl: ttl, on: eventLoop)
+            }
             return stored
                 .map { .filled(value, stored: $0) }
                 .recover { error in
