@@ -70,6 +70,67 @@ struct ClusterTests {
         #expect((try c.call("stats")["result"]?["store"]?["localCache"]?["hits"]?.intValue ?? 0) >= 1)
     }
 
+    /// Issue 15 on a cluster: two daemons, cold stampedes on entries of all three primaries cost one
+    /// handler call each (the fill lock's metadata key shares its entry's slot, so the scripts run on the
+    /// entry's primary), and a stale window works there too.
+    @Test func oneFillPerEntryAcrossDaemonsAndStaleAnswers() throws {
+        raiseFileLimit(to: 4096)
+        let group = try ClusterGroup()
+        let dir = try makeTemporaryDirectory("fleet-cluster")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let counter = dir + "/calls"
+        let config = Self.config + FillWorker.config(workers: 2, delay: 0.3, counter: counter)
+            + FillWorker.config(key: "Aged", workers: 1, delay: 0.4, extra: "ttl = 1\nstale_ttl = 30")
+                .replacingOccurrences(of: "ttl = 60\n", with: "")
+        let daemons = try (0..<2).map { _ in try DaemonProcess(config: config, arguments: ["--redis", group.url]) }
+        let probe = try daemons[0].client()
+        #expect(try waitUntil(timeout: 10) { (try? probe.call("stats"))?["result"]?["store"]?["available"] == .bool(true) })
+        // Three names on three different primaries.
+        var identities: [Int] = []
+        var owners: Set<Int> = []
+        for identity in 0..<60 where identities.count < 3 {
+            let owner = try #require(try group.owner(of: Self.redisKey(identity)))
+            if owners.insert(owner.port!).inserted { identities.append(identity) }
+        }
+        #expect(identities.count == 3)
+        var clients: [(LineClient, Int)] = []
+        for identity in identities {
+            for daemon in daemons {
+                for _ in 0..<40 { clients.append((try daemon.client(), identity)) }
+            }
+        }
+        for (i, (c, identity)) in clients.enumerated() {
+            try c.send(requestLine(id: .number(String(i)), method: "get", params: Self.entry(identity)) + "\n")
+        }
+        for (c, identity) in clients {
+            let answer = try c.readJSON(timeout: 15)
+            #expect(answer["result"]?["value"] == .string("Student:\(identity):[]:{}"))
+        }
+        #expect(FillWorker.calls(counter) == 3, "one handler call per entry across both daemons")
+        var won = 0
+        for daemon in daemons {
+            won += try daemon.client().call("stats")["result"]?["fleet"]?["locksWon"]?.intValue ?? 0
+        }
+        #expect(won == 3)
+        // The locks ended with the fenced stores: no metadata key is left on any primary.
+        for identity in identities {
+            let owner = try #require(try group.owner(of: Self.redisKey(identity)))
+            owner.followRedirects = false
+            #expect(try owner.cli(["EXISTS", "cached:fill:{\(Self.redisKey(identity))}"]) == "0")
+            owner.followRedirects = true
+        }
+        // Stale-while-revalidate on the cluster: past ttl, answered at once and marked stale.
+        let aged: [String: JSONValue] = params(["key": .string("Aged"), "identity": int(identities[1])])
+        #expect(try probe.call("get", aged)["result"]?["hit"] == .bool(false))
+        Thread.sleep(forTimeInterval: 1.3)
+        let started = Date()
+        let stale = try probe.call("get", aged)
+        #expect(Date().timeIntervalSince(started) < 0.3, "not the handler's 0.4 s")
+        #expect(stale["result"]?["stale"] == .bool(true))
+        #expect(try waitUntil(timeout: 5) { try probe.call("get", aged)["result"]?["stale"] == nil })
+        withExtendedLifetime(daemons) {}
+    }
+
     /// `rediss-cluster://`: TLS to every node (the cluster bus and replication over TLS too).
     @Test func tlsToEveryNode() throws {
         let certs = try TestCertificates()
