@@ -7,8 +7,9 @@
 # Environment knobs (defaults in brackets): BENCH_SCRATCH [.build-bench], BENCH_REQUESTS [200000],
 # BENCH_PIPELINED_REQUESTS [1000000], BENCH_REPEAT [3], BENCH_VALUE_SIZE [100], BENCH_KEYSPACE [10000],
 # BENCH_CACHED_REDIS [tcp|unix], BENCH_OUTPUT [docs/benchmarks.md], BENCH_ARGS (extra run.py flags, e.g.
-# --skip-tls / --skip-cluster to leave out the row over TLS / on a Redis Cluster, --only tls,throughput for a
-# quick partial run).
+# --skip-tls / --skip-cluster to leave out the row over TLS / on a Redis Cluster, --skip-fleet / --skip-expiry
+# for the cold stampede across three daemons / the expiry boundary rows, --only tls,throughput for a quick
+# partial run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -5,6 +5,9 @@ signal, then each connection sends one ``get`` of the same (never used) entry. P
 object: answers, errors, distinct values, the waiters' latency (ms) from their own send, and
 CLOCK_MONOTONIC stamps (ns) of the first send and of the first and last answer received, which
 the caller sets against the handler's own start and end stamps.
+
+``--socket`` may be given several times (several daemons): process i then talks to socket
+i mod N, and the output adds ``perSocket``, the same figures for each socket's share.
 """
 
 import argparse
@@ -16,11 +19,11 @@ import sys
 import time
 
 
-def child(args, ready_w, go_r, out_w):
+def child(args, path, ready_w, go_r, out_w):
     conns = []
     for _ in range(args.per_process):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(args.socket)
+        s.connect(path)
         conns.append(s)
     os.write(ready_w, b"r")
     os.read(go_r, 1)
@@ -46,8 +49,8 @@ def child(args, ready_w, go_r, out_w):
                 line = bytes(key.data).split(b"\n", 1)[0]
                 results.append({"ms": (now - sent[key.fileobj.fileno()]) / 1e6,
                                 "sentAt": sent[key.fileobj.fileno()], "receivedAt": now,
-                                "answer": line.decode("utf-8", "replace")})
-    results.extend({"ms": None, "answer": "timeout"} for _ in range(pending))
+                                "answer": line.decode("utf-8", "replace"), "socket": path})
+    results.extend({"ms": None, "answer": "timeout", "socket": path} for _ in range(pending))
     os.write(out_w, (json.dumps(results) + "\n").encode())
 
 
@@ -60,7 +63,7 @@ def percentile(sorted_values, p):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--socket", required=True)
+    p.add_argument("--socket", action="append", required=True, help="a daemon's socket; repeat for several daemons")
     p.add_argument("--key", default="Cold")
     p.add_argument("--identity", type=int, required=True)
     p.add_argument("--processes", type=int, default=50)
@@ -72,7 +75,7 @@ def main():
     go_r, go_w = os.pipe()
     pids = []
     outs = []
-    for _ in range(args.processes):
+    for i in range(args.processes):
         # One pipe per child: a child's results are longer than PIPE_BUF, so shared-pipe writes could interleave.
         out_r, out_w = os.pipe()
         outs.append(out_r)
@@ -83,7 +86,7 @@ def main():
                 os.close(go_w)
                 for fd in outs:
                     os.close(fd)
-                child(args, ready_w, go_r, out_w)
+                child(args, args.socket[i % len(args.socket)], ready_w, go_r, out_w)
             finally:
                 os._exit(0)
         pids.append(pid)
@@ -118,23 +121,34 @@ def main():
     results = []
     for line in filter(None, data.splitlines()):
         results.extend(json.loads(line))
+    summary = summarize(results, start)
+    summary.update({"requests": args.processes * args.per_process, "processesReady": ready})
+    if len(args.socket) > 1:
+        summary["perSocket"] = [summarize([r for r in results if r["socket"] == path], start) for path in args.socket]
+    print(json.dumps(summary))
+
+
+def summarize(results, start):
     ok = [r for r in results if r["answer"].startswith("{") and '"result"' in r["answer"]]
     values = set()
+    hits = 0
     for r in ok:
-        values.add(json.dumps(json.loads(r["answer"])["result"].get("value"), sort_keys=True))
+        result = json.loads(r["answer"])["result"]
+        values.add(json.dumps(result.get("value"), sort_keys=True))
+        hits += result.get("hit") is True
     lat = sorted(r["ms"] for r in ok if r["ms"] is not None)
     first_send = min((r["sentAt"] for r in results if r.get("sentAt")), default=start)
     last_send = max((r["sentAt"] for r in results if r.get("sentAt")), default=start)
     errors = [r["answer"] for r in results if r not in ok]
-    print(json.dumps({
-        "requests": args.processes * args.per_process, "processesReady": ready, "answered": len(ok),
+    return {
+        "answered": len(ok), "hits": hits,
         "errors": len(errors), "firstError": errors[0][:300] if errors else None, "distinctValues": len(values),
         "p50Ms": percentile(lat, 50), "p99Ms": percentile(lat, 99), "maxMs": lat[-1] if lat else None,
         "minMs": lat[0] if lat else None, "sendSpreadMs": (last_send - first_send) / 1e6,
         "firstSentAt": first_send,
         "firstReceivedAt": min((r["receivedAt"] for r in ok), default=None),
         "lastReceivedAt": max((r["receivedAt"] for r in ok), default=None),
-    }))
+    }
 
 
 if __name__ == "__main__":

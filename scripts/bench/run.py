@@ -305,20 +305,29 @@ class Bench:
 
     # ---------------------------------------------------------------- cached
 
-    def write_config(self, path, redis_url, with_handlers=True, tls_ca_file=None):
+    def write_config(self, path, redis_url, with_handlers=True, tls_ca_file=None, keys=None):
+        """A daemon's TOML. `keys`: [keys.*] sections (lines from handler_key) instead of the usual Cold and Fill."""
         lines = ['redis = "%s"' % redis_url, 'log_level = "warning"', "", "[limits]",
                  "max_connections = %d" % (self.a.idle_connections + 1000), ""]
         if tls_ca_file:
             lines += ["[redis_options]", 'tls_ca_file = "%s"' % tls_ca_file, ""]
-        if with_handlers:
-            env = '{ PYTHONPATH = "%s:%s", BENCH_COUNT_FILE = "%s", BENCH_HANDLER_SECONDS = "%s" }' % (
-                os.path.join(ROOT, "clients", "python"), HERE, self.cold_count_file, self.a.handler_seconds)
+        if keys is not None:
+            lines += keys
+        elif with_handlers:
             for name, func, workers in (("Cold", "cold", 2), ("Fill", "fast", 2)):
-                lines += ["[keys.%s]" % name,
-                          'handler = ["%s", "-m", "redis_cache.worker", "bench_handler:%s"]' % (sys.executable, func),
-                          "workers = %d" % workers, "timeout = 5.0", "environment = %s" % env, ""]
+                lines += self.handler_key(name, func, workers, self.cold_count_file)
         with open(path, "w") as f:
             f.write("\n".join(lines))
+
+    def handler_key(self, name, func, workers, count_file, settings=(), stamp=False):
+        """The [keys.NAME] lines of a key filled by bench_handler.FUNC, its calls logged to `count_file`;
+        `settings`: more "name = value" lines; `stamp`: the value carries its fill's end stamp (filledAt)."""
+        env = '{ PYTHONPATH = "%s:%s", BENCH_COUNT_FILE = "%s", BENCH_HANDLER_SECONDS = "%s"%s }' % (
+            os.path.join(ROOT, "clients", "python"), HERE, count_file, self.a.handler_seconds,
+            ', BENCH_VALUE_STAMP = "1"' if stamp else "")
+        return (["[keys.%s]" % name,
+                 'handler = ["%s", "-m", "redis_cache.worker", "bench_handler:%s"]' % (sys.executable, func),
+                 "workers = %d" % workers, "timeout = 5.0"] + list(settings) + ["environment = %s" % env, ""])
 
     def cached_redis_url(self):
         if self.a.cached_redis == "unix":
@@ -651,6 +660,232 @@ class Bench:
         out["floor"] = self.median_run(floor_runs)
         return out
 
+    # ---------------------------------------------------------------- fleet and expiry (issue 15)
+
+    FLEET_DAEMONS = 3
+
+    @staticmethod
+    def read_calls(path, tag):
+        """The (start, end) stamps (CLOCK_MONOTONIC ns) of the handler calls logged in `path` for identity `tag`."""
+        calls = []
+        try:
+            with open(path) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) == 3 and parts[0] == str(tag):
+                        calls.append((int(parts[1]), int(parts[2])))
+        except FileNotFoundError:
+            pass
+        return sorted(calls)
+
+    def fleet_stats(self, sock):
+        """The `fleet` counters of a daemon's stats ({} when the daemon has none)."""
+        try:
+            return self.rpc(sock, "stats", timeout=15).get("result", {}).get("fleet") or {}
+        except (OSError, ValueError):
+            return {}
+
+    def fleet_round(self, daemons, key, identity):
+        """300 concurrent cold gets of KEY/IDENTITY to each daemon, started together (cold_gets.py with one
+        --socket per daemon): answers, latency, handler calls per daemon, and the fleet counters' change."""
+        before = [self.fleet_stats(d["sock"]) for d in daemons]
+        argv = [sys.executable, os.path.join(HERE, "cold_gets.py"), "--key", key, "--identity", str(identity),
+                "--processes", str(10 * len(daemons)), "--per-process", str(self.a.fleet_gets // 10)]
+        for d in daemons:
+            argv += ["--socket", d["sock"]]
+        out = json.loads(self.run(argv, timeout=120).stdout.strip().splitlines()[-1])
+        time.sleep(0.5)  # a late fill (a loser that stopped waiting and filled itself) would log by now
+        after = [self.fleet_stats(d["sock"]) for d in daemons]
+        out["fleet"] = {}
+        for b, a in zip(before, after):
+            for name, v in a.items():
+                if isinstance(v, int):
+                    out["fleet"][name] = out["fleet"].get(name, 0) + v - b.get(name, 0)
+        calls = [self.read_calls(d["count"], identity) for d in daemons]
+        out["callsPerDaemon"] = [len(c) for c in calls]
+        out["handlerCalls"] = sum(out["callsPerDaemon"])
+        every = sorted(c for cs in calls for c in cs)
+        if every and out.get("firstReceivedAt") is not None:
+            out["handlerOwnMs"] = statistics.median((end - start) / 1e6 for start, end in every)
+            out["dispatchMs"] = (every[0][0] - out["firstSentAt"]) / 1e6
+            out["excessMs"] = out["maxMs"] - out["handlerOwnMs"]
+            out["maxOverHandler"] = out["maxMs"] / out["handlerOwnMs"]
+            # The daemon whose handler ran (the lock holder, when one call ran) against the others: how much
+            # later the others' first answer came, and their slowest waiter.
+            per = out.get("perSocket") or []
+            holders = [i for i, c in enumerate(calls) if c]
+            if len(holders) == 1 and len(per) == len(daemons) and all(p.get("firstReceivedAt") for p in per):
+                h = holders[0]
+                out["holder"] = daemons[h]["name"]
+                out["holderMaxMs"] = per[h]["maxMs"]
+                others = [p for i, p in enumerate(per) if i != h]
+                out["othersMaxMs"] = max(p["maxMs"] for p in others)
+                out["othersLagMs"] = max(p["firstReceivedAt"] for p in others) / 1e6 - per[h]["firstReceivedAt"] / 1e6
+                out["othersHits"] = sum(p["hits"] for p in others)
+        return out
+
+    def fleet(self):
+        """The cold stampede across a fleet: three daemons sharing the bench's redis-server, each with its own
+        socket and handler workers, and two handler keys: `Fleet` (fleet_single_flight on, the default with
+        Redis) and `FleetSolo` (fleet_single_flight = false). Each round sends --fleet-gets concurrent gets of
+        one never-used entry to every daemon at once; rounds alternate the two keys, each with a new identity."""
+        daemons = []
+        try:
+            for n in range(self.FLEET_DAEMONS):
+                name = "fleet-%s" % "abcdefgh"[n]
+                count = os.path.join(self.tmp, name + "-calls")
+                keys = (self.handler_key("Fleet", "cold", 1, count, ["ttl = 60"], stamp=True) +
+                        self.handler_key("FleetSolo", "cold", 1, count, ["ttl = 60", "fleet_single_flight = false"], stamp=True))
+                config = os.path.join(self.tmp, name + ".toml")
+                self.write_config(config, self.cached_redis_url(), keys=keys)
+                p, sock = self.start_cached(name, config)
+                daemons.append({"name": name, "proc": p, "sock": sock, "count": count})
+            # One get per daemon and key on identities of their own first: the handler keys work, every worker
+            # has started and imported its module, and each daemon holds its Redis connections.
+            base = int(time.time() * 1000)
+            for n, d in enumerate(daemons):
+                for key in ("Fleet", "FleetSolo"):
+                    probe = self.rpc(d["sock"], "get", {"key": key, "identity": base - 1 - n}, timeout=15)
+                    if "error" in probe or (probe.get("result") or {}).get("value") is None:
+                        return {"ran": False, "reason": "%s: get %s failed: %s | log: %s" % (
+                            d["name"], key, json.dumps(probe)[:300], self.tail(d["name"])[-300:])}
+            rounds = {"on": [], "off": []}
+            for i in range(self.a.fleet_rounds):
+                for mode, key in (("on", "Fleet"), ("off", "FleetSolo")):
+                    identity = base + 2 * i + (mode == "off")
+                    r = self.fleet_round(daemons, key, identity)
+                    rounds[mode].append(r)
+                    log("  fleet %s round %d: %d calls %s, %d/%d answered (%d hits), %d values, p50 %.1f p99 %.1f max %.1f ms, "
+                        "handler %.1f ms, holder max %s others max %s lag %s ms, counters %s" % (
+                            mode, i + 1, r["handlerCalls"], r["callsPerDaemon"], r["answered"], r["requests"], r["hits"],
+                            r["distinctValues"], r["p50Ms"] or -1, r["p99Ms"] or -1, r["maxMs"] or -1,
+                            r.get("handlerOwnMs") or -1, r.get("holderMaxMs"), r.get("othersMaxMs"),
+                            None if r.get("othersLagMs") is None else round(r["othersLagMs"], 1), r["fleet"]))
+        finally:
+            for d in daemons:
+                self.stop(d["proc"])
+        out = {"ran": True, "daemons": len(daemons), "getsPerDaemon": self.a.fleet_gets, "rounds": self.a.fleet_rounds,
+               "handlerMs": float(self.a.handler_seconds) * 1000}
+        for mode, rs in rounds.items():
+            m = dict(self.median_run(rs))
+            m.pop("perSocket", None)
+            m["callsPerRound"] = [r["handlerCalls"] for r in rs]
+            m["answeredPerRound"] = [r["answered"] for r in rs]
+            m["distinctPerRound"] = [r["distinctValues"] for r in rs]
+            m["hitsPerRound"] = [r["hits"] for r in rs]
+            m["errors"] = sum(r["errors"] for r in rs)
+            m["firstError"] = next((r["firstError"] for r in rs if r["firstError"]), None)
+            m["counters"] = {}
+            for r in rs:
+                for k, v in r["fleet"].items():
+                    m["counters"][k] = m["counters"].get(k, 0) + v
+            for k in ("othersLagMs", "othersMaxMs", "holderMaxMs"):
+                vals = [r[k] for r in rs if r.get(k) is not None]
+                m[k + "Median"] = statistics.median(vals) if vals else None
+            out[mode] = m
+        return out
+
+    def expiry_round(self, sock, key, identity, count_file, stale_ttl):
+        """One hot entry: filled by a first get, then --expiry-rate gets/s for --expiry-seconds (expiry_load.py)."""
+        warm = self.rpc(sock, "get", {"key": key, "identity": identity}, timeout=15)
+        if (warm.get("result") or {}).get("value") is None:
+            raise RuntimeError("warm-up get %s/%s failed: %s" % (key, identity, json.dumps(warm)[:300]))
+        before = self.fleet_stats(sock)
+        handler = float(self.a.handler_seconds)
+        r = self.run([sys.executable, os.path.join(HERE, "expiry_load.py"), "--socket", sock, "--key", key,
+                      "--identity", str(identity), "--rate", str(self.a.expiry_rate), "--seconds", str(self.a.expiry_seconds),
+                      "--connections", str(int(self.a.expiry_rate * handler * 1.5) + 8), "--ttl", str(self.EXPIRY_TTL),
+                      "--stale-ttl", str(stale_ttl), "--handler-seconds", str(handler),
+                      "--samples", os.path.join(self.tmp, "expiry-%s-%d.jsonl" % (key, identity))], timeout=120)
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        time.sleep(handler + 0.3)  # a refresh started near the end logs its call
+        after = self.fleet_stats(sock)
+        out["fleet"] = {k: v - before.get(k, 0) for k, v in after.items() if isinstance(v, int)}
+        calls = self.read_calls(count_file, identity)
+        out["handlerCalls"] = sum(1 for start, _ in calls if out["startedAt"] <= start <= out["endedAt"])
+        out["handlerCallsAfter"] = sum(1 for start, _ in calls if start > out["endedAt"])
+        out["handlerOwnMs"] = statistics.median((e - s) / 1e6 for s, e in calls) if calls else None
+        return out
+
+    EXPIRY_TTL = 2
+    EXPIRY_STALE_TTL = 5
+
+    def expiry(self):
+        """Get latency across expiry boundaries for one hot entry: a daemon of its own with two handler keys,
+        `ExpiryOff` (ttl 2, stale_ttl 0) and `ExpirySwr` (ttl 2, stale_ttl 5), same handler; rounds alternate them
+        (--repeat each), each on a new identity, an open-loop load of --expiry-rate gets/s for --expiry-seconds."""
+        name = "cached-expiry"
+        counts = {"off": os.path.join(self.tmp, "expiry-off-calls"), "on": os.path.join(self.tmp, "expiry-on-calls")}
+        keys = {"off": "ExpiryOff", "on": "ExpirySwr"}
+        stale = {"off": 0, "on": self.EXPIRY_STALE_TTL}
+        lines = []
+        for mode in ("off", "on"):
+            lines += self.handler_key(keys[mode], "cold", 2, counts[mode], [
+                "ttl = %d" % self.EXPIRY_TTL, "stale_ttl = %d" % stale[mode]], stamp=True)
+        config = os.path.join(self.tmp, name + ".toml")
+        self.write_config(config, self.cached_redis_url(), keys=lines)
+        p, sock = self.start_cached(name, config)
+        rounds = {"off": [], "on": []}
+        try:
+            base = int(time.time() * 1000)
+            for n, mode in enumerate(("off", "on")):  # workers started and warm
+                probe = self.rpc(sock, "get", {"key": keys[mode], "identity": base - 1 - n}, timeout=15)
+                if "error" in probe or (probe.get("result") or {}).get("value") is None:
+                    return {"ran": False, "reason": "get %s failed: %s | log: %s" % (
+                        keys[mode], json.dumps(probe)[:300], self.tail(name)[-300:])}
+            for i in range(self.a.repeat):
+                for n, mode in enumerate(("off", "on")):
+                    r = self.expiry_round(sock, keys[mode], base + 2 * i + n, counts[mode], stale[mode])
+                    rounds[mode].append(r)
+                    log("  expiry stale_ttl=%d round %d: %d gets, %d answered, %d errors, waited %d, stale %d, slow %d, "
+                        "p50 %.2f p99 %.2f p99.9 %.2f max %.1f ms, stale p99 %s, handler calls %d (+%d after), fills seen %d, "
+                        "bursts %s, overdue fresh %d (max %s ms) stale %d, client lag max %.1f ms, counters %s" % (
+                            stale[mode], i + 1, r["gets"], r["answered"], r["errors"], r["waited"], r["stale"], r["slow"],
+                            r["p50Ms"] or -1, r["p99Ms"] or -1, r["p999Ms"] or -1, r["maxMs"] or -1, r["staleP99Ms"],
+                            r["handlerCalls"], r["handlerCallsAfter"], r["fillsSeen"],
+                            [(b["atMs"], b["gets"], b["maxMs"]) for b in r["bursts"]], r["overdueFresh"],
+                            r["overdueFreshMaxMs"], r["overdueStale"], r["clientLagMaxMs"] or -1, r["fleet"]))
+                    if r["overdueExamples"]:
+                        log("    not marked stale, value older than ttl: %s" % r["overdueExamples"])
+        finally:
+            self.stop(p)
+        out = {"ran": True, "ttl": self.EXPIRY_TTL, "staleTtl": self.EXPIRY_STALE_TTL, "rate": self.a.expiry_rate,
+               "seconds": self.a.expiry_seconds, "rounds": self.a.repeat, "handlerMs": float(self.a.handler_seconds) * 1000}
+        for mode, rs in rounds.items():
+            lat = sorted(x for r in rs for x in r["latenciesMs"])
+            m = {"gets": sum(r["gets"] for r in rs), "answered": sum(r["answered"] for r in rs),
+                 "p50Ms": self.percentile(lat, 50), "p99Ms": self.percentile(lat, 99), "p999Ms": self.percentile(lat, 99.9),
+                 "maxMs": lat[-1] if lat else None}
+            for k in ("errors", "waited", "stale", "uncached", "slow", "handlerCalls", "handlerCallsAfter",
+                      "overdueFresh", "overdueStale"):
+                m[k] = sum(r[k] for r in rs)
+                m[k + "PerRound"] = [r[k] for r in rs]
+            m["firstError"] = next((r["firstError"] for r in rs if r["firstError"]), None)
+            for k in ("overdueFreshMaxMs", "overdueStaleMaxMs", "staleMaxMs", "clientLagMaxMs"):
+                vals = [r[k] for r in rs if r.get(k) is not None]
+                m[k] = max(vals) if vals else None
+            vals = [r["staleP99Ms"] for r in rs if r.get("staleP99Ms") is not None]
+            m["staleP99Ms"] = statistics.median(vals) if vals else None
+            m["boundaries"] = sum(len(r["bursts"]) for r in rs)
+            m["fillsSeen"] = sum(r["fillsSeen"] for r in rs)
+            m["bursts"] = [[(b["atMs"], b["gets"], b["maxMs"]) for b in r["bursts"]] for r in rs]
+            own = [r["handlerOwnMs"] for r in rs if r.get("handlerOwnMs")]
+            m["handlerOwnMs"] = statistics.median(own) if own else None
+            m["counters"] = {}
+            for r in rs:
+                for k, v in r["fleet"].items():
+                    m["counters"][k] = m["counters"].get(k, 0) + v
+            out[mode] = m
+        return out
+
+    @staticmethod
+    def percentile(sorted_values, p):
+        """The same nearest-rank percentile as cold_gets.py and expiry_load.py."""
+        if not sorted_values:
+            return None
+        k = min(len(sorted_values) - 1, max(0, int(round(p / 100.0 * len(sorted_values) + 0.5)) - 1))
+        return sorted_values[k]
+
     def idle_connections(self, sock, pid):
         ready = os.path.join(self.tmp, "idle.ready")
         stop = os.path.join(self.tmp, "idle.stop")
@@ -882,6 +1117,28 @@ class Bench:
             except Exception as e:  # report, do not abort the other figures
                 self.results["cold"] = {"ran": False, "reason": "error: %s" % e}
             log("  cold: %s" % self.results["cold"])
+        if self.wanted("fleet"):
+            log("cold stampede across %d daemons sharing one redis-server, %d gets to each, %d rounds per setting" % (
+                self.FLEET_DAEMONS, a.fleet_gets, a.fleet_rounds))
+            t0 = time.monotonic()
+            try:
+                self.results["fleet"] = self.fleet()
+            except Exception as e:  # report, do not abort the other figures
+                self.results["fleet"] = {"ran": False, "reason": "error: %s" % str(e)[:500]}
+            if not self.results["fleet"].get("ran"):
+                log("  fleet: did not run: %s" % self.results["fleet"]["reason"])
+            log("  fleet: %.0f s" % (time.monotonic() - t0))
+        if self.wanted("expiry"):
+            log("one hot entry across expiry boundaries (ttl %d s), stale_ttl 0 and %d, %g gets/s for %g s, %d rounds each" % (
+                self.EXPIRY_TTL, self.EXPIRY_STALE_TTL, a.expiry_rate, a.expiry_seconds, a.repeat))
+            t0 = time.monotonic()
+            try:
+                self.results["expiry"] = self.expiry()
+            except Exception as e:  # report, do not abort the other figures
+                self.results["expiry"] = {"ran": False, "reason": "error: %s" % str(e)[:500]}
+            if not self.results["expiry"].get("ran"):
+                log("  expiry: did not run: %s" % self.results["expiry"]["reason"])
+            log("  expiry: %.0f s" % (time.monotonic() - t0))
         self.results["rssAfterLoadKB"] = self.rss_kb(cached.pid)
         if self.wanted("perf"):
             log("perf profile of get-hit")
@@ -1090,6 +1347,92 @@ class Bench:
                 rows.append(("1000 concurrent cold gets through a handler key", "-", "could not run", "-",
                              "1 call, <= handler + 5 ms", "n/a"))
                 self.notes.append("Cold gets did not run: %s" % cold.get("reason"))
+        fl = r.get("fleet")
+        if fl:
+            if fl.get("ran"):
+                on, off = fl["on"], fl["off"]
+                n, g = fl["daemons"], fl["getsPerDaemon"]
+                total = n * g
+                label = "cold stampede, %d daemons sharing one redis-server, %d concurrent gets to each (%d), %d rounds" % (
+                    n, g, total, fl["rounds"])
+                ok_on = (all(c == 1 for c in on["callsPerRound"]) and all(x == total for x in on["answeredPerRound"])
+                         and all(d == 1 for d in on["distinctPerRound"]))
+                ok_off = all(c == n for c in off["callsPerRound"]) and all(x == total for x in off["answeredPerRound"])
+                cn = on["counters"]
+                rows.append(("%s: handler calls per round, fleet_single_flight on / off" % label, "-",
+                             "on %s (fleet locks won %s, lost %s, waits %s) / off %s" % (
+                                 "/".join(map(str, on["callsPerRound"])), cn.get("locksWon", "-"), cn.get("locksLost", "-"),
+                                 cn.get("waits", "-"), "/".join(map(str, off["callsPerRound"]))),
+                             "answered on %s, off %s of %d" % ("/".join(map(str, on["answeredPerRound"])),
+                                                               "/".join(map(str, off["answeredPerRound"])), total),
+                             "on: exactly 1, all answered; off: %d" % n, verdict(ok_on and ok_off)))
+
+                def over(x):
+                    if x.get("maxOverHandler") is None:
+                        return "-"
+                    return "%.2fx (+%s ms)" % (x["maxOverHandler"], f1(x.get("excessMs")))
+                rows.append(("fleet stampede: waiters' latency p50 / p99 / max (ms), median round, fleet_single_flight on / off", "-",
+                             "on %s / %s / %s; off %s / %s / %s" % (f1(on.get("p50Ms")), f1(on.get("p99Ms")), f1(on.get("maxMs")),
+                                                                     f1(off.get("p50Ms")), f1(off.get("p99Ms")), f1(off.get("maxMs"))),
+                             "max / handler's own (%s ms): on %s, off %s" % (f1(on.get("handlerOwnMs")), over(on), over(off)),
+                             "info", "-"))
+                rows.append(("fleet stampede, fleet_single_flight on: slowest waiter at the lock holder's daemon / at the other %d (ms); "
+                             "the others' first answers, how long after the holder's (ms, the later of the two); medians of rounds" % (n - 1), "-",
+                             "%s / %s; +%s" % (f1(on.get("holderMaxMsMedian")), f1(on.get("othersMaxMsMedian")),
+                                               f1(on.get("othersLagMsMedian"))),
+                             "-", "info", "-"))
+                for mode, x in (("on", on), ("off", off)):
+                    if x.get("errors"):
+                        self.notes.append("fleet stampede, fleet_single_flight %s: %d errors, first: %s" % (mode, x["errors"], x.get("firstError")))
+                if not all(d == 1 for d in on["distinctPerRound"]):
+                    self.notes.append("fleet stampede, fleet_single_flight on: distinct values per round %s (each value carries "
+                                      "its fill's stamp, so more than 1 means clients got different fills)" % on["distinctPerRound"])
+            else:
+                rows.append(("cold stampede across %d daemons sharing one redis-server" % self.FLEET_DAEMONS, "-", "could not run",
+                             "-", "exactly 1 call", "n/a"))
+                self.notes.append("Fleet stampede did not run: %s" % fl.get("reason"))
+        ex = r.get("expiry")
+        if ex:
+            if ex.get("ran"):
+                off, on = ex["off"], ex["on"]
+                label = "one hot entry across expiry boundaries (ttl %d s, handler %s ms, %s gets/s open loop, %d x %s s)" % (
+                    ex["ttl"], f0(ex["handlerMs"]), f0(ex["rate"]), ex["rounds"], "{:g}".format(ex["seconds"]))
+                def fms(x):
+                    return "-" if x is None else ("%.2f" % x if x < 10 else f1(x))
+                rows.append(("%s: get latency p50 / p99 / p99.9 / max (ms), stale_ttl 0 / %d" % (label, ex["staleTtl"]), "-",
+                             "stale_ttl 0: %s / %s / %s / %s; stale_ttl %d: %s / %s / %s / %s" % (
+                                 fms(off.get("p50Ms")), fms(off.get("p99Ms")), fms(off.get("p999Ms")), fms(off.get("maxMs")),
+                                 ex["staleTtl"], fms(on.get("p50Ms")), fms(on.get("p99Ms")), fms(on.get("p999Ms")), fms(on.get("maxMs"))),
+                             "stale_ttl 0 over %d: max %s, p99 %s" % (ex["staleTtl"], fr(ratio(off.get("maxMs"), on.get("maxMs"))),
+                                                                      fr(ratio(off.get("p99Ms"), on.get("p99Ms")))),
+                             "stale_ttl %d: no get waits for the handler" % ex["staleTtl"],
+                             # stale_ttl 0 must have made readers wait, or the rounds crossed no boundary
+                             verdict(on.get("maxMs") is not None and on["slow"] == 0 and on["errors"] == 0 and off["slow"] > 0)))
+                per_ttl = -(-ex["seconds"] // ex["ttl"])  # boundaries a round can cross at most
+                cn = on["counters"]
+                rows.append(("expiry boundaries: gets that waited for a fill (answered hit: false) / stale answers / handler calls "
+                             "per round during the load, stale_ttl 0 / %d" % ex["staleTtl"], "-",
+                             "stale_ttl 0: %s waited of %s, %s calls; stale_ttl %d: %s waited, %s stale, %s calls (background refreshes %s)" % (
+                                 f0(off["waited"]), f0(off["answered"]), "/".join(map(str, off["handlerCallsPerRound"])), ex["staleTtl"],
+                                 f0(on["waited"]), f0(on["stale"]), "/".join(map(str, on["handlerCallsPerRound"])),
+                                 cn.get("refreshes", "-")),
+                             "slower than half the handler: %s / %s" % (f0(off["slow"]), f0(on["slow"])),
+                             "stale_ttl %d: 0 waited, <= 1 call per TTL" % ex["staleTtl"],
+                             verdict(on["waited"] == 0 and all(0 < c <= per_ttl for c in on["handlerCallsPerRound"]))))
+                for mode, x in (("0", off), (str(ex["staleTtl"]), on)):
+                    if x.get("errors"):
+                        self.notes.append("expiry rows, stale_ttl %s: %d gets failed, first: %s" % (mode, x["errors"], x.get("firstError")))
+                    if x.get("overdueFresh"):
+                        self.notes.append("expiry rows, stale_ttl %s: %d answers not marked stale carried a value older than ttl "
+                                          "(at their send; up to %s ms past, 20 ms allowed)" % (mode, x["overdueFresh"], f1(x.get("overdueFreshMaxMs"))))
+                    if x.get("overdueStale"):
+                        self.notes.append("expiry rows, stale_ttl %s: %d stale answers carried a value older than ttl + stale_ttl "
+                                          "(up to %s ms past)" % (mode, x["overdueStale"], f1(x.get("overdueStaleMaxMs"))))
+                    if x.get("uncached"):
+                        self.notes.append("expiry rows, stale_ttl %s: %d answers marked cached: false" % (mode, x["uncached"]))
+            else:
+                rows.append(("one hot entry across expiry boundaries, stale_ttl 0 / 5", "-", "could not run", "-", "info", "n/a"))
+                self.notes.append("Expiry rows did not run: %s" % ex.get("reason"))
         idle_kb = r.get("rssIdleKB")
         rows.append(("daemon RSS, idle (fresh start)", "-", f1(idle_kb / 1024) + " MB" if idle_kb else "-", "-", "<= 40 MB",
                      verdict(None if not idle_kb else idle_kb / 1024 <= 40)))
@@ -1166,6 +1509,31 @@ class Bench:
                            t.get("masters", self.CLUSTER_NODES), "{:,}".format(a.keyspace),
                            "{:,}".format((t.get("redisBenchmarkKeyspace") or {}).get("misses", 0)),
                            "/".join("{:,}".format(x) for x in t.get("cachedEntriesPerMaster") or []) or "-"))
+        fl = r.get("fleet") or {}
+        ex = r.get("expiry") or {}
+        at = next((i for i, line in enumerate(out) if line.startswith("- Cold gets:")), None)
+        if at is not None and ex.get("ran"):
+            out.insert(at + 1,
+                       "- Expiry: a daemon of its own with two keys filled by the same handler (sleeps %s s), `ExpiryOff` (`ttl = %d`, "
+                       "`stale_ttl = 0`) and `ExpirySwr` (`ttl = %d`, `stale_ttl = %d`); per round, one get fills a new entry, then "
+                       "`scripts/bench/expiry_load.py` reads it for %s s at %s gets/s, open loop (each get on an idle connection of a pool, "
+                       "a new one opened when all are busy, so gets that arrive during a refill pile up as they would from many web "
+                       "workers), crossing three expiries; %d rounds of each, alternating. Latency from each get's own send, percentiles "
+                       "over all rounds' gets. A get *waited* when it was answered `hit: false`; handler calls are those the handler logged "
+                       "between the load's first and last send; the handler puts its end stamp into the value, so an answer not marked "
+                       "stale whose value is older than ttl at its send is reported under Notes." % (
+                           a.handler_seconds, ex["ttl"], ex["ttl"], ex["staleTtl"], "{:g}".format(ex["seconds"]),
+                           "{:g}".format(ex["rate"]), ex["rounds"]))
+        if at is not None and fl.get("ran"):
+            out.insert(at + 1,
+                       "- Fleet: %d more daemons on the same redis-server, each with its own socket and one handler worker per key, and "
+                       "two keys filled by the cold handler (sleeps %s s): `Fleet` (`fleet_single_flight` on, the default with Redis) and "
+                       "`FleetSolo` (`fleet_single_flight = false`). Per round, %d forked processes x %d connections (%d processes per "
+                       "daemon) send one `get` of a never-used entry each at a common signal (`cold_gets.py` with one `--socket` per "
+                       "daemon); %d rounds per key, alternating, each on a new identity. Handler calls are counted from each daemon's "
+                       "handler log; fleet locks won and lost from the daemons' `stats` (`fleet`); latency as for cold gets, the median "
+                       "round being the one with the median max over the handler's own duration." % (
+                           fl["daemons"], a.handler_seconds, 10 * fl["daemons"], fl["getsPerDaemon"] // 10, 10, fl["rounds"]))
         pf = r.get("perf") or {}
         if pf.get("self"):
             top = []
@@ -1187,7 +1555,7 @@ class Bench:
 
 
 # What --only can name (the --skip-* flags name the same sections).
-SECTIONS = ("throughput", "tls", "cluster", "python", "cold", "perf", "idle", "callgrind")
+SECTIONS = ("throughput", "tls", "cluster", "python", "cold", "fleet", "expiry", "perf", "idle", "callgrind")
 
 
 def sections(text):
@@ -1231,6 +1599,10 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--python-calls", type=int, default=20000)
     p.add_argument("--handler-seconds", default="0.2")
+    p.add_argument("--fleet-gets", type=int, default=300, help="concurrent cold gets to each fleet daemon per round (a multiple of 10)")
+    p.add_argument("--fleet-rounds", type=int, default=5, help="rounds of the fleet stampede, for each fleet_single_flight setting")
+    p.add_argument("--expiry-rate", type=float, default=500.0, help="gets per second on the hot entry of the expiry rows")
+    p.add_argument("--expiry-seconds", type=float, default=7.5, help="length of one expiry round (ttl 2 s: three boundaries)")
     p.add_argument("--valgrind-preload", help="the compiled scripts/bench/sigsuspend_shim.c, preloaded under valgrind")
     p.add_argument("--fanout-floor", help="the compiled scripts/bench/fanout_floor.c (the cold-get floor); skipped if absent")
     p.add_argument("--idle-connections", type=int, default=10000)
@@ -1243,6 +1615,8 @@ def main():
     p.add_argument("--skip-perf", action="store_true")
     p.add_argument("--skip-tls", action="store_true", help="leave out the get-hit row over TLS (rediss://)")
     p.add_argument("--skip-cluster", action="store_true", help="leave out the get-hit row on a Redis Cluster (redis-cluster://)")
+    p.add_argument("--skip-fleet", action="store_true", help="leave out the cold stampede across three daemons")
+    p.add_argument("--skip-expiry", action="store_true", help="leave out the get latency across expiry boundaries")
     p.add_argument("--only", type=sections, metavar="SECTION[,SECTION...]",
                    help="run only these sections (quick runs; the rest of the table stays empty): " + ", ".join(SECTIONS))
     p.add_argument("--keep-temp", action="store_true")
