@@ -1,5 +1,6 @@
 import CachedProtocol
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// Stale-while-revalidate, grace and early refresh (XFetch) for keys with `stale_ttl`, `grace` or
@@ -7,7 +8,7 @@ import NIOCore
 /// is a plain hit, a stale answer with one background refresh, or a wait for a refresh in grace.
 extension RequestDispatcher {
     /// The answer to a get of an entry with an age.
-    func agedAnswer(_ params: GetParams, _ value: EncodedValue, _ age: EntryAge, context: RequestContext) -> Completion {
+    func agedAnswer(_ params: GetParams, _ value: EncodedValue, _ age: EntryAge, context: RequestContext, attempt: Int = 0) -> Completion {
         let now = NIODeadline.now()
         switch age.phase(at: now) {
         case .fresh:
@@ -19,8 +20,11 @@ extension RequestDispatcher {
             fleetStats.count { $0.staleAnswers += 1 }
             startRefresh(params, expected: value.raw, early: false, context: context)
             return .now(.stale(value))
-        case .grace, .expired:
-            return .later(graceGet(params, stale: value, context: context))
+        case .grace:
+            return .later(graceGet(params, stale: value, context: context, attempt: attempt))
+        case .expired:
+            // Gone from Redis by now (the local copy never outlives it; this is the instant in between).
+            return .later(get(params, context: context, attempt: attempt, agedRead: true))
         }
     }
 
@@ -35,7 +39,7 @@ extension RequestDispatcher {
             guard let age = entry.age else { return eventLoop.makeSucceededFuture(.get(hit: true, value: entry.value)) }
             var encoded = EncodedValue(entry.value)
             encoded.age = age
-            switch self.agedAnswer(params, encoded, age, context: context) {
+            switch self.agedAnswer(params, encoded, age, context: context, attempt: attempt) {
             case .now(let result): return eventLoop.makeSucceededFuture(result)
             case .later(let future): return future
             }
@@ -50,7 +54,8 @@ extension RequestDispatcher {
     /// (fleet-wide, the fill lock lets one daemon refresh).
     func startRefresh(_ params: GetParams, expected: ByteBuffer, early: Bool, context: RequestContext) {
         let entry = params.address.location
-        guard !coordinator.hasFlight(entry), let handler = handlers.handler(for: params.address.key) else { return }
+        guard !coordinator.hasFlight(entry), !refreshBackoff.isBackingOff(entry), let handler = handlers.handler(for: params.address.key)
+        else { return }
         let keyConfig = currentConfiguration.key(params.address.key)
         let eventLoop = context.eventLoop
         _ = coordinator.requestFlight(entry, on: eventLoop, overwrite: true) { id in
@@ -64,11 +69,24 @@ extension RequestDispatcher {
 
     /// In grace: wait for one refresh; if it fails (or another daemon is refreshing), answer the old
     /// value marked stale instead of the error.
-    func graceGet(_ params: GetParams, stale: EncodedValue, context: RequestContext) -> EventLoopFuture<MethodResult> {
+    func graceGet(_ params: GetParams, stale: EncodedValue, context: RequestContext, attempt: Int) -> EventLoopFuture<MethodResult> {
         let eventLoop = context.eventLoop
         guard let handler = handlers.handler(for: params.address.key) else { return eventLoop.makeSucceededFuture(.stale(stale)) }
         let entry = params.address.location
         let keyConfig = currentConfiguration.key(params.address.key)
+        let mark = store.changeMark()
+        let backingOff = refreshBackoff.isBackingOff(entry)
+        /// The old value, unless the entry changed meanwhile (a delete through another daemon): then
+        /// what is stored now is the answer.
+        @Sendable func staleAnswer() -> EventLoopFuture<MethodResult> {
+            guard self.store.unchanged(params.address, since: mark) else {
+                return self.get(params, context: context, attempt: attempt + 1)
+            }
+            self.fleetStats.count { $0.graceAnswers += 1 }
+            return eventLoop.makeSucceededFuture(.stale(stale))
+        }
+        // A refresh of this entry failed a moment ago: the old value at once, not another call right away.
+        if backingOff { return staleAnswer() }
         return coordinator.requestFlight(entry, on: eventLoop, overwrite: true) { id in
             self.fleetStats.count { $0.refreshes += 1 }
             self.runRefresh(id, entry, handler, params, keyConfig, expected: stale.raw, on: eventLoop)
@@ -78,16 +96,14 @@ extension RequestDispatcher {
             case .inStore(let value?): return eventLoop.makeSucceededFuture(.get(hit: true, value: value))
             case .value(nil, _), .inStore(nil): return eventLoop.makeSucceededFuture(.get(hit: false, value: nil))
             case .busy:
-                self.fleetStats.count { $0.graceAnswers += 1 }
-                return eventLoop.makeSucceededFuture(.stale(stale))
+                return staleAnswer()
             case .readAgain, .miss, .lease:
                 // A write of the entry overtook the refresh: what it wrote is the answer.
-                return self.get(params, context: context, attempt: 1)
+                return self.get(params, context: context, attempt: attempt + 1)
             }
         }.flatMapError { error in
-            self.fleetStats.count { $0.graceAnswers += 1 }
             self.logger.debug("answering a stale entry in grace after a failed refresh", metadata: ["entry": "\(entry)", "error": "\(error)"])
-            return eventLoop.makeSucceededFuture(.stale(stale))
+            return staleAnswer()
         }
     }
 
@@ -116,6 +132,7 @@ extension RequestDispatcher {
         outcome.whenComplete { result in
             if case .failure(let error) = result {
                 self.fleetStats.count { $0.refreshesFailed += 1 }
+                self.refreshBackoff.failed(entry)
                 self.logger.warning("a background refresh failed", metadata: ["entry": "\(entry)", "error": "\(error)"])
             }
             self.coordinator.finishFlight(entry, flight: id, result)
@@ -137,19 +154,38 @@ extension RequestDispatcher {
                 if let token { locks?.release(entry, token: token, on: eventLoop).whenFailure { _ in } }
                 return eventLoop.makeSucceededFuture(.filled(value, stored: false))
             }
-            // The handler's "no such entry" deletes it (if it still holds `expected`).
-            let keepDelta = (keyConfig.aging?.beta ?? 0) > 0 ? delta : nil
-            return locks.store(
-                entry, token: token, value: value, ttl: keyConfig.storeTTL(keyConfig.ttl), mode: .refresh(expected: expected),
-                delta: keepDelta, on: eventLoop
-            ).map { outcome in
-                if outcome == .lockLost { self.fleetStats.count { $0.fencedOut += 1 } }
-                return .filled(value, stored: outcome == .stored)
-            }.recover { error in
-                self.fleetStats.count { $0.refreshesFailed += 1 }
-                self.logger.warning("could not store a refreshed entry", metadata: ["entry": "\(entry)", "error": "\(error)"])
-                return .filled(value, stored: false)
+            // The handler's "no such entry" deletes it (if it still holds `expected`). A store error counts as
+            // a failed refresh.
+            return self.fencedStore(locks, entry, token: token, value: value, keyConfig, mode: .refresh(expected: expected), delta: delta, on: eventLoop)
+                .map { outcome in
+                    if case .filled(_, false) = outcome, value != nil { self.fleetStats.count { $0.refreshesFailed += 1 } }
+                    return outcome
+                }
+        }
+    }
+}
+
+/// Entries whose last refresh failed a moment ago: no new refresh starts for them until `delay` has
+/// passed, so a failing origin is not called back-to-back by every stale or grace read.
+final class RefreshBackoff: Sendable {
+    static let delay = TimeAmount.seconds(1)
+    private let failures = NIOLockedValueBox<[StoreLocation: NIODeadline]>([:])
+
+    func failed(_ entry: StoreLocation) {
+        failures.withLockedValue { failures in
+            if failures.count > 10_000 { failures.removeAll() }  // bounded
+            failures[entry] = .now() + Self.delay
+        }
+    }
+
+    func isBackingOff(_ entry: StoreLocation) -> Bool {
+        failures.withLockedValue { failures in
+            guard let until = failures[entry] else { return false }
+            if until <= .now() {
+                failures[entry] = nil
+                return false
             }
+            return true
         }
     }
 }

@@ -54,7 +54,8 @@ extension RequestDispatcher {
                 ).flatMap { outcome in
                     switch outcome {
                     case .value(let value):
-                        return eventLoop.makeSucceededFuture(.inStore(value))
+                        // Filled by another daemon while this one waited: a miss answered by a fill, as at the holder.
+                        return eventLoop.makeSucceededFuture(.filled(value, stored: true))
                     case .won:
                         self.fleetStats.count { $0.locksWon += 1 }
                         return self.fillUnderLock(id, entry, handler, params, keyConfig, locks, token: token, on: eventLoop)
@@ -96,20 +97,34 @@ extension RequestDispatcher {
                 locks.release(entry, token: token, on: eventLoop).whenFailure { _ in }
                 return eventLoop.makeSucceededFuture(.filled(value, stored: false))
             }
-            let keepDelta = (keyConfig.aging?.beta ?? 0) > 0 ? delta : nil
-            return locks.store(
-                entry, token: token, value: value, ttl: keyConfig.storeTTL(keyConfig.ttl), mode: .fill, delta: keepDelta, on: eventLoop
-            ).map { outcome in
-                if outcome == .lockLost {
-                    self.fleetStats.count { $0.fencedOut += 1 }
-                    self.logger.notice(
-                        "a fill outlived its fleet lock (lease_timeout); its value was not stored", metadata: ["entry": "\(entry)"])
-                }
-                return .filled(value, stored: outcome == .stored)
-            }.recover { error in
-                self.logger.warning("could not store a filled entry", metadata: ["entry": "\(entry)", "error": "\(error)"])
-                return .filled(value, stored: false)
+            return self.fencedStore(locks, entry, token: token, value: value, keyConfig, mode: .fill, delta: delta, on: eventLoop)
+        }
+    }
+
+    /// Stores a fill's or a refresh's value with the fenced script (see ``FleetLocks``). A refusal (the
+    /// entry was written meanwhile, or the lock was lost: expired, or ended by a write through another
+    /// daemon) means the value may be older than what is stored: every waiter reads again. A store error
+    /// releases the lock; the value is still the answer (`cached: false`).
+    func fencedStore(
+        _ locks: any FleetLocks, _ entry: StoreLocation, token: String?, value: ByteBuffer?,
+        _ keyConfig: DaemonConfiguration.KeyConfiguration, mode: FleetStoreMode, delta: Duration, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<FillCoordinator.FillOutcome> {
+        let keepDelta = (keyConfig.aging?.beta ?? 0) > 0 ? delta : nil
+        return locks.store(
+            entry, token: token, value: value, ttl: keyConfig.storeTTL(keyConfig.ttl), mode: mode, delta: keepDelta, on: eventLoop
+        ).map { outcome -> FillCoordinator.FillOutcome in
+            switch outcome {
+            case .stored: return .filled(value, stored: true)
+            case .writtenMeanwhile: return .overtaken
+            case .lockLost:
+                self.fleetStats.count { $0.fencedOut += 1 }
+                self.logger.notice("a fill lost its fleet lock before its store; its value was not stored", metadata: ["entry": "\(entry)"])
+                return .overtaken
             }
+        }.recover { error in
+            if let token { locks.release(entry, token: token, on: eventLoop).whenFailure { _ in } }
+            self.logger.warning("could not store a filled entry", metadata: ["entry": "\(entry)", "error": "\(error)"])
+            return .filled(value, stored: false)
         }
     }
 }

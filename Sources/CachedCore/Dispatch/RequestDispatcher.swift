@@ -11,6 +11,7 @@ public final class RequestDispatcher: Sendable {
     public let handlers: HandlerRegistry
     /// What the fleet's single flight and the stale window did.
     public let fleetStats = FleetStats()
+    let refreshBackoff = RefreshBackoff()
     private let configuration: NIOLockedValueBox<DaemonConfiguration>
     private let startTime = NIODeadline.now()
     let logger: Logger
@@ -294,7 +295,7 @@ public final class RequestDispatcher: Sendable {
                     : self.store.fill(address, value: value, ttl: ttl, on: eventLoop)
             }
             return stored
-                .map { .filled(value, stored: $0) }
+                .map { $0 ? .filled(value, stored: true) : .overtaken }
                 .recover { error in
                     self.logger.warning("could not store a filled entry", metadata: ["entry": "\(address)", "error": "\(error)"])
                     return .filled(value, stored: false)
@@ -344,7 +345,7 @@ public final class RequestDispatcher: Sendable {
         }
 
         if let token = params.lease {
-            guard let waiters = coordinator.redeemLease(entry, token: token) else {
+            guard let (waiters, fleetToken) = coordinator.redeemLease(entry, token: token) else {
                 return eventLoop.makeSucceededFuture(
                     .storedRefused("lease no longer valid: the entry was written or deleted, or the lease expired or was released"))
             }
@@ -353,7 +354,7 @@ public final class RequestDispatcher: Sendable {
             // under the fleet's fill lock, only while this daemon still holds it.
             let storeTTL = keyConfig.storeTTL(ttl)
             let stored: EventLoopFuture<(Bool, String?)>
-            if let fleetToken = coordinator.takeFleetToken(entry), let locks = store.fleet {
+            if let fleetToken, let locks = store.fleet {
                 stored = locks.store(entry, token: fleetToken, value: value, ttl: storeTTL, mode: .fill, delta: nil, on: eventLoop)
                     .map { outcome in
                         switch outcome {

@@ -18,6 +18,10 @@ public final class FillCoordinator: Sendable {
         case filled(ByteBuffer?, stored: Bool)
         /// A refresh found another daemon refreshing the entry (its fill lock held): no value.
         case busy
+        /// The fill's value was refused by the store (the entry was written meanwhile, or its fill lock
+        /// was ended by a write through another daemon): it may be older than what is stored, so every
+        /// waiter reads again.
+        case overtaken
     }
 
     /// What a waiting `get` is answered with.
@@ -47,6 +51,9 @@ public final class FillCoordinator: Sendable {
         /// Entries whose leases are handed out under the fleet's fill lock, with the lock's token (one
         /// per entry, kept while leases pass from one local asker to the next).
         var fleetLeases: [StoreLocation: FleetLease] = [:]
+        /// Leases handed to a client (a lease the machine granted can end before that, when another
+        /// daemon fills the entry first).
+        var leasesHandedOut = 0
     }
 
     /// The fleet's fill lock behind an entry's leases.
@@ -123,7 +130,12 @@ public final class FillCoordinator: Sendable {
         _ key: StoreLocation, on eventLoop: any EventLoop, overwrite: Bool = false, run start: (UInt64) -> Void
     ) -> EventLoopFuture<Verdict> {
         let promise = eventLoop.makePromise(of: Verdict.self)
-        let decision = state.withLockedValue { $0.machine.requestFlight(key, waiter: promise, overwrite: overwrite) }
+        let decision = state.withLockedValue { state in
+            let decision = state.machine.requestFlight(key, waiter: promise, overwrite: overwrite)
+            // A flight that took over a lease ends the lease's fleet bookkeeping (its lock expires).
+            if state.machine.leaseToken(key) == nil { state.fleetLeases[key] = nil }
+            return decision
+        }
         if case .start(let id, let actions) = decision {
             run(actions)
             start(id)
@@ -152,6 +164,7 @@ public final class FillCoordinator: Sendable {
             case .success(.inStore(let value)): waiter.succeed(.inStore(value))
             case .success(.filled(let value, let stored)): waiter.succeed(.value(value, cached: stored))
             case .success(.busy): waiter.succeed(.busy)
+            case .success(.overtaken): waiter.succeed(.readAgain)
             case .failure(let error): waiter.fail(error)
             }
         }
@@ -177,7 +190,12 @@ public final class FillCoordinator: Sendable {
     public func hashDeleteStarted(_ storeKey: String) -> [StoreLocation] {
         let (entries, actions) = state.withLockedValue { state in
             for key in state.negatives.keys where key.key == storeKey && key.field != nil { state.negatives[key] = nil }
-            return state.machine.hashDeleteStarted { $0.key == storeKey && $0.field != nil }
+            let started = state.machine.hashDeleteStarted { $0.key == storeKey && $0.field != nil }
+            // The delete's script ends every field's fleet lock.
+            for key in state.fleetLeases.keys where key.key == storeKey && state.machine.leaseToken(key) == nil {
+                state.fleetLeases[key] = nil
+            }
+            return started
         }
         run(actions)
         return entries
@@ -210,14 +228,21 @@ public final class FillCoordinator: Sendable {
 
     /// A `set` with a lease token: nil if the token is not the entry's live lease; otherwise the lease
     /// ended, a write is in flight (end it with ``writeFinished(_:)``) and these waiters wait for it.
-    public func redeemLease(_ key: StoreLocation, token: String) -> [EventLoopPromise<Verdict>]? {
-        let redeem = state.withLockedValue { state in
+    ///
+    /// `fleetToken` is the fleet lock's token when this daemon holds the entry's lock for the lease: the
+    /// store must then be fenced with it (taken in the same step as the lease ends, so nothing can drop
+    /// the lock's bookkeeping in between).
+    public func redeemLease(_ key: StoreLocation, token: String) -> (wake: [EventLoopPromise<Verdict>], fleetToken: String?)? {
+        let (redeem, fleetToken) = state.withLockedValue { state -> (Machine.Redeem, String?) in
             state.negatives[key] = nil
-            return state.machine.redeem(key, token: token)
+            let redeem = state.machine.redeem(key, token: token)
+            guard case .accepted = redeem, let lease = state.fleetLeases[key] else { return (redeem, nil) }
+            if state.machine.leaseToken(key) == nil { state.fleetLeases[key] = nil }
+            return (redeem, lease.won ? lease.token : nil)
         }
         guard case .accepted(let wake, let actions) = redeem else { return nil }
         run(actions)
-        return wake
+        return (wake, fleetToken)
     }
 
     /// The holder gives its lease back: the next waiter gets a new one at once. False when the token is
@@ -296,7 +321,7 @@ public final class FillCoordinator: Sendable {
             let c = s.machine.counters
             return .object([
                 "flights": .number(String(c.flights)), "joinedFlights": .number(String(c.joinedFlights)),
-                "leasesGranted": .number(String(c.leasesGranted)), "leaseWaits": .number(String(c.leaseWaits)),
+                "leasesGranted": .number(String(s.leasesHandedOut)), "leaseWaits": .number(String(c.leaseWaits)),
                 "leasesRefused": .number(String(c.leasesRefused)), "leasesReleased": .number(String(c.leasesReleased)),
                 "leasesExpired": .number(String(c.leasesExpired)), "readsOvertaken": .number(String(c.readsOvertaken)),
                 "fillsInFlight": .number(String(s.machine.fillsInFlight)), "leasesOut": .number(String(s.machine.leasesOut)),
@@ -346,7 +371,10 @@ public final class FillCoordinator: Sendable {
             guard let self else { return }
             self.expire(key, token: token, on: eventLoop)
         }
-        state.withLockedValue { $0.expiries[token] = task }
+        state.withLockedValue {
+            $0.expiries[token] = task
+            $0.leasesHandedOut += 1
+        }
         waiter.succeed(.lease(token))
     }
 

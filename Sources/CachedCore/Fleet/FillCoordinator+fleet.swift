@@ -16,7 +16,7 @@ extension FillCoordinator {
             switch result {
             case .success(.won):
                 self.fleetStats.count { $0.locksWon += 1 }
-                self.grantIfLive(waiter, key, token: token, timeout: timeout, won: true)
+                self.grantIfLive(waiter, key, token: token, timeout: timeout, won: true, fleetToken: fleetToken)
             case .success(.present(let value)):
                 self.filledElsewhere(waiter, key, token: token, value: value)
             case .success(.held):
@@ -31,15 +31,15 @@ extension FillCoordinator {
                             self.filledElsewhere(waiter, key, token: token, value: value)
                         case .won:
                             self.fleetStats.count { $0.locksWon += 1 }
-                            self.grantIfLive(waiter, key, token: token, timeout: timeout, won: true)
+                            self.grantIfLive(waiter, key, token: token, timeout: timeout, won: true, fleetToken: fleetToken)
                         case .gaveUp, .failed:
                             // The lock never came free in time, or Redis failed: the lease is this daemon's alone.
                             if case .gaveUp = outcome { self.fleetStats.count { $0.waitsGaveUp += 1 } }
-                            self.grantIfLive(waiter, key, token: token, timeout: timeout, won: false)
+                            self.grantIfLive(waiter, key, token: token, timeout: timeout, won: false, fleetToken: fleetToken)
                         }
                     }
             case .failure:
-                self.grantIfLive(waiter, key, token: token, timeout: timeout, won: false)
+                self.grantIfLive(waiter, key, token: token, timeout: timeout, won: false, fleetToken: fleetToken)
             }
         }
     }
@@ -52,12 +52,19 @@ extension FillCoordinator {
 
     /// Hands out the lease if it is still the entry's live one (a write may have revoked it, or its
     /// asker's connection closed meanwhile: then the asker reads again).
-    private func grantIfLive(_ waiter: EventLoopPromise<Verdict>, _ key: StoreLocation, token: String, timeout: Duration, won: Bool) {
-        let live = state.withLockedValue { state -> Bool in
-            guard state.machine.leaseToken(key) == token else { return false }
-            if won { state.fleetLeases[key]?.won = true }
-            return true
+    private func grantIfLive(
+        _ waiter: EventLoopPromise<Verdict>, _ key: StoreLocation, token: String, timeout: Duration, won: Bool, fleetToken: String
+    ) {
+        let (live, orphaned) = state.withLockedValue { state -> (Bool, Bool) in
+            guard state.machine.leaseToken(key) == token else {
+                // Won for a lease that ended meanwhile: unless a later lease of the entry uses the same
+                // lock, give it back at once rather than make everyone wait for its expiry.
+                return (false, won && state.fleetLeases[key]?.token != fleetToken)
+            }
+            state.fleetLeases[key]?.won = won
+            return (true, false)
         }
+        if orphaned { releaseFleetLocks([(key, fleetToken)], on: waiter.futureResult.eventLoop) }
         guard live else {
             waiter.succeed(.readAgain)
             return
@@ -77,16 +84,6 @@ extension FillCoordinator {
         run(actions)
         for other in wake { other.succeed(.value(value, cached: true)) }
         writeFinished(key)
-    }
-
-    /// The fleet lock's token when this daemon holds the entry's lock for its lease (a lease `set` is
-    /// then a fenced store); the entry's lease bookkeeping ends with the store.
-    public func takeFleetToken(_ key: StoreLocation) -> String? {
-        state.withLockedValue { state in
-            guard let lease = state.fleetLeases[key] else { return nil }
-            if state.machine.leaseToken(key) == nil { state.fleetLeases[key] = nil }
-            return lease.won ? lease.token : nil
-        }
     }
 
     /// Drops the fleet bookkeeping of `keys` whose lease ended with nobody to pass it to; the locks won

@@ -29,11 +29,11 @@ public protocol FleetLocks: Sendable {
     /// Ends the lock if `token` still holds it (a handler error, a released lease); true if it did.
     func release(_ location: StoreLocation, token: String, on eventLoop: any EventLoop) -> EventLoopFuture<Bool>
 
-    /// Calls `wake` when Redis reports that `storeKey` changed (or that anything may have changed); the
-    /// watch stays until ``unwatch(_:)``.
-    func watch(_ storeKey: String, _ wake: @escaping @Sendable () -> Void) -> KeyWatchers.Watch
+    /// Calls `wake` when Redis reports that the entry or its lock changed (or that anything may have
+    /// changed); the watches stay until ``unwatch(_:)``.
+    func watch(_ location: StoreLocation, _ wake: @escaping @Sendable () -> Void) -> [KeyWatchers.Watch]
 
-    func unwatch(_ watch: KeyWatchers.Watch)
+    func unwatch(_ watches: [KeyWatchers.Watch])
 }
 
 /// What taking a fill lock found.

@@ -19,7 +19,7 @@ final class FleetWaiter: Sendable {
     private let eventLoop: any EventLoop
     private let promise: EventLoopPromise<Machine.Outcome>
     private let machine: NIOLockedValueBox<Machine>
-    private let watch = NIOLockedValueBox<KeyWatchers.Watch?>(nil)
+    private let watches = NIOLockedValueBox<[KeyWatchers.Watch]?>(nil)
 
     /// Waits for the entry or its lock; gives up after `timeout`.
     static func wait(
@@ -50,11 +50,19 @@ final class FleetWaiter: Sendable {
     private static func now() -> UInt64 { NIODeadline.now().uptimeNanoseconds }
 
     private func begin() {
-        let watch = locks.watch(location.key) { [self] in
+        let watches = locks.watch(location) { [self] in
             self.run(self.machine.withLockedValue { $0.changed() })
         }
-        self.watch.withLockedValue { $0 = watch }
+        self.watches.withLockedValue { $0 = watches }
+        // A wake-up may have ended the wait before the watches were stored: then remove them here.
+        if machine.withLockedValue({ $0.isDone }) { unwatch() }
         run(machine.withLockedValue { $0.start() })
+    }
+
+    private func unwatch() {
+        if let watches = watches.withLockedValue({ w -> [KeyWatchers.Watch]? in defer { w = [] }; return w }) {
+            locks.unwatch(watches)
+        }
     }
 
     private func run(_ action: Machine.Action) {
@@ -77,9 +85,7 @@ final class FleetWaiter: Sendable {
                 self.run(self.machine.withLockedValue { $0.pollFired(generation, now: Self.now()) })
             }
         case .finish(let outcome):
-            if let watch = watch.withLockedValue({ w -> KeyWatchers.Watch? in defer { w = nil }; return w }) {
-                locks.unwatch(watch)
-            }
+            unwatch()
             promise.succeed(outcome)
         }
     }

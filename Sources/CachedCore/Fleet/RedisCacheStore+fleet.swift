@@ -5,6 +5,14 @@ import NIOCore
 extension RedisCacheStore: FleetLocks {
     public var fleet: (any FleetLocks)? { self }
 
+    public func changeMark() -> UInt64 {
+        localCache?.beginRead() ?? 0
+    }
+
+    public func unchanged(_ address: EntryAddress, since mark: UInt64) -> Bool {
+        localCache?.unchanged(address.storeKey, since: mark) ?? true
+    }
+
     public func supports(_ location: StoreLocation) -> Bool {
         FleetLayout.metaKey(location.key) != nil
     }
@@ -19,13 +27,17 @@ extension RedisCacheStore: FleetLocks {
         let readAt = localCache?.beginRead() ?? 0
         let localCache = self.localCache
         let command = Self.script(FleetLayout.readAged, keys: [address.storeKey, meta], [])
+        // Ages count from when the read was sent: never later than Redis's own clock would say.
+        let sentAt = NIODeadline.now()
         return execute(command, key: address.storeKey, on: eventLoop).flatMapThrowing { (reply, route) in
             guard case .array(let parts) = reply, parts.count == 3 else {
                 throw CachedError(.storeError, "unexpected reply from Redis to an aged read: \(reply)")
             }
             guard case .bulk(let value) = parts[0] else { return nil }
-            let age = Self.age(ttl: parts[1], delta: parts[2], policy: policy, now: .now())
-            localCache?.insert(address, value: value, readAt: readAt, route: route, age: age)
+            let age = Self.age(ttl: parts[1], delta: parts[2], policy: policy, now: sentAt)
+            if let expiresAt = Self.expiry(parts[1], now: sentAt) {  // nil: expiring this instant, keep nothing
+                localCache?.insert(address, value: value, readAt: readAt, route: route, age: age, expiresAt: expiresAt)
+            }
             return StoredEntry(value: value, age: age)
         }
     }
@@ -110,11 +122,13 @@ extension RedisCacheStore: FleetLocks {
         return integer(command, key: location.key, on: eventLoop).map { $0 == 1 }
     }
 
-    public func watch(_ storeKey: String, _ wake: @escaping @Sendable () -> Void) -> KeyWatchers.Watch {
-        watchers.add(storeKey, wake)
+    /// The entry's key and its metadata key: a look reads both (tracked), so the holder's store and the
+    /// lock's end (a handler error, a release) are both reported.
+    public func watch(_ location: StoreLocation, _ wake: @escaping @Sendable () -> Void) -> [KeyWatchers.Watch] {
+        ([location.key] + (FleetLayout.metaKey(location.key).map { [$0] } ?? [])).map { watchers.add($0, wake) }
     }
 
-    public func unwatch(_ watch: KeyWatchers.Watch) {
-        watchers.remove(watch)
+    public func unwatch(_ watches: [KeyWatchers.Watch]) {
+        watches.forEach(watchers.remove)
     }
 }

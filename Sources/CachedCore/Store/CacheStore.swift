@@ -20,6 +20,11 @@ public protocol CacheStore: Sendable {
     /// The entry with its age (for keys with `policy`: stale-while-revalidate, grace, early refresh), or
     /// nil on a miss. One round trip. A local copy made from it carries the age.
     func readAged(_ address: EntryAddress, policy: DaemonConfiguration.AgingPolicy, on eventLoop: any EventLoop) -> EventLoopFuture<StoredEntry?>
+    /// A mark of the store's change reports so far, for ``unchanged(_:since:)``.
+    func changeMark() -> UInt64
+    /// False when a change of the entry was reported since `mark` (an invalidation, a flush); true when
+    /// none was, or the store cannot tell.
+    func unchanged(_ address: EntryAddress, since mark: UInt64) -> Bool
     /// The fleet's fill locks, when the store is shared by several daemons (Redis); nil otherwise.
     var fleet: (any FleetLocks)? { get }
     /// The entry's bytes if they are in this process's memory right now (no I/O); nil otherwise.
@@ -54,6 +59,8 @@ extension CacheStore {
         get(address, on: eventLoop).map { $0.map { StoredEntry(value: $0, age: nil) } }
     }
     public var fleet: (any FleetLocks)? { nil }
+    public func changeMark() -> UInt64 { 0 }
+    public func unchanged(_ address: EntryAddress, since mark: UInt64) -> Bool { true }
     public func start() async {}
     public func shutdown() async {}
 }

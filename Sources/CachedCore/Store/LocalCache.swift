@@ -67,7 +67,10 @@ public final class LocalCache: Sendable {
     /// Caches a value read from Redis through `route`, unless it may be stale (see the type's
     /// documentation). Call it on the connection's event loop, where the reply was read: the connection's
     /// close is then seen after it, and drops the entry.
-    func insert(_ address: EntryAddress, value: ByteBuffer, readAt epoch: UInt64, route: RedisRoute, age: EntryAge? = nil) {
+    func insert(
+        _ address: EntryAddress, value: ByteBuffer, readAt epoch: UInt64, route: RedisRoute, age: EntryAge? = nil,
+        expiresAt: NIODeadline = .distantFuture
+    ) {
         let connection = route.connection
         connection.eventLoop.preconditionInEventLoop()
         guard connection.isActive, let redirect = connection.trackingRedirect else { return }
@@ -77,8 +80,8 @@ public final class LocalCache: Sendable {
         let node = route.node.id
         encoded.tag = session
         encoded.age = age
-        // An entry with an age is kept no longer than Redis keeps it.
-        let expiry = age.map { min($0.expiresAt, now + maxAge) } ?? now + maxAge
+        // Kept no longer than Redis keeps it.
+        let expiry = min(age?.expiresAt ?? .distantFuture, expiresAt, now + maxAge)
         let watch: Bool = state.withLockedValue { state in
             guard let listener = state.listeners[node], redirect == listener, state.flushedAt <= epoch,
                 (state.nodeFlushedAt[node] ?? 0) <= epoch, (state.invalidatedAt[address.storeKey] ?? 0) <= epoch
@@ -90,6 +93,15 @@ public final class LocalCache: Sendable {
         if watch {
             // Runs on this event loop, after every reply already read from the connection.
             connection.channel.closeFuture.whenComplete { [weak self] _ in self?.sessionEnded(session) }
+        }
+    }
+
+    /// Whether nothing reported a change of `storeKey` (an invalidation, a flush of any node) since
+    /// `epoch` (from ``beginRead()``).
+    func unchanged(_ storeKey: String, since epoch: UInt64) -> Bool {
+        state.withLockedValue { state in
+            state.flushedAt <= epoch && (state.invalidatedAt[storeKey] ?? 0) <= epoch
+                && state.nodeFlushedAt.values.allSatisfy { $0 <= epoch }
         }
     }
 

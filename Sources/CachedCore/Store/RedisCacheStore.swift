@@ -47,17 +47,42 @@ public final class RedisCacheStore: CacheStore {
         } else {
             command = RedisCommand("GET", .string(address.storeKey))
         }
-        let readAt = localCache?.beginRead() ?? 0
-        let localCache = self.localCache
-        return execute(command, key: address.storeKey, on: eventLoop).flatMapThrowing { (reply, route) in
-            switch reply {
-            case .bulk(let value):
-                localCache?.insert(address, value: value, readAt: readAt, route: route)
-                return value
-            case .null: return nil
-            default: throw CachedError(.storeError, "unexpected reply from Redis to GET: \(reply)")
-            }
+        guard let localCache, let route = topology.route(address.storeKey, preferring: eventLoop) else {
+            return execute(command, key: address.storeKey, on: eventLoop).flatMapThrowing { (reply, _) in try Self.value(reply) }
         }
+        let readAt = localCache.beginRead()
+        let sentAt = NIODeadline.now()
+        // The key's remaining time is read in the same round trip (pipelined on the same connection), so
+        // the local copy never outlives the entry in Redis (Redis reports an expiry only when it deletes
+        // the key, up to ~100 ms late).
+        let read = execute(command, key: address.storeKey, route: route, asking: false, attempt: 0)
+        let ttl = route.connection.send(RedisCommand("PTTL", .string(address.storeKey))).map(Optional.some).recover { _ in nil }
+        return read.and(ttl).flatMapThrowing { (answer, ttl) in
+            let (reply, answeredBy) = answer
+            let value = try Self.value(reply)
+            if let value, answeredBy.connection === route.connection, let expiresAt = Self.expiry(ttl, now: sentAt) {
+                localCache.insert(address, value: value, readAt: readAt, route: answeredBy, expiresAt: expiresAt)
+            }
+            return value
+        }
+    }
+
+    /// The bytes of a `GET`/`HGET` reply.
+    static func value(_ reply: RedisReply) throws -> ByteBuffer? {
+        switch reply {
+        case .bulk(let value): return value
+        case .null: return nil
+        default: throw CachedError(.storeError, "unexpected reply from Redis to GET: \(reply)")
+        }
+    }
+
+    /// When a key read with `ttl` (a `PTTL` reply) leaves Redis: `.distantFuture` for no expiry, nil when
+    /// unknown or already gone (then nothing is kept locally).
+    static func expiry(_ ttl: RedisReply?, now: NIODeadline) -> NIODeadline? {
+        guard case .integer(let milliseconds)? = ttl else { return nil }
+        if milliseconds == -1 { return .distantFuture }
+        guard milliseconds > 0 else { return nil }
+        return now + .milliseconds(milliseconds)
     }
 
     public func set(_ address: EntryAddress, value: ByteBuffer, ttl: Duration, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
@@ -187,7 +212,7 @@ public final class RedisCacheStore: CacheStore {
         return execute(command, key: key, route: route, asking: false, attempt: 0)
     }
 
-    private func execute(
+    func execute(
         _ command: RedisCommand, key: String, route: RedisRoute, asking: Bool, attempt: Int
     ) -> EventLoopFuture<(RedisReply, RedisRoute)> {
         let sent = asking ? route.connection.sendAsking(command) : route.connection.send(command)

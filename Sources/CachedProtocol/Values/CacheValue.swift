@@ -52,7 +52,17 @@ public struct EncodedValue: Sendable {
     public var tag: UInt64 = 0
     /// Where the entry stands in its life, for keys with stale-while-revalidate or early refresh; nil for
     /// every other entry (a plain hit).
-    public var age: EntryAge?
+    public var age: EntryAge? {
+        get { ageBox?.age }
+        set { ageBox = newValue.map(AgeBox.init) }
+    }
+    /// Boxed, so that entries without an age (most) pay one pointer for it.
+    private var ageBox: AgeBox?
+
+    private final class AgeBox: Sendable {
+        let age: EntryAge
+        init(_ age: EntryAge) { self.age = age }
+    }
 
     public init(_ raw: ByteBuffer) {
         self.raw = raw
