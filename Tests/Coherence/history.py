@@ -49,6 +49,51 @@ read later returns such a value from the store, the daemon did store it after al
 ``SET`` ran but the connection was killed before the reply): that read is checked against a write with
 the same rule, and the case is counted in ``notes`` (the answer's ``"cached": false`` was wrong).
 
+**Daemons.** Several daemons may share one Redis; every write and read names the daemon it went through
+(``None``: directly to Redis). A daemon drops its own local copy before it writes, so a write through it has
+no lag for reads through it; another daemon learns of that write from Redis's invalidation, which comes
+asynchronously on another connection, exactly like a direct write's. So a write through daemon ``A``
+becomes visible to reads through daemon ``B`` at the latest ``respond + max(lag, cross_lag)``
+(``visible_to``); the soundness argument above holds per reading daemon with that visibility instant. A fill
+is a write of the daemon whose worker produced it (the value says which): that daemon stores it, and drops
+its local copy first.
+
+**Fences.** With the fleet's fill lock, a ``set``, ``delete`` or ``deleteHash`` through ``cached`` (any daemon)
+ends the entry's lock in the same Redis script, and a fill is stored only by a script that checks that its
+token still holds the lock; the lock is taken before the handler is called. So a fill produced at ``p``
+cannot be stored after a write ``w2`` through ``cached`` that was sent after ``p`` (``w2`` took effect after
+the lock was taken, ending it, before the fill's store). Hence a read of the fill is also a violation
+(``stale-fill``) when such a ``w2`` was visible (as above) before the read began: the register rule alone
+would accept it, since a fill's write lasts until its first sighting. The rule is applied to fills answered
+``"cached": false`` too: a get that began after such a write was visible must not be handed a value produced
+before it (a flight that started before a write may answer only the gets that joined it before the write
+was visible). Direct writes and restarts
+end no lock and fence nothing; a daemon that filled without the lock (``waitsGaveUp``, or when Redis
+failed the lock) is not fenced either, and this rule would then report what that costs.
+
+**Aged entries** (a ``stale_ttl``, ``grace`` or early refresh: ``History.aging``). Redis keeps each value
+stored by ``cached`` (or by a direct ``SET ... PX`` with the same lifetime: ``Write.expires``) for
+``ttl + stale_ttl + grace`` after it took effect, then drops it: an expiry, which is not a write of anyone.
+A ``"stale": true`` answer is old with respect to time, not to writes: it is checked like any read (a
+write or delete through any daemon replaces or removes the entry at once). Besides:
+
+- ``expired``: a value answered when its read began more than ``age_slack`` after its write's ``respond``
+  plus the lifetime (Redis had dropped it; ``age_slack`` covers the daemon dating its copy from a reply);
+- a miss (an aged key's get is a miss only on the plain-read path) may be explained by the expiry of the
+  value of a write ``w`` that was not surely replaced before it expired: like a write of ``ABSENT`` in
+  ``[invoke(w) + lifetime, respond(w) + lifetime]`` (minus 1 ms: Redis counts in milliseconds), checked with
+  rule 2; such writes only explain misses, they supersede nothing (the expiry happens only if no write
+  came first, which the register rule cannot know);
+- notes, not violations: an answer without ``"stale": true`` after ``respond + ttl + age_slack``, and one
+  with it before ``invoke + ttl - stale_early_slack`` (a daemon dates a value from when it sent the read
+  that learnt its remaining time, so it may turn stale early by as long as that read took).
+
+What cannot be checked here: whether an answer in the stale window should have been fresh because a
+refresh had just stored a newer value is covered by rule 2 (the refresh's value is a fill); how many
+refreshes ran, whether exactly one ran fleet-wide per window, and whether an early refresh came at the
+right moment are counted (``stats.fleet``, the handler calls), not checked; grace answers after a failed
+refresh cannot happen with a worker that never fails (only through timeouts and faults).
+
 **Failovers** (Sentinel topology). The master is killed (``kill -9``) and a Sentinel promotes its replica,
 which holds what asynchronous replication had delivered before the kill: writes the old master
 acknowledged may be gone. A :class:`Failover` records, for every entry, the value the promoted replica
@@ -101,6 +146,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Final, Optional
 
@@ -108,6 +154,7 @@ from typing import Final, Optional
 ABSENT: Final = None
 
 INF: Final = math.inf
+MS: Final = 1_000_000
 
 Value = Optional[str]
 
@@ -124,6 +171,14 @@ class Write:
     source: str = ""
     #: The write's error answer said nothing was written (-32000, store unavailable).
     claimed_unwritten: bool = False
+    #: The daemon it went through (None: not through ``cached``: direct writes, restarts, failover resets).
+    daemon: Optional[int] = None
+    #: A ``set``, ``delete`` or ``deleteHash`` through ``cached``: it ends the entry's fill lock in Redis in
+    #: the same step, so no fill in flight on any daemon stores its value after it (*Fences*).
+    fences: bool = False
+    #: Stored with its key's whole lifetime in Redis (``ttl + stale_ttl + grace``) on an aged entry (*Aged
+    #: entries*).
+    expires: bool = False
 
 
 @dataclass(slots=True)
@@ -140,6 +195,10 @@ class Read:
     #: Any answer marked ``"cached": false`` (also a lease waiter handed the holder's value whose store
     #: failed): the value did not come from the store.
     uncached: bool = False
+    #: The daemon that answered (None: read from Redis directly).
+    daemon: Optional[int] = None
+    #: The answer was marked ``"stale": true``.
+    stale: bool = False
 
 
 @dataclass(slots=True)
@@ -148,6 +207,22 @@ class Fill:
 
     entry: str
     produced: int
+    #: The daemon whose handler worker produced it (the one that stores it), when the value says so.
+    daemon: Optional[int] = None
+
+
+@dataclass(slots=True)
+class Aging:
+    """An aged entry's phases (nanoseconds): fresh for ``ttl`` after it is stored, then stale for ``stale``,
+    then in grace for ``grace``; then Redis drops it."""
+
+    ttl: int
+    stale: int
+    grace: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.ttl + self.stale + self.grace
 
 
 @dataclass(slots=True)
@@ -188,11 +263,25 @@ class History:
     fills: dict[str, Fill] = field(default_factory=dict)
     #: Failovers of the Redis master, in order.
     failovers: list[Failover] = field(default_factory=list)
+    #: How long a write through one daemon may stay invisible to reads through another (its invalidation
+    #: reaches the other daemon asynchronously, as a direct write's does).
+    cross_lag: int = 0
+    #: Aged entries (a ``stale_ttl``, ``grace`` or early refresh), by entry name.
+    aging: dict[str, Aging] = field(default_factory=dict)
+    #: How late after its latest possible expiry an aged value may still be answered (the daemon dates a
+    #: local copy from the ``PTTL`` reply's arrival, a little after Redis computed it).
+    age_slack: int = 0
+    #: How early before its ttl an aged value may be answered ``"stale": true`` without a note: a daemon
+    #: dates an entry from when it sent the read that learnt its remaining time (``PTTL``), so it may turn
+    #: stale early by as long as that read took (at most the command timeout).
+    stale_early_slack: int = 0
 
 
 @dataclass(slots=True)
 class Violation:
-    #: "stale" (superseded), "refused-value", "never-written", "wrong-entry", "before-write".
+    #: "stale" (superseded), "stale-fill" (a fill produced before a write through ``cached`` that was
+    #: visible before the read), "expired" (an aged value answered after Redis dropped it),
+    #: "refused-value", "never-written", "wrong-entry", "before-write".
     kind: str
     read: Read
     #: The write that produced the value read, if any.
@@ -241,19 +330,36 @@ class Result:
     excused_reads: int = 0
     #: Per failover: entries whose loss could not be judged (inexact snapshot, writes in the window).
     loss_unknown: list[int] = field(default_factory=list)
+    #: Aged entries: the latest an answer came after its value's latest possible expiry, within the slack (ms).
+    latest_expiry_ms: float = 0.0
+    #: Aged entries: examples of the notes about the ``stale`` flag (the read, the write of its value).
+    aging_examples: dict[str, list[tuple[Read, Write]]] = field(default_factory=dict)
+    #: Aged entries: the longest a ``"stale": true`` answer came before its value's ttl could end (ms; INF
+    #: for a value without expiry).
+    earliest_stale_ms: float = 0.0
+
+
+def visible_to(w: Write, reader: Optional[int], cross_lag: int) -> float:
+    """The instant from which reads through daemon ``reader`` (None: straight from Redis) must see ``w``
+    or a later write: ``respond + lag``, where a write through another daemon gets at least ``cross_lag``."""
+    lag = w.lag
+    if cross_lag and w.daemon is not None and reader is not None and w.daemon != reader:
+        lag = max(lag, cross_lag)
+    return w.respond + lag
 
 
 class _EntryIndex:
-    """The writes of one entry, sorted by invoke, with the suffix minimum of ``respond + lag``."""
+    """The writes of one entry, sorted by invoke, with the suffix minimum of the instant each becomes
+    visible to reads through daemon ``reader`` (``visible_to``)."""
 
-    def __init__(self, writes: list[Write]) -> None:
+    def __init__(self, writes: list[Write], reader: Optional[int] = None, cross_lag: int = 0) -> None:
         self.writes = sorted(writes, key=lambda w: w.invoke)
         self.invokes = [w.invoke for w in self.writes]
         n = len(self.writes)
         self.suffix_min: list[float] = [INF] * (n + 1)
         self.suffix_arg: list[int] = [-1] * (n + 1)
         for i in range(n - 1, -1, -1):
-            visible = self.writes[i].respond + self.writes[i].lag
+            visible = visible_to(self.writes[i], reader, cross_lag)
             if visible < self.suffix_min[i + 1]:
                 self.suffix_min[i] = visible
                 self.suffix_arg[i] = i
@@ -262,10 +368,26 @@ class _EntryIndex:
                 self.suffix_arg[i] = self.suffix_arg[i + 1]
 
     def earliest_visible_after(self, instant: float) -> tuple[float, Optional[Write]]:
-        """Among writes invoked strictly after ``instant``: the least ``respond + lag``, and its write."""
+        """Among writes invoked strictly after ``instant``: the least visible instant, and its write."""
         i = bisect.bisect_right(self.invokes, instant)
         arg = self.suffix_arg[i]
         return self.suffix_min[i], (self.writes[arg] if arg >= 0 else None)
+
+
+class _Indexes:
+    """``_EntryIndex`` per (entry, reading daemon), built when first needed, over some writes."""
+
+    def __init__(self, by_entry: dict[str, list[Write]], cross_lag: int) -> None:
+        self.by_entry = by_entry
+        self.cross_lag = cross_lag
+        self.built: dict[tuple[str, Optional[int]], _EntryIndex] = {}
+
+    def get(self, entry: str, reader: Optional[int]) -> _EntryIndex:
+        key = (entry, reader if self.cross_lag else None)
+        index = self.built.get(key)
+        if index is None:
+            index = self.built[key] = _EntryIndex(self.by_entry.get(entry, []), key[1], self.cross_lag)
+        return index
 
 
 class _Candidates:
@@ -291,8 +413,9 @@ class _Candidates:
         return self.writes[self.prefix_best[j - 1]] if j > 0 else None
 
 
-def _fill_writes(history: History) -> tuple[list[Write], dict[str, int]]:
-    """Turns handler fills into writes: invoke = production, respond = first stored sighting."""
+def _fill_writes(history: History) -> tuple[list[Write], dict[str, Write], dict[str, int]]:
+    """Turns handler fills into writes: invoke = production, respond = first stored sighting. Also returns
+    them by value."""
     first_seen: dict[str, int] = {}
     uncached_seen: set[str] = set()
     for r in history.reads:
@@ -305,11 +428,36 @@ def _fill_writes(history: History) -> tuple[list[Write], dict[str, int]]:
             if prev is None or r.end < prev:
                 first_seen[r.value] = r.end
     writes: list[Write] = []
+    by_value: dict[str, Write] = {}
     for value, fill in history.fills.items():
         respond = first_seen.get(value)
-        writes.append(Write(fill.entry, value, fill.produced, INF if respond is None else respond, 0, "fill"))
+        w = Write(fill.entry, value, fill.produced, INF if respond is None else respond, 0,
+                  "fill" if fill.daemon is None else "fill by d%d" % fill.daemon, daemon=fill.daemon,
+                  expires=fill.entry in history.aging)
+        writes.append(w)
+        by_value[value] = w
     notes = {"fill answered cached:false, later read from the store": len(uncached_seen & first_seen.keys())}
-    return writes, notes
+    return writes, by_value, notes
+
+
+def _expiry_explains(r: Read, index: _EntryIndex, aging: Aging) -> bool:
+    """Whether Redis dropping an aged value when its lifetime ended explains the miss ``r`` (module
+    documentation, *Aged entries*)."""
+    for i in range(len(index.writes) - 1, -1, -1):
+        w = index.writes[i]
+        if w.value is None or not w.expires or w.invoke + aging.total - MS > r.end:
+            continue
+        expiry_respond = w.respond + aging.total
+        # Surely overwritten before its expiry: a write invoked after it responded and answered before
+        # it could expire.
+        j = bisect.bisect_right(index.invokes, w.respond)
+        if any(x.respond < w.invoke + aging.total for x in index.writes[j:]
+               if x.invoke < w.invoke + aging.total):
+            continue
+        visible, _ = index.earliest_visible_after(expiry_respond)
+        if visible >= r.start:
+            return True
+    return False
 
 
 def _best_before(cands: Optional["_Candidates"], dead: int, own: Optional[Write]) -> Optional[Write]:
@@ -371,20 +519,24 @@ def _excused(history: History, read: Read) -> bool:
 
 
 def check(history: History, max_examples: int = 5) -> Result:
-    """Checks every read of ``history`` against the rule of the module documentation."""
-    fill_writes, notes = _fill_writes(history)
+    """Checks every read of ``history`` against the rules of the module documentation."""
+    fill_writes, fill_by_value, notes = _fill_writes(history)
     resets = [f.reset_writes() for f in history.failovers]
     all_writes = history.writes + fill_writes + [w for ws in resets for w in ws]
     by_entry: dict[str, list[Write]] = {}
+    fencing: dict[str, list[Write]] = {}
     by_value: dict[tuple[str, Value], list[Write]] = {}
     value_entries: dict[str, str] = {}
     for w in all_writes:
         by_entry.setdefault(w.entry, []).append(w)
         by_value.setdefault((w.entry, w.value), []).append(w)
+        if w.fences:
+            fencing.setdefault(w.entry, []).append(w)
     for w in history.writes + fill_writes:  # a reset only repeats a value (or is unexplained itself)
         if w.value is not None:
             value_entries[w.value] = w.entry
-    entries = {name: _EntryIndex(ws) for name, ws in by_entry.items()}
+    indexes = _Indexes(by_entry, history.cross_lag)
+    fences = _Indexes(fencing, history.cross_lag)
     candidates = {k: _Candidates(ws) for k, ws in by_value.items()}
 
     violations: list[Violation] = []
@@ -392,6 +544,24 @@ def check(history: History, max_examples: int = 5) -> Result:
     examples: dict[str, list[str]] = {}
     excused = 0
     inexact = any(not f.exact for f in history.failovers)
+    aging_notes: Counter[str] = Counter()
+    aging_examples: dict[str, list[tuple[Read, Write]]] = {}
+    latest_expiry_ms = 0.0
+    earliest_stale_ms = 0.0
+
+    def note(kind: str, r: Read, w: Write) -> None:
+        aging_notes[kind] += 1
+        ex = aging_examples.setdefault(kind, [])
+        if len(ex) < max_examples:
+            ex.append((r, w))
+
+    def unfenced(r: Read, fill: Write) -> Optional[Write]:
+        """A write through ``cached``, invoked after ``fill`` was produced, visible before ``r`` began."""
+        if not fencing.get(r.entry):
+            return None
+        visible, w2 = fences.get(r.entry, r.daemon).earliest_visible_after(fill.invoke)
+        return w2 if visible < r.start else None
+
     for r in history.reads:
         if inexact and _excused(history, r):
             excused += 1
@@ -404,10 +574,15 @@ def check(history: History, max_examples: int = 5) -> Result:
                 violations.append(Violation("wrong-entry", r))
             elif fill.produced > r.end:
                 violations.append(Violation("before-write", r))
+            elif (w2 := unfenced(r, fill_by_value[r.value])) is not None:
+                violations.append(Violation("stale-fill", r, fill_by_value[r.value], w2))
             continue
+        aging = history.aging.get(r.entry)
         cands = candidates.get((r.entry, r.value))
         if cands is None:
-            if r.value is not None and r.value in history.refused:
+            if r.value is None and aging is not None and _expiry_explains(r, indexes.get(r.entry, r.daemon), aging):
+                aging_notes["miss of an aged entry explained by its expiry"] += 1
+            elif r.value is not None and r.value in history.refused:
                 violations.append(Violation("refused-value", r))
             elif r.value is not None and r.value in value_entries:
                 violations.append(Violation("wrong-entry", r))
@@ -416,19 +591,45 @@ def check(history: History, max_examples: int = 5) -> Result:
             continue
         best = cands.best_invoked_by(r.end)
         if best is None:
+            if r.value is None and aging is not None and _expiry_explains(r, indexes.get(r.entry, r.daemon), aging):
+                aging_notes["miss of an aged entry explained by its expiry"] += 1
+                continue
             violations.append(Violation("before-write", r, cands.writes[0]))
             continue
         w = best
-        visible, w2 = entries[r.entry].earliest_visible_after(w.respond)
+        visible, w2 = indexes.get(r.entry, r.daemon).earliest_visible_after(w.respond)
         if visible < r.start:
+            if r.value is None and aging is not None and _expiry_explains(r, indexes.get(r.entry, r.daemon), aging):
+                aging_notes["miss of an aged entry explained by its expiry"] += 1
+                continue
             violations.append(Violation("stale", r, w, w2))
             continue
+        if r.value is not None and fill_by_value.get(r.value) is w and (w2 := unfenced(r, w)) is not None:
+            violations.append(Violation("stale-fill", r, w, w2))
+            continue
+        if aging is not None and r.value is not None and r.daemon is not None:
+            if w.expires and w.respond < INF:
+                late = r.start - (w.respond + aging.total)
+                if late > history.age_slack:
+                    violations.append(Violation("expired", r, w))
+                    continue
+                latest_expiry_ms = max(latest_expiry_ms, late / 1e6)
+                if not r.stale and r.start > w.respond + aging.ttl + history.age_slack:
+                    note("answered without stale:true after its ttl", r, w)
+            if r.stale:
+                early = w.invoke + aging.ttl - r.end if w.expires else INF
+                if 0 < early < INF:
+                    earliest_stale_ms = max(earliest_stale_ms, early / 1e6)
+                if early > history.stale_early_slack + 2 * MS:  # 2 ms: Redis's millisecond expiry times
+                    note("answered stale:true before its ttl", r, w)
         if w.claimed_unwritten and not r.uncached and w.value is not None and w.value not in claimed_unwritten_seen:
             claimed_unwritten_seen.add(w.value)
             ex = examples.setdefault("write answered -32000 (nothing written) was read later", [])
             if len(ex) < max_examples:
                 ex.append(f"{w.entry} {w.value!r} by {w.source}")
     notes["write answered -32000 (nothing written) was read later"] = len(claimed_unwritten_seen)
-    lost, unexplained, unknown = _failover_losses(history, resets, entries, candidates, value_entries)
+    notes.update(aging_notes)
+    plain = {name: indexes.get(name, None) for name in {e for f in history.failovers for e in f.values}}
+    lost, unexplained, unknown = _failover_losses(history, resets, plain, candidates, value_entries)
     return Result(violations, len(history.reads) - excused, len(all_writes), notes, examples, lost, unexplained,
-                  excused, unknown)
+                  excused, unknown, latest_expiry_ms, aging_examples, earliest_stale_ms)

@@ -7,7 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from history import ABSENT, INF, Failover, Fill, History, Read, Write, check  # noqa: E402
+from history import ABSENT, INF, Aging, Failover, Fill, History, Read, Write, check  # noqa: E402
 
 E = "000STUDENT#0000000001"
 F = "000STUDENT#0000000002"
@@ -382,3 +382,136 @@ def test_inexact_cluster_snapshot_excuses_only_its_shards_reads() -> None:
     result = check(h)
     assert result.excused_reads == 1 and result.reads_checked == 1
     assert [(v.kind, v.read.entry) for v in result.violations] == [("stale", F)]
+
+
+# --- several daemons --------------------------------------------------------------------------------
+#
+# Daemons 0 and 1 share one Redis. A write through one daemon reaches the other's local copy through an
+# invalidation (asynchronous, like a direct write's): ``cross_lag``. Through its own daemon it has no lag.
+
+
+def test_write_through_the_same_daemon_has_no_lag() -> None:
+    h = History(writes=initial(E) + [Write(E, "a", 10, 20, daemon=0), Write(E, "b", 30, 40, daemon=0)],
+                reads=[Read(E, "a", 41, 50, daemon=0)], cross_lag=LAG)
+    assert kinds(h) == ["stale"]
+
+
+def test_write_through_another_daemon_within_and_beyond_the_cross_lag() -> None:
+    writes = initial(E) + [Write(E, "a", 10, 20, daemon=0), Write(E, "b", 30, 40, daemon=0)]
+    assert kinds(History(writes=writes, reads=[Read(E, "a", 40 + LAG - 1, 40 + LAG + 5, daemon=1)], cross_lag=LAG)) == []
+    assert kinds(History(writes=writes, reads=[Read(E, "a", 40 + LAG + 1, 40 + LAG + 5, daemon=1)],
+                         cross_lag=LAG)) == ["stale"]
+    # Without a cross lag every daemon is held to the write's own lag.
+    assert kinds(History(writes=writes, reads=[Read(E, "a", 41, 50, daemon=1)])) == ["stale"]
+
+
+def test_a_fill_stored_by_one_daemon_supersedes_for_the_others_after_the_cross_lag() -> None:
+    # "a" set through daemon 0; daemon 1 fills "F|x" at 100 (the entry had been deleted directly), first
+    # seen at 120 through daemon 1. Daemon 0 may serve "a" for the cross lag after that, daemon 1 not.
+    writes = initial(E) + [Write(E, "a", 10, 20, daemon=0), Write(E, ABSENT, 50, 60, lag=LAG, source="direct")]
+    reads = [Read(E, "F|x", 90, 120, daemon=1)]
+    fills = {"F|x": Fill(E, 100, daemon=1)}
+    ok = History(writes=writes, reads=reads + [Read(E, "a", 130, 140, daemon=0)], fills=fills, cross_lag=LAG)
+    assert kinds(ok) == []
+    late = History(writes=writes, reads=reads + [Read(E, "a", 120 + LAG + 1, 120 + LAG + 5, daemon=0)], fills=fills,
+                   cross_lag=LAG)
+    assert kinds(late) == ["stale"]
+
+
+# --- fences -------------------------------------------------------------------------------------------
+#
+# A set or delete through cached ends the entry's fill lock in Redis: a fill produced before it was sent
+# can no longer be stored, on any daemon.
+
+
+def fenced_history(*reads: Read, fences: bool = True, lag: int = 0) -> History:
+    delete = Write(E, ABSENT, 20, 30, lag, "c1 delete" if fences else "direct DEL", daemon=0 if fences else None,
+                   fences=fences)
+    return History(writes=initial(E) + [delete], reads=list(reads), fills={"F|x": Fill(E, 10, daemon=1)}, cross_lag=LAG)
+
+
+def test_fill_produced_before_a_delete_is_not_read_after_it() -> None:
+    # Produced at 10, the delete sent at 20 and answered at 30; a read from the store after the delete
+    # became visible cannot be explained by a fenced store (the register rule alone would accept it: the
+    # fill's write ends at its first sighting).
+    h = fenced_history(Read(E, "F|x", 30 + LAG + 1, 30 + LAG + 5, daemon=1))
+    result = check(h)
+    assert [v.kind for v in result.violations] == ["stale-fill"]
+    assert result.violations[0].superseded_by is not None and result.violations[0].superseded_by.source == "c1 delete"
+    # Through the daemon of the delete, at once.
+    assert kinds(fenced_history(Read(E, "F|x", 31, 35, daemon=0))) == ["stale-fill"]
+    # A fill answered "cached": false to a get that began after the delete completed is just as old.
+    assert kinds(fenced_history(Read(E, "F|x", 31, 35, daemon=0, uncached_fill=True, uncached=True))) == ["stale-fill"]
+
+
+def test_fill_read_within_the_cross_lag_or_before_the_delete_is_legal() -> None:
+    assert kinds(fenced_history(Read(E, "F|x", 30 + LAG - 1, 30 + LAG + 5, daemon=1))) == []
+    assert kinds(fenced_history(Read(E, "F|x", 12, 25, daemon=0))) == []
+    assert kinds(fenced_history(Read(E, "F|x", 12, 25, daemon=0, uncached_fill=True, uncached=True))) == []
+
+
+def test_direct_delete_does_not_fence_a_fill() -> None:
+    # A direct DEL ends no lock: the fill may be stored after it (its write lasts until first seen).
+    assert kinds(fenced_history(Read(E, "F|x", 30 + 2 * LAG, 30 + 2 * LAG + 5, daemon=1), fences=False, lag=LAG)) == []
+
+
+def test_delete_sent_before_the_fill_was_produced_does_not_fence_it() -> None:
+    h = History(writes=initial(E) + [Write(E, ABSENT, 5, 8, daemon=0, fences=True)],
+                reads=[Read(E, "F|x", 9, 20, daemon=1), Read(E, "F|x", 500, 510, daemon=0)],
+                fills={"F|x": Fill(E, 10, daemon=1)}, cross_lag=LAG)
+    assert kinds(h) == []
+
+
+# --- aged entries -------------------------------------------------------------------------------------
+#
+# ttl 1000 ms, stale window 500 ms, grace 0: Redis drops a value 1500 ms after it was stored. Times in ms.
+
+AGING = {E: Aging(1000 * MS, 500 * MS)}
+SLACK = 50 * MS
+
+
+def aged(*reads: Read, writes: list[Write] | None = None) -> History:
+    return History(writes=initial(E) + (writes if writes is not None else [Write(E, "a", 10 * MS, 20 * MS, daemon=0, expires=True)]),
+                   reads=list(reads), aging=AGING, age_slack=SLACK)
+
+
+def test_value_answered_after_it_expired() -> None:
+    result = check(aged(Read(E, "a", 20 * MS + 1500 * MS + SLACK + 1, (20 + 1600) * MS, daemon=1, stale=True)))
+    assert [v.kind for v in result.violations] == ["expired"]
+
+
+def test_value_answered_stale_or_within_the_slack_is_legal() -> None:
+    result = check(aged(Read(E, "a", 1200 * MS, 1210 * MS, daemon=0, stale=True),
+                        Read(E, "a", 20 * MS + 1500 * MS + SLACK - 1, (20 + 1600) * MS, daemon=1, stale=True)))
+    assert result.violations == [] and result.notes == {"write answered -32000 (nothing written) was read later": 0,
+                                                       "fill answered cached:false, later read from the store": 0}
+    assert 0 < result.latest_expiry_ms
+
+
+def test_value_without_expiry_is_answered_any_time() -> None:
+    h = aged(Read(E, "d", 10_000 * MS, 10_010 * MS, daemon=0), writes=[Write(E, "d", 10 * MS, 20 * MS, lag=LAG, source="direct SET")])
+    assert kinds(h) == []
+
+
+def test_stale_flags_are_noted() -> None:
+    result = check(aged(Read(E, "a", 500 * MS, 510 * MS, daemon=0, stale=True), Read(E, "a", 1300 * MS, 1310 * MS, daemon=0)))
+    assert result.violations == []
+    assert result.notes["answered stale:true before its ttl"] == 1
+    assert result.notes["answered without stale:true after its ttl"] == 1
+
+
+def test_miss_after_expiry_is_explained() -> None:
+    result = check(aged(Read(E, ABSENT, 1600 * MS, 1610 * MS, daemon=0)))
+    assert result.violations == [] and result.notes["miss of an aged entry explained by its expiry"] == 1
+    # Not before the value could have expired,
+    assert kinds(aged(Read(E, ABSENT, 1000 * MS, 1100 * MS, daemon=0))) == ["stale"]
+    # nor when a later write surely replaced it before it could expire,
+    later = [Write(E, "a", 10 * MS, 20 * MS, daemon=0, expires=True), Write(E, "b", 30 * MS, 40 * MS, daemon=0, expires=True)]
+    assert kinds(aged(Read(E, ABSENT, 1515 * MS, 1525 * MS, daemon=0), writes=later)) == ["stale"]
+    assert kinds(aged(Read(E, ABSENT, 1600 * MS, 1610 * MS, daemon=0), writes=later)) == []
+    # nor for a value written without an expiry,
+    direct = [Write(E, "d", 10 * MS, 20 * MS, lag=LAG, source="direct SET")]
+    assert kinds(aged(Read(E, ABSENT, 5000 * MS, 5010 * MS, daemon=0), writes=direct)) == ["stale"]
+    # nor after a write that followed the expiry became visible.
+    after = [Write(E, "a", 10 * MS, 20 * MS, daemon=0, expires=True), Write(E, "c", 1600 * MS, 1700 * MS, daemon=0, expires=True)]
+    assert kinds(aged(Read(E, ABSENT, 1800 * MS, 1810 * MS, daemon=0), writes=after)) == ["stale"]
