@@ -1,12 +1,13 @@
 """Runs the coherence checker against the built daemon for about 20 s with every fault kind, then for
-about 25 s across two Redis failovers (Sentinel topology), then for about 30 s across Redis Cluster
-reshards and failovers.
+about 25 s with two daemons sharing one Redis (every fault kind, kill -9 of a daemon included, and the
+aged key), then for about 25 s across two Redis failovers (Sentinel topology), then for about 30 s across
+Redis Cluster reshards and failovers.
 
 The daemon binary is $CACHED_BIN, else .build/debug/cached; the tests are skipped when it (or
 redis-server) is missing, the Sentinel test when redis-server cannot run a Sentinel or the daemon
 refuses redis-sentinel:// URLs, the cluster test when redis-server cannot run a cluster node, redis-cli
-is missing, or the daemon refuses redis-cluster:// URLs. COHERENCE_SECONDS, COHERENCE_SENTINEL_SECONDS
-and COHERENCE_CLUSTER_SECONDS change the durations.
+is missing, or the daemon refuses redis-cluster:// URLs. COHERENCE_SECONDS, COHERENCE_FLEET_SECONDS,
+COHERENCE_SENTINEL_SECONDS and COHERENCE_CLUSTER_SECONDS change the durations.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ REPO = HERE.parent.parent
 BINARY = os.environ.get("CACHED_BIN") or str(REPO / ".build" / "debug" / "cached")
 REDIS = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
 SECONDS = float(os.environ.get("COHERENCE_SECONDS", "20"))
+FLEET_SECONDS = float(os.environ.get("COHERENCE_FLEET_SECONDS", "25"))
 SENTINEL_SECONDS = float(os.environ.get("COHERENCE_SENTINEL_SECONDS", "25"))
 CLUSTER_SECONDS = float(os.environ.get("COHERENCE_CLUSTER_SECONDS", "30"))
 FAULTS = ("kill-data", "kill-listener", "pause", "restart", "timeout")
@@ -52,6 +54,37 @@ def test_coherent_under_faults() -> None:
         # The injector injects a fault every 0.5-2 s, each kind once per round in a random order:
         # 20 s make at least two rounds.
         assert report["faults"].get(kind, 0) > 0, "fault %s never injected\n%s" % (kind, summary)
+    assert report["violations"] == 0, summary
+    assert report["unanswered"] == 0 and report["never_answered"] == 0, summary
+    assert report["daemon_exit_during_run"] is None, summary
+    assert report["passed"], summary
+
+
+@pytest.mark.skipif(not os.access(BINARY, os.X_OK), reason="cached binary not built: %s" % BINARY)
+@pytest.mark.skipif(REDIS is None, reason="redis-server not installed")
+def test_coherent_across_daemons_with_aged_entries() -> None:
+    """Two daemons share one redis-server: the fill lock, fenced stores, waits for another daemon's fill,
+    stale answers and early refreshes of the aged key, under every fault kind and kill -9 of a daemon."""
+    run = subprocess.run(
+        [sys.executable, str(HERE / "checker.py"), "--seconds", str(FLEET_SECONDS), "--faults", "all", "--daemons", "2",
+         "--aged-entries", "4", "--json", "--bin", BINARY, "--redis-server", str(REDIS)],
+        capture_output=True, text=True, timeout=FLEET_SECONDS + 120)
+    assert run.returncode in (0, 1), "checker failed to run (%d):\n%s\n%s" % (run.returncode, run.stdout, run.stderr)
+    report = json.loads(run.stdout)
+    summary = json.dumps({k: report[k] for k in (
+        "seed", "violations", "violations_by_kind", "violation_episodes_by_last_fault", "violation_examples",
+        "unanswered", "never_answered", "unanswered_examples", "faults", "operations", "operations_by_daemon",
+        "handler_calls", "stale_answers", "fleet", "aging", "cross_daemon", "anomalies", "anomaly_examples")}, indent=1)
+    assert report["operations"] > 0 and report["daemons"] == 2, summary
+    for kind in FAULTS + ("kill-daemon",):
+        # A fault every 0.5-2 s, each of the six kinds once per round: 25 s make at least one round.
+        assert report["faults"].get(kind, 0) > 0, "fault %s never injected\n%s" % (kind, summary)
+    # Both daemons served clients and filled entries; they met each other's fill locks and waited for
+    # each other's fills; the aged key went stale and was refreshed.
+    assert all(n > 0 for n in report["operations_by_daemon"].values()), summary
+    assert all(n > 0 for n in report["handler_calls"]["by_daemon"].values()), summary
+    assert report["fleet"].get("locksLost", 0) > 0 and report["fleet"].get("waits", 0) > 0, summary
+    assert report["stale_answers"]["total"] > 0 and report["fleet"].get("refreshes", 0) > 0, summary
     assert report["violations"] == 0, summary
     assert report["unanswered"] == 0 and report["never_answered"] == 0, summary
     assert report["daemon_exit_during_run"] is None, summary
