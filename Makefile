@@ -26,10 +26,13 @@ test-coherence:
 
 ## Coherence soak (not part of `make test`): the checker for SOAK_SECONDS with every fault kind; prints
 ## operations checked, faults injected, violations; exit status 1 on any violation or unanswered request.
+## SOAK_DAEMONS cached daemons share the one redis-server (default 2, so that the soak covers the fleet's
+## fill locks, fenced stores and waits; kill -9 of a daemon is then one of the faults); 1 runs one daemon.
 SOAK_SECONDS ?= 600
+SOAK_DAEMONS ?= 2
 SOAK_ARGS ?=
 soak: build
-	$(PYTHON) Tests/Coherence/checker.py --seconds $(SOAK_SECONDS) --faults all \
+	$(PYTHON) Tests/Coherence/checker.py --seconds $(SOAK_SECONDS) --faults all --daemons $(SOAK_DAEMONS) \
 		--bin $$($(SWIFT) build --show-bin-path)/cached $(SOAK_ARGS)
 
 ## The same across Redis failovers: a master, a replica and three Sentinels on 127.0.0.1, cached configured
