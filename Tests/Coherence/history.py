@@ -68,7 +68,8 @@ would accept it, since a fill's write lasts until its first sighting. The rule i
 ``"cached": false`` too: a get that began after such a write was visible must not be handed a value produced
 before it (a flight that started before a write may answer only the gets that joined it before the write
 was visible). Direct writes and restarts
-end no lock and fence nothing; a daemon that filled without the lock (``waitsGaveUp``, or when Redis
+end no lock and fence nothing; nor does a write that a failover may have lost (sent before the promotion of a
+failover of the entry's master that came before the read). A daemon that filled without the lock (``waitsGaveUp``, or when Redis
 failed the lock) is not fenced either, and this rule would then report what that costs.
 
 **Aged entries** (a ``stale_ttl``, ``grace`` or early refresh: ``History.aging``). Redis keeps each value
@@ -556,10 +557,16 @@ def check(history: History, max_examples: int = 5) -> Result:
             ex.append((r, w))
 
     def unfenced(r: Read, fill: Write) -> Optional[Write]:
-        """A write through ``cached``, invoked after ``fill`` was produced, visible before ``r`` began."""
+        """A write through ``cached``, invoked after ``fill`` was produced, visible before ``r`` began. A failover
+        of the entry's master before the read may have lost such a write (and its end of the lock): only writes
+        invoked after the promotion count then."""
         if not fencing.get(r.entry):
             return None
-        visible, w2 = fences.get(r.entry, r.daemon).earliest_visible_after(fill.invoke)
+        after = fill.invoke
+        for f in history.failovers:
+            if f.killed <= r.end and r.entry in f.values:
+                after = max(after, f.promoted)
+        visible, w2 = fences.get(r.entry, r.daemon).earliest_visible_after(after)
         return w2 if visible < r.start else None
 
     for r in history.reads:

@@ -515,3 +515,16 @@ def test_miss_after_expiry_is_explained() -> None:
     # nor after a write that followed the expiry became visible.
     after = [Write(E, "a", 10 * MS, 20 * MS, daemon=0, expires=True), Write(E, "c", 1600 * MS, 1700 * MS, daemon=0, expires=True)]
     assert kinds(aged(Read(E, ABSENT, 1800 * MS, 1810 * MS, daemon=0), writes=after)) == ["stale"]
+
+
+def test_fencing_write_lost_in_a_failover_does_not_fence() -> None:
+    # The fill was stored on the old master and replicated; the delete that fenced it was acknowledged by
+    # the old master and lost: after the promotion the fill is the entry's value again.
+    h = History(writes=initial(E) + [Write(E, ABSENT, 800, 900, daemon=0, fences=True, source="c1 delete")],
+                reads=[Read(E, "F|x", PROMOTED + LAG + 10, PROMOTED + LAG + 20, daemon=1)],
+                fills={"F|x": Fill(E, 700, daemon=1)}, failovers=[failover({E: "F|x"})], cross_lag=LAG)
+    assert kinds(h) == []
+    # A delete sent after the promotion fences it again.
+    h.writes.append(Write(E, ABSENT, PROMOTED + 100, PROMOTED + 200, daemon=0, fences=True, source="c1 delete"))
+    h.reads.append(Read(E, "F|x", PROMOTED + 200 + LAG + 1, PROMOTED + 200 + LAG + 9, daemon=1))
+    assert kinds(h) == ["stale-fill"]
