@@ -27,18 +27,31 @@ extension RedisCacheStore: FleetLocks {
         let readAt = localCache?.beginRead() ?? 0
         let localCache = self.localCache
         let command = Self.script(FleetLayout.readAged, keys: [address.storeKey, meta], [])
-        // Ages count from when the read was sent: never later than Redis's own clock would say.
         let sentAt = NIODeadline.now()
         return execute(command, key: address.storeKey, on: eventLoop).flatMapThrowing { (reply, route) in
             guard case .array(let parts) = reply, parts.count == 3 else {
                 throw CachedError(.storeError, "unexpected reply from Redis to an aged read: \(reply)")
             }
             guard case .bulk(let value) = parts[0] else { return nil }
-            let age = Self.age(ttl: parts[1], delta: parts[2], policy: policy, now: sentAt)
+            // The entry leaves no later than the send time says (what the local copy keeps); its fresh and
+            // stale windows count from the reply (a read held up in Redis does not make it stale early).
+            var age = Self.age(ttl: parts[1], delta: parts[2], policy: policy, now: .now())
+            if var dated = age, let expiresAt = Self.expiry(parts[1], now: sentAt) {
+                dated.expiresAt = min(dated.expiresAt, expiresAt)
+                dated.staleUntil = min(dated.staleUntil, dated.expiresAt)
+                dated.freshUntil = min(dated.freshUntil, dated.staleUntil)
+                age = dated
+            }
             if let expiresAt = Self.expiry(parts[1], now: sentAt) {  // nil: expiring this instant, keep nothing
                 localCache?.insert(address, value: value, readAt: readAt, route: route, age: age, expiresAt: expiresAt)
             }
             return StoredEntry(value: value, age: age)
+        }.flatMapError { error in
+            // A cluster slot migrating: the two-key script gets TRYAGAIN; read the entry alone (no age).
+            guard Self.isTryAgain(error) else {
+                return eventLoop.makeFailedFuture(error)
+            }
+            return self.get(address, on: eventLoop).map { $0.map { StoredEntry(value: $0, age: nil) } }
         }
     }
 

@@ -87,8 +87,14 @@ public final class RedisCacheStore: CacheStore {
 
     public func set(_ address: EntryAddress, value: ByteBuffer, ttl: Duration, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         localCache?.invalidate(address.storeKey)
-        let command = Self.fencingWrite(address, value, ttl: ttl) ?? Self.storeCommand(address, value, ttl: ttl, onlyIfAbsent: false)
-        return send(command, key: address.storeKey, on: eventLoop).flatMapThrowing { reply in
+        let plain = Self.storeCommand(address, value, ttl: ttl, onlyIfAbsent: false)
+        let sent: EventLoopFuture<RedisReply>
+        if let script = Self.fencingWrite(address, value, ttl: ttl), let meta = FleetLayout.metaKey(address.storeKey) {
+            sent = fencing(script, plain, endingLock: RedisCommand("HDEL", .string(meta), .string(FleetLayout.lockField(address.location))), key: address.storeKey, on: eventLoop)
+        } else {
+            sent = send(plain, key: address.storeKey, on: eventLoop)
+        }
+        return sent.flatMapThrowing { reply in
             switch reply {
             case .status, .integer: return
             default: throw CachedError(.storeError, "unexpected reply from Redis to SET: \(reply)")
@@ -145,26 +151,43 @@ public final class RedisCacheStore: CacheStore {
 
     public func delete(_ address: EntryAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int> {
         localCache?.invalidate(address.storeKey)
-        let command: RedisCommand
-        if let meta = FleetLayout.metaKey(address.storeKey) {
-            // Ends the entry's fill lock in the same step: a fill in flight on any daemon is fenced out.
-            command = Self.script(
-                FleetLayout.delete, keys: [address.storeKey, meta],
-                [.string(FleetLayout.lockField(address.location)), .string(address.storeField ?? "")])
-        } else if let field = address.storeField {
-            command = RedisCommand("HDEL", .string(address.storeKey), .string(field))
+        let plain: RedisCommand
+        if let field = address.storeField {
+            plain = RedisCommand("HDEL", .string(address.storeKey), .string(field))
         } else {
-            command = RedisCommand("DEL", .string(address.storeKey))
+            plain = RedisCommand("DEL", .string(address.storeKey))
         }
-        return integer(command, key: address.storeKey, on: eventLoop)
+        guard let meta = FleetLayout.metaKey(address.storeKey) else { return integer(plain, key: address.storeKey, on: eventLoop) }
+        // Ends the entry's fill lock in the same step: a fill in flight on any daemon is fenced out.
+        let script = Self.script(
+            FleetLayout.delete, keys: [address.storeKey, meta],
+            [.string(FleetLayout.lockField(address.location)), .string(address.storeField ?? "")])
+        let endLock = RedisCommand("HDEL", .string(meta), .string(FleetLayout.lockField(address.location)))
+        return Self.integer(fencing(script, plain, endingLock: endLock, key: address.storeKey, on: eventLoop))
+    }
+
+    /// Sends a fencing write script (the write and the end of the fill lock in one step). During a
+    /// cluster slot migration Redis refuses a two-key script whose keys are not all on one side
+    /// (`TRYAGAIN`, for as long as the slot migrates): then the lock is ended first and the plain write
+    /// follows, both single-key commands that follow `ASK`. A fill that runs between the two finds its
+    /// lock gone and stores nothing, so the order keeps the fence.
+    func fencing(
+        _ script: RedisCommand, _ plain: RedisCommand, endingLock: RedisCommand, key: String, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<RedisReply> {
+        send(script, key: key, on: eventLoop).flatMapError { error in
+            guard Self.isTryAgain(error) else {
+                return eventLoop.makeFailedFuture(error)
+            }
+            return self.send(endingLock, key: key, on: eventLoop).flatMap { _ in self.send(plain, key: key, on: eventLoop) }
+        }
     }
 
     public func deleteHash(_ hash: HashAddress, on eventLoop: any EventLoop) -> EventLoopFuture<Int> {
         localCache?.invalidate(hash.storeKey)
-        guard let meta = FleetLayout.metaKey(hash.storeKey) else {
-            return integer(RedisCommand("DEL", .string(hash.storeKey)), key: hash.storeKey, on: eventLoop)
-        }
-        return integer(Self.script(FleetLayout.deleteHash, keys: [hash.storeKey, meta], []), key: hash.storeKey, on: eventLoop)
+        let plain = RedisCommand("DEL", .string(hash.storeKey))
+        guard let meta = FleetLayout.metaKey(hash.storeKey) else { return integer(plain, key: hash.storeKey, on: eventLoop) }
+        let script = Self.script(FleetLayout.deleteHash, keys: [hash.storeKey, meta], [])
+        return Self.integer(fencing(script, plain, endingLock: RedisCommand("DEL", .string(meta)), key: hash.storeKey, on: eventLoop))
     }
 
     public func status() -> StoreStatus {
@@ -185,7 +208,17 @@ public final class RedisCacheStore: CacheStore {
     private static let noConnection = CachedError(.storeUnavailable, "Redis unavailable: no connection to Redis is up")
 
     func integer(_ command: RedisCommand, key: String, on eventLoop: any EventLoop) -> EventLoopFuture<Int> {
-        send(command, key: key, on: eventLoop).flatMapThrowing { reply in
+        Self.integer(send(command, key: key, on: eventLoop))
+    }
+
+    /// A `TRYAGAIN` error reply that outlasted the retries (a cluster slot migrating under a multi-key command).
+    static func isTryAgain(_ error: any Error) -> Bool {
+        guard let error = error as? CachedError, case .object(let data)? = error.data else { return false }
+        return data["redis"] == .string("TRYAGAIN")
+    }
+
+    static func integer(_ reply: EventLoopFuture<RedisReply>) -> EventLoopFuture<Int> {
+        reply.flatMapThrowing { reply in
             guard case .integer(let n) = reply else {
                 throw CachedError(.storeError, "unexpected reply from Redis: \(reply)")
             }
