@@ -59,8 +59,10 @@ extension RequestDispatcher {
                     case .won:
                         self.fleetStats.count { $0.locksWon += 1 }
                         return self.fillUnderLock(id, entry, handler, params, keyConfig, locks, token: token, on: eventLoop)
-                    case .failed(let error):
-                        return eventLoop.makeFailedFuture(error)
+                    case .failed:
+                        // Redis failed the look: fill as one daemon would (stored only if absent).
+                        return self.fillAndStore(
+                            id, entry, handler, params.address, params.arguments, keyConfig, ttl: keyConfig.ttl, on: eventLoop)
                     case .gaveUp:
                         self.fleetStats.count { $0.waitsGaveUp += 1 }
                         self.logger.warning(
@@ -115,7 +117,7 @@ extension RequestDispatcher {
         ).map { outcome -> FillCoordinator.FillOutcome in
             switch outcome {
             case .stored: return .filled(value, stored: true)
-            case .writtenMeanwhile: return .overtaken
+            case .writtenMeanwhile, .notRun: return .overtaken
             case .lockLost:
                 self.fleetStats.count { $0.fencedOut += 1 }
                 self.logger.notice("a fill lost its fleet lock before its store; its value was not stored", metadata: ["entry": "\(entry)"])

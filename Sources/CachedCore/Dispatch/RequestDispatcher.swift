@@ -360,6 +360,7 @@ public final class RequestDispatcher: Sendable {
                         switch outcome {
                         case .stored: return (true, nil)
                         case .writtenMeanwhile: return (false, "the entry was written meanwhile; the lease's value was not stored")
+                        case .notRun: return (false, "the entry's cluster slot was migrating; the lease's value was not stored")
                         case .lockLost:
                             self.fleetStats.count { $0.fencedOut += 1 }
                             return (false, "the lease's fill lock expired before the set (another daemon may fill the entry); the value was not stored")

@@ -63,6 +63,8 @@ public enum FleetStoreOutcome: Sendable, Equatable {
     case lockLost
     /// The entry was written or deleted meanwhile (`mode` refused it).
     case writtenMeanwhile
+    /// Not run: its cluster slot kept migrating under the two-key script (nothing was stored).
+    case notRun
 }
 
 /// An entry read together with its age (see ``EntryAge``).

@@ -126,6 +126,8 @@ extension RedisCacheStore: FleetLocks {
             case .integer(-1): return .writtenMeanwhile
             default: throw CachedError(.storeError, "unexpected reply from Redis to a fenced store: \(reply)")
             }
+        }.flatMapError { error in
+            Self.isTryAgain(error) ? eventLoop.makeSucceededFuture(.notRun) : eventLoop.makeFailedFuture(error)
         }
     }
 

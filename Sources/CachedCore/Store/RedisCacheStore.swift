@@ -211,10 +211,11 @@ public final class RedisCacheStore: CacheStore {
         Self.integer(send(command, key: key, on: eventLoop))
     }
 
-    /// A `TRYAGAIN` error reply that outlasted the retries (a cluster slot migrating under a multi-key command).
+    /// A redirect that outlasted the retries (`TRYAGAIN` while a cluster slot migrates under a multi-key
+    /// command, then `MOVED` or `ASK` once it moved): the command was not run.
     static func isTryAgain(_ error: any Error) -> Bool {
         guard let error = error as? CachedError, case .object(let data)? = error.data else { return false }
-        return data["redis"] == .string("TRYAGAIN")
+        return ["TRYAGAIN", "MOVED", "ASK"].contains { data["redis"] == .string($0) }
     }
 
     static func integer(_ reply: EventLoopFuture<RedisReply>) -> EventLoopFuture<Int> {
