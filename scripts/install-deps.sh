@@ -2,7 +2,7 @@
 # Installs what building and testing cached needs, skipping what is already there.
 # Debian packages: hiredis and libsystemd headers, redis-server/redis-cli, socat, systemd tooling, openssl
 # (the TLS tests make their certificates with it).
-# Python packages: pytest for the shim's suite.
+# Python packages: pytest for the shim's suite, prometheus_client (its parser checks the daemon's /metrics).
 set -euo pipefail
 
 packages=(libhiredis-dev libsystemd-dev redis-server redis-tools socat systemd openssl)
@@ -23,4 +23,8 @@ PYTHON="${PYTHON:-python3}"
 if ! "$PYTHON" -c "import pytest" 2>/dev/null; then
     echo "installing pytest"
     "$PYTHON" -m pip install --quiet pytest
+fi
+if ! "$PYTHON" -c "import prometheus_client" 2>/dev/null; then
+    echo "installing prometheus_client"
+    "$PYTHON" -m pip install --quiet prometheus_client
 fi

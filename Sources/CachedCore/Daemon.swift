@@ -106,6 +106,9 @@ public struct Daemon: Sendable {
         if let reload {
             services.append(.init(service: ReloadService(reload: reload, dispatcher: dispatcher, handlers: handlers, logger: logger)))
         }
+        if let listen = configuration.startup.metrics.listen {
+            services.append(.init(service: MetricsService(listen: listen, dispatcher: dispatcher, group: group, logger: logger)))
+        }
         if Systemd.notificationsEnabled {
             services.append(
                 .init(
@@ -175,6 +178,21 @@ struct MainService: Service {
             })
         await handlers.shutdown()
         await store.shutdown()
+    }
+}
+
+/// Serves `GET /metrics` (`[metrics] listen`) until the graceful shutdown.
+struct MetricsService: Service {
+    let listen: String
+    let dispatcher: RequestDispatcher
+    let group: any EventLoopGroup
+    let logger: Logger
+
+    func run() async throws {
+        let dispatcher = self.dispatcher
+        let server = try await MetricsServer.start(listen: listen, group: group, logger: logger) { dispatcher.metricsExposition() }
+        try? await gracefulShutdown()
+        await server.shutdown()
     }
 }
 

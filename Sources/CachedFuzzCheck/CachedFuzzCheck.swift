@@ -426,6 +426,9 @@ struct Checker {
             case .stats:
                 _ = try StatsParams(request.params)
                 result = .storedRefused(request.method)
+            case .metrics:
+                _ = try MetricsParams(request.params)
+                result = .storedRefused(request.method)
             }
         } catch {
             if error.code != .invalidParams { fail("params rejected with \(error.code), expected -32602") }

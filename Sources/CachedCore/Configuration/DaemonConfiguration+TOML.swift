@@ -61,6 +61,11 @@ extension DaemonConfiguration {
             if let v = try t.duration("max_age") { startup.localCache.maxAge = v }
             try t.finish()
         }
+        if var t = try root.table("metrics") {
+            if let v = try t.string("listen") { startup.metrics.listen = v }
+            if let v = try t.int("top_keys", range: 0...10_000) { startup.metrics.topKeys = v }
+            try t.finish()
+        }
         if var t = try root.table("embedded") {
             if let v = try t.int("max_bytes", range: 1024...(1 << 40)) { startup.embedded.maxBytes = v }
             try t.finish()
@@ -127,6 +132,9 @@ extension DaemonConfiguration {
         }
         if r.tlsCertFile != nil, r.tlsKeyFile == nil {
             throw ConfigurationError("redis_options.tls_cert_file is set but tls_key_file is not")
+        }
+        if let listen = startup.metrics.listen, !listen.hasPrefix("/") {
+            do { _ = try MetricsServer.address(listen) } catch { throw ConfigurationError("\(error)") }
         }
         for (name, key) in live.keys.sorted(by: { $0.key < $1.key }) where key.aging != nil {
             let settings = "keys.\(name): stale_ttl, grace and early_refresh_beta"

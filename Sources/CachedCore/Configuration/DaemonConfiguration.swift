@@ -45,6 +45,16 @@ public struct DaemonConfiguration: Sendable, Equatable {
         public var limits = Limits()
         public var embedded = EmbeddedOptions()
         public var localCache = LocalCacheOptions()
+        public var metrics = MetricsOptions()
+        public init() {}
+    }
+
+    /// The Prometheus endpoint (docs/metrics.md).
+    public struct MetricsOptions: Sendable, Equatable {
+        /// `HOST:PORT` or an absolute Unix socket path to serve `GET /metrics` on; nil = off.
+        public var listen: String?
+        /// Keys with a label of their own in per-key metrics; the others count under `(other)`.
+        public var topKeys = 50
         public init() {}
     }
 

@@ -58,6 +58,10 @@ enum MethodRegistry {
             dispatcher.stats.record(method: "stats", key: nil, outcome: .ok)
             return context.eventLoop.makeSucceededFuture(.json(dispatcher.statsSnapshot()))
         },
+        MethodHandler(MetricsParams.self) { dispatcher, _, context in
+            dispatcher.stats.record(method: "metrics", key: nil, outcome: .ok)
+            return context.eventLoop.makeSucceededFuture(.json(.string(String(decoding: dispatcher.metricsExposition(), as: UTF8.self))))
+        },
     ]
 
     /// The handlers by method name (names are matched as `CachedMethod` matches them).

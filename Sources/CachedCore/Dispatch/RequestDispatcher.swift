@@ -12,6 +12,8 @@ public final class RequestDispatcher: Sendable {
     /// What the fleet's single flight and the stale window did.
     public let fleetStats = FleetStats()
     let refreshBackoff = RefreshBackoff()
+    /// The Prometheus exposition of ``statsSnapshot()`` (`metrics`, `GET /metrics`).
+    let metrics: MetricsExporter
     private let configuration: NIOLockedValueBox<DaemonConfiguration>
     private let startTime = NIODeadline.now()
     let logger: Logger
@@ -26,6 +28,7 @@ public final class RequestDispatcher: Sendable {
         self.handlers = handlers ?? HandlerRegistry(factory: { key, _ in UnavailableHandler(key: key) })
         self.configuration = NIOLockedValueBox(configuration)
         self.logger = logger
+        self.metrics = MetricsExporter(topKeys: configuration.startup.metrics.topKeys)
     }
 
     /// The configuration in force (it can be replaced by a reload).
@@ -124,6 +127,11 @@ public final class RequestDispatcher: Sendable {
         return store.deleteHash(params.hash, on: context.eventLoop)
             .always { _ in self.coordinator.writesFinished(entries) }
             .map { MethodResult.deleted($0) }
+    }
+
+    /// The Prometheus text exposition (docs/metrics.md).
+    public func metricsExposition() -> [UInt8] {
+        metrics.exposition(statsSnapshot())
     }
 
     func statsSnapshot() -> JSONValue {

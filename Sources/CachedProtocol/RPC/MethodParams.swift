@@ -10,6 +10,7 @@ public enum CachedMethod: String, Sendable, CaseIterable {
     case release
     case ping
     case stats
+    case metrics
 }
 
 extension CachedMethod {
@@ -23,6 +24,7 @@ extension CachedMethod {
         case .release: ReleaseParams.self
         case .ping: PingParams.self
         case .stats: StatsParams.self
+        case .metrics: MetricsParams.self
         }
     }
 }
@@ -225,7 +227,14 @@ public struct StatsParams: MethodParameters, Hashable {
     public init(_ params: JSONValue?) throws(CachedError) { _ = try EmptyParams(params, method: "stats") }
 }
 
-/// Methods without parameters (`ping`, `stats`).
+/// `metrics` (no parameters): the Prometheus text exposition.
+public struct MetricsParams: MethodParameters, Hashable {
+    public static var method: CachedMethod { .metrics }
+    public static var names: [String] { [] }
+    public init(_ params: JSONValue?) throws(CachedError) { _ = try EmptyParams(params, method: "metrics") }
+}
+
+/// Methods without parameters (`ping`, `stats`, `metrics`).
 public struct EmptyParams: Sendable, Hashable {
     public init(_ params: JSONValue?, method: String) throws(CachedError) {
         let reader = try ParamReader(params, method: method)

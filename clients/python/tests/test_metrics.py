@@ -1,0 +1,114 @@
+"""The daemon's Prometheus endpoint (`[metrics] listen`), parsed with prometheus_client's own parser.
+
+Not part of the shim: it lives here for the real-daemon fixtures. Its counters must move exactly as
+requests are made.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import pytest
+
+from helpers import Daemon, RedisServer, Resp, wait_until
+from redis_cache import Connection
+
+parser = pytest.importorskip("prometheus_client.parser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http(port: int, request: bytes, timeout: float = 5.0) -> Tuple[int, bytes]:
+    """Sends raw request bytes; the status code and body of the answer (the server closes after it)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+def scrape(port: int) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
+    status, body = http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 200
+    samples: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float] = {}
+    for family in parser.text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float], name: str, **labels: str) -> Optional[float]:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def test_metrics_parse_and_move_with_requests(daemon_bin: Path, redis_server: RedisServer, redis: Resp,
+                                              sockdir: Path) -> None:
+    port = free_port()
+    config = '[metrics]\nlisten = "127.0.0.1:%d"\n\n[keys.Student]\nttl = 60\n' % port
+    daemon = Daemon(daemon_bin, sockdir, redis_server.url, name="metrics", config=config)
+    try:
+        wait_until(lambda: _listening(port), 10, "the metrics listener")
+        conn = Connection(daemon.socket)
+        entry = {"key": "Student", "identity": 12}
+        assert conn.call("set", dict(entry, value="v")) == {"stored": True}
+        conn.call("get", entry)  # read from Redis: now in the local copy
+        before = scrape(port)
+        assert conn.call("get", entry) == {"hit": True, "value": "v"}
+        after = scrape(port)
+        # A hit moves the key's hits by exactly one, and the get requests by one.
+        assert value(after, "cached_get_hits_total", key="Student") == value(before, "cached_get_hits_total", key="Student") + 1
+        assert value(after, "cached_requests_total", method="get") == value(before, "cached_requests_total", method="get") + 1
+        assert value(after, "cached_store_up") == 1.0
+        assert (value(after, "cached_uptime_seconds") or 0) > 0
+        # An invalidation from Redis moves the invalidations received.
+        invalidations = value(after, "cached_local_cache_invalidations_total") or 0.0
+        redis("SET", "000STUDENT#0000000012", "changed")
+        assert wait_until(lambda: (value(scrape(port), "cached_local_cache_invalidations_total") or 0) > invalidations, 5,
+                          "an invalidation")
+        # The JSON-RPC method answers the same text.
+        text = conn.call("metrics")
+        assert isinstance(text, str) and "# TYPE cached_requests_total counter" in text
+        list(parser.text_string_to_metric_families(text))
+    finally:
+        daemon.stop()
+
+
+def test_metrics_listener_refuses_what_it_does_not_serve(daemon_bin: Path, redis_server: RedisServer, redis: Resp,
+                                                         sockdir: Path) -> None:
+    port = free_port()
+    daemon = Daemon(daemon_bin, sockdir, redis_server.url, name="metrics-bad",
+                    config='[metrics]\nlisten = "127.0.0.1:%d"\n' % port)
+    try:
+        wait_until(lambda: _listening(port), 10, "the metrics listener")
+        assert http(port, b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 404
+        assert http(port, b"POST /metrics HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n")[0] == 405
+        assert http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n")[0] == 431
+        assert http(port, b"\x00\x01garbage\r\n\r\n")[0] == 400
+        # A client that sends nothing is closed (10 s idle), and others are served meanwhile.
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as idle:
+            assert http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 200
+            started = time.monotonic()
+            assert idle.recv(1) == b""
+            assert 5 < time.monotonic() - started < 14
+    finally:
+        daemon.stop()
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
