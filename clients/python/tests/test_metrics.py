@@ -6,7 +6,10 @@ requests are made.
 
 from __future__ import annotations
 
+import json
+import re
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -56,7 +59,9 @@ def value(samples: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float], name: s
 def test_metrics_parse_and_move_with_requests(daemon_bin: Path, redis_server: RedisServer, redis: Resp,
                                               sockdir: Path) -> None:
     port = free_port()
-    config = '[metrics]\nlisten = "127.0.0.1:%d"\n\n[keys.Student]\nttl = 60\n' % port
+    worker = Path(__file__).resolve().parents[3] / "Tests" / "Fixtures" / "daemon" / "fill_worker.py"
+    config = ('[metrics]\nlisten = "127.0.0.1:%d"\n\n[keys.Student]\nttl = 60\n\n'
+              '[keys.Filled]\nttl = 60\nhandler = ["%s", "%s"]\n') % (port, sys.executable, worker)
     daemon = Daemon(daemon_bin, sockdir, redis_server.url, name="metrics", config=config)
     try:
         wait_until(lambda: _listening(port), 10, "the metrics listener")
@@ -77,6 +82,18 @@ def test_metrics_parse_and_move_with_requests(daemon_bin: Path, redis_server: Re
         redis("SET", "000STUDENT#0000000012", "changed")
         assert wait_until(lambda: (value(scrape(port), "cached_local_cache_invalidations_total") or 0) > invalidations, 5,
                           "an invalidation")
+        # A handler fill moves the fills and the handler's calls.
+        flights = value(scrape(port), "cached_fill_flights_total") or 0.0
+        assert conn.call("get", {"key": "Filled", "identity": 1})["value"] == "Filled:1:[]:{}"
+        filled = scrape(port)
+        assert value(filled, "cached_fill_flights_total") == flights + 1
+        assert value(filled, "cached_handler_calls_total", key="FILLED") == 1  # as stats.handlers names it
+        # Every metric the Grafana dashboard (packaging/) asks for is exported.
+        dashboard = json.loads((Path(__file__).resolve().parents[3] / "packaging" / "grafana-dashboard.json").read_text())
+        wanted = {name for panel in dashboard["panels"] for target in panel["targets"]
+                  for name in re.findall(r"cached_[a-z_]+", target["expr"])}
+        exported = {name for name, _ in filled}
+        assert wanted and wanted <= exported, sorted(wanted - exported)
         # The JSON-RPC method answers the same text.
         text = conn.call("metrics")
         assert isinstance(text, str) and "# TYPE cached_requests_total counter" in text
