@@ -218,10 +218,17 @@ struct DeleteHash: AsyncParsableCommand {
 }
 
 struct Stats: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print the daemon's counters.")
+    static let configuration = CommandConfiguration(
+        abstract: "Print the daemon's counters.",
+        discussion: "With --watch, one line a second until interrupted, like redis-cli --stat: requests/s, hit ratio, handler flights/s, stale answers/s, connections, the store's state.")
     @OptionGroup var global: GlobalOptions
+    @Flag(help: "Print one line a second (rates over the last second).") var watch = false
 
     func run() async throws {
+        if watch {
+            try await global.run { client in try await Self.watch(client) }
+            return
+        }
         try await global.run { client in
             let result = try await client.send(.stats)
             if global.json {
@@ -232,6 +239,51 @@ struct Stats: AsyncParsableCommand {
                 print(text)
             }
         }
+    }
+}
+
+extension Stats {
+    /// One line a second: the rates since the previous line, and the current state.
+    static func watch(_ client: CachedClient) async throws {
+        var previous: JSONValue?
+        var line = 0
+        while !Task.isCancelled {
+            let now = try await client.send(.stats)
+            if let previous {
+                if line % 20 == 0 {
+                    writeStdout(ByteBuffer(string: "requests/s  hit ratio  fills/s  stale/s  connections  store\n"))
+                }
+                line += 1
+                let requests = number(now, "requests") - number(previous, "requests")
+                let hits = number(now, "methods", "get", "hits") - number(previous, "methods", "get", "hits")
+                let misses = number(now, "methods", "get", "misses") - number(previous, "methods", "get", "misses")
+                let fills = number(now, "fills", "flights") - number(previous, "fills", "flights")
+                let stale = number(now, "fleet", "staleAnswers") - number(previous, "fleet", "staleAnswers")
+                let ratio = hits + misses > 0 ? "\(Int((1000 * hits / (hits + misses)).rounded()) / 10).\(Int((1000 * hits / (hits + misses)).rounded()) % 10)%" : "-"
+                let store = now.objectValue?["store"]?.objectValue
+                let state = (store?["available"] == .bool(true) ? "up" : "DOWN") + " (" + (store?["kind"]?.stringValue ?? "?") + ")"
+                // Unbuffered: a line a second, also into a pipe.
+                writeStdout(ByteBuffer(string:
+                    pad(Int(requests), 10) + "  " + pad(ratio, 9) + "  " + pad(Int(fills), 7) + "  " + pad(Int(stale), 7) + "  "
+                        + pad(Int(number(now, "connections", "current")), 11) + "  " + state + "\n"))
+            }
+            previous = now
+            try await Task.sleep(for: .seconds(1))
+        }
+    }
+
+    /// `value` right-aligned in `width` columns.
+    static func pad(_ value: some CustomStringConvertible, _ width: Int) -> String {
+        let text = value.description
+        return String(repeating: " ", count: max(0, width - text.count)) + text
+    }
+
+    /// A number at `path` in a `stats` result (0 when absent).
+    static func number(_ value: JSONValue, _ path: String...) -> Double {
+        var current: JSONValue? = value
+        for name in path { current = current?.objectValue?[name] }
+        if case .number(let text)? = current { return Double(text) ?? 0 }
+        return 0
     }
 }
 

@@ -129,3 +129,40 @@ def _listening(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_cachectl_stats_watch_prints_a_line_a_second(daemon_bin: Path, redis_server: RedisServer, redis: Resp,
+                                                     sockdir: Path) -> None:
+    import subprocess
+    import threading
+
+    daemon = Daemon(daemon_bin, sockdir, redis_server.url, name="watch")
+    cachectl = daemon_bin.parent / "cachectl"
+    watcher = subprocess.Popen([str(cachectl), "stats", "--socket", daemon.socket, "--watch"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stop = threading.Event()
+
+    def load() -> None:
+        conn = Connection(daemon.socket)
+        conn.call("set", {"key": "Student", "identity": 1, "value": "v"})
+        while not stop.is_set():
+            conn.call("get", {"key": "Student", "identity": 1})
+            time.sleep(0.005)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        assert watcher.stdout is not None
+        header = watcher.stdout.readline()
+        assert header.split()[:2] == ["requests/s", "hit"]
+        lines = [watcher.stdout.readline().split() for _ in range(3)]
+        for fields in lines:
+            assert int(fields[0]) > 20  # the loader's gets, each second
+            assert fields[1].endswith("%") and float(fields[1][:-1]) > 90  # hits from the local copy
+            assert fields[-2:] == ["up", "(redis)"]
+    finally:
+        stop.set()
+        loader.join()
+        watcher.kill()
+        watcher.wait()
+        daemon.stop()
