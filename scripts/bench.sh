@@ -8,7 +8,8 @@
 # BENCH_PIPELINED_REQUESTS [1000000], BENCH_REPEAT [3], BENCH_VALUE_SIZE [100], BENCH_KEYSPACE [10000],
 # BENCH_CACHED_REDIS [tcp|unix], BENCH_OUTPUT [docs/benchmarks.md], BENCH_ARGS (extra run.py flags, e.g.
 # --skip-tls / --skip-cluster to leave out the row over TLS / on a Redis Cluster, --skip-fleet / --skip-expiry
-# for the cold stampede across three daemons / the expiry boundary rows, --only tls,throughput for a quick
+# for the cold stampede across three daemons / the expiry boundary rows, --skip-scrape for get-hit throughput
+# with /metrics scraped once a second, --only tls,throughput for a quick
 # partial run).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -305,12 +306,14 @@ class Bench:
 
     # ---------------------------------------------------------------- cached
 
-    def write_config(self, path, redis_url, with_handlers=True, tls_ca_file=None, keys=None):
+    def write_config(self, path, redis_url, with_handlers=True, tls_ca_file=None, keys=None, metrics_port=None):
         """A daemon's TOML. `keys`: [keys.*] sections (lines from handler_key) instead of the usual Cold and Fill."""
         lines = ['redis = "%s"' % redis_url, 'log_level = "warning"', "", "[limits]",
                  "max_connections = %d" % (self.a.idle_connections + 1000), ""]
         if tls_ca_file:
             lines += ["[redis_options]", 'tls_ca_file = "%s"' % tls_ca_file, ""]
+        if metrics_port:
+            lines += ["[metrics]", 'listen = "127.0.0.1:%d"' % metrics_port, ""]
         if keys is not None:
             lines += keys
         elif with_handlers:
@@ -421,6 +424,42 @@ class Bench:
         out = {name: self.summary(rs, cached=name == "cached") for name, rs in runs.items()}
         out["cpuMicrosPerGet"] = {k: statistics.median(v) for k, v in cpu.items()}
         log("  CPU us per get: %s" % out["cpuMicrosPerGet"])
+        return out
+
+    def scrape_overhead(self, sock, requests):
+        """cached-bench get-hit runs with and without a scraper fetching /metrics once a second, interleaved;
+        medians of the repeats."""
+        runs = {"plain": [], "scraped": []}
+        scrapes = []
+        for i in range(self.a.repeat):
+            runs["plain"].append(self.cached_bench(sock, "--mix", "get-hit", "-c", self.a.connections, "-n", requests))
+            stop = threading.Event()
+
+            def scraper():
+                while not stop.is_set():
+                    started = time.monotonic()
+                    with socket.create_connection(("127.0.0.1", self.metrics_port), timeout=5) as s:
+                        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+                        body = b""
+                        while True:
+                            chunk = s.recv(65536)
+                            if not chunk:
+                                break
+                            body += chunk
+                    scrapes.append((time.monotonic() - started, len(body)))
+                    stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))
+
+            t = threading.Thread(target=scraper)
+            t.start()
+            runs["scraped"].append(self.cached_bench(sock, "--mix", "get-hit", "-c", self.a.connections, "-n", requests))
+            stop.set()
+            t.join()
+            log("  scrape run %d: plain %.0f rps | scraped once a second %.0f rps" % (
+                i + 1, runs["plain"][-1]["requestsPerSecond"], runs["scraped"][-1]["requestsPerSecond"]))
+        out = {name: self.summary(rs, cached=True) for name, rs in runs.items()}
+        out["scrapes"] = len(scrapes)
+        out["scrapeMillis"] = statistics.median(x[0] for x in scrapes) * 1000 if scrapes else None
+        out["scrapeBytes"] = statistics.median(x[1] for x in scrapes) if scrapes else None
         return out
 
     @staticmethod
@@ -1075,7 +1114,8 @@ class Bench:
         self.start_redis()
         self.populate_redis_benchmark_keys()
         config = os.path.join(self.tmp, "cached.toml")
-        self.write_config(config, self.cached_redis_url())
+        self.metrics_port = self.free_port()
+        self.write_config(config, self.cached_redis_url(), metrics_port=self.metrics_port)
         cached, sock = self.start_cached("cached", config)
         self.cached = cached
         time.sleep(0.5)
@@ -1089,6 +1129,9 @@ class Bench:
             self.results["p1"] = self.throughput(sock, 1, a.requests)
             log("get-hit, %d connections, pipeline 16" % a.connections)
             self.results["p16"] = self.throughput(sock, 16, a.pipelined_requests)
+        if self.wanted("scrape"):
+            log("get-hit, %d connections, no pipelining, with and without GET /metrics once a second" % a.connections)
+            self.results["scrape"] = self.scrape_overhead(sock, a.requests)
         if self.wanted("tls"):
             log("get-hit over TLS (rediss://), %d connections, no pipelining" % a.connections)
             try:
@@ -1245,6 +1288,13 @@ class Bench:
                              fr(ratio(cpu["cached"] + cpu["redis_behind_cached"], cpu["redis_alone"])), "info", "-"))
             if c["errors"] or c["misses"] or c["failures"]:
                 self.notes.append("%s: cached-bench saw %d errors, %d misses, failures %s" % (label, c["errors"], c["misses"], c["failures"]))
+        t = r.get("scrape")
+        if t:
+            rr = ratio(t["scraped"]["rps"], t["plain"]["rps"])
+            rows.append(("get-hit, -c %d, no pipelining: requests/s with `GET /metrics` once a second (%d scrapes, median %.1f ms, %s bytes) / without"
+                         % (a.connections, t["scrapes"], t["scrapeMillis"] or 0, f0(t["scrapeBytes"])),
+                         "-", "%s / %s" % (f0(t["scraped"]["rps"]), f0(t["plain"]["rps"])), fr(rr), ">= 0.98x",
+                         verdict(rr is not None and rr >= 0.98)))
         t = r.get("tls")
         label = "get-hit over TLS (rediss://), -c %d, no pipelining" % a.connections
         plain = "TCP" if a.cached_redis == "tcp" else "unix"
@@ -1555,7 +1605,7 @@ class Bench:
 
 
 # What --only can name (the --skip-* flags name the same sections).
-SECTIONS = ("throughput", "tls", "cluster", "python", "cold", "fleet", "expiry", "perf", "idle", "callgrind")
+SECTIONS = ("throughput", "scrape", "tls", "cluster", "python", "cold", "fleet", "expiry", "perf", "idle", "callgrind")
 
 
 def sections(text):
@@ -1610,6 +1660,7 @@ def main():
     p.add_argument("--cached-redis", choices=["tcp", "unix"], default="tcp")
     p.add_argument("--output", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--skip-scrape", action="store_true", help="leave out get-hit throughput with /metrics scraped once a second")
     p.add_argument("--skip-python", action="store_true")
     p.add_argument("--skip-callgrind", action="store_true")
     p.add_argument("--skip-perf", action="store_true")
