@@ -106,14 +106,16 @@ extension RequestDispatcher {
     /// Stores a fill's or a refresh's value with the fenced script (see ``FleetLocks``). A refusal (the
     /// entry was written meanwhile, or the lock was lost: expired, or ended by a write through another
     /// daemon) means the value may be older than what is stored: every waiter reads again. A store error
-    /// releases the lock; the value is still the answer (`cached: false`).
+    /// releases the lock; the value is still the answer (`cached: false`). `ttl`: the entry's (before the
+    /// stale window and grace are added); nil = the key's.
     func fencedStore(
         _ locks: any FleetLocks, _ entry: StoreLocation, token: String?, value: ByteBuffer?,
-        _ keyConfig: DaemonConfiguration.KeyConfiguration, mode: FleetStoreMode, delta: Duration, on eventLoop: any EventLoop
+        _ keyConfig: DaemonConfiguration.KeyConfiguration, ttl: Duration? = nil, mode: FleetStoreMode, delta: Duration,
+        on eventLoop: any EventLoop
     ) -> EventLoopFuture<FillCoordinator.FillOutcome> {
         let keepDelta = (keyConfig.aging?.beta ?? 0) > 0 ? delta : nil
         return locks.store(
-            entry, token: token, value: value, ttl: keyConfig.storeTTL(keyConfig.ttl), mode: mode, delta: keepDelta, on: eventLoop
+            entry, token: token, value: value, ttl: keyConfig.storeTTL(ttl ?? keyConfig.ttl), mode: mode, delta: keepDelta, on: eventLoop
         ).map { outcome -> FillCoordinator.FillOutcome in
             switch outcome {
             case .stored: return .filled(value, stored: true)

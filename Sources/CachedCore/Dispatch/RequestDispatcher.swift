@@ -276,7 +276,8 @@ public final class RequestDispatcher: Sendable {
 
     /// Runs the handler and stores its value, unless the entry was written or deleted since the flight's
     /// read. A fill after a miss stores only if the entry is still absent (`SET NX`), so a value written
-    /// meanwhile by anyone is never replaced by the handler's older one; a refresh replaces it.
+    /// meanwhile by anyone is never replaced by the handler's older one (the waiters then read again); a
+    /// refresh replaces it.
     func fillAndStore(
         _ id: UInt64, _ entry: StoreLocation, _ handler: any SyncHandler, _ address: EntryAddress,
         _ arguments: HandlerArguments, _ keyConfig: DaemonConfiguration.KeyConfiguration, ttl: Duration, on eventLoop: any EventLoop
@@ -289,19 +290,16 @@ public final class RequestDispatcher: Sendable {
             }
             let (allowed, overwrite) = self.coordinator.flightMayStore(entry, flight: id)
             guard allowed else { return eventLoop.makeSucceededFuture(.filled(value, stored: false)) }
-            let ttl = keyConfig.storeTTL(ttl)
-            let stored: EventLoopFuture<Bool>
             if (keyConfig.aging?.beta ?? 0) > 0, address.storeField == nil, let locks = self.store.fleet, locks.supports(entry) {
                 // Early refresh needs the fill's duration beside the entry (no lock: fleet_single_flight is off).
-                stored = locks.store(
-                    entry, token: nil, value: value, ttl: ttl, mode: overwrite ? .overwrite : .fill,
-                    delta: Duration(NIODeadline.now() - started), on: eventLoop
-                ).map { $0 == .stored }
-            } else {
-                stored = overwrite
-                    ? self.store.set(address, value: value, ttl: ttl, on: eventLoop).map { true }
-                    : self.store.fill(address, value: value, ttl: ttl, on: eventLoop)
+                return self.fencedStore(
+                    locks, entry, token: nil, value: value, keyConfig, ttl: ttl, mode: overwrite ? .overwrite : .fill,
+                    delta: Duration(NIODeadline.now() - started), on: eventLoop)
             }
+            let storeTTL = keyConfig.storeTTL(ttl)
+            let stored = overwrite
+                ? self.store.set(address, value: value, ttl: storeTTL, on: eventLoop).map { true }
+                : self.store.fill(address, value: value, ttl: storeTTL, on: eventLoop)
             return stored
                 .map { $0 ? .filled(value, stored: true) : .overtaken }
                 .recover { error in

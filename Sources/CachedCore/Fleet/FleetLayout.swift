@@ -1,5 +1,4 @@
 import CachedProtocol
-import CachedRedis
 
 /// Where the fleet's fill locks live in Redis, and the Lua scripts that use them.
 ///
@@ -11,19 +10,16 @@ import CachedRedis
 /// `cached:`, so nothing collides.
 enum FleetLayout {
     /// The metadata key of `storeKey`, or nil when none can share its slot (a `}` in a name without a
-    /// hash tag of its own).
+    /// hash tag of its own). Built so that its hash tag is the part of `storeKey` Redis hashes (the unit
+    /// tests check the slots with ``HashSlot``).
     static func metaKey(_ storeKey: String) -> String? {
-        var tag = storeKey
         if let open = storeKey.firstIndex(of: "{"),
             let close = storeKey[storeKey.index(after: open)...].firstIndex(of: "}"), close > storeKey.index(after: open)
         {
-            tag = String(storeKey[storeKey.index(after: open)..<close])
-            let key = "cached:fill:{\(tag)}:\(storeKey)"
-            return HashSlot.of(key) == HashSlot.of(storeKey) ? key : nil
+            return "cached:fill:{\(storeKey[storeKey.index(after: open)..<close])}:\(storeKey)"
         }
-        guard !tag.contains("}") else { return nil }
-        let key = "cached:fill:{\(tag)}"
-        return HashSlot.of(key) == HashSlot.of(storeKey) ? key : nil
+        guard !storeKey.contains("}") else { return nil }
+        return "cached:fill:{\(storeKey)}"
     }
 
     /// The lock's field in the metadata hash.

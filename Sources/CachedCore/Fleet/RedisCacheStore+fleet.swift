@@ -33,15 +33,7 @@ extension RedisCacheStore: FleetLocks {
                 throw CachedError(.storeError, "unexpected reply from Redis to an aged read: \(reply)")
             }
             guard case .bulk(let value) = parts[0] else { return nil }
-            // The entry leaves no later than the send time says (what the local copy keeps); its fresh and
-            // stale windows count from the reply (a read held up in Redis does not make it stale early).
-            var age = Self.age(ttl: parts[1], delta: parts[2], policy: policy, now: .now())
-            if var dated = age, let expiresAt = Self.expiry(parts[1], now: sentAt) {
-                dated.expiresAt = min(dated.expiresAt, expiresAt)
-                dated.staleUntil = min(dated.staleUntil, dated.expiresAt)
-                dated.freshUntil = min(dated.freshUntil, dated.staleUntil)
-                age = dated
-            }
+            let age = Self.age(ttl: parts[1], delta: parts[2], policy: policy, sentAt: sentAt, now: .now())
             if let expiresAt = Self.expiry(parts[1], now: sentAt) {  // nil: expiring this instant, keep nothing
                 localCache?.insert(address, value: value, readAt: readAt, route: route, age: age, expiresAt: expiresAt)
             }
@@ -56,12 +48,17 @@ extension RedisCacheStore: FleetLocks {
     }
 
     /// The entry's phases from its remaining time in Redis (`PTTL`): the stale window and grace are the
-    /// last part of it. Nil when it has no expiry.
-    static func age(ttl: RedisReply, delta: RedisReply, policy: DaemonConfiguration.AgingPolicy, now: NIODeadline) -> EntryAge? {
+    /// last part of it. The expiry counts from when the read was sent (never later than Redis's), the fresh
+    /// and stale windows from the reply (a read held up in Redis does not turn the entry stale early).
+    /// Nil when it has no expiry.
+    static func age(
+        ttl: RedisReply, delta: RedisReply, policy: DaemonConfiguration.AgingPolicy, sentAt: NIODeadline? = nil, now: NIODeadline
+    ) -> EntryAge? {
         guard case .integer(let milliseconds) = ttl, milliseconds > 0 else { return nil }
-        let expiresAt = now + .milliseconds(milliseconds)
-        let staleUntil = expiresAt - TimeAmount(policy.grace)
-        let freshUntil = staleUntil - TimeAmount(policy.staleTTL)
+        let remaining = TimeAmount.milliseconds(milliseconds)
+        let expiresAt = (sentAt ?? now) + remaining
+        let staleUntil = min(now + remaining - TimeAmount(policy.grace), expiresAt)
+        let freshUntil = min(now + remaining - TimeAmount(policy.grace) - TimeAmount(policy.staleTTL), staleUntil)
         var last: Duration?
         if case .bulk(var bytes) = delta, let text = bytes.readString(length: bytes.readableBytes), let ms = Int(text), ms >= 0 {
             last = .milliseconds(ms)

@@ -89,8 +89,13 @@ public final class RedisCacheStore: CacheStore {
         localCache?.invalidate(address.storeKey)
         let plain = Self.storeCommand(address, value, ttl: ttl, onlyIfAbsent: false)
         let sent: EventLoopFuture<RedisReply>
-        if let script = Self.fencingWrite(address, value, ttl: ttl), let meta = FleetLayout.metaKey(address.storeKey) {
-            sent = fencing(script, plain, endingLock: RedisCommand("HDEL", .string(meta), .string(FleetLayout.lockField(address.location))), key: address.storeKey, on: eventLoop)
+        if let meta = FleetLayout.metaKey(address.storeKey) {
+            let lockField = FleetLayout.lockField(address.location)
+            // Ends the entry's fill lock in the same step: a fill in flight on any daemon is fenced out.
+            let script = Self.script(
+                FleetLayout.write, keys: [address.storeKey, meta],
+                [.string(lockField), .string(address.storeField ?? ""), .bytes(value), .string(Self.milliseconds(ttl))])
+            sent = fencing(script, plain, endingLock: RedisCommand("HDEL", .string(meta), .string(lockField)), key: address.storeKey, on: eventLoop)
         } else {
             sent = send(plain, key: address.storeKey, on: eventLoop)
         }
@@ -122,20 +127,8 @@ public final class RedisCacheStore: CacheStore {
         }
         var arguments: [RedisArgument] = ["SET", .string(address.storeKey), .bytes(value)]
         if onlyIfAbsent { arguments.append("NX") }
-        if ttl > .zero {
-            let milliseconds = max(1, Int((ttl / .milliseconds(1)).rounded(.up)))
-            arguments += ["PX", .string(String(milliseconds))]
-        }
+        if ttl > .zero { arguments += ["PX", .string(milliseconds(ttl))] }
         return RedisCommand(arguments)
-    }
-
-    /// A `set` that also ends the entry's fill lock (fencing out fills in flight on every daemon), when
-    /// the entry has a metadata key.
-    static func fencingWrite(_ address: EntryAddress, _ value: ByteBuffer, ttl: Duration) -> RedisCommand? {
-        guard let meta = FleetLayout.metaKey(address.storeKey) else { return nil }
-        return script(
-            FleetLayout.write, keys: [address.storeKey, meta],
-            [.string(FleetLayout.lockField(address.location)), .string(address.storeField ?? ""), .bytes(value), .string(milliseconds(ttl))])
     }
 
     /// `EVAL script numkeys keys... args...`.
