@@ -1,4 +1,7 @@
 import CachedProtocol
+import CachedRedis
+import NIOCore
+import NIOEmbedded
 import Testing
 
 @testable import CachedCore
@@ -57,5 +60,70 @@ struct MetricsTests {
             #expect(throws: ConfigurationError.self) { try c.validate() }
         }
         #expect(throws: ConfigurationError.self) { try DaemonConfiguration(toml: "[metrics]\nlisten = 5") }
+    }
+
+    @Test func histogramsBucketSumAndReadQuantiles() {
+        var h = LatencyHistogram()
+        #expect(h.quantile(0.99) == nil)
+        h.observe(nanoseconds: 40_000)  // <= 50 µs
+        h.observe(nanoseconds: 50_000)  // the bound itself: same bucket (le is "less or equal")
+        h.observe(nanoseconds: 700_000, times: 3)  // (500 µs, 1 ms]
+        h.observe(nanoseconds: 20_000_000_000)  // past 10 s: +Inf
+        #expect(h.count == 6)
+        #expect(h.buckets[0] == 2 && h.buckets[4] == 3 && h.buckets.last == 1)
+        #expect(h.sumNanoseconds == 40_000 + 50_000 + 2_100_000 + 20_000_000_000)
+        #expect(h.quantile(0.3) == 0.00005)
+        #expect(h.quantile(0.5) == 0.001)
+        #expect(h.quantile(1) == 10)  // +Inf reports the last finite bound
+        var sum = LatencyHistogram()
+        sum.add(h)
+        sum.add(h)
+        #expect(sum.count == 12 && sum.buckets[4] == 6)
+    }
+
+    @Test func histogramExpositionIsCumulativeAndEndsWithCount() {
+        var h = LatencyHistogram()
+        h.observe(nanoseconds: 80_000)
+        h.observe(nanoseconds: 3_000_000, times: 2)
+        let text = String(
+            decoding: MetricsExporter(topKeys: 1).exposition(
+                snapshot(getRequests: 1, keys: [:], calls: 0),
+                histograms: [.init(name: "x_seconds", help: "h", series: [([("method", "get"), ("source", "memory")], h)])]),
+            as: UTF8.self)
+        #expect(text.contains("# TYPE x_seconds histogram"))
+        #expect(sample(text, #"x_seconds_bucket{method="get",source="memory",le="5e-05"}"#) == 0)
+        #expect(sample(text, #"x_seconds_bucket{method="get",source="memory",le="0.0001"}"#) == 1)
+        #expect(sample(text, #"x_seconds_bucket{method="get",source="memory",le="0.005"}"#) == 3)
+        #expect(sample(text, #"x_seconds_bucket{method="get",source="memory",le="+Inf"}"#) == 3)
+        #expect(sample(text, #"x_seconds_count{method="get",source="memory"}"#) == 3)
+        #expect(sample(text, #"x_seconds_sum{method="get",source="memory"}"#) == 0.00608)
+    }
+
+    @Test func statsShardsAddUpWithErrorCodesAndLatency() throws {
+        let stats = Stats()
+        let loops = [EmbeddedEventLoop(), EmbeddedEventLoop()]
+        let a = stats.shard(for: loops[0])
+        let b = stats.shard(for: loops[1])
+        #expect(a !== b && stats.shard(for: loops[0]) === a)  // one shard per loop, made once
+        a.record(method: "get", key: "Student", outcome: .hit)
+        b.record(method: "get", key: "Student", outcome: .miss)
+        b.record(method: "get", key: nil, outcome: .error(.invalidParams))
+        stats.record(method: "set", key: "Student", outcome: .error(.storeUnavailable))
+        a.observe(method: "get", source: .memory, nanoseconds: 30_000, times: 4)
+        b.observe(method: "get", source: .redis, nanoseconds: 400_000)
+        let json = stats.snapshot(store: StoreStatus(kind: "embedded", available: true, detail: [:]), uptimeSeconds: 1)
+        guard case .object(let s) = json, case .object(let methods)? = s["methods"], case .object(let keys)? = s["keys"],
+            case .object(let latency)? = s["latency"]
+        else { Issue.record("no stats object"); return }
+        #expect(s["requests"] == .number("4"))
+        #expect(methods["get"] == .object([
+            "requests": .number("3"), "errors": .number("1"), "hits": .number("1"), "misses": .number("1"),
+            "errorCodes": .object(["-32602": .number("1")]),
+        ]))
+        #expect(keys["Student"] == .object(["requests": .number("3"), "errors": .number("1"), "hits": .number("1"), "misses": .number("1")]))
+        guard case .object(let get)? = latency["get"] else { Issue.record("no get latency"); return }
+        #expect(get["memory"] == .object(["count": .number("4"), "p50": .number("5e-05"), "p99": .number("5e-05")]))
+        #expect(get["redis"] == .object(["count": .number("1"), "p50": .number("0.0005"), "p99": .number("0.0005")]))
+        for loop in loops { try loop.syncShutdownGracefully() }
     }
 }

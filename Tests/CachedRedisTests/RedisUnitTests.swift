@@ -59,7 +59,7 @@ struct RedisCommandStateMachineTests {
         }
         #expect(machine.pendingCount == 3)
         for i in 1...3 {
-            guard case .succeed(let p) = machine.receive() else { Issue.record("expected succeed"); return }
+            guard case .succeed(let p, _) = machine.receive() else { Issue.record("expected succeed"); return }
             #expect(p == i)
         }
         guard case .failAllAndClose(let rest, let error) = machine.receive() else { Issue.record("unexpected reply must close"); return }

@@ -37,29 +37,29 @@ enum MethodRegistry {
             }
         },
         MethodHandler(SetParams.self) { dispatcher, params, context in
-            dispatcher.set(params, context: context).counted(dispatcher, method: "set", key: params.address.key)
+            dispatcher.set(params, context: context).counted(dispatcher, context, method: "set", key: params.address.key)
         },
         MethodHandler(DeleteParams.self) { dispatcher, params, context in
-            dispatcher.delete(params, context: context).counted(dispatcher, method: "delete", key: params.address.key)
+            dispatcher.delete(params, context: context).counted(dispatcher, context, method: "delete", key: params.address.key)
         },
         MethodHandler(DeleteHashParams.self) { dispatcher, params, context in
-            dispatcher.deleteHash(params, context: context).counted(dispatcher, method: "deleteHash", key: params.hash.hashKey)
+            dispatcher.deleteHash(params, context: context).counted(dispatcher, context, method: "deleteHash", key: params.hash.hashKey)
         },
         MethodHandler(ReleaseParams.self) { dispatcher, params, context in
             let released = dispatcher.coordinator.releaseLease(params.address.location, token: params.lease, on: context.eventLoop)
             return context.eventLoop.makeSucceededFuture(MethodResult.released(released))
-                .counted(dispatcher, method: "release", key: params.address.key)
+                .counted(dispatcher, context, method: "release", key: params.address.key)
         },
         MethodHandler(PingParams.self) { dispatcher, _, context in
-            dispatcher.stats.record(method: "ping", key: nil, outcome: .ok)
+            dispatcher.counters(context).record(method: "ping", key: nil, outcome: .ok)
             return context.eventLoop.makeSucceededFuture(.pong)
         },
         MethodHandler(StatsParams.self) { dispatcher, _, context in
-            dispatcher.stats.record(method: "stats", key: nil, outcome: .ok)
+            dispatcher.counters(context).record(method: "stats", key: nil, outcome: .ok)
             return context.eventLoop.makeSucceededFuture(.json(dispatcher.statsSnapshot()))
         },
         MethodHandler(MetricsParams.self) { dispatcher, _, context in
-            dispatcher.stats.record(method: "metrics", key: nil, outcome: .ok)
+            dispatcher.counters(context).record(method: "metrics", key: nil, outcome: .ok)
             return context.eventLoop.makeSucceededFuture(.json(.string(String(decoding: dispatcher.metricsExposition(), as: UTF8.self))))
         },
     ]

@@ -1,4 +1,5 @@
 import CachedProtocol
+import CachedRedis
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -41,6 +42,12 @@ public final class RequestDispatcher: Sendable {
         configuration.withLockedValue { $0 = new }
     }
 
+    /// Where a request is counted: its event loop's shard (``Stats/Shard``).
+    @inline(__always)
+    func counters(_ context: RequestContext) -> Stats.Shard {
+        context.stats ?? stats.common
+    }
+
     /// A client connection closed: its leases pass on, its waits end.
     public func connectionClosed(_ connection: ConnectionID, on eventLoop: any EventLoop) {
         coordinator.connectionClosed(connection, on: eventLoop)
@@ -59,7 +66,7 @@ public final class RequestDispatcher: Sendable {
         do {
             params = try GetParams(request.params)
         } catch {
-            stats.record(method: "get", key: nil, outcome: .error)
+            counters(context).record(method: "get", key: nil, outcome: .error(error.code))
             return .later(context.eventLoop.makeFailedFuture(error))
         }
         return run(params, context: context)
@@ -72,20 +79,20 @@ public final class RequestDispatcher: Sendable {
                 // A key with a stale window, grace or early refresh: the entry's phase decides.
                 switch agedAnswer(params, value, age, context: context) {
                 case .now(let result):
-                    stats.record(method: "get", key: params.address.key, outcome: .hit)
+                    counters(context).record(method: "get", key: params.address.key, outcome: .hit)
                     return .now(result)
                 case .later(let future):
-                    return .later(future.counted(self, method: "get", key: params.address.key, outcome: Self.getOutcome))
+                    return .later(future.counted(self, context, method: "get", key: params.address.key, outcome: Self.getOutcome))
                 }
             }
-            stats.record(method: "get", key: params.address.key, outcome: .hit)
+            counters(context).record(method: "get", key: params.address.key, outcome: .hit)
             return .now(.hit(value))
         }
         return .later(countedGet(params, context: context))
     }
 
     private func countedGet(_ params: GetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
-        get(params, context: context).counted(self, method: "get", key: params.address.key, outcome: Self.getOutcome)
+        get(params, context: context).counted(self, context, method: "get", key: params.address.key, outcome: Self.getOutcome)
     }
 
     @Sendable static func getOutcome(_ result: MethodResult) -> Stats.Outcome {
@@ -98,14 +105,14 @@ public final class RequestDispatcher: Sendable {
     /// Runs a request through its method's handler (``MethodRegistry``). The future fails only with ``CachedError``.
     public func dispatch(_ request: JSONRPCRequest, context: RequestContext) -> EventLoopFuture<MethodResult> {
         guard let method = CachedMethod(rawValue: request.method), let handler = MethodRegistry.byMethod[method] else {
-            stats.record(method: request.method, key: nil, outcome: .error)
+            counters(context).record(method: request.method, key: nil, outcome: .error(.methodNotFound))
             return context.eventLoop.makeFailedFuture(CachedError.methodNotFound(request.method))
         }
         do {
             return try handler.run(self, request.params, context: context)
         } catch {
             // Only parameter validation throws.
-            stats.record(method: request.method, key: nil, outcome: .error)
+            counters(context).record(method: request.method, key: nil, outcome: .error(error.code))
             return context.eventLoop.makeFailedFuture(error)
         }
     }
@@ -131,16 +138,38 @@ public final class RequestDispatcher: Sendable {
 
     /// The Prometheus text exposition (docs/metrics.md).
     public func metricsExposition() -> [UInt8] {
-        metrics.exposition(statsSnapshot())
+        let store = store.status()
+        let (snapshot, latency) = statsSnapshotWithHistograms(store)
+        return metrics.exposition(
+            snapshot,
+            histograms: [
+                .init(
+                    name: "cached_request_duration_seconds",
+                    help: "Time from reading a request to writing its answer, by method and where the answer came from (memory, redis, fill, error).",
+                    series: latency.map { ([("method", $0.method), ("source", $0.source.label)], $0.histogram) }),
+                .init(
+                    name: "cached_redis_command_duration_seconds", help: "Redis command round trips (write to reply), by node.",
+                    series: store.nodes.filter { $0.metrics.roundTrip.count > 0 }.map { ([("node", $0.address)], $0.metrics.roundTrip) }),
+                .init(
+                    name: "cached_handler_duration_seconds", help: "Sync handler calls, from submission (time queued included) to answer, by key.",
+                    series: handlers.callDurations.filter { $0.histogram.count > 0 }.map { ([("key", $0.key)], $0.histogram) }),
+            ])
     }
 
     func statsSnapshot() -> JSONValue {
+        statsSnapshotWithHistograms(store.status()).json
+    }
+
+    private func statsSnapshotWithHistograms(
+        _ store: StoreStatus
+    ) -> (json: JSONValue, latency: [(method: String, source: Stats.Source, histogram: LatencyHistogram)]) {
         let uptime = Double((NIODeadline.now() - startTime).nanoseconds) / 1e9
-        guard case .object(var members) = stats.snapshot(store: store.status(), uptimeSeconds: uptime) else { return .null }
+        let (json, latency) = stats.snapshotWithHistograms(store: store, uptimeSeconds: uptime)
+        guard case .object(var members) = json else { return (.null, latency) }
         members["fills"] = coordinator.statistics
         members["fleet"] = fleetStats.json
         members["handlers"] = handlers.status
-        return .object(members)
+        return (.object(members), latency)
     }
 
     // MARK: get
@@ -407,17 +436,17 @@ public struct UnavailableHandler: ManagedSyncHandler {
 extension EventLoopFuture where Value == MethodResult {
     /// Counts the request's outcome, and makes sure the future fails only with ``CachedError``.
     func counted(
-        _ dispatcher: RequestDispatcher, method: String, key: String,
+        _ dispatcher: RequestDispatcher, _ context: RequestContext, method: String, key: String,
         outcome: @escaping @Sendable (MethodResult) -> Stats.Outcome = { _ in .ok }
     ) -> EventLoopFuture<MethodResult> {
-        let stats = dispatcher.stats
+        let stats = dispatcher.counters(context)
         return self.map { result in
             stats.record(method: method, key: key, outcome: outcome(result))
             return result
         }.flatMapErrorThrowing { error in
-            stats.record(method: method, key: key, outcome: .error)
-            if let error = error as? CachedError { throw error }
-            throw CachedError(.internalError, "Internal error: \(error)")
+            let error = (error as? CachedError) ?? CachedError(.internalError, "Internal error: \(error)")
+            stats.record(method: method, key: key, outcome: .error(error.code))
+            throw error
         }
     }
 }

@@ -1,4 +1,5 @@
 import CachedProtocol
+import CachedRedis
 import Logging
 import NIOConcurrencyHelpers
 
@@ -7,6 +8,12 @@ public protocol ManagedSyncHandler: SyncHandler {
     func start() async
     func shutdown() async
     var status: JSONValue { get }
+    /// How long its calls took (nil: not measured).
+    var callDurations: LatencyHistogram? { get }
+}
+
+extension ManagedSyncHandler {
+    public var callDurations: LatencyHistogram? { nil }
 }
 
 /// The running sync handler of each key that has one.
@@ -65,6 +72,12 @@ public final class HandlerRegistry: Sendable {
             return all
         }
         for handler in all { await handler.shutdown() }
+    }
+
+    /// Per-key call durations (upper-cased key names), for the metrics.
+    public var callDurations: [(key: String, histogram: LatencyHistogram)] {
+        let snapshot = handlers.withLockedValue { $0 }
+        return snapshot.compactMap { name, running in running.handler.callDurations.map { (name, $0) } }.sorted { $0.key < $1.key }
     }
 
     /// Per-key handler status for `stats`.

@@ -18,8 +18,11 @@ public struct ConnectionID: Hashable, Sendable, CustomStringConvertible {
 public struct RequestContext: Sendable {
     public var eventLoop: any EventLoop
     public var connection: ConnectionID
-    public init(eventLoop: any EventLoop, connection: ConnectionID) {
+    /// Where the request is counted: the connection's event loop's shard (nil: the common one).
+    public var stats: Stats.Shard?
+    public init(eventLoop: any EventLoop, connection: ConnectionID, stats: Stats.Shard? = nil) {
         self.eventLoop = eventLoop
         self.connection = connection
+        self.stats = stats
     }
 }

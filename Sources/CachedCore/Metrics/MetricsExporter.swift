@@ -1,4 +1,5 @@
 import CachedProtocol
+import CachedRedis
 import NIOConcurrencyHelpers
 import Prometheus
 
@@ -25,14 +26,68 @@ public final class MetricsExporter: Sendable {
         self.topKeys = topKeys
     }
 
-    /// The exposition of `snapshot` (the `stats` result).
-    public func exposition(_ snapshot: JSONValue) -> [UInt8] {
+    /// One histogram family: its series are written after the registry's metrics, in the same text format.
+    ///
+    /// They are not swift-prometheus histograms because those count each observation under a lock shared
+    /// by every thread; these are summed from per-event-loop (or per-node, per-pool) counts when scraped.
+    public struct Histograms: Sendable {
+        public var name: String
+        public var help: String
+        public var series: [(labels: [(String, String)], histogram: LatencyHistogram)]
+
+        public init(name: String, help: String, series: [(labels: [(String, String)], histogram: LatencyHistogram)]) {
+            self.name = name
+            self.help = help
+            self.series = series
+        }
+    }
+
+    /// The exposition of `snapshot` (the `stats` result) and of `histograms`.
+    public func exposition(_ snapshot: JSONValue, histograms: [Histograms] = []) -> [UInt8] {
         state.withLockedValue { state in
             var sink = Sink(registry: registry, state: state)
             sink.read(snapshot, topKeys: topKeys)
             state = sink.state
         }
-        return registry.emitToBuffer()
+        var text = registry.emitToBuffer()
+        for family in histograms where !family.series.isEmpty {
+            Self.write(family, into: &text)
+        }
+        return text
+    }
+
+    /// `# HELP`, `# TYPE`, then per series its cumulative `_bucket`s, `_sum` (seconds) and `_count`.
+    static func write(_ family: Histograms, into text: inout [UInt8]) {
+        func line(_ s: String) { text.append(contentsOf: s.utf8); text.append(UInt8(ascii: "\n")) }
+        line("# HELP \(family.name) \(family.help)")
+        line("# TYPE \(family.name) histogram")
+        for (labels, h) in family.series {
+            let base = labels.map { "\($0.0)=\"\(escape($0.1))\"" }.joined(separator: ",")
+            let prefix = base.isEmpty ? "" : base + ","
+            var cumulative = 0
+            for (i, bound) in LatencyHistogram.boundsNanoseconds.enumerated() {
+                cumulative += h.buckets[i]
+                line("\(family.name)_bucket{\(prefix)le=\"\(Double(bound) / 1e9)\"} \(cumulative)")
+            }
+            line("\(family.name)_bucket{\(prefix)le=\"+Inf\"} \(h.count)")
+            let braces = base.isEmpty ? "" : "{\(base)}"
+            line("\(family.name)_sum\(braces) \(Double(h.sumNanoseconds) / 1e9)")
+            line("\(family.name)_count\(braces) \(h.count)")
+        }
+    }
+
+    /// A label value as the text format wants it: `\`, `"` and newlines escaped.
+    static func escape(_ value: String) -> String {
+        var out = ""
+        for c in value {
+            switch c {
+            case "\\": out += "\\\\"
+            case "\"": out += "\\\""
+            case "\n": out += "\\n"
+            default: out.append(c)
+            }
+        }
+        return out
     }
 
     /// Writes one scrape's figures into the registry.
@@ -65,7 +120,9 @@ public final class MetricsExporter: Sendable {
             gauge("cached_uptime_seconds", s["uptimeSeconds"]?.double, help: "Seconds since the daemon started.")
             for (method, c) in s["methods"]?.members ?? [] {
                 counter("cached_requests_total", labels: [("method", method)], c["requests"]?.double, help: "Requests answered, by method.")
-                counter("cached_request_errors_total", labels: [("method", method)], c["errors"]?.double, help: "Requests answered with an error, by method.")
+                for (code, n) in c["errorCodes"]?.members ?? [] {
+                    counter("cached_request_errors_total", labels: [("method", method), ("code", code)], n.double, help: "Requests answered with an error, by method and JSON-RPC error code.")
+                }
             }
             // Hits and misses by key; keys past the first `topKeys` count under "(other)".
             var other: [String: Double] = [:]
@@ -148,16 +205,24 @@ public final class MetricsExporter: Sendable {
                     let role = node["role"]?.stringValue ?? "unknown"
                     gauge("cached_redis_node_connections", labels: [("node", address), ("role", role)], node["connections"]?.double, help: "Data connections up, by Redis node.")
                     gauge("cached_redis_node_tracking", labels: [("node", address), ("role", role)], node["tracking"].map { $0 == .bool(true) ? 1 : 0 }, help: "1 when the node's invalidation listener is up.")
+                    gauge("cached_redis_node_up", labels: [("node", address), ("role", role)], node["up"]?.double, help: "1 while a data connection to the node is up.")
+                    gauge("cached_redis_node_last_change_timestamp_seconds", labels: [("node", address), ("role", role)], node["lastChange"]?.double, help: "When the node last went up or down (Unix time).")
+                    counter("cached_redis_node_error_replies_total", labels: [("node", address)], node["errorReplies"]?.double, help: "Redis error replies (MOVED, OOM, READONLY...), by node.")
+                    counter("cached_redis_node_timeouts_total", labels: [("node", address)], node["timeouts"]?.double, help: "Redis commands past the command timeout, by node.")
                 }
             }
             if let local = store?["localCache"] {
                 gauge("cached_local_cache_entries", local["keys"]?.double, help: "Entries in the local copy.")
                 gauge("cached_local_cache_bytes", local["bytes"]?.double, help: "Bytes held by the local copy.")
                 gauge("cached_local_cache_max_bytes", local["maxBytes"]?.double, help: "The local copy's memory budget.")
+                for (reason, n) in local["flushReasons"]?.members ?? [] {
+                    counter("cached_local_cache_flushes_by_reason_total", labels: [("reason", reason)], n.double, help: "Times the local copy (or a node's part) was dropped, by reason.")
+                }
                 for (field, name, help) in [
                     ("hits", "cached_local_cache_hits_total", "Gets answered from the local copy."),
                     ("misses", "cached_local_cache_misses_total", "Local copy lookups that found nothing."),
                     ("invalidations", "cached_local_cache_invalidations_total", "Invalidations received from Redis."),
+                    ("evictions", "cached_local_cache_evictions_total", "Entries evicted to stay within the memory budget."),
                     ("flushes", "cached_local_cache_flushes_total", "Times the local copy (or a node's part) was dropped."),
                     ("connectionsLost", "cached_local_cache_connections_lost_total", "Data connections that closed while their reads were held."),
                     ("nodesRemoved", "cached_local_cache_nodes_removed_total", "Redis nodes that left the topology."),

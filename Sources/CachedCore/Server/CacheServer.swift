@@ -28,6 +28,7 @@ public final class CacheServer: Sendable {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let connections = ConnectionRegistry()
+    private let answerBuffers = LoopAnswerBuffers()
     private let serverChannel = NIOLockedValueBox<(any Channel)?>(nil)
 
     public init(
@@ -84,6 +85,7 @@ public final class CacheServer: Sendable {
 
     private func bind(quiesce: ServerQuiescingHelper) async throws -> any Channel {
         let dispatcher = self.dispatcher
+        let answerBuffers = self.answerBuffers
         let limits = configuration.startup.limits
         let logger = self.logger
         let connections = self.connections
@@ -120,7 +122,7 @@ public final class CacheServer: Sendable {
                                 lineTimeout: limits.lineTimeout > .zero ? TimeAmount(limits.lineTimeout) : nil,
                                 idleTimeout: limits.idleTimeout > .zero ? TimeAmount(limits.idleTimeout) : nil,
                                 logger: logger),
-                            ClientConnectionHandler(dispatcher: dispatcher, limits: limits, logger: logger),
+                            ClientConnectionHandler(dispatcher: dispatcher, limits: limits, logger: logger, answerBuffers: answerBuffers),
                         ])
                     }
                 }

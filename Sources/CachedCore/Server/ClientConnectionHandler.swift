@@ -29,18 +29,40 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     /// The answers of one read batch, sent as one write and one flush at channelReadComplete.
     @exclusivity(unchecked) private var batchOutput: ByteBuffer?
     private let connectionID: ConnectionID
+    /// This connection's event loop's counters (set when the handler is added).
+    private var stats: Stats.Shard
+    /// When the current read batch began: every request read in it is timed from there.
+    @exclusivity(unchecked) private var batchStart = NIODeadline.uptimeNanoseconds(0)
+    /// Gets of this read batch answered from memory, timed together when the batch is sent.
+    @exclusivity(unchecked) private var memoryAnswers = 0
     /// Splits the received bytes into request lines.
     @exclusivity(unchecked) private var framer: RequestLineFramer
 
     private static let nextConnectionID = ManagedAtomic<UInt64>(1)
 
-    init(dispatcher: RequestDispatcher, limits: DaemonConfiguration.Limits, logger: Logger) {
+    /// Where this loop's answer buffer comes from (nil: the connection keeps its own).
+    private let answerBuffers: LoopAnswerBuffers?
+    /// The buffer a read batch's answers are written into, shared with the loop's other connections.
+    private var answerBuffer: LoopAnswerBuffer?
+
+    init(dispatcher: RequestDispatcher, limits: DaemonConfiguration.Limits, logger: Logger, answerBuffers: LoopAnswerBuffers? = nil) {
         self.dispatcher = dispatcher
+        self.answerBuffers = answerBuffers
         self.limits = limits
         self.logger = logger
         self.connectionID = ConnectionID(Self.nextConnectionID.loadThenWrappingIncrement(ordering: .relaxed))
         self.framer = RequestLineFramer(maxLineBytes: limits.maxLineBytes)
         self.machine = ClientConnectionStateMachine(maxInFlight: limits.maxInFlight)
+        self.stats = dispatcher.stats.common
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        stats = dispatcher.stats.shard(for: context.eventLoop)
+        answerBuffer = answerBuffers?.of(context.eventLoop) ?? LoopAnswerBuffer(eventLoop: context.eventLoop)
+    }
+
+    private func requestContext(_ context: ChannelHandlerContext) -> RequestContext {
+        RequestContext(eventLoop: context.eventLoop, connection: connectionID, stats: stats)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -52,13 +74,21 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         reading = false
+        if memoryAnswers > 0 {
+            // One clock read per batch: each answer is timed from the batch's read to its write.
+            stats.observe(method: "get", source: .memory, nanoseconds: (NIODeadline.now() - batchStart).nanoseconds, times: memoryAnswers)
+            memoryAnswers = 0
+        }
         sendBatch(context: context)
         context.fireChannelReadComplete()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !machine.isClosing else { return }
-        reading = true
+        if !reading {
+            reading = true
+            batchStart = .now()
+        }
         framer.append(unwrapInboundIn(data))
         while !machine.isClosing {
             switch framer.next() {
@@ -76,8 +106,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     private func handleLine(_ line: ByteBuffer, context: ChannelHandlerContext) {
         // The hot path: a `get` in its common shape, read without a JSON tree (anything else returns nil).
         if let get = line.withUnsafeReadableBytes({ FastGetRequest.parse($0) }) {
-            let outcome = dispatcher.run(get.params, context: RequestContext(eventLoop: context.eventLoop, connection: connectionID))
-            answer(outcome, id: get.id, context: context)
+            let outcome = dispatcher.run(get.params, context: requestContext(context))
+            answer(outcome, id: get.id, method: "get", context: context)
             return
         }
         let message = line.withUnsafeReadableBytes {
@@ -85,10 +115,10 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
         }
         switch message {
         case .unparseable(let error):
-            dispatcher.stats.protocolError()
+            stats.protocolError()
             writeLine(context: context) { $0.writeJSONRPCError(id: .null, error) }
         case .single(.invalid(let id, let error)):
-            dispatcher.stats.protocolError()
+            stats.protocolError()
             writeLine(context: context) { $0.writeJSONRPCError(id: id, error) }
         case .single(.request(let request)):
             run(request, context: context)
@@ -98,15 +128,16 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     }
 
     private func run(_ request: JSONRPCRequest, context: ChannelHandlerContext) {
-        let outcome = dispatcher.run(request, context: RequestContext(eventLoop: context.eventLoop, connection: connectionID))
-        answer(outcome, id: request.id, context: context)
+        let outcome = dispatcher.run(request, context: requestContext(context))
+        answer(outcome, id: request.id, method: request.method, context: context)
     }
 
     /// Answers a request now, or when its future completes (`id` nil: a notification, never answered).
-    private func answer(_ outcome: RequestDispatcher.Completion, id: JSONRPCID?, context: ChannelHandlerContext) {
+    private func answer(_ outcome: RequestDispatcher.Completion, id: JSONRPCID?, method: String, context: ChannelHandlerContext) {
         let future: EventLoopFuture<MethodResult>
         switch outcome {
         case .now(let result):
+            memoryAnswers += 1
             if let id {
                 writeLine(context: context) { $0.writeResponse(id: id, .success(result)) }
             }
@@ -116,10 +147,13 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
         }
         let seq = started(context: context, ids: id.map { [$0] } ?? [])
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let start = batchStart
         future.hop(to: context.eventLoop).whenComplete { result in
             let (handler, context) = loopBound.value
+            let result = result.mapCachedError()
+            handler.stats.observe(method: method, source: Stats.Source(result), nanoseconds: (NIODeadline.now() - start).nanoseconds)
             handler.finished(context: context, seq: seq) { handler in
-                if let id { handler.writeLine(context: context) { $0.writeResponse(id: id, result.mapCachedError()) } }
+                if let id { handler.writeLine(context: context) { $0.writeResponse(id: id, result) } }
             }
         }
     }
@@ -130,11 +164,11 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
         for entry in entries {
             switch entry {
             case .invalid(let id, let error):
-                dispatcher.stats.protocolError()
+                stats.protocolError()
                 futures.append(context.eventLoop.makeSucceededFuture((id, .failure(error))))
             case .request(let request):
                 futures.append(
-                    dispatcher.dispatch(request, context: RequestContext(eventLoop: context.eventLoop, connection: connectionID)).hop(to: context.eventLoop)
+                    dispatcher.dispatch(request, context: requestContext(context)).hop(to: context.eventLoop)
                         .map { (request.id, .success($0)) }
                         .recover { (request.id, .failure(($0 as? CachedError) ?? CachedError(.internalError, "Internal error"))) })
             }
@@ -145,10 +179,18 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
             case .request(let r): r.id
             }
         }
+        let methods: [String?] = entries.map {
+            if case .request(let r) = $0 { r.method } else { nil }
+        }
         let seq = started(context: context, ids: ids)
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let start = batchStart
         EventLoopFuture.whenAllSucceed(futures, on: context.eventLoop).whenSuccess { answers in
             let (handler, context) = loopBound.value
+            let elapsed = (NIODeadline.now() - start).nanoseconds
+            for (method, answer) in zip(methods, answers) {
+                if let method { handler.stats.observe(method: method, source: Stats.Source(answer.1), nanoseconds: elapsed) }
+            }
             let answered = answers.compactMap { answer in answer.0.map { ($0, answer.1) } }
             handler.finished(context: context, seq: seq) { handler in
                 guard !answered.isEmpty else { return }  // a batch of notifications only gets no line at all
@@ -200,7 +242,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if error is ByteToMessageDecoderError.PayloadTooLargeError {
-            dispatcher.stats.oversizedLine()
+            stats.oversizedLine()
             logger.notice("closing a connection that sent a line over the limit", metadata: ["limit": "\(limits.maxLineBytes)"])
             let error = CachedError.lineTooLong(maxLineBytes: limits.maxLineBytes)
             writeLine(context: context) { $0.writeJSONRPCError(id: .null, error) }
@@ -269,7 +311,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
         if reading {
             // Appended to this read batch's answers: one buffer, one write and one flush for all of them
             // (`sendBatch` checks that the channel is still active).
-            var batch = batchOutput.take() ?? context.channel.allocator.buffer(capacity: 4096)
+            var batch = batchOutput.take() ?? answerBuffer?.take(context.channel.allocator) ?? context.channel.allocator.buffer(capacity: 4096)
             body(&batch)
             batch.writeInteger(UInt8(ascii: "\n"))
             batchOutput = batch
@@ -295,6 +337,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
         batchOutput = nil
         guard context.channel.isActive, !machine.isClosing else { return }
         context.writeAndFlush(wrapOutboundOut(batch), promise: nil)
+        answerBuffer?.giveBack(batch)
     }
 }
 

@@ -1,4 +1,5 @@
 import CachedProtocol
+import CachedRedis
 import NIOCore
 
 /// Where entries live: Redis in production, or the embedded in-process store.
@@ -44,6 +45,8 @@ public struct StoreStatus: Sendable, Hashable {
     public var detail: [String: JSONValue]
     /// A short phrase for systemd's `STATUS=` (for Redis: the master, its connections, Sentinels).
     public var summary: String?
+    /// The Redis nodes with what they measured (for the metrics; empty for the embedded store).
+    public var nodes: [RedisTopologyStatus.Node] = []
 
     public init(kind: String, available: Bool, detail: [String: JSONValue], summary: String? = nil) {
         self.kind = kind

@@ -18,8 +18,8 @@ import NIOCore
 /// connection closes, for any reason, the entries it read are dropped before the daemon serves
 /// anything else from that event loop. Entries also expire after `maxAge` as a last line of defence.
 public final class LocalCache: Sendable {
-    struct State {
-        var entries: LRUStore
+    /// What inserts, invalidations and flushes decide on; a hit never takes this lock.
+    struct Control {
         var epoch: UInt64 = 0
         var invalidatedAt: [String: UInt64] = [:]
         var flushedAt: UInt64 = 0
@@ -29,39 +29,79 @@ public final class LocalCache: Sendable {
         var nodeFlushedAt: [UInt64: UInt64] = [:]
         /// Data connections whose reads are kept here (an entry's tag names one), and their node.
         var sessions: [UInt64: UInt64] = [:]
-        var hits = 0
-        var misses = 0
         var invalidations = 0
-        var flushes = 0
+        /// Times everything, or a node's part, was dropped, by reason.
+        var flushes: [FlushReason: Int] = [:]
         var sessionsEnded = 0
         var droppedWithSession = 0
         var nodesRemoved = 0
     }
 
-    private let state: NIOLockedValueBox<State>
+    /// Why the local copy (or a node's part of it) was dropped.
+    enum FlushReason: String, CaseIterable {
+        /// Redis said everything may have changed (a FLUSHALL, a restart, its tracking table overflowed).
+        case invalidateAll = "invalidate_all"
+        /// A node's invalidation listener went down.
+        case trackingDown = "tracking_down"
+        /// A node's invalidation listener came (back) up: what was read before is not vouched for.
+        case trackingUp = "tracking_up"
+        /// A node left the topology (failover, reshard, removal).
+        case nodeRemoved = "node_removed"
+        /// Too many keys were invalidated to remember them one by one.
+        case overflow
+    }
+
+    /// A part of the entries, by a hash of the key: a hit locks one shard, nothing else.
+    struct Shard {
+        var entries: LRUStore
+        var hits = 0
+        var misses = 0
+        /// Evictions of the stores a flush replaced.
+        var evictionsBefore = 0
+    }
+
+    /// Shards; a power of two.
+    static let shardCount = 16
+
+    private let control = NIOLockedValueBox(Control())
+    private let shards: [NIOLockedValueBox<Shard>]
     private let maxAge: TimeAmount
     public let maxBytes: Int
 
+    /// Each shard keeps `maxBytes / shardCount`: eviction is per shard (keys spread evenly over them).
     public init(maxBytes: Int, maxAge: TimeAmount) {
         self.maxBytes = maxBytes
         self.maxAge = maxAge
-        self.state = NIOLockedValueBox(State(entries: LRUStore(maxBytes: maxBytes)))
+        self.shards = (0..<Self.shardCount).map { _ in NIOLockedValueBox(Shard(entries: LRUStore(maxBytes: maxBytes / Self.shardCount))) }
+    }
+
+    /// The shard of a store key: FNV-1a over its bytes (cheaper than the dictionary's seeded hash it saves
+    /// no work for, and the same in every process).
+    @inline(__always)
+    private func shard(_ storeKey: String) -> NIOLockedValueBox<Shard> {
+        var key = storeKey
+        let hash = key.withUTF8 { bytes in
+            var h: UInt32 = 2_166_136_261
+            for b in bytes { h = (h ^ UInt32(b)) &* 16_777_619 }
+            return h
+        }
+        return shards[Int(hash ^ (hash >> 16)) & (Self.shardCount - 1)]
     }
 
     /// A cached value, or nil. Every entry held is vouched for by a listener that is up: entries are
     /// dropped as soon as their node's listener or connection goes.
     func get(_ address: EntryAddress) -> EncodedValue? {
         let now = NIODeadline.now()
-        return state.withLockedValue { state in
-            let value = state.entries.get(address.storeKey, field: address.storeField, now: now)
-            if value != nil { state.hits += 1 } else { state.misses += 1 }
+        return shard(address.storeKey).withLockedValue { shard in
+            let value = shard.entries.get(address.storeKey, field: address.storeField, now: now)
+            if value != nil { shard.hits += 1 } else { shard.misses += 1 }
             return value
         }
     }
 
     /// Marks the start of a read from Redis; pass the result to ``insert(_:value:readAt:route:)``.
     func beginRead() -> UInt64 {
-        state.withLockedValue { $0.epoch }
+        control.withLockedValue { $0.epoch }
     }
 
     /// Caches a value read from Redis through `route`, unless it may be stale (see the type's
@@ -82,12 +122,14 @@ public final class LocalCache: Sendable {
         encoded.age = age
         // Kept no longer than Redis keeps it.
         let expiry = min(age?.expiresAt ?? .distantFuture, expiresAt, now + maxAge)
-        let watch: Bool = state.withLockedValue { state in
-            guard let listener = state.listeners[node], redirect == listener, state.flushedAt <= epoch,
-                (state.nodeFlushedAt[node] ?? 0) <= epoch, (state.invalidatedAt[address.storeKey] ?? 0) <= epoch
+        let shard = shard(address.storeKey)
+        let watch: Bool = control.withLockedValue { control in
+            guard let listener = control.listeners[node], redirect == listener, control.flushedAt <= epoch,
+                (control.nodeFlushedAt[node] ?? 0) <= epoch, (control.invalidatedAt[address.storeKey] ?? 0) <= epoch
             else { return false }
-            let inserted = state.sessions.updateValue(node, forKey: session) == nil
-            state.entries.set(address.storeKey, field: address.storeField, value: encoded, expiry: expiry, now: now)
+            let inserted = control.sessions.updateValue(node, forKey: session) == nil
+            // Under the control lock: no invalidation or flush can come between the checks and the store.
+            shard.withLockedValue { $0.entries.set(address.storeKey, field: address.storeField, value: encoded, expiry: expiry, now: now) }
             return inserted
         }
         if watch {
@@ -99,19 +141,21 @@ public final class LocalCache: Sendable {
     /// Whether nothing reported a change of `storeKey` (an invalidation, a flush of any node) since
     /// `epoch` (from ``beginRead()``).
     func unchanged(_ storeKey: String, since epoch: UInt64) -> Bool {
-        state.withLockedValue { state in
-            state.flushedAt <= epoch && (state.invalidatedAt[storeKey] ?? 0) <= epoch
-                && state.nodeFlushedAt.values.allSatisfy { $0 <= epoch }
+        control.withLockedValue { control in
+            control.flushedAt <= epoch && (control.invalidatedAt[storeKey] ?? 0) <= epoch
+                && control.nodeFlushedAt.values.allSatisfy { $0 <= epoch }
         }
     }
 
     /// A data connection closed: Redis no longer tracks what it read, so nothing it read may be served.
     func sessionEnded(_ session: UInt64) {
-        state.withLockedValue { state in
-            guard state.sessions.removeValue(forKey: session) != nil else { return }
-            state.epoch += 1
-            state.sessionsEnded += 1
-            state.droppedWithSession += state.entries.removeAll { $0.tag == session }
+        control.withLockedValue { control in
+            guard control.sessions.removeValue(forKey: session) != nil else { return }
+            control.epoch += 1
+            control.sessionsEnded += 1
+            for shard in shards {
+                control.droppedWithSession += shard.withLockedValue { $0.entries.removeAll { $0.tag == session } }
+            }
         }
     }
 
@@ -121,23 +165,23 @@ public final class LocalCache: Sendable {
         case .invalidate(_, let keys):
             keys.forEach(invalidate)
         case .invalidateAll(let node):
-            state.withLockedValue { Self.flush(node: node, &$0) }
+            control.withLockedValue { flush(node: node, .invalidateAll, &$0) }
         case .trackingUp(let node, let listener):
-            state.withLockedValue { state in
-                state.listeners[node] = listener
-                Self.flush(node: node, &state)
+            control.withLockedValue { control in
+                control.listeners[node] = listener
+                flush(node: node, .trackingUp, &control)
             }
         case .trackingDown(let node):
-            state.withLockedValue { state in
-                state.listeners[node] = nil
-                Self.flush(node: node, &state)
+            control.withLockedValue { control in
+                control.listeners[node] = nil
+                flush(node: node, .trackingDown, &control)
             }
         case .removed(let node):
-            state.withLockedValue { state in
-                state.listeners[node] = nil
-                state.nodesRemoved += 1
-                Self.flush(node: node, &state)
-                state.nodeFlushedAt[node] = nil  // ids are never reused: no insert can name it again
+            control.withLockedValue { control in
+                control.listeners[node] = nil
+                control.nodesRemoved += 1
+                flush(node: node, .nodeRemoved, &control)
+                control.nodeFlushedAt[node] = nil  // ids are never reused: no insert can name it again
             }
         case .connectionLost, .connectFailed:
             break  // the connection's close future already dropped what it read
@@ -147,52 +191,76 @@ public final class LocalCache: Sendable {
     /// A key changed: drop it (and every field, for a hash). Keys are dropped whatever node reported them:
     /// a key lives on one node, so this never drops less than needed.
     func invalidate(_ storeKey: String) {
-        state.withLockedValue { state in
-            state.epoch += 1
-            state.invalidations += 1
-            _ = state.entries.delete(storeKey, field: nil, now: .now())
-            state.invalidatedAt[storeKey] = state.epoch
-            if state.invalidatedAt.count > 100_000 { Self.flush(&state) }
+        let shard = shard(storeKey)
+        control.withLockedValue { control in
+            control.epoch += 1
+            control.invalidations += 1
+            shard.withLockedValue { _ = $0.entries.delete(storeKey, field: nil, now: .now()) }
+            control.invalidatedAt[storeKey] = control.epoch
+            if control.invalidatedAt.count > 100_000 { flush(.overflow, &control) }
         }
     }
 
     /// Everything may have changed.
     func invalidateAll() {
-        state.withLockedValue { Self.flush(&$0) }
+        control.withLockedValue { flush(.invalidateAll, &$0) }
     }
 
     /// Drops what `node`'s connections read. When no other node has entries here, everything is dropped
-    /// at once (a new store, no scan).
-    private static func flush(node: UInt64, _ state: inout State) {
-        if state.sessions.values.allSatisfy({ $0 == node }) {
-            flush(&state)
+    /// at once (new stores, no scan).
+    private func flush(node: UInt64, _ reason: FlushReason, _ control: inout Control) {
+        if control.sessions.values.allSatisfy({ $0 == node }) {
+            flush(reason, &control)
             return
         }
-        state.epoch += 1
-        state.nodeFlushedAt[node] = state.epoch
+        control.epoch += 1
+        control.nodeFlushedAt[node] = control.epoch
         // Sessions stay until their connection closes (their close callback is registered once).
-        let sessions = state.sessions
-        _ = state.entries.removeAll { sessions[$0.tag] == node }
-        state.flushes += 1
+        let sessions = control.sessions
+        for shard in shards {
+            shard.withLockedValue { _ = $0.entries.removeAll { sessions[$0.tag] == node } }
+        }
+        control.flushes[reason, default: 0] += 1
     }
 
-    private static func flush(_ state: inout State) {
-        state.epoch += 1
-        state.flushedAt = state.epoch
-        state.invalidatedAt.removeAll()
-        state.entries = LRUStore(maxBytes: state.entries.maxBytes)
-        state.flushes += 1
+    private func flush(_ reason: FlushReason, _ control: inout Control) {
+        control.epoch += 1
+        control.flushedAt = control.epoch
+        control.invalidatedAt.removeAll()
+        for shard in shards {
+            shard.withLockedValue {
+                $0.evictionsBefore += $0.entries.evictions
+                $0.entries = LRUStore(maxBytes: $0.entries.maxBytes)
+            }
+        }
+        control.flushes[reason, default: 0] += 1
     }
 
     var status: JSONValue {
-        state.withLockedValue { s in
-            .object([
-                "enabled": .bool(!s.listeners.isEmpty), "keys": .number(String(s.entries.count)),
-                "bytes": .number(String(s.entries.usedBytes)), "maxBytes": .number(String(maxBytes)),
-                "hits": .number(String(s.hits)), "misses": .number(String(s.misses)),
-                "invalidations": .number(String(s.invalidations)), "flushes": .number(String(s.flushes)),
-                "connectionsLost": .number(String(s.sessionsEnded)), "droppedWithConnection": .number(String(s.droppedWithSession)),
-                "nodesRemoved": .number(String(s.nodesRemoved)),
+        control.withLockedValue { c in
+            var keys = 0
+            var bytes = 0
+            var hits = 0
+            var misses = 0
+            var evictions = 0
+            for shard in shards {
+                shard.withLockedValue {
+                    keys += $0.entries.count
+                    bytes += $0.entries.usedBytes
+                    evictions += $0.entries.evictions + $0.evictionsBefore
+                    hits += $0.hits
+                    misses += $0.misses
+                }
+            }
+            func number(_ n: Int) -> JSONValue { .number(String(n)) }
+            return .object([
+                "enabled": .bool(!c.listeners.isEmpty), "keys": number(keys),
+                "bytes": number(bytes), "maxBytes": number(maxBytes),
+                "hits": number(hits), "misses": number(misses), "evictions": number(evictions),
+                "invalidations": number(c.invalidations), "flushes": number(c.flushes.values.reduce(0, +)),
+                "flushReasons": .object(Dictionary(uniqueKeysWithValues: FlushReason.allCases.map { ($0.rawValue, number(c.flushes[$0] ?? 0)) })),
+                "connectionsLost": number(c.sessionsEnded), "droppedWithConnection": number(c.droppedWithSession),
+                "nodesRemoved": number(c.nodesRemoved),
             ])
         }
     }

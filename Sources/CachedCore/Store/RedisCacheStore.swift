@@ -193,7 +193,9 @@ public final class RedisCacheStore: CacheStore {
             "topology": topology.json,
         ]
         if let localCache { detail["localCache"] = localCache.status }
-        return StoreStatus(kind: "redis", available: topology.available, detail: detail, summary: topology.summary)
+        var status = StoreStatus(kind: "redis", available: topology.available, detail: detail, summary: topology.summary)
+        status.nodes = topology.nodes
+        return status
     }
 
     // MARK: Helpers

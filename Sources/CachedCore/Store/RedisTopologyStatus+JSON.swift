@@ -8,10 +8,15 @@ extension RedisTopologyStatus {
             "kind": .string(kind),
             "nodes": .array(
                 nodes.map { node in
-                    .object([
+                    let m = node.metrics
+                    return .object([
                         "address": .string(node.address), "role": .string(node.role),
                         "connections": .number(String(node.connections)), "poolSize": .number(String(node.poolSize)),
                         "tracking": .bool(node.tracking),
+                        "up": .bool(m.up), "lastChange": m.lastChange.map { .number(String(($0 * 1000).rounded() / 1000)) } ?? .null,
+                        "commands": .number(String(m.roundTrip.count)), "errorReplies": .number(String(m.errorReplies)),
+                        "timeouts": .number(String(m.timeouts)),
+                        "roundTripP99": .number(String(m.roundTrip.quantile(0.99) ?? 0)),
                     ].merging(node.slots.map { ["slots": .number(String($0))] } ?? [:]) { $1 })
                 }),
         ]

@@ -1,4 +1,5 @@
 import CachedProtocol
+import CachedRedis
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -44,6 +45,8 @@ public final class WorkerPool: Sendable {
         var machine: StateMachine
         var handles: [Int: WorkerHandle] = [:]
         var timers: [UInt64: Task<Void, Never>] = [:]
+        /// Every call, any outcome, from submission (time queued included) to its answer.
+        var durations = LatencyHistogram()
         var slotTasks: [Task<Void, Never>] = []
         var started = false
     }
@@ -145,6 +148,7 @@ public final class WorkerPool: Sendable {
     /// `configuration.queueLimit` calls already waiting for a free worker), `.shuttingDown` (pool stopped).
     public func call(_ address: EntryAddress, arguments: HandlerArguments) async throws(CachedError) -> ByteBuffer? {
         let params = WorkerProtocol.encodeParams(key: key, address: address, arguments: arguments)
+        let start = NIODeadline.now()
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<ByteBuffer?, CachedError>, Never>) in
             let call = PendingCall(continuation: continuation, params: params)
             let (action, handle): (StateMachine.SubmitAction, WorkerHandle?) = state.withLockedValue { state in
@@ -169,7 +173,14 @@ public final class WorkerPool: Sendable {
                 continuation.resume(returning: .failure(error))
             }
         }
+        let elapsed = NIODeadline.now() - start
+        state.withLockedValue { $0.durations.observe(elapsed) }
         return try result.get()
+    }
+
+    /// How long calls took, from submission (time queued included) to their answer, any outcome.
+    public var callDurations: LatencyHistogram? {
+        state.withLockedValue { $0.durations }
     }
 
     /// For `stats`: workers alive, busy, queued, calls, failures, restarts, timeouts.

@@ -20,13 +20,16 @@ public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHa
 
     private var stateMachine = RedisCommandStateMachine<EventLoopPromise<RedisReply>>()
     private let commandTimeout: TimeAmount
+    /// Round trips, error replies and timeouts of the node this connection belongs to.
+    private let metrics: RedisNodeMetrics?
     package var flushScheduled = false
     /// Set for the oldest command's deadline while commands wait; a timer that finds the oldest command
     /// answered is set again for the next one (no polling).
     private var timeoutTask: Scheduled<Void>?
 
-    public init(commandTimeout: TimeAmount) {
+    public init(commandTimeout: TimeAmount, metrics: RedisNodeMetrics? = nil) {
         self.commandTimeout = commandTimeout
+        self.metrics = metrics
     }
 
     // MARK: Lifecycle
@@ -61,6 +64,7 @@ public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHa
         case .none:
             armTimer(context: context)  // the oldest command was answered: wait for the next one's deadline
         case .failAllAndClose(let promises, let error):
+            metrics?.timedOut(promises.count)
             for promise in promises { promise.fail(error) }
             context.close(promise: nil)
         }
@@ -87,7 +91,13 @@ public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHa
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let reply = unwrapInboundIn(data)
         switch stateMachine.receive() {
-        case .succeed(let promise):
+        case .succeed(let promise, let deadline):
+            if let metrics {
+                // Sent at its deadline less the timeout: one clock read per reply.
+                let isError: Bool
+                if case .error = reply { isError = true } else { isError = false }
+                metrics.reply(roundTrip: NIODeadline.now() - (deadline - commandTimeout), isError: isError)
+            }
             promise.succeed(reply)
         case .failAllAndClose(let promises, let error):
             for promise in promises { promise.fail(error) }

@@ -53,8 +53,8 @@ public struct RedisCommandStateMachine<Promise> {
     }
 
     public enum ReceiveAction {
-        /// Complete this promise with the reply.
-        case succeed(Promise)
+        /// Complete this promise with the reply; `deadline` is the one the command was sent with.
+        case succeed(Promise, deadline: NIODeadline)
         /// A reply nobody asked for: fail these promises and close the connection.
         case failAllAndClose([Promise], RedisClientError)
         /// Already closed: drop the reply.
@@ -71,7 +71,7 @@ public struct RedisCommandStateMachine<Promise> {
                 return .failAllAndClose([], error)
             }
             state = .active(pending)
-            return .succeed(first.promise)
+            return .succeed(first.promise, deadline: first.deadline)
         case .closed:
             return .ignore
         }

@@ -75,9 +75,9 @@ public final class RedisConnection: Sendable {
         channel.close()
     }
 
-    /// Connects, then authenticates and selects the database.
+    /// Connects, then authenticates and selects the database; `metrics` (the node's) counts its round trips.
     public static func connect(
-        configuration: RedisConfiguration, eventLoop: any EventLoop
+        configuration: RedisConfiguration, eventLoop: any EventLoop, metrics: RedisNodeMetrics? = nil
     ) -> EventLoopFuture<RedisConnection> {
         let timeout = configuration.commandTimeout
         // TLS (`rediss://`): a certificate problem fails this attempt with an error naming the file or the
@@ -99,7 +99,7 @@ public final class RedisConnection: Sendable {
                     }
                     try channel.pipeline.syncOperations.addHandlers([
                         ByteToMessageHandler(RedisReplyDecoder()),
-                        RedisCommandHandler(commandTimeout: timeout),
+                        RedisCommandHandler(commandTimeout: timeout, metrics: metrics),
                     ])
                 }
             }

@@ -28,6 +28,7 @@ public final class RedisConnectionPool: Sendable {
     ///   re-resolves its nodes on it), on the connection's event loop.
     public init(
         configuration: RedisConfiguration, group: any EventLoopGroup, logger: Logger,
+        metrics: RedisNodeMetrics = RedisNodeMetrics(),
         onConnectionEvent: @escaping @Sendable (ConnectionEvent) -> Void = { _ in }
     ) {
         self.configuration = configuration
@@ -39,7 +40,7 @@ public final class RedisConnectionPool: Sendable {
             slots.append(
                 Slot(
                     index: index, eventLoop: loop, configuration: configuration, logger: logger,
-                    trackingRedirect: trackingRedirect, onConnectionEvent: onConnectionEvent))
+                    trackingRedirect: trackingRedirect, metrics: metrics, onConnectionEvent: onConnectionEvent))
         }
         self.slots = slots
     }
@@ -115,7 +116,8 @@ extension RedisConnectionPool {
 
         init(
             index: Int, eventLoop: any EventLoop, configuration: RedisConfiguration, logger: Logger,
-            trackingRedirect: NIOLockedValueBox<Int64?>, onConnectionEvent: @escaping @Sendable (ConnectionEvent) -> Void
+            trackingRedirect: NIOLockedValueBox<Int64?>, metrics: RedisNodeMetrics,
+            onConnectionEvent: @escaping @Sendable (ConnectionEvent) -> Void
         ) {
             self.index = index
             self.eventLoop = eventLoop
@@ -124,7 +126,7 @@ extension RedisConnectionPool {
                 eventLoop: eventLoop, backoff: configuration.reconnectBackoff,
                 connect: {
                     let redirect = trackingRedirect.withLockedValue { $0 }
-                    return RedisConnection.connect(configuration: configuration, eventLoop: eventLoop).flatMap { connection in
+                    return RedisConnection.connect(configuration: configuration, eventLoop: eventLoop, metrics: metrics).flatMap { connection in
                         // Reads on this connection are tracked for the local cache (when an invalidation listener is up).
                         guard let redirect else { return connection.eventLoop.makeSucceededFuture(connection) }
                         return connection.enableTracking(redirectTo: redirect).map { connection }.recover { _ in connection }
@@ -135,11 +137,14 @@ extension RedisConnectionPool {
                 onEvent: { event in
                     switch event {
                     case .up(_, let failures):
+                        metrics.connection(up: true, closing: false)
                         logger.info("connected to Redis", metadata: ["slot": "\(index)", "redis": "\(redacted)", "after_failures": "\(failures)"])
                     case .lost:
+                        metrics.connection(up: false, closing: true)
                         logger.warning("connection to Redis lost", metadata: ["slot": "\(index)"])
                         onConnectionEvent(.lost)
                     case .failed(let error, let failures, _):
+                        metrics.connection(up: false, closing: false)
                         onConnectionEvent(.failed)
                         if failures <= 2 || failures.isMultiple(of: 50) {
                             logger.warning(

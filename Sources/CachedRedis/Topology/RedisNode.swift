@@ -13,6 +13,8 @@ public final class RedisNode: Sendable {
     public let id: UInt64
     public let configuration: RedisConfiguration
     public let pool: RedisConnectionPool
+    /// Round trips, error replies, timeouts and up/down of the node's data connections.
+    public let metrics: RedisNodeMetrics
     private let listener: RedisInvalidationListener?
     private static let ids = ManagedAtomic<UInt64>(0)
 
@@ -28,7 +30,9 @@ public final class RedisNode: Sendable {
         self.configuration = configuration
         var logger = logger
         logger[metadataKey: "redis"] = "\(configuration.redactedDescription)"
-        let pool = RedisConnectionPool(configuration: configuration, group: group, logger: logger) { event in
+        let metrics = RedisNodeMetrics()
+        self.metrics = metrics
+        let pool = RedisConnectionPool(configuration: configuration, group: group, logger: logger, metrics: metrics) { event in
             switch event {
             case .lost: onEvent(.connectionLost(node: id))
             case .failed: onEvent(.connectFailed(node: id))

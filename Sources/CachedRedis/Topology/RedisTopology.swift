@@ -58,6 +58,8 @@ public struct RedisTopologyStatus: Sendable, Hashable {
         public var tracking: Bool
         /// In a cluster, the slots it serves.
         public var slots: Int?
+        /// Round trips, error replies, timeouts, up/down of its data connections.
+        public var metrics = RedisNodeMetrics.Figures()
     }
 
     /// One Sentinel and whether the last attempt to reach it worked.
@@ -98,6 +100,6 @@ extension RedisNode {
     public func status(role: String) -> RedisTopologyStatus.Node {
         RedisTopologyStatus.Node(
             address: address, role: role, connections: pool.connectedCount, poolSize: configuration.poolSize,
-            tracking: isTracking, slots: nil)
+            tracking: isTracking, slots: nil, metrics: metrics.figures)
     }
 }

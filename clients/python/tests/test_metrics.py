@@ -60,21 +60,49 @@ def test_metrics_parse_and_move_with_requests(daemon_bin: Path, redis_server: Re
                                               sockdir: Path) -> None:
     port = free_port()
     worker = Path(__file__).resolve().parents[3] / "Tests" / "Fixtures" / "daemon" / "fill_worker.py"
-    config = ('[metrics]\nlisten = "127.0.0.1:%d"\n\n[keys.Student]\nttl = 60\n\n'
-              '[keys.Filled]\nttl = 60\nhandler = ["%s", "%s"]\n') % (port, sys.executable, worker)
+    # A small local copy (16 shards of 1 KiB each) so that reading many entries evicts some.
+    config = ('[local_cache]\nmax_bytes = 16384\n\n[metrics]\nlisten = "127.0.0.1:%d"\n\n[keys.Student]\nttl = 60\n\n'
+              '[keys.Filled]\nttl = 60\nhandler = ["%s", "%s"]\n\n[keys.Bulk]\nttl = 60\n') % (port, sys.executable, worker)
     daemon = Daemon(daemon_bin, sockdir, redis_server.url, name="metrics", config=config)
     try:
         wait_until(lambda: _listening(port), 10, "the metrics listener")
         conn = Connection(daemon.socket)
         entry = {"key": "Student", "identity": 12}
         assert conn.call("set", dict(entry, value="v")) == {"stored": True}
+        first = scrape(port)
         conn.call("get", entry)  # read from Redis: now in the local copy
         before = scrape(port)
+        # That read went to Redis: timed under source="redis", and the node's round trips moved.
+        redis_gets = ("cached_request_duration_seconds_count", dict(method="get", source="redis"))
+        assert value(before, redis_gets[0], **redis_gets[1]) == (value(first, redis_gets[0], **redis_gets[1]) or 0) + 1
+        node = [labels for (name, labels) in before if name == "cached_redis_command_duration_seconds_count"]
+        assert len(node) == 1, node
+        round_trips = before[("cached_redis_command_duration_seconds_count", node[0])]
+        assert round_trips > first[("cached_redis_command_duration_seconds_count", node[0])]
+        assert value(before, "cached_redis_node_up", **dict(node[0]), role="master") == 1.0
+        assert (value(before, "cached_redis_node_last_change_timestamp_seconds", **dict(node[0]), role="master") or 0) > 1.7e9
         assert conn.call("get", entry) == {"hit": True, "value": "v"}
         after = scrape(port)
-        # A hit moves the key's hits by exactly one, and the get requests by one.
+        # A hit moves the key's hits by exactly one, the get requests by one, and the memory-answer latency
+        # histogram by one (its buckets are cumulative and end with +Inf = count).
         assert value(after, "cached_get_hits_total", key="Student") == value(before, "cached_get_hits_total", key="Student") + 1
         assert value(after, "cached_requests_total", method="get") == value(before, "cached_requests_total", method="get") + 1
+        memory = dict(method="get", source="memory")
+        assert value(after, "cached_request_duration_seconds_count", **memory) == (
+            value(before, "cached_request_duration_seconds_count", **memory) or 0) + 1
+        assert value(after, "cached_request_duration_seconds_bucket", le="+Inf", **memory) == value(
+            after, "cached_request_duration_seconds_count", **memory)
+        assert value(after, "cached_request_duration_seconds_bucket", le="10.0", **memory) == value(
+            after, "cached_request_duration_seconds_count", **memory)  # nothing took 10 s
+        # The hit itself sent nothing to Redis.
+        assert after[("cached_redis_command_duration_seconds_count", node[0])] == before[("cached_redis_command_duration_seconds_count", node[0])]
+        # An invalid request moves the errors by method and code, and the error latency.
+        errors = value(after, "cached_request_errors_total", method="get", code="-32602") or 0.0
+        with pytest.raises(Exception):
+            conn.call("get", {"key": "Student"})  # no identity
+        bad = scrape(port)
+        assert value(bad, "cached_request_errors_total", method="get", code="-32602") == errors + 1
+        assert (value(bad, "cached_request_duration_seconds_count", method="get", source="error") or 0) >= 1
         assert value(after, "cached_store_up") == 1.0
         assert (value(after, "cached_uptime_seconds") or 0) > 0
         # An invalidation from Redis moves the invalidations received.
@@ -88,6 +116,20 @@ def test_metrics_parse_and_move_with_requests(daemon_bin: Path, redis_server: Re
         filled = scrape(port)
         assert value(filled, "cached_fill_flights_total") == flights + 1
         assert value(filled, "cached_handler_calls_total", key="FILLED") == 1  # as stats.handlers names it
+        assert value(filled, "cached_handler_duration_seconds_count", key="FILLED") == 1
+        assert value(filled, "cached_request_duration_seconds_count", method="get", source="fill") == 1
+        # A FLUSHALL reaches the local copy as "invalidate everything": counted by reason.
+        flushed = value(filled, "cached_local_cache_flushes_by_reason_total", reason="invalidate_all") or 0.0
+        redis("FLUSHALL")
+        assert wait_until(lambda: (value(scrape(port), "cached_local_cache_flushes_by_reason_total", reason="invalidate_all")
+                                   or 0) > flushed, 5, "a flush counted as invalidate_all")
+        # Reading more than the local copy holds evicts: counted.
+        for i in range(200):
+            redis("SET", "000000BULK#%010d" % i, "x" * 300)  # key.zfill(10)
+        for i in range(200):
+            assert conn.call("get", {"key": "Bulk", "identity": i})["value"] == "x" * 300
+        filled = scrape(port)
+        assert (value(filled, "cached_local_cache_evictions_total") or 0) > 0
         # Every metric the Grafana dashboard (packaging/) asks for is exported.
         dashboard = json.loads((Path(__file__).resolve().parents[3] / "packaging" / "grafana-dashboard.json").read_text())
         wanted = {name for panel in dashboard["panels"] for target in panel["targets"]
