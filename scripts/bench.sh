@@ -25,9 +25,11 @@ command -v valgrind >/dev/null || echo "bench: valgrind is missing: the instruct
 command -v openssl >/dev/null || echo "bench: openssl is missing: the get-hit row over TLS is skipped (apt-get install openssl)" >&2
 
 echo "bench: building release cached and cached-bench in $SCRATCH" >&2
-"$SWIFT" build --scratch-path "$SCRATCH" -c release --product cached
-"$SWIFT" build --scratch-path "$SCRATCH" -c release --product cached-bench
-BIN=$("$SWIFT" build --scratch-path "$SCRATCH" -c release --show-bin-path)
+# The same flags as `make release`: no run-time exclusivity checks in any module (debug builds keep them).
+RELEASE=(-c release -Xswiftc -enforce-exclusivity=unchecked)
+"$SWIFT" build --scratch-path "$SCRATCH" "${RELEASE[@]}" --product cached
+"$SWIFT" build --scratch-path "$SCRATCH" "${RELEASE[@]}" --product cached-bench
+BIN=$("$SWIFT" build --scratch-path "$SCRATCH" "${RELEASE[@]}" --show-bin-path)
 # The cold-get floor: a minimal C server run against the same clients (skipped without a C compiler).
 FLOOR=()
 if command -v cc >/dev/null && cc -O2 -Wall -o "$SCRATCH/fanout_floor" scripts/bench/fanout_floor.c; then
