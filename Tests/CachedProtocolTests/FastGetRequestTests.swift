@@ -44,6 +44,44 @@ struct FastGetRequestTests {
         expectAgreement(line)
     }
 
+    func canonical(_ line: String) -> FastGetRequest? {
+        Array(line.utf8).withUnsafeBytes { bytes in
+            var scanner = FastGetRequest.Scanner(bytes: bytes)
+            return scanner.canonical()
+        }
+    }
+
+    @Test func theClientsExactShapeIsMatchedWhole() {
+        for line in [
+            #"{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"Student","identity":12}}"#,
+            #"{"jsonrpc":"2.0","id":"r-1","method":"get","params":{"key":"user.profile","identity":"alice"}}"#,
+            #"{"jsonrpc":"2.0","id":0,"method":"get","params":{"key":"Sub","identity":-0,"hashKey":"Klass","hashId":"7"}}"#,
+        ] {
+            #expect(canonical(line) != nil, "matched whole: \(line)")
+            #expect(canonical(line) == fast(line))
+            expectAgreement(line)
+        }
+        // Near misses are read member by member (or left to the general path), never half-matched.
+        for line in [
+            #"{"jsonrpc": "2.0","id":1,"method":"get","params":{"key":"Student","identity":12}}"#,
+            #"{"id":1,"jsonrpc":"2.0","method":"get","params":{"key":"Student","identity":12}}"#,
+            #"{"jsonrpc":"2.0","id":1,"method":"get","params":{"identity":12,"key":"Student"}}"#,
+            #"{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"Student","identity":12}} "#,
+        ] {
+            #expect(canonical(line) == nil, "not the exact shape: \(line)")
+            #expect(fast(line) != nil)
+            expectAgreement(line)
+        }
+        for line in [
+            #"{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"St","identity":12}}"#,  // key too short
+            #"{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"Student","identity":12,"hashKey":"Klass"}}"#,
+            #"{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"Student","identity":12}}}"#,
+            #"{"jsonrpc":"2.0","id":01,"method":"get","params":{"key":"Student","identity":12}}"#,
+        ] {
+            #expect(canonical(line) == nil && fast(line) == nil, "left to the general path: \(line)")
+        }
+    }
+
     @Test func readsTheEntryAddress() throws {
         let plain = try #require(fast(#"{"jsonrpc":"2.0","id":5,"method":"get","params":{"key":"Student","identity":12}}"#))
         #expect(plain.id == .number("5"))
@@ -94,6 +132,7 @@ struct FastGetRequestTests {
         let seeds = [
             #"{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"Student","identity":12}}"#,
             #"{"jsonrpc": "2.0", "id": "abc", "method": "get", "params": {"key": "a.b-c", "identity": "x y", "hashKey": "Hk1", "hashId": -9}}"#,
+            #"{"jsonrpc":"2.0","id":3,"method":"get","params":{"key":"Sub","identity":-4,"hashKey":"Klass","hashId":"7"}}"#,
         ]
         let alphabet = Array(#"{}[],:" \-0123456789.eEabcdghijklmnopqrstuvwxyzKI\u00"#.utf8) + [0x7F, 0xC3, 0xA9, 0x09]
         var rng = SplitMix64(seed: 0x5EED)

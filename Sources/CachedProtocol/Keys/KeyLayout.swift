@@ -68,13 +68,13 @@ public enum KeyLayout {
         case .string(let s): (identityText, isInteger) = (s, false)
         case .integer(let digits): (identityText, isInteger) = (digits, true)
         }
-        // Bytes through `withUTF8` (iterating `String.UTF8View` costs tens of instructions a byte), written
-        // into a stack buffer, then one `String(decoding:as:)` (its ASCII fast path).
+        // Bytes through `withUTF8` (iterating `String.UTF8View` costs tens of instructions a byte).
         return key.withUTF8 { key in
             identityText.withUTF8 { identity in
                 let identityCount = isInteger ? max(10, identity.count) : identity.count
                 let capacity = max(10, key.count) + 1 + identityCount
-                return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: capacity) { out in
+                // Written straight into the new string's storage (no temporary buffer, no second copy).
+                return String(unsafeUninitializedCapacity: capacity) { out in
                     var i = 0
                     // key.zfill(10).upper()
                     let zeros = max(0, 10 - key.count)
@@ -111,7 +111,7 @@ public enum KeyLayout {
                         out[i] = b
                         i += 1
                     }
-                    return String(decoding: UnsafeBufferPointer(rebasing: out[..<i]), as: UTF8.self)
+                    return i
                 }
             }
         }

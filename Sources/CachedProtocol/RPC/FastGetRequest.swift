@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// A `get` request in its common shape, read in one pass over the line without building a JSON tree.
 ///
 /// This is the daemon's hot path: most lines a busy host sends are `get`s of an entry that is in memory.
@@ -21,6 +27,8 @@ public struct FastGetRequest: Sendable, Hashable {
     /// Parses one line (without its newline); nil when the line is not in the fast path's subset.
     public static func parse(_ bytes: UnsafeRawBufferPointer) -> FastGetRequest? {
         var scanner = Scanner(bytes: bytes)
+        if let canonical = scanner.canonical() { return canonical }
+        scanner.index = 0
         return scanner.request()
     }
 }
@@ -107,6 +115,40 @@ extension FastGetRequest {
             }
             let address = EntryAddress(key: string(key), identity: identityValue, hash: hash)
             return FastGetRequest(id: requestID, params: GetParams(address: address))
+        }
+
+        /// The line exactly as the clients write it (the Swift client, the Python shim, `cached-bench`):
+        /// `{"jsonrpc":"2.0","id":ID,"method":"get","params":{"key":"K","identity":I}}`, optionally with
+        /// `,"hashKey":"H","hashId":J` after the identity, no whitespace. Matched by comparing the fixed
+        /// parts whole instead of reading member by member; anything else is nil, and ``request()`` reads it.
+        /// The result is the one ``request()`` gives for the same line.
+        mutating func canonical() -> FastGetRequest? {
+            guard literal("{\"jsonrpc\":\"2.0\",\"id\":"), let id = scalar(),
+                literal(",\"method\":\"get\",\"params\":{\"key\":"), let key = plainString(),
+                literal(",\"identity\":"), let identity = scalar()
+            else { return nil }
+            var hash: HashAddress?
+            if literal(",\"hashKey\":") {
+                guard let hashKey = plainString(), literal(",\"hashId\":"), let hashId = scalar(), validKey(hashKey),
+                    let hashIdValue = self.identity(hashId)
+                else { return nil }
+                hash = HashAddress(hashKey: string(hashKey), hashId: hashIdValue)
+            }
+            guard literal("}}"), index == bytes.count, validKey(key), let identityValue = self.identity(identity) else { return nil }
+            let requestID: JSONRPCID
+            switch id {
+            case .string(let span): requestID = .string(string(span))
+            case .integer(let span): requestID = .number(string(span))
+            }
+            return FastGetRequest(id: requestID, params: GetParams(address: EntryAddress(key: string(key), identity: identityValue, hash: hash)))
+        }
+
+        /// Takes `text` if the line continues with it.
+        mutating func literal(_ text: StaticString) -> Bool {
+            let count = text.utf8CodeUnitCount
+            guard bytes.count - index >= count, memcmp(bytes.baseAddress! + index, text.utf8Start, count) == 0 else { return false }
+            index += count
+            return true
         }
 
         /// The params object; false when it is outside the subset.
