@@ -251,7 +251,7 @@ extension Stats {
             let now = try await client.send(.stats)
             if let previous {
                 if line % 20 == 0 {
-                    writeStdout(ByteBuffer(string: "requests/s  hit ratio  fills/s  stale/s  connections  store\n"))
+                    writeStdout(ByteBuffer(string: "requests/s  hit ratio  fills/s  stale/s  get p99  connections  store\n"))
                 }
                 line += 1
                 let requests = number(now, "requests") - number(previous, "requests")
@@ -265,11 +265,38 @@ extension Stats {
                 // Unbuffered: a line a second, also into a pipe.
                 writeStdout(ByteBuffer(string:
                     pad(Int(requests), 10) + "  " + pad(ratio, 9) + "  " + pad(Int(fills), 7) + "  " + pad(Int(stale), 7) + "  "
-                        + pad(Int(number(now, "connections", "current")), 11) + "  " + state + "\n"))
+                        + pad(getP99(now, previous), 7) + "  " + pad(Int(number(now, "connections", "current")), 11) + "  " + state + "\n"))
             }
             previous = now
             try await Task.sleep(for: .seconds(1))
         }
+    }
+
+    /// The 99th percentile of the gets answered since `previous` (every source: memory, Redis, fills,
+    /// errors), as the upper bound of its latency bucket; `-` when there were none.
+    static func getP99(_ now: JSONValue, _ previous: JSONValue) -> String {
+        guard case .array(let bounds)? = now.objectValue?["latencyBuckets"] else { return "-" }
+        func counts(_ stats: JSONValue) -> [Double] {
+            var sum = [Double](repeating: 0, count: bounds.count + 1)
+            for (_, source) in stats.objectValue?["latency"]?.objectValue?["get"]?.objectValue ?? [:] {
+                guard case .array(let buckets)? = source.objectValue?["buckets"] else { continue }
+                for (i, b) in buckets.enumerated() where i < sum.count {
+                    if case .number(let text) = b { sum[i] += Double(text) ?? 0 }
+                }
+            }
+            return sum
+        }
+        let delta = zip(counts(now), counts(previous)).map { $0 - $1 }
+        let total = delta.reduce(0, +)
+        guard total > 0 else { return "-" }
+        var seen = 0.0
+        for (i, n) in delta.enumerated() {
+            seen += n
+            guard seen >= (0.99 * total).rounded(.up) else { continue }
+            guard i < bounds.count, case .number(let text) = bounds[i], let seconds = Double(text) else { return ">10s" }
+            return seconds < 0.001 ? "\(Int((seconds * 1e6).rounded()))us" : seconds < 1 ? "\(Double(Int(seconds * 1e4)) / 10)ms" : "\(seconds)s"
+        }
+        return "-"
     }
 
     /// `value` right-aligned in `width` columns.

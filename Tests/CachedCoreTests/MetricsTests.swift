@@ -122,8 +122,11 @@ struct MetricsTests {
         ]))
         #expect(keys["Student"] == .object(["requests": .number("3"), "errors": .number("1"), "hits": .number("1"), "misses": .number("1")]))
         guard case .object(let get)? = latency["get"] else { Issue.record("no get latency"); return }
-        #expect(get["memory"] == .object(["count": .number("4"), "p50": .number("5e-05"), "p99": .number("5e-05")]))
-        #expect(get["redis"] == .object(["count": .number("1"), "p50": .number("0.0005"), "p99": .number("0.0005")]))
+        func buckets(_ at: Int, _ n: Int) -> JSONValue {
+            .array((0...LatencyHistogram.boundsNanoseconds.count).map { .number($0 == at ? String(n) : "0") })
+        }
+        #expect(get["memory"] == .object(["count": .number("4"), "p50": .number("5e-05"), "p99": .number("5e-05"), "buckets": buckets(0, 4)]))
+        #expect(get["redis"] == .object(["count": .number("1"), "p50": .number("0.0005"), "p99": .number("0.0005"), "buckets": buckets(3, 1)]))
         for loop in loops { try loop.syncShutdownGracefully() }
     }
 }

@@ -460,6 +460,7 @@ struct FleetTests {
         let s = try Self.stats(daemon)
         print("stale-while-revalidate: stats.fleet \(jsonText(s["fleet"] ?? .null))")
         #expect(Self.fleetStat(s, "staleAnswers") == stale.count, "stats.fleet.staleAnswers against the stale answers read")
+        #expect(s["keys"]?["Student"]?["stale"]?.intValue == stale.count, "stats.keys.Student.stale: the same, by key")
         #expect(Self.fleetStat(s, "refreshes") == calls - 1)
         #expect(Self.fleetStat(s, "refreshesFailed") == 0)
     }

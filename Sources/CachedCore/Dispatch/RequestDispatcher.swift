@@ -79,7 +79,7 @@ public final class RequestDispatcher: Sendable {
                 // A key with a stale window, grace or early refresh: the entry's phase decides.
                 switch agedAnswer(params, value, age, context: context) {
                 case .now(let result):
-                    counters(context).record(method: "get", key: params.address.key, outcome: .hit)
+                    counters(context).record(method: "get", key: params.address.key, outcome: Self.getOutcome(result))
                     return .now(result)
                 case .later(let future):
                     return .later(future.counted(self, context, method: "get", key: params.address.key, outcome: Self.getOutcome))
@@ -97,7 +97,8 @@ public final class RequestDispatcher: Sendable {
 
     @Sendable static func getOutcome(_ result: MethodResult) -> Stats.Outcome {
         switch result {
-        case .get(true, _), .hit, .stale: .hit
+        case .get(true, _), .hit: .hit
+        case .stale: .stale
         default: .miss
         }
     }

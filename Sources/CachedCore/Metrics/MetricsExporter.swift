@@ -131,8 +131,9 @@ public final class MetricsExporter: Sendable {
                 for (field, name, help) in [
                     ("hits", "cached_get_hits_total", "Gets answered with a stored value, by key."),
                     ("misses", "cached_get_misses_total", "Gets that found no stored value (filled or not), by key."),
+                    ("stale", "cached_get_stale_total", "Gets answered with a stale entry (stale window or grace; also hits), by key."),
                 ] {
-                    guard let v = c[field]?.double else { continue }
+                    guard let v = c[field]?.double ?? (field == "stale" ? 0 : nil) else { continue }
                     if state.labeledKeys.contains(key) {
                         counter(name, labels: [("key", key)], v, help: help)
                     } else {
@@ -143,6 +144,7 @@ public final class MetricsExporter: Sendable {
             for (name, help) in [
                 ("cached_get_hits_total", "Gets answered with a stored value, by key."),
                 ("cached_get_misses_total", "Gets that found no stored value (filled or not), by key."),
+                ("cached_get_stale_total", "Gets answered with a stale entry (stale window or grace; also hits), by key."),
             ] {
                 // (other) only grows: keys never leave it for a label.
                 let v = max(other[name] ?? 0, state.other[name] ?? 0)

@@ -16,12 +16,16 @@ public final class Stats: Sendable {
         public var errors = 0
         public var hits = 0
         public var misses = 0
+        /// Hits answered with a stale entry (stale window or grace); also counted in `hits`.
+        public var stale = 0
 
         var json: JSONValue {
-            .object([
+            var members: [String: JSONValue] = [
                 "requests": .number(String(requests)), "errors": .number(String(errors)),
                 "hits": .number(String(hits)), "misses": .number(String(misses)),
-            ])
+            ]
+            if stale > 0 { members["stale"] = .number(String(stale)) }
+            return .object(members)
         }
 
         mutating func add(_ other: Counters) {
@@ -29,12 +33,15 @@ public final class Stats: Sendable {
             errors += other.errors
             hits += other.hits
             misses += other.misses
+            stale += other.stale
         }
     }
 
     /// What happened to one request.
     public enum Outcome: Sendable {
         case ok, hit, miss
+        /// A hit with a stale entry.
+        case stale
         /// Answered with this JSON-RPC error code.
         case error(CachedError.Code)
     }
@@ -260,6 +267,7 @@ public final class Stats: Sendable {
                 "count": .number(String(h.count)),
                 "p50": .number(h.quantile(0.5).map { String($0) } ?? "0"),
                 "p99": .number(h.quantile(0.99).map { String($0) } ?? "0"),
+                "buckets": .array(h.buckets.map { .number(String($0)) }),
             ])
             latencyJSON[method] = .object(bySource)
         }
@@ -269,6 +277,8 @@ public final class Stats: Sendable {
             "methods": .object(methods),
             "keys": .object(s.keys.mapValues(\.json)),
             "latency": .object(latencyJSON),
+            // The upper bounds (seconds) of `latency.*.*.buckets`; the last bucket has none (+Inf).
+            "latencyBuckets": .array(LatencyHistogram.boundsNanoseconds.map { .number(String(Double($0) / 1e9)) }),
             "connections": .object([
                 "current": .number(String(connectionsCurrent.load(ordering: .relaxed))),
                 "total": .number(String(connectionsTotal.load(ordering: .relaxed))),
@@ -294,6 +304,9 @@ extension Stats.Counters {
         switch outcome {
         case .ok: break
         case .hit: hits += 1
+        case .stale:
+            hits += 1
+            stale += 1
         case .miss: misses += 1
         case .error: errors += 1
         }

@@ -201,6 +201,7 @@ def test_cachectl_stats_watch_prints_a_line_a_second(daemon_bin: Path, redis_ser
         for fields in lines:
             assert int(fields[0]) > 20  # the loader's gets, each second
             assert fields[1].endswith("%") and float(fields[1][:-1]) > 90  # hits from the local copy
+            assert re.fullmatch(r"\d+us|[\d.]+ms", fields[4]), fields  # the gets' p99 over that second
             assert fields[-2:] == ["up", "(redis)"]
     finally:
         stop.set()
