@@ -429,6 +429,11 @@ struct Checker {
             case .metrics:
                 _ = try MetricsParams(request.params)
                 result = .storedRefused(request.method)
+            case .track:
+                let p = try TrackParams(request.params)
+                if let n = p.maxEntries, n < 1 { fail("maxEntries \(n) accepted") }
+                // The tracked hit's writer, with a value named after the request.
+                result = .nearHit(EncodedValue(ByteBuffer(string: request.method)), nearTTL: Int64(p.maxEntries ?? 0))
             }
         } catch {
             if error.code != .invalidParams { fail("params rejected with \(error.code), expected -32602") }

@@ -54,6 +54,7 @@ extension DaemonConfiguration {
             if let v = try t.int("max_output_bytes", range: 4096...(1 << 32)) { startup.limits.maxOutputBytes = v }
             if let v = try t.duration("line_timeout") { startup.limits.lineTimeout = v }
             if let v = try t.duration("idle_timeout") { startup.limits.idleTimeout = v }
+            if let v = try t.int("max_tracked_entries", range: 1...10_000_000) { startup.limits.maxTrackedEntries = v }
             try t.finish()
         }
         if var t = try root.table("local_cache") {

@@ -143,6 +143,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
         public var lineTimeout: Duration = .seconds(10)
         /// How long a connection may stay without reading or writing anything before it is closed; zero = never.
         public var idleTimeout: Duration = .seconds(600)
+        /// Most entries tracked per connection that asked for tracking (`track`); a connection may ask for fewer.
+        public var maxTrackedEntries = 10_000
         public init() {}
     }
 

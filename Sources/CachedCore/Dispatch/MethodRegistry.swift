@@ -37,13 +37,16 @@ enum MethodRegistry {
             }
         },
         MethodHandler(SetParams.self) { dispatcher, params, context in
-            dispatcher.set(params, context: context).counted(dispatcher, context, method: "set", key: params.address.key)
+            dispatcher.notifying(dispatcher.set(params, context: context), params.address.storeKey, field: params.address.storeField)
+                .counted(dispatcher, context, method: "set", key: params.address.key)
         },
         MethodHandler(DeleteParams.self) { dispatcher, params, context in
-            dispatcher.delete(params, context: context).counted(dispatcher, context, method: "delete", key: params.address.key)
+            dispatcher.notifying(dispatcher.delete(params, context: context), params.address.storeKey, field: params.address.storeField)
+                .counted(dispatcher, context, method: "delete", key: params.address.key)
         },
         MethodHandler(DeleteHashParams.self) { dispatcher, params, context in
-            dispatcher.deleteHash(params, context: context).counted(dispatcher, context, method: "deleteHash", key: params.hash.hashKey)
+            dispatcher.notifying(dispatcher.deleteHash(params, context: context), params.hash.storeKey, field: nil)
+                .counted(dispatcher, context, method: "deleteHash", key: params.hash.hashKey)
         },
         MethodHandler(ReleaseParams.self) { dispatcher, params, context in
             let released = dispatcher.coordinator.releaseLease(params.address.location, token: params.lease, on: context.eventLoop)
@@ -57,6 +60,16 @@ enum MethodRegistry {
         MethodHandler(StatsParams.self) { dispatcher, _, context in
             dispatcher.counters(context).record(method: "stats", key: nil, outcome: .ok)
             return context.eventLoop.makeSucceededFuture(.json(dispatcher.statsSnapshot()))
+        },
+        MethodHandler(TrackParams.self) { dispatcher, params, context in
+            do throws(CachedError) {
+                let result = try dispatcher.track(params, context: context)
+                dispatcher.counters(context).record(method: "track", key: nil, outcome: .ok)
+                return context.eventLoop.makeSucceededFuture(result)
+            } catch {
+                dispatcher.counters(context).record(method: "track", key: nil, outcome: .error(error.code))
+                return context.eventLoop.makeFailedFuture(error)
+            }
         },
         MethodHandler(MetricsParams.self) { dispatcher, _, context in
             dispatcher.counters(context).record(method: "metrics", key: nil, outcome: .ok)

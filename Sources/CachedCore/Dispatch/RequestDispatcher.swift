@@ -15,6 +15,8 @@ public final class RequestDispatcher: Sendable {
     let refreshBackoff = RefreshBackoff()
     /// The Prometheus exposition of ``statsSnapshot()`` (`metrics`, `GET /metrics`).
     let metrics: MetricsExporter
+    /// Connections that asked to be told of changes (`track`), for near caches in the clients.
+    public let tracking: ClientTracking
     private let configuration: NIOLockedValueBox<DaemonConfiguration>
     private let startTime = NIODeadline.now()
     let logger: Logger
@@ -30,6 +32,14 @@ public final class RequestDispatcher: Sendable {
         self.configuration = NIOLockedValueBox(configuration)
         self.logger = logger
         self.metrics = MetricsExporter(topKeys: configuration.startup.metrics.topKeys)
+        let tracking = ClientTracking(logger: logger)
+        self.tracking = tracking
+        store.observeChanges { change in
+            switch change {
+            case .keys(let keys): tracking.changed(keys: keys)
+            case .all: tracking.changedAll()
+            }
+        }
     }
 
     /// The configuration in force (it can be replaced by a reload).
@@ -51,6 +61,7 @@ public final class RequestDispatcher: Sendable {
     /// A client connection closed: its leases pass on, its waits end.
     public func connectionClosed(_ connection: ConnectionID, on eventLoop: any EventLoop) {
         coordinator.connectionClosed(connection, on: eventLoop)
+        tracking.stop(connection)
     }
 
     /// How a request is answered: right away (a hit in memory), or later.
@@ -74,6 +85,9 @@ public final class RequestDispatcher: Sendable {
 
     /// Runs a `get` whose params are already validated (by ``FastGetRequest`` or ``GetParams``).
     public func run(_ params: GetParams, context: RequestContext) -> Completion {
+        if let control = context.control, control.isTracking, let near = trackedGet(params, control, context) {
+            return .now(near)
+        }
         if let value = store.cachedValue(params.address) {
             if let age = value.age {
                 // A key with a stale window, grace or early refresh: the entry's phase decides.
@@ -91,13 +105,59 @@ public final class RequestDispatcher: Sendable {
         return .later(countedGet(params, context: context))
     }
 
+    /// A get on a tracking connection: tracked before the lookup (a change from then on is notified); a
+    /// plain hit in memory is answered with how long a near cache may keep it. Nil: the usual path answers
+    /// (a miss, an aged entry, an entry about to expire), without `nearTTL`.
+    private func trackedGet(_ params: GetParams, _ control: ConnectionControl, _ context: RequestContext) -> MethodResult? {
+        tracking.read(params.address, by: control)
+        guard let value = store.cachedValue(params.address), value.age == nil else { return nil }
+        let left = (value.expiresAt - .now()).nanoseconds / 1_000_000
+        guard left > 0 else { return nil }
+        counters(context).record(method: "get", key: params.address.key, outcome: .hit)
+        return .nearHit(value, nearTTL: min(left, Self.maximumNearTTL))
+    }
+
+    /// The longest a near cache keeps an entry that has no expiry (a day, in milliseconds).
+    static let maximumNearTTL: Int64 = 86_400_000
+
+    /// `track`: starts or stops tracking for the connection.
+    func track(_ params: TrackParams, context: RequestContext) throws(CachedError) -> MethodResult {
+        guard let control = context.control else {
+            throw CachedError(.invalidRequest, "track: only a client connection can be tracked")
+        }
+        guard params.enabled else {
+            tracking.stop(control.id)
+            return .json(.object(["tracking": .bool(false)]))
+        }
+        let cap = currentConfiguration.startup.limits.maxTrackedEntries
+        let maxEntries = min(params.maxEntries ?? cap, cap)
+        tracking.start(control, maxEntries: maxEntries)
+        return .json(.object(["tracking": .bool(true), "maxEntries": .number(String(maxEntries))]))
+    }
+
+    /// Completes `write` after the connections that track `storeKey` (`field`) were told it changed (on
+    /// success and on failure alike: a failed write's outcome may be unknown).
+    func notifying(_ write: EventLoopFuture<MethodResult>, _ storeKey: String, field: String?) -> EventLoopFuture<MethodResult> {
+        guard tracking.isActive else { return write }
+        let eventLoop = write.eventLoop
+        let answer = eventLoop.makePromise(of: MethodResult.self)
+        write.whenComplete { result in
+            guard let told = self.tracking.changed(storeKey, field: field) else {
+                answer.completeWith(result)
+                return
+            }
+            told.hop(to: eventLoop).whenComplete { _ in answer.completeWith(result) }
+        }
+        return answer.futureResult
+    }
+
     private func countedGet(_ params: GetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
         get(params, context: context).counted(self, context, method: "get", key: params.address.key, outcome: Self.getOutcome)
     }
 
     @Sendable static func getOutcome(_ result: MethodResult) -> Stats.Outcome {
         switch result {
-        case .get(true, _), .hit: .hit
+        case .get(true, _), .hit, .nearHit: .hit
         case .stale: .stale
         default: .miss
         }
@@ -170,6 +230,7 @@ public final class RequestDispatcher: Sendable {
         members["fills"] = coordinator.statistics
         members["fleet"] = fleetStats.json
         members["handlers"] = handlers.status
+        members["tracking"] = tracking.status
         return (.object(members), latency)
     }
 

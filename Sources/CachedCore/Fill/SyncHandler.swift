@@ -20,9 +20,12 @@ public struct RequestContext: Sendable {
     public var connection: ConnectionID
     /// Where the request is counted: the connection's event loop's shard (nil: the common one).
     public var stats: Stats.Shard?
-    public init(eventLoop: any EventLoop, connection: ConnectionID, stats: Stats.Shard? = nil) {
+    /// The client connection's channel and tracking flag (nil: not from a client connection).
+    public var control: ConnectionControl?
+    public init(eventLoop: any EventLoop, connection: ConnectionID, stats: Stats.Shard? = nil, control: ConnectionControl? = nil) {
         self.eventLoop = eventLoop
         self.connection = connection
         self.stats = stats
+        self.control = control
     }
 }

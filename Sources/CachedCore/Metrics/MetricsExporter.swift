@@ -172,6 +172,12 @@ public final class MetricsExporter: Sendable {
             gauge("cached_fills_in_flight", fills?["fillsInFlight"]?.double, help: "Handler flights under way.")
             gauge("cached_leases_out", fills?["leasesOut"]?.double, help: "Leases held by clients now.")
 
+            let tracking = s["tracking"]
+            gauge("cached_tracking_connections", tracking?["connections"]?.double, help: "Client connections that asked for tracking (near caches).")
+            gauge("cached_tracking_entries", tracking?["entries"]?.double, help: "Entries tracked for those connections.")
+            counter("cached_tracking_notifications_total", tracking?["notifications"]?.double, help: "invalidate notifications sent to tracking connections.")
+            counter("cached_tracking_slow_closed_total", tracking?["slowClosed"]?.double, help: "Tracking connections closed because they did not take a notification within 1 s.")
+
             let fleet = s["fleet"]
             for (field, name, help) in [
                 ("locksWon", "cached_fleet_locks_won_total", "Fill locks in Redis taken by this daemon."),

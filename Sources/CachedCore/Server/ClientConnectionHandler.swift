@@ -44,6 +44,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     private let answerBuffers: LoopAnswerBuffers?
     /// The buffer a read batch's answers are written into, shared with the loop's other connections.
     private var answerBuffer: LoopAnswerBuffer?
+    /// What the daemon's client tracking needs of this connection (set when the handler is added).
+    private var control: ConnectionControl?
 
     init(dispatcher: RequestDispatcher, limits: DaemonConfiguration.Limits, logger: Logger, answerBuffers: LoopAnswerBuffers? = nil) {
         self.dispatcher = dispatcher
@@ -59,10 +61,11 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     func handlerAdded(context: ChannelHandlerContext) {
         stats = dispatcher.stats.shard(for: context.eventLoop)
         answerBuffer = answerBuffers?.of(context.eventLoop) ?? LoopAnswerBuffer(eventLoop: context.eventLoop)
+        control = ConnectionControl(id: connectionID, channel: context.channel)
     }
 
     private func requestContext(_ context: ChannelHandlerContext) -> RequestContext {
-        RequestContext(eventLoop: context.eventLoop, connection: connectionID, stats: stats)
+        RequestContext(eventLoop: context.eventLoop, connection: connectionID, stats: stats, control: control)
     }
 
     func channelInactive(context: ChannelHandlerContext) {

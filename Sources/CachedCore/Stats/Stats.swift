@@ -70,7 +70,7 @@ public final class Stats: Sendable {
         public init(_ result: Result<MethodResult, CachedError>) {
             switch result {
             case .failure: self = .error
-            case .success(.hit), .success(.stale), .success(.pong), .success(.json), .success(.released): self = .memory
+            case .success(.hit), .success(.nearHit), .success(.stale), .success(.pong), .success(.json), .success(.released): self = .memory
             case .success(.get(let hit, _)): self = hit ? .redis : .fill
             case .success(.fill): self = .fill
             case .success(.stored), .success(.storedRefused), .success(.deleted): self = .redis

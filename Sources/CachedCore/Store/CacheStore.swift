@@ -36,6 +36,8 @@ public protocol CacheStore: Sendable {
     func start() async
     /// Stops the store (closes connections).
     func shutdown() async
+    /// Calls `observer` with every change the store learns of other than the writes made through it.
+    func observeChanges(_ observer: @escaping @Sendable (StoreChange) -> Void)
 }
 
 /// The state of the store, reported by `stats` and in systemd's `STATUS=`.
@@ -56,7 +58,18 @@ public struct StoreStatus: Sendable, Hashable {
     }
 }
 
+/// What changed in a store, as client tracking needs it.
+public enum StoreChange: Sendable {
+    /// These Redis keys changed (an invalidation from Redis).
+    case keys([String])
+    /// Anything may have changed (the invalidation source went down or came back, a flush, a node left).
+    case all
+}
+
 extension CacheStore {
+    /// None by default: a store that changes only through this daemon (the embedded one).
+    public func observeChanges(_ observer: @escaping @Sendable (StoreChange) -> Void) {}
+
     public func cachedValue(_ address: EntryAddress) -> EncodedValue? { nil }
     public func readAged(_ address: EntryAddress, policy: DaemonConfiguration.AgingPolicy, on eventLoop: any EventLoop) -> EventLoopFuture<StoredEntry?> {
         get(address, on: eventLoop).map { $0.map { StoredEntry(value: $0, age: nil) } }

@@ -26,7 +26,8 @@ public final class EmbeddedStore: CacheStore {
     public func set(_ address: EntryAddress, value: ByteBuffer, ttl: Duration, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         let now = NIODeadline.now()
         let expiry: NIODeadline? = (ttl > .zero && address.storeField == nil) ? now + TimeAmount(ttl) : nil
-        let encoded = EncodedValue(value)
+        var encoded = EncodedValue(value)
+        encoded.expiresAt = expiry ?? .distantFuture
         state.withLockedValue { $0.set(address.storeKey, field: address.storeField, value: encoded, expiry: expiry, now: now) }
         return eventLoop.makeSucceededVoidFuture()
     }
@@ -34,7 +35,8 @@ public final class EmbeddedStore: CacheStore {
     public func fill(_ address: EntryAddress, value: ByteBuffer, ttl: Duration, on eventLoop: any EventLoop) -> EventLoopFuture<Bool> {
         let now = NIODeadline.now()
         let expiry: NIODeadline? = (ttl > .zero && address.storeField == nil) ? now + TimeAmount(ttl) : nil
-        let encoded = EncodedValue(value)
+        var encoded = EncodedValue(value)
+        encoded.expiresAt = expiry ?? .distantFuture
         let stored = state.withLockedValue { store -> Bool in
             guard store.get(address.storeKey, field: address.storeField, now: now) == nil else { return false }
             store.set(address.storeKey, field: address.storeField, value: encoded, expiry: expiry, now: now)

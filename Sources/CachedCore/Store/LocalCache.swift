@@ -122,6 +122,7 @@ public final class LocalCache: Sendable {
         encoded.age = age
         // Kept no longer than Redis keeps it.
         let expiry = min(age?.expiresAt ?? .distantFuture, expiresAt, now + maxAge)
+        encoded.expiresAt = expiry
         let shard = shard(address.storeKey)
         let watch: Bool = control.withLockedValue { control in
             guard let listener = control.listeners[node], redirect == listener, control.flushedAt <= epoch,

@@ -1,6 +1,7 @@
 import CachedProtocol
 import CachedRedis
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// Entries in Redis, in pyredis-cache's layout, with an optional coherent local copy (``LocalCache``).
@@ -26,6 +27,21 @@ public final class RedisCacheStore: CacheStore {
         case .invalidateAll, .trackingDown, .removed, .connectionLost: watchers.changedAll()
         case .trackingUp, .connectFailed: break
         }
+        // After the local copy: a client told of a change reads the new value, not the dropped copy.
+        guard let observer = changeObserver.withLockedValue({ $0 }) else { return }
+        switch event {
+        case .invalidate(_, let keys): observer(.keys(keys))
+        // A listener that comes back up, or a data connection lost (Redis forgot what it read): nothing
+        // told before can be vouched for.
+        case .invalidateAll, .trackingDown, .trackingUp, .removed, .connectionLost: observer(.all)
+        case .connectFailed: break
+        }
+    }
+
+    private let changeObserver = NIOLockedValueBox<(@Sendable (StoreChange) -> Void)?>(nil)
+
+    public func observeChanges(_ observer: @escaping @Sendable (StoreChange) -> Void) {
+        changeObserver.withLockedValue { $0 = observer }
     }
 
     public func start() async {

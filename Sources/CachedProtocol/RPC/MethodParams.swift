@@ -11,6 +11,7 @@ public enum CachedMethod: String, Sendable, CaseIterable {
     case ping
     case stats
     case metrics
+    case track
 }
 
 extension CachedMethod {
@@ -25,6 +26,7 @@ extension CachedMethod {
         case .ping: PingParams.self
         case .stats: StatsParams.self
         case .metrics: MetricsParams.self
+        case .track: TrackParams.self
         }
     }
 }
@@ -232,6 +234,36 @@ public struct MetricsParams: MethodParameters, Hashable {
     public static var method: CachedMethod { .metrics }
     public static var names: [String] { [] }
     public init(_ params: JSONValue?) throws(CachedError) { _ = try EmptyParams(params, method: "metrics") }
+}
+
+/// `track {enabled?, maxEntries?}`: this connection is told of every change to an entry it reads from now
+/// on (`invalidate` notifications, docs/protocol.md), for a near cache in the client.
+public struct TrackParams: MethodParameters, Hashable {
+    public static var method: CachedMethod { .track }
+    public static var names: [String] { ["enabled", "maxEntries"] }
+
+    /// False stops tracking (default true).
+    public var enabled: Bool
+    /// At most this many entries tracked for the connection (the daemon's `max_tracked_entries` caps it);
+    /// nil: that cap.
+    public var maxEntries: Int?
+
+    public init(_ params: JSONValue?) throws(CachedError) {
+        var reader = try ParamReader(params, method: "track")
+        enabled = try reader.bool("enabled") ?? true
+        if let value = reader.optional("maxEntries") {
+            guard case .number(let text) = value, let n = Int(text), n >= 1 else {
+                throw .invalidParams("track: \"maxEntries\" must be a positive integer, got \(value.typeName == "number" ? "a number out of range" : value.typeName)")
+            }
+            maxEntries = n
+        }
+        try reader.finish()
+    }
+
+    public init(enabled: Bool = true, maxEntries: Int? = nil) {
+        self.enabled = enabled
+        self.maxEntries = maxEntries
+    }
 }
 
 /// Methods without parameters (`ping`, `stats`, `metrics`).

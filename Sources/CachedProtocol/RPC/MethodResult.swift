@@ -6,6 +6,9 @@ public enum MethodResult: Sendable {
     case get(hit: Bool, value: ByteBuffer?)
     /// A hit from the daemon's memory: `{hit: true, value}` with the value's member already encoded.
     case hit(EncodedValue)
+    /// A hit from the daemon's memory answered to a tracking connection: `{hit: true, value, nearTTL}`,
+    /// `nearTTL` the milliseconds a near cache may keep it (until an `invalidate` says otherwise).
+    case nearHit(EncodedValue, nearTTL: Int64)
     /// A stale entry (stale-while-revalidate, or grace after a failed refresh):
     /// `{hit: true, value, stale: true}`.
     case stale(EncodedValue)
@@ -40,6 +43,12 @@ extension ByteBuffer {
         case .hit(let value):
             self.writeStaticString("{\"hit\":true,")
             self.writeImmutableBuffer(value.member)
+            self.writeInteger(UInt8(ascii: "}"))
+        case .nearHit(let value, let nearTTL):
+            self.writeStaticString("{\"hit\":true,")
+            self.writeImmutableBuffer(value.member)
+            self.writeStaticString(",\"nearTTL\":")
+            self.writeString(String(nearTTL))
             self.writeInteger(UInt8(ascii: "}"))
         case .stale(let value):
             self.writeStaticString("{\"hit\":true,")

@@ -50,6 +50,9 @@ public struct EncodedValue: Sendable {
     /// Whatever its holder uses to say where the copy came from (the daemon's local copy records the Redis
     /// connection whose tracking vouches for it; 0 when unused).
     public var tag: UInt64 = 0
+    /// When its holder stops keeping it (the Redis TTL as read, the local copy's `max_age`); a near cache
+    /// in a client may keep it no longer (`nearTTL` in a tracked `get` answer).
+    public var expiresAt: NIODeadline = .distantFuture
     /// Where the entry stands in its life, for keys with stale-while-revalidate or early refresh; nil for
     /// every other entry (a plain hit).
     public var age: EntryAge? {

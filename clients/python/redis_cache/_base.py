@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 from typing import Any, Callable, Dict, NamedTuple, Optional, Set, Tuple
 
 from .connection import Connection, resolve_connection
@@ -100,13 +101,21 @@ class ClientBase:
 
     def _init_common(self, redis_pool: Any, key: str, sync_func: Callable[..., Any], log: Logger,
                      set_func: Callable[[Any], Any], get_func: Callable[[bytes], Any],
-                     asynchronous: bool) -> None:
+                     asynchronous: bool, near_cache: Optional[int] = None) -> None:
         self.redis_pool = redis_pool
         self.asynchronous = asynchronous
         # As pyredis-cache: `get`/`set` are the coroutine variants when asynchronous.
         self.set: Callable[..., Any] = getattr(self, "async_set" if asynchronous else "sync_set")
         self.get: Callable[..., Any] = getattr(self, "async_get" if asynchronous else "sync_get")
-        self.connection = resolve_connection(redis_pool)
+        if near_cache is None:
+            try:
+                near_cache = int(os.environ.get("CACHED_NEAR_CACHE") or 0)
+            except ValueError:
+                near_cache = 0
+        #: Entries kept in this process's near cache (per thread, per event loop); 0: off, as in
+        #: pyredis-cache. Hits from it still run ``get_func`` on the stored bytes.
+        self.near_cache = max(0, near_cache)
+        self.connection = resolve_connection(redis_pool, near_cache=self.near_cache)
         self.key = key
         self.sync_func = sync_func
         self.set_func = set_func

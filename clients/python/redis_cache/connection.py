@@ -16,12 +16,14 @@ import asyncio
 import itertools
 import json
 import os
+import select
 import socket
 import threading
 import weakref
 from typing import Any, Dict, Optional, Tuple, Union
 
 from .errors import INVALID_PARAMS, DaemonError, DaemonUnavailable, InvalidParamsError
+from .near import NearCache, address_key
 
 __all__ = [
     "DEFAULT_SOCKET",
@@ -53,11 +55,13 @@ def _encode_request(request_id: int, method: str, params: Optional[Dict[str, Any
         "utf-8") + b"\n"
 
 
-def _decode_answer(line: bytes) -> Dict[str, Any]:
+def _decode_answer(line: bytes, notifications: bool = False) -> Dict[str, Any]:
     try:
         answer = json.loads(line)
     except ValueError as e:
         raise DaemonUnavailable("garbled answer from cached: %s" % e) from None
+    if notifications and isinstance(answer, dict) and answer.get("method") == "invalidate":
+        return answer
     if not isinstance(answer, dict) or ("result" not in answer and "error" not in answer):
         raise DaemonUnavailable("garbled answer from cached: %r" % line[:200])
     return answer
@@ -77,12 +81,16 @@ def _result_of(answer: Dict[str, Any]) -> Any:
 
 
 class _ThreadState:
-    __slots__ = ("pid", "sock", "file")
+    __slots__ = ("pid", "sock", "file", "near", "buf")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, near: Optional[NearCache] = None) -> None:
         self.pid = os.getpid()
         self.sock = sock
         self.file = sock.makefile("rb")
+        #: With a near cache the socket is read through ``buf`` (so that it can be drained without
+        #: blocking); without one, through ``file``.
+        self.near = near
+        self.buf = bytearray()
 
     def close(self) -> None:
         # Never shutdown(): after a fork the descriptor may be shared with the other process, and
@@ -108,10 +116,12 @@ class Connection:
     """
 
     def __init__(self, path: Optional[PathArg] = None, *, timeout: Optional[float] = 30.0,
-                 connect_timeout: Optional[float] = 5.0) -> None:
+                 connect_timeout: Optional[float] = 5.0, near_cache: int = 0) -> None:
         self.path: str = default_socket_path() if path is None else os.fsdecode(path)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        #: Entries kept in each thread's (and each event loop's) near cache; 0: none. See ``near.py``.
+        self.near_cache = max(0, int(near_cache))
         self._local = threading.local()
         self._ids = itertools.count(1)
         self._async_lock = threading.Lock()
@@ -135,7 +145,22 @@ class Connection:
         except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
             sock.close()
             raise DaemonUnavailable("cannot connect to cached at %s: %s" % (self.path, e)) from None
-        state = _ThreadState(sock)
+        if not self.near_cache:
+            state = _ThreadState(sock)
+            self._local.state = state
+            return state
+        # A near cache: the daemon tracks what this socket reads (``track``) before anything is read.
+        state = _ThreadState(sock, NearCache(self.near_cache))
+        request_id = self._next_id()
+        try:
+            sock.sendall(_encode_request(request_id, "track", {"maxEntries": self.near_cache}))
+            _result_of(self._read_answer(state, request_id))
+        except (OSError, EOFError) as e:
+            state.close()
+            raise DaemonUnavailable("cannot ask cached at %s for tracking: %s" % (self.path, e)) from None
+        except DaemonError:
+            state.close()
+            raise
         self._local.state = state
         return state
 
@@ -151,8 +176,44 @@ class Connection:
 
     def _drop(self, state: _ThreadState) -> None:
         state.close()
+        if state.near is not None:
+            state.near.clear()  # nothing tells it of changes any longer
         if getattr(self._local, "state", None) is state:
             self._local.state = None
+
+    def _drain(self, state: _ThreadState) -> bool:
+        """Applies every notification already in the socket, without blocking; False if it closed."""
+        sock = state.sock
+        while True:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if not readable:
+                break
+            data = sock.recv(65536)
+            if not data:
+                return False
+            state.buf += data
+        while True:
+            end = state.buf.find(b"\n")
+            if end < 0:
+                return True
+            line = bytes(state.buf[:end + 1])
+            del state.buf[:end + 1]
+            message = _decode_answer(line, notifications=True)
+            if message.get("method") == "invalidate" and "id" not in message and state.near is not None:
+                state.near.invalidate(message.get("params"))
+            # Anything else: the answer of a request given up on; skipped.
+
+    def _near_get(self, state: _ThreadState, params: Dict[str, Any]) -> Optional[Any]:
+        """A ``get`` answered from the near cache after draining the socket, or None."""
+        assert state.near is not None
+        try:
+            open_ = self._drain(state)
+        except (OSError, ValueError, DaemonUnavailable):
+            open_ = False
+        if not open_:
+            self._drop(state)
+            return None
+        return state.near.get(address_key(params))
 
     def call(self, method: str, params: Optional[Dict[str, Any]] = None) -> Any:
         """Sends one request and waits for its answer's ``result``.
@@ -168,9 +229,21 @@ class Connection:
             fresh = state is None
             if state is None:
                 state = self._connect()
+            near = state.near if method == "get" and params is not None else None
+            if near is not None:
+                kept = self._near_get(state, params)  # type: ignore[arg-type]
+                if kept is not None:
+                    return kept
+                if state.near is None or self._current() is not state:
+                    continue  # the socket closed while draining: a fresh one (and near cache)
+                near.begin(address_key(params))  # type: ignore[arg-type]
+            finished = keep = False
             try:
                 state.sock.sendall(line)
                 answer = self._read_answer(state, request_id)
+                if near is not None:
+                    finished = True
+                    keep = near.finish(address_key(params))  # type: ignore[arg-type]
             except socket.timeout:
                 # A late answer would arrive on this socket later: do not reuse it.
                 self._drop(state)
@@ -185,17 +258,42 @@ class Connection:
             except DaemonUnavailable:
                 self._drop(state)
                 raise
-            return _result_of(answer)
+            finally:
+                if near is not None and not finished:
+                    near.finish(address_key(params))  # type: ignore[arg-type]
+            result = _result_of(answer)
+            if keep:
+                state.near.keep(address_key(params), result)  # type: ignore[arg-type, union-attr]
+            return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _read_line(self, state: _ThreadState) -> bytes:
+        if state.near is None:
+            return state.file.readline()
+        while True:
+            end = state.buf.find(b"\n")
+            if end >= 0:
+                line = bytes(state.buf[:end + 1])
+                del state.buf[:end + 1]
+                return line
+            data = state.sock.recv(65536)
+            if not data:
+                line = bytes(state.buf)
+                state.buf.clear()
+                return line
+            state.buf += data
 
     def _read_answer(self, state: _ThreadState, request_id: int) -> Dict[str, Any]:
         while True:
-            line = state.file.readline()
+            line = self._read_line(state)
             if not line:
                 raise EOFError("closed by cached")
             if not line.endswith(b"\n"):
                 raise EOFError("closed by cached in the middle of an answer")
-            answer = _decode_answer(line)
+            answer = _decode_answer(line, notifications=state.near is not None)
+            if state.near is not None and answer.get("method") == "invalidate" and "id" not in answer:
+                state.near.invalidate(answer.get("params"))
+                continue
             answer_id = answer.get("id")
             if answer_id == request_id or (answer_id is None and "error" in answer):
                 # id null: the daemon could not read our line's id; it is ours, the only one
@@ -219,6 +317,26 @@ class Connection:
             if channel is None or channel.pid != os.getpid():
                 channel = _AsyncChannel(self, loop)
                 self._channels[loop] = channel
+        near = channel.near if method == "get" and params is not None else None
+        if near is not None:
+            if channel.nothing_unread():
+                kept = near.get(address_key(params))  # type: ignore[arg-type]
+                if kept is not None:
+                    return kept
+            near.begin(address_key(params))  # type: ignore[arg-type]
+            finished = keep = False
+            try:
+                request_id = self._next_id()
+                answer = await channel.call(method, request_id, _encode_request(request_id, method, params))
+                finished = True
+                keep = near.finish(address_key(params))  # type: ignore[arg-type]
+            finally:
+                if not finished:
+                    near.finish(address_key(params))  # type: ignore[arg-type]
+            result = _result_of(answer)
+            if keep and channel.near is near:
+                near.keep(address_key(params), result)  # type: ignore[arg-type]
+            return result
         request_id = self._next_id()
         line = _encode_request(request_id, method, params)
         return _result_of(await channel.call(method, request_id, line))
@@ -235,6 +353,28 @@ class _AsyncChannel:
         self.pending: Dict[int, "asyncio.Future[Dict[str, Any]]"] = {}
         self.connecting: Optional["asyncio.Future[None]"] = None
         self.reader_task: Optional["asyncio.Task[None]"] = None
+        #: With ``near_cache``: this loop's near cache, new with each stream (the reader task applies
+        #: the notifications as they come).
+        self.near: Optional[NearCache] = None
+        self.reader: Optional[asyncio.StreamReader] = None
+
+    def nothing_unread(self) -> bool:
+        """True when no byte from the daemon waits to be read (in the socket, or read but not yet handled
+        by the reader task): every notification sent so far has been applied to the near cache."""
+        reader, writer = self.reader, self.writer
+        if reader is None or writer is None or writer.is_closing():
+            return False
+        buffered = getattr(reader, "_buffer", None)  # asyncio.StreamReader's own buffer (stdlib internals)
+        if buffered is None or len(buffered):
+            return False
+        sock = writer.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
 
     async def _ensure_open(self) -> Tuple[asyncio.StreamWriter, bool]:
         if self.writer is not None and not self.writer.is_closing():
@@ -255,20 +395,42 @@ class _AsyncChannel:
                 raise DaemonUnavailable("cannot connect to cached at %s: %s"
                                         % (path, e or type(e).__name__)) from None
             self.writer = writer
-            self.reader_task = self.loop.create_task(self._read_loop(reader, writer))
+            self.reader = reader
+            near = NearCache(self.connection.near_cache) if self.connection.near_cache else None
+            self.near = None
+            self.reader_task = self.loop.create_task(self._read_loop(reader, writer, near))
+            if near is not None:
+                # Tracked before anything is read on this stream.
+                request_id = self.connection._next_id()
+                future: "asyncio.Future[Dict[str, Any]]" = self.loop.create_future()
+                self.pending[request_id] = future
+                writer.write(_encode_request(request_id, "track", {"maxEntries": near.capacity}))
+                try:
+                    await writer.drain()
+                    _result_of(await asyncio.wait_for(future, self.connection.timeout))
+                except (OSError, EOFError, asyncio.TimeoutError) as e:
+                    raise DaemonUnavailable("cannot ask cached at %s for tracking: %s"
+                                            % (path, e or type(e).__name__)) from None
+                finally:
+                    self.pending.pop(request_id, None)
+                self.near = near
             return writer, True
         finally:
             self.connecting.set_result(None)
             self.connecting = None
 
-    async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         near: Optional[NearCache] = None) -> None:
         reason: BaseException = EOFError("closed by cached")
         try:
             while True:
                 line = await reader.readline()
                 if not line or not line.endswith(b"\n"):
                     break
-                answer = _decode_answer(line)
+                answer = _decode_answer(line, notifications=near is not None)
+                if near is not None and answer.get("method") == "invalidate" and "id" not in answer:
+                    near.invalidate(answer.get("params"))
+                    continue
                 answer_id = answer.get("id")
                 future = self.pending.pop(answer_id, None) if isinstance(answer_id, int) else None
                 if future is None and answer_id is None and "error" in answer and len(self.pending) == 1:
@@ -280,8 +442,11 @@ class _AsyncChannel:
         except asyncio.CancelledError:
             reason = EOFError("cancelled")
         finally:
+            if near is not None:
+                near.clear()  # nothing tells it of changes any longer
             if self.writer is writer:
                 self.writer = None
+                self.near = None
             writer.close()
             pending, self.pending = self.pending, {}
             for future in pending.values():
@@ -335,6 +500,7 @@ class ConnectionPool(Connection):
 
 _shared_lock = threading.Lock()
 _shared: Dict[str, Connection] = {}
+_shared_near: Dict[str, Connection] = {}
 
 
 def _shared_connection(path: str) -> Connection:
@@ -345,14 +511,36 @@ def _shared_connection(path: str) -> Connection:
         return connection
 
 
-def resolve_connection(target: Any) -> Connection:
+def _shared_near_connection(path: str, near_cache: int, like: Optional[Connection]) -> Connection:
+    with _shared_lock:
+        connection = _shared_near.get(path)
+        if connection is None:
+            connection = _shared_near[path] = Connection(
+                path, timeout=like.timeout if like else 30.0,
+                connect_timeout=like.connect_timeout if like else 5.0, near_cache=near_cache)
+        elif connection.near_cache < near_cache:
+            connection.near_cache = near_cache  # sockets opened from now on ask for the larger bound
+        return connection
+
+
+def resolve_connection(target: Any, near_cache: int = 0) -> Connection:
     """The connection a client's first argument designates.
 
     A :class:`Connection` (or :class:`ConnectionPool`) is used as it is; a path (``str``,
     ``bytes`` or ``os.PathLike``) names the daemon's socket; anything else (an old
     ``redis.ConnectionPool``, ``None``...) means the default socket. Clients naming the same path
     share one :class:`Connection` (so one socket per thread, not one per client).
+
+    With ``near_cache`` (entries), clients of the same daemon share one connection with a near cache
+    of the largest size any of them asked for, per thread (and per event loop).
     """
+    if near_cache > 0:
+        if isinstance(target, Connection):
+            if target.near_cache >= near_cache:
+                return target
+            return _shared_near_connection(target.path, near_cache, target)
+        path = os.fsdecode(target) if isinstance(target, (str, bytes, os.PathLike)) else default_socket_path()
+        return _shared_near_connection(path, near_cache, None)
     if isinstance(target, Connection):
         return target
     if isinstance(target, (str, bytes, os.PathLike)):

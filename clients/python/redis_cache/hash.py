@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 from ._base import CacheEntry, ClientBase, Logger
 from .utils import default_passage, validate_key, wire_identity
@@ -25,13 +25,14 @@ class HashCacheClient(ClientBase):
     :param set_func: turns data into what is stored (str or bytes).
     :param get_func: turns the stored bytes back into data.
     :param asynchronous: ``get``/``set`` are coroutine functions awaiting an async ``sync_func``.
+    :param near_cache: entries kept in this process (see :class:`~redis_cache.CacheClient`).
     """
 
     def __init__(self, redis_pool: Any, hash_key: str, key: str, sync_func: Callable[..., Any],
                  log: Logger = logging, set_func: Callable[[Any], Any] = default_passage,
                  get_func: Callable[[bytes], Any] = default_passage,
-                 asynchronous: bool = False) -> None:
-        self._init_common(redis_pool, key, sync_func, log, set_func, get_func, asynchronous)
+                 asynchronous: bool = False, *, near_cache: Optional[int] = None) -> None:
+        self._init_common(redis_pool, key, sync_func, log, set_func, get_func, asynchronous, near_cache)
         self.hash_key = hash_key
         self.ttl = None  # expiry is not supported for hashes (as in pyredis-cache)
 

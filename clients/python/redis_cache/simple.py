@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 from ._base import CacheEntry, ClientBase, Logger
 from .utils import default_passage, validate_key, wire_identity
@@ -27,13 +27,16 @@ class CacheClient(ClientBase):
     :param get_func: turns the stored bytes back into data.
     :param expire_time: cache expiration time in seconds (0: no expiry).
     :param asynchronous: ``get``/``set`` are coroutine functions awaiting an async ``sync_func``.
+    :param near_cache: keep up to this many entries in this process (per thread and per event loop),
+        coherent through the daemon's notifications (not in pyredis-cache; default
+        ``$CACHED_NEAR_CACHE``, else 0: off).
     """
 
     def __init__(self, redis_pool: Any, key: str, sync_func: Callable[..., Any],
                  log: Logger = logging, set_func: Callable[[Any], Any] = default_passage,
                  get_func: Callable[[bytes], Any] = default_passage, expire_time: float = 0,
-                 asynchronous: bool = False) -> None:
-        self._init_common(redis_pool, key, sync_func, log, set_func, get_func, asynchronous)
+                 asynchronous: bool = False, *, near_cache: Optional[int] = None) -> None:
+        self._init_common(redis_pool, key, sync_func, log, set_func, get_func, asynchronous, near_cache)
         self.expire = bool(expire_time)
         self.expire_time = expire_time
         self.ttl = expire_time if expire_time else None
