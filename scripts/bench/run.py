@@ -624,7 +624,9 @@ class Bench:
         self.run([a.venv_redispy, script, "--mode", "populate"] + tcp + common)
         res = {}
         for name, py, extra in (("shim", a.venv_shim, ["--mode", "shim", "--socket", sock]),
+                                ("shim_near", a.venv_shim, ["--mode", "shim-near", "--socket", sock]),
                                 ("redispy", a.venv_redispy, ["--mode", "redispy"] + tcp),
+                                ("redispy_csc", a.venv_redispy, ["--mode", "redispy-csc"] + tcp),
                                 ("redispy_unix", a.venv_redispy, ["--mode", "redispy", "--redis-socket", self.redis_sock]),
                                 ("pyredis", a.venv_pyredis, ["--mode", "pyredis"] + tcp)):
             r = self.run([py, script] + extra + common, check=False, timeout=300)
@@ -1366,6 +1368,14 @@ class Bench:
             rows.append(("Python get hit, us per call, median round (best): pyredis-cache 0.1.3 vs shim",
                          "%s (%s)" % (f1(pc), f1(best.get("pyredis"))), "%s (%s)" % (f1(s), f1(best.get("shim"))),
                          "shim " + ("%.2fx faster" % y if y is not None else "-"), ">= 3x faster", verdict(None if y is None else y >= 3.0)))
+            near, csc = py.get("shim_near", {}).get("usPerCall"), py.get("redispy_csc", {}).get("usPerCall")
+            if near is not None or csc is not None:
+                rows.append(("Python get hit from the process, us per call, median round (best): shim near_cache vs redis-py client-side caching",
+                             "%s (%s)" % (f1(csc), f1(best.get("redispy_csc"))), "%s (%s)" % (f1(near), f1(best.get("shim_near"))),
+                             fr(ratio(near, csc)), "<= 10 us and <= 1.0x", verdict(None if near is None or csc is None else near <= 10 and near <= csc)))
+                rows.append(("Python get hit, us per call, median round: shim / shim near_cache / redis-py / redis-py CSC / pyredis-cache 0.1.3",
+                             "-", " / ".join(f1(py.get(k, {}).get("usPerCall")) for k in ("shim", "shim_near", "redispy", "redispy_csc", "pyredis")),
+                             "-", "info", "-"))
             for k, v in py.items():
                 if "error" in v:
                     self.notes.append("Python %s: %s" % (k, v["error"]))
