@@ -68,6 +68,13 @@ per daemon and key), stale answers, ``stats.fleet`` summed over the daemons (and
 of a daemon that ``kill-daemon`` restarted, asked just before each kill), the aged key's timing figures,
 and how many reads only the cross-daemon lag excused.
 
+``--near-clients N`` (default 2) makes the last N client connections keep a *near cache*: they ask the
+daemon to ``track`` them and keep its answers that carry ``nearTTL`` in a ``redis_cache.near.NearCache``
+(the Python shim's), dropped by the daemon's ``invalidate`` notifications. Such a connection answers a
+``get`` from its near cache when nothing from the daemon waits unread, recorded as a read at one instant;
+the history checks those reads like any other (a write through ``cached`` acknowledged before them must be
+seen; direct writes and other daemons' writes get their lag).
+
 Every operation's send and answer instants are recorded; the history is then checked by
 ``history.check`` (see history.py for the rule and why it never flags a legal history). Writes made
 directly to Redis, and restarts, are given ``--direct-lag-ms`` for their invalidations to reach
@@ -104,8 +111,10 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional, Sequence, Union
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
 
 import history as H  # noqa: E402
+from redis_cache.near import NearCache, address_key  # noqa: E402  (the shim's near cache, as it is)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -1277,7 +1286,7 @@ class Pending:
 class DaemonConnection:
     """One client connection to cached: requests are pipelined and answers matched by id."""
 
-    def __init__(self, index: int, daemon: Optional[Daemon], run: "Run") -> None:
+    def __init__(self, index: int, daemon: Optional[Daemon], run: "Run", near: int = 0) -> None:
         self.index = index
         self.daemon = daemon
         self.path = daemon.socket if daemon is not None else ""
@@ -1286,15 +1295,42 @@ class DaemonConnection:
         self.next_id = 0
         self.closed = True
         self.writer: Optional[asyncio.StreamWriter] = None
+        self.reader: Optional[asyncio.StreamReader] = None
         self.lock = asyncio.Lock()
         self.reader_task: Optional[asyncio.Task[None]] = None
         self.counted = index >= 0  # the probe and stats connections are not part of the workload
+        #: Entries of the near cache (0: none); ``near`` is this stream's, new with each stream.
+        self.near_size = near
+        self.near: Optional[NearCache] = None
 
     async def open(self) -> None:
         reader, writer = await asyncio.open_unix_connection(self.path, limit=1 << 24)
         self.writer = writer
+        self.reader = reader
         self.closed = False
-        self.reader_task = asyncio.get_running_loop().create_task(self._read_loop(reader))
+        self.near = None
+        near = NearCache(self.near_size) if self.near_size else None
+        self.reader_task = asyncio.get_running_loop().create_task(self._read_loop(reader, near))
+        if near is not None:
+            msg, _, _ = await self.call("track", {"maxEntries": self.near_size})
+            if msg is OVERDUE or "result" not in msg:
+                raise OSError("track refused: %r" % (msg,))
+            self.near = near
+
+    def nothing_unread(self) -> bool:
+        """No byte from the daemon waits unread (socket, or the reader's buffer): every notification sent
+        so far has been applied to the near cache."""
+        reader, writer = self.reader, self.writer
+        if self.closed or reader is None or writer is None:
+            return False
+        if len(getattr(reader, "_buffer", b"x")):
+            return False
+        sock = writer.get_extra_info("socket")
+        if sock is None:
+            return False
+        import select
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        return not readable
 
     async def ensure_open(self) -> None:
         async with self.lock:
@@ -1305,7 +1341,7 @@ class DaemonConnection:
                 except OSError:
                     await asyncio.sleep(0.05)
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+    async def _read_loop(self, reader: asyncio.StreamReader, near: Optional[NearCache] = None) -> None:
         try:
             while True:
                 line = await reader.readline()
@@ -1313,6 +1349,10 @@ class DaemonConnection:
                 if not line:
                     break
                 msg = json.loads(line)
+                if near is not None and isinstance(msg, dict) and msg.get("method") == "invalidate" and "id" not in msg:
+                    near.invalidate(msg.get("params"))
+                    self.run.counters["near: notifications"] += 1
+                    continue
                 rid = msg.get("id") if isinstance(msg, dict) else None
                 p = self.pending.pop(rid, None) if isinstance(rid, int) else None
                 if p is None:
@@ -1327,6 +1367,9 @@ class DaemonConnection:
                 self.run.anomaly("client connection broke", repr(error))
         finally:
             self.closed = True
+            if near is not None:
+                near.clear()
+            self.near = None
             if self.counted and not self.run.stopping:
                 if self.daemon is not None and self.daemon.down:
                     self.run.counters["connections lost to kill-daemon"] += 1
@@ -1412,6 +1455,8 @@ class Options:
     aged_entries: int = 0
     #: How late after its latest possible expiry an aged value may still be answered (ns).
     age_slack_ns: int = 100_000_000
+    #: Client connections (the last ones) that keep a near cache through ``track``.
+    near_clients: int = 2
 
 
 @dataclass
@@ -1641,12 +1686,34 @@ class Run:
         if no_lease:
             params["lease"] = False
         op = "get(lease:false)" if no_lease else "get"
+        near = conn.near
+        if near is not None:
+            # A near-cache connection: its answer from the process when nothing waits unread.
+            kept = near.get(address_key(params)) if conn.nothing_unread() else None
+            if kept is not None:
+                instant = now()
+                self.ops[op + " near hit"] += 1
+                src = "c%d %s %s -> near hit" % (conn.index, conn.daemon.name if conn.daemon else "", op)
+                self.read(entry, kept.get("value"), instant, instant, src, conn=conn)
+                return
+            near.begin(address_key(params))
+        finished = keep = False
         try:
             msg, s, e = await conn.call("get", params)
+            if near is not None:
+                finished = True
+                keep = near.finish(address_key(params))
         except ConnectionLost as lost:
             if lost.sent:
                 self.ops[op + " dropped (excused)"] += 1
             raise
+        finally:
+            if near is not None and not finished:
+                near.finish(address_key(params))
+        if keep and near is conn.near and msg is not OVERDUE and isinstance(msg.get("result"), dict):
+            near.keep(address_key(params), msg["result"])
+            if "nearTTL" in msg["result"]:
+                self.counters["near: answers kept"] += 1
         if no_lease and msg is not OVERDUE and msg.get("error", {}).get("code") == -32602:
             self.features.lease_false = False
             self.counters["get lease:false refused with -32602: stopped using it"] += 1
@@ -2619,8 +2686,9 @@ class Run:
         loop = asyncio.get_running_loop()
         self.t0 = now()
         for i in range(self.o.clients if self.daemons else 0):
-            # Client i talks to daemon i mod N, all its life.
-            conn = DaemonConnection(i, self.daemons[i % len(self.daemons)], self)
+            # Client i talks to daemon i mod N, all its life; the last near_clients keep a near cache.
+            near = 64 if i >= self.o.clients - self.o.near_clients else 0
+            conn = DaemonConnection(i, self.daemons[i % len(self.daemons)], self, near=near)
             await conn.open()
             self.connections.append(conn)
         watchdog = loop.create_task(self.watchdog())
@@ -3200,6 +3268,8 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
     ap.add_argument("--dump-history", default=None, metavar="PATH",
                     help="write the history, the run's start instant and its faults to PATH (pickle), to study a run")
     ap.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    ap.add_argument("--near-clients", type=int, default=2,
+                    help="client connections (the last ones) that keep a near cache through track (default 2)")
     a = ap.parse_args(argv)
     if a.daemons < 1:
         ap.error("--daemons must be at least 1")
@@ -3245,7 +3315,7 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
                    int(a.unanswered_ms * 1e6), a.bin, a.redis_server, a.keep, a.examples, a.topology,
                    a.failover_interval, a.daemon_redis, a.rejoin, a.no_daemon, redis_cli, a.cluster_node_timeout,
                    a.cluster_full_coverage == "yes", max(0, a.cluster_keys), a.daemons, int(cross_lag_ms * 1e6), aged,
-                   int(a.age_slack_ms * 1e6)), a.json
+                   int(a.age_slack_ms * 1e6), max(0, min(a.near_clients, a.clients))), a.json
 
 
 def main(argv: Optional[list[str]] = None) -> int:

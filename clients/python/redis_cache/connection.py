@@ -203,9 +203,13 @@ class Connection:
                 state.near.invalidate(message.get("params"))
             # Anything else: the answer of a request given up on; skipped.
 
-    def _near_get(self, state: _ThreadState, params: Dict[str, Any]) -> Optional[Any]:
+    def _near_get(self, state: _ThreadState, address: Any) -> Optional[Any]:
         """A ``get`` answered from the near cache after draining the socket, or None."""
-        assert state.near is not None
+        near = state.near
+        assert near is not None
+        if address not in near.entries:
+            near.misses += 1
+            return None  # asked of the daemon, whose answer follows any notification in the socket
         try:
             open_ = self._drain(state)
         except (OSError, ValueError, DaemonUnavailable):
@@ -213,7 +217,7 @@ class Connection:
         if not open_:
             self._drop(state)
             return None
-        return state.near.get(address_key(params))
+        return near.get(address)
 
     def call(self, method: str, params: Optional[Dict[str, Any]] = None) -> Any:
         """Sends one request and waits for its answer's ``result``.
@@ -222,8 +226,7 @@ class Connection:
         :raises InvalidParamsError: the daemon answered -32602.
         :raises DaemonError: the daemon answered any other error.
         """
-        request_id = self._next_id()
-        line = _encode_request(request_id, method, params)
+        line = b""
         for attempt in (0, 1):
             state = self._current()
             fresh = state is None
@@ -231,19 +234,23 @@ class Connection:
                 state = self._connect()
             near = state.near if method == "get" and params is not None else None
             if near is not None:
-                kept = self._near_get(state, params)  # type: ignore[arg-type]
+                address = address_key(params)  # type: ignore[arg-type]
+                kept = self._near_get(state, address)
                 if kept is not None:
-                    return kept
+                    return kept  # (before any encoding: a hit from the process costs a lookup and a poll)
                 if state.near is None or self._current() is not state:
                     continue  # the socket closed while draining: a fresh one (and near cache)
-                near.begin(address_key(params))  # type: ignore[arg-type]
+                near.begin(address)
+            if not line:
+                request_id = self._next_id()
+                line = _encode_request(request_id, method, params)
             finished = keep = False
             try:
                 state.sock.sendall(line)
                 answer = self._read_answer(state, request_id)
                 if near is not None:
                     finished = True
-                    keep = near.finish(address_key(params))  # type: ignore[arg-type]
+                    keep = near.finish(address)
             except socket.timeout:
                 # A late answer would arrive on this socket later: do not reuse it.
                 self._drop(state)
@@ -260,10 +267,10 @@ class Connection:
                 raise
             finally:
                 if near is not None and not finished:
-                    near.finish(address_key(params))  # type: ignore[arg-type]
+                    near.finish(address)
             result = _result_of(answer)
-            if keep:
-                state.near.keep(address_key(params), result)  # type: ignore[arg-type, union-attr]
+            if keep and near is not None:
+                near.keep(address, result)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
