@@ -121,6 +121,7 @@ let package = Package(
             name: "cached-bench",
             dependencies: [
                 "CachedProtocol",
+                "CachedClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

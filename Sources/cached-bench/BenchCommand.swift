@@ -61,6 +61,11 @@ struct CachedBench: ParsableCommand {
     @Option(help: "Give up after this many seconds (per phase).")
     var timeout: Int = 300
 
+    @Option(
+        name: .customLong("client-near"),
+        help: "Measure the Swift client instead: -n sequential gets of one stored entry through CachedClient, without and with nearCache: N; microseconds per call.")
+    var clientNear: Int?
+
     mutating func validate() throws {
         guard connections >= 1 else { throw ValidationError("-c must be at least 1") }
         guard requests >= 0 else { throw ValidationError("-n must not be negative") }
@@ -72,6 +77,10 @@ struct CachedBench: ParsableCommand {
     }
 
     func run() throws {
+        if let clientNear {
+            try ClientNearBench(socket: socket, key: key, capacity: clientNear, calls: max(1, requests), json: json).run()
+            return
+        }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         defer { try? group.syncShutdownGracefully() }
         let encoder = RequestEncoder(key: key, valueSize: valueSize)

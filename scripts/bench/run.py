@@ -635,6 +635,13 @@ class Bench:
             except (IndexError, ValueError):
                 res[name] = {"error": (r.stdout + r.stderr)[-500:]}
             log("  python %s: %s" % (name, res[name]))
+        # The Swift client's get of one stored entry, without and with its near cache.
+        r = self.run([a.cached_bench, "--socket", sock, "--client-near", "1000", "-n", "5000", "--json"], check=False, timeout=300)
+        try:
+            res["swift_client"] = json.loads(r.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            res["swift_client"] = {"error": (r.stdout + r.stderr)[-500:]}
+        log("  swift client: %s" % res["swift_client"])
         return res
 
     def cold_once(self, sock, identity, tag):
@@ -1378,6 +1385,12 @@ class Bench:
                 rows.append(("Python get hit, us per call, median round: shim / shim near_cache / redis-py / redis-py CSC / pyredis-cache 0.1.3",
                              "-", " / ".join(f1(py.get(k, {}).get("usPerCall")) for k in ("shim", "shim_near", "redispy", "redispy_csc", "pyredis")),
                              "-", "info", "-"))
+            sc = py.get("swift_client", {})
+            if "nearMicros" in sc:
+                rows.append(("Swift client (CachedClient) get of one stored entry, us per call, median round: plain / nearCache (best)",
+                             "-", "%s / %s (%s)" % (f1(sc.get("plainMicros")), f1(sc.get("nearMicros")), f1(sc.get("nearBestMicros"))),
+                             fr(ratio(sc.get("nearMicros"), sc.get("plainMicros"))), "near <= 1 us",
+                             verdict(sc.get("correct") is True and sc["nearMicros"] <= 1.0)))
             for k, v in py.items():
                 if "error" in v:
                     self.notes.append("Python %s: %s" % (k, v["error"]))

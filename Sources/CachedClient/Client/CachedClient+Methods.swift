@@ -22,9 +22,34 @@ extension CachedClient {
         key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil,
         args: [JSONValue]? = nil, kwargs: [String: JSONValue]? = nil, lease: Bool = true
     ) async throws -> GetResult {
-        let result = try await send(
-            .get(key: key, identity: identity, hashKey: hashKey, hashId: hashId, args: args, kwargs: kwargs, lease: lease))
-        return try GetResult(json: result)
+        let request = Request.get(key: key, identity: identity, hashKey: hashKey, hashId: hashId, args: args, kwargs: kwargs, lease: lease)
+        guard let near, args == nil, kwargs == nil, (hashKey == nil) == (hashId == nil) else {
+            return try GetResult(json: try await send(request))
+        }
+        let address = EntryAddress(
+            key: key, identity: identity.cachedIdentity, hash: hashKey.map { HashAddress(hashKey: $0, hashId: hashId!.cachedIdentity) })
+        if near.lookup(address) != nil, let channel = currentChannel {
+            // Every notification already in the socket is applied first: one pass of the connection's event
+            // loop (its reads run before its tasks), twice, so that a read under way when the first pass
+            // was asked for has been handled too.
+            try await channel.eventLoop.submit {}.get()
+            try await channel.eventLoop.submit {}.get()
+            if let kept = near.lookup(address) { return kept }
+        }
+        let token = near.begin(address)
+        let json: JSONValue
+        do {
+            json = try await send(request)
+        } catch {
+            near.finish(address, token: token, answer: nil, nearTTL: nil)
+            throw error
+        }
+        let result = try? GetResult(json: json)
+        var nearTTL: Int64?
+        if case .object(let members) = json, case .number(let text)? = members["nearTTL"] { nearTTL = Int64(text) }
+        near.finish(address, token: token, answer: result, nearTTL: nearTTL)
+        guard let result else { return try GetResult(json: json) }
+        return result
     }
 
     /// Gives back a lease whose fill failed: `release {..., lease}`. The next waiting `get` of the entry

@@ -35,6 +35,10 @@ public final class CachedClient: Sendable {
     /// The longest answer line the client buffers; a longer one closes the connection with
     /// `.protocolViolation`.
     public let maximumAnswerBytes: Int
+    /// Entries kept in the near cache (0: none).
+    public let nearCacheCapacity: Int
+    /// The near cache, when ``nearCacheCapacity`` is above 0.
+    let near: NearCache?
 
     /// The socket used when none is given: `$CACHED_SOCKET`, else `/run/cached/cached.sock`.
     public static var defaultSocketPath: String {
@@ -65,14 +69,21 @@ public final class CachedClient: Sendable {
     ///   - socketPath: the daemon's Unix socket (default: `$CACHED_SOCKET`, else `/run/cached/cached.sock`).
     ///   - eventLoopGroup: where the connection runs (default: NIO's shared singleton group).
     ///   - maximumAnswerBytes: the longest answer line accepted (default 64 MiB).
+    ///   - nearCache: keep up to this many `get` answers in the process (0, the default: none). The
+    ///     connection asks the daemon to `track` it, and the daemon's `invalidate` notifications drop
+    ///     what changed; only answers the daemon marks with `nearTTL` are kept, at most that long. See
+    ///     docs/protocol.md (`track`).
     public init(
         socketPath: String = CachedClient.defaultSocketPath,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        maximumAnswerBytes: Int = 64 << 20
+        maximumAnswerBytes: Int = 64 << 20,
+        nearCache: Int = 0
     ) {
         self.socketPath = socketPath
         self.eventLoopGroup = eventLoopGroup
         self.maximumAnswerBytes = maximumAnswerBytes
+        self.nearCacheCapacity = max(0, nearCache)
+        self.near = nearCache > 0 ? NearCache(capacity: nearCache) : nil
     }
 
     deinit {
@@ -162,16 +173,50 @@ public final class CachedClient: Sendable {
 
     private func makeConnection() -> EventLoopFuture<any Channel> {
         let maximumAnswerBytes = self.maximumAnswerBytes
-        return ClientBootstrap(group: eventLoopGroup)
+        let near = self.near
+        let onNotification: (@Sendable (InvalidateNotification) -> Void)?
+        if let near {
+            onNotification = { near.apply($0) }
+        } else {
+            onNotification = nil
+        }
+        let connected = ClientBootstrap(group: eventLoopGroup)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers([
                         ByteToMessageHandler(LineBasedFrameDecoder(), maximumBufferSize: maximumAnswerBytes),
-                        AnswerHandler(),
+                        AnswerHandler(onNotification: onNotification),
                     ])
                 }
             }
             .connect(unixDomainSocketPath: socketPath)
+        guard let near else { return connected }
+        // A near cache: the connection is tracked before anything is read on it (request id 0, which
+        // the counter of ``exchange(_:asBatch:)`` never hands out).
+        return connected.flatMap { channel in
+            near.newConnection()
+            channel.closeFuture.whenComplete { _ in near.newConnection() }
+            var line = channel.allocator.buffer(capacity: 96)
+            line.writeCachedRequestLine(
+                [Request(method: "track", params: ["maxEntries": .number(String(near.capacity))])], ids: [0], asBatch: false)
+            let answer = channel.eventLoop.makePromise(of: DaemonAnswer.self)
+            channel.writeAndFlush(OutgoingLine(line: line, waiters: [(0, answer)]), promise: nil)
+            return answer.futureResult.flatMapThrowing { result in
+                _ = try result.get()
+                return channel
+            }.flatMapErrorThrowing { error in
+                channel.close(promise: nil)
+                throw error
+            }
+        }
+    }
+
+    /// The open channel if there is one (no connecting).
+    var currentChannel: (any Channel)? {
+        state.withLockedValue { state in
+            if case .connected(let channel) = state.connection, channel.isActive { return channel }
+            return nil
+        }
     }
 
     // MARK: Sending
