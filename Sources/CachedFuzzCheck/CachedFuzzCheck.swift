@@ -429,6 +429,9 @@ struct Checker {
             case .metrics:
                 _ = try MetricsParams(request.params)
                 result = .storedRefused(request.method)
+            case .notifications:
+                let p = try NotificationsParams(request.params)
+                result = .storedRefused(p.token)
             case .track:
                 let p = try TrackParams(request.params)
                 if let n = p.maxEntries, n < 1 { fail("maxEntries \(n) accepted") }

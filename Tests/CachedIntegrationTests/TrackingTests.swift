@@ -139,4 +139,25 @@ struct TrackingTests {
         #expect(Date().timeIntervalSince(started) < 15)
         #expect(tracker.isClosedByPeer(timeout: 10), "the tracker that stopped reading was closed")
     }
+
+    @Test func notificationsCanGoToAConnectionOfTheirOwn() throws {
+        let f = try Fixture(.redisUnix)
+        let tracked = try f.daemon.client()
+        let side = try f.daemon.client()
+        let writer = try f.daemon.client()
+        let answer = try tracked.call("track", ["separate": .bool(true)])["result"]
+        let token = try #require(answer?["token"]?.stringValue)
+        #expect(try side.call("notifications", ["token": .string("nonsense")])["error"]?["code"]?.intValue == -32602)
+        #expect(try side.call("notifications", ["token": .string(token)])["result"]?["notifications"] == .bool(true))
+        #expect(try side.call("notifications", ["token": .string(token)])["error"]?["code"]?.intValue == -32602, "claimed once")
+        _ = try writer.call("set", Self.entry(1).merging(["value": .string("v1")]) { $1 })
+        _ = try tracked.call("get", Self.entry(1))
+        _ = try writer.call("set", Self.entry(1).merging(["value": .string("v2")]) { $1 })
+        // On the notification connection, before the writer's answer; nothing on the tracked one.
+        #expect(try notification(side, timeout: 0.005) == .entries([try address(Self.entry(1))]))
+        #expect(nextLine(tracked, timeout: 0.2) == nil)
+        // The notification connection goes: the tracked one is closed too (its client must drop its near cache).
+        side.closeSocket()
+        #expect(tracked.isClosedByPeer(timeout: 5))
+    }
 }

@@ -47,6 +47,8 @@ public final class LineClient: @unchecked Sendable {
 
     /// Shuts down the write side (the daemon answers what it has, then closes).
     public func shutdownWrite() { shutdown(fd, Int32(SHUT_WR)) }
+    /// Ends the connection both ways (the descriptor is closed when the client goes).
+    public func closeSocket() { shutdown(fd, Int32(SHUT_RDWR)) }
 
     /// Reads one line (without the newline); nil at EOF. Throws on timeout.
     public func readLine(timeout: Double = 10) throws -> String? {

@@ -28,14 +28,8 @@ extension CachedClient {
         }
         let address = EntryAddress(
             key: key, identity: identity.cachedIdentity, hash: hashKey.map { HashAddress(hashKey: $0, hashId: hashId!.cachedIdentity) })
-        if near.lookup(address) != nil, let channel = currentChannel {
-            // Every notification already in the socket is applied first: one pass of the connection's event
-            // loop (its reads run before its tasks), twice, so that a read under way when the first pass
-            // was asked for has been handled too.
-            try await channel.eventLoop.submit {}.get()
-            try await channel.eventLoop.submit {}.get()
-            if let kept = near.lookup(address) { return kept }
-        }
+        // (the lookup first applies every notification waiting in the notification socket)
+        if let kept = near.lookup(address) { return kept }
         let token = near.begin(address)
         let json: JSONValue
         do {

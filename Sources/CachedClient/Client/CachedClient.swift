@@ -174,35 +174,36 @@ public final class CachedClient: Sendable {
     private func makeConnection() -> EventLoopFuture<any Channel> {
         let maximumAnswerBytes = self.maximumAnswerBytes
         let near = self.near
-        let onNotification: (@Sendable (InvalidateNotification) -> Void)?
-        if let near {
-            onNotification = { near.apply($0) }
-        } else {
-            onNotification = nil
-        }
+        let socketPath = self.socketPath
         let connected = ClientBootstrap(group: eventLoopGroup)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers([
                         ByteToMessageHandler(LineBasedFrameDecoder(), maximumBufferSize: maximumAnswerBytes),
-                        AnswerHandler(onNotification: onNotification),
+                        AnswerHandler(),
                     ])
                 }
             }
             .connect(unixDomainSocketPath: socketPath)
         guard let near else { return connected }
-        // A near cache: the connection is tracked before anything is read on it (request id 0, which
-        // the counter of ``exchange(_:asBatch:)`` never hands out).
+        // A near cache: the connection is tracked before anything is read on it (request id 0, which the
+        // counter of ``exchange(_:asBatch:)`` never hands out), its notifications on a second socket that
+        // the near cache reads itself (``NearCache``). Setting that socket up blocks this event loop for
+        // one short exchange with the daemon, once per connection.
         return connected.flatMap { channel in
-            near.newConnection()
-            channel.closeFuture.whenComplete { _ in near.newConnection() }
             var line = channel.allocator.buffer(capacity: 96)
             line.writeCachedRequestLine(
-                [Request(method: "track", params: ["maxEntries": .number(String(near.capacity))])], ids: [0], asBatch: false)
+                [Request(method: "track", params: ["maxEntries": .number(String(near.capacity)), "separate": .bool(true)])],
+                ids: [0], asBatch: false)
             let answer = channel.eventLoop.makePromise(of: DaemonAnswer.self)
             channel.writeAndFlush(OutgoingLine(line: line, waiters: [(0, answer)]), promise: nil)
             return answer.futureResult.flatMapThrowing { result in
-                _ = try result.get()
+                guard case .object(let members) = try result.get(), case .string(let token)? = members["token"] else {
+                    throw CachedClientError.protocolViolation("track {separate: true} answered without a token")
+                }
+                let (fd, pending) = try NearCache.openNotifications(path: socketPath, token: token)
+                let number = near.newConnection(notifications: fd, pending: pending)
+                channel.closeFuture.whenComplete { _ in near.connectionEnded(number) }
                 return channel
             }.flatMapErrorThrowing { error in
                 channel.close(promise: nil)
@@ -211,13 +212,6 @@ public final class CachedClient: Sendable {
         }
     }
 
-    /// The open channel if there is one (no connecting).
-    var currentChannel: (any Channel)? {
-        state.withLockedValue { state in
-            if case .connected(let channel) = state.connection, channel.isActive { return channel }
-            return nil
-        }
-    }
 
     // MARK: Sending
 

@@ -71,6 +71,16 @@ enum MethodRegistry {
                 return context.eventLoop.makeFailedFuture(error)
             }
         },
+        MethodHandler(NotificationsParams.self) { dispatcher, params, context in
+            do throws(CachedError) {
+                let result = try dispatcher.claimNotifications(params, context: context)
+                dispatcher.counters(context).record(method: "notifications", key: nil, outcome: .ok)
+                return context.eventLoop.makeSucceededFuture(result)
+            } catch {
+                dispatcher.counters(context).record(method: "notifications", key: nil, outcome: .error(error.code))
+                return context.eventLoop.makeFailedFuture(error)
+            }
+        },
         MethodHandler(MetricsParams.self) { dispatcher, _, context in
             dispatcher.counters(context).record(method: "metrics", key: nil, outcome: .ok)
             return context.eventLoop.makeSucceededFuture(.json(.string(String(decoding: dispatcher.metricsExposition(), as: UTF8.self))))

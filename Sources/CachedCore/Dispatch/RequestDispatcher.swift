@@ -131,8 +131,18 @@ public final class RequestDispatcher: Sendable {
         }
         let cap = currentConfiguration.startup.limits.maxTrackedEntries
         let maxEntries = min(params.maxEntries ?? cap, cap)
-        tracking.start(control, maxEntries: maxEntries)
-        return .json(.object(["tracking": .bool(true), "maxEntries": .number(String(maxEntries))]))
+        let token = tracking.start(control, maxEntries: maxEntries, separate: params.separate)
+        var result: [String: JSONValue] = ["tracking": .bool(true), "maxEntries": .number(String(maxEntries))]
+        if let token { result["token"] = .string(token) }
+        return .json(.object(result))
+    }
+
+    /// `notifications {token}`: this connection carries another's notifications from now on.
+    func claimNotifications(_ params: NotificationsParams, context: RequestContext) throws(CachedError) -> MethodResult {
+        guard let control = context.control, tracking.claim(params.token, by: control) else {
+            throw CachedError(.invalidParams, "notifications: no connection waits for token \"\(params.token)\"")
+        }
+        return .json(.object(["notifications": .bool(true)]))
     }
 
     /// Completes `write` after the connections that track `storeKey` (`field`) were told it changed (on

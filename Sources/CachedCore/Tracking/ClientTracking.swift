@@ -11,6 +11,17 @@ public final class ConnectionControl: Sendable {
     let channel: any Channel
     /// Set by `track`: its gets are tracked and its hits carry `nearTTL`.
     let tracking = ManagedAtomic<Bool>(false)
+    /// With `track {separate: true}`: the connection that carries this one's notifications once it has
+    /// claimed them (`notifications {token}`); until then they are dropped (its client keeps nothing yet).
+    let notifier = NIOLockedValueBox<Notifier>(.own)
+
+    enum Notifier {
+        /// On this connection.
+        case own
+        /// On another connection, once one claims `token`.
+        case waiting(token: String)
+        case on(ConnectionControl)
+    }
 
     init(id: ConnectionID, channel: any Channel) {
         self.id = id
@@ -18,6 +29,15 @@ public final class ConnectionControl: Sendable {
     }
 
     var isTracking: Bool { tracking.load(ordering: .relaxed) }
+
+    /// Where its notifications go now (nil: nowhere yet).
+    var notificationChannel: (any Channel)? {
+        switch notifier.withLockedValue({ $0 }) {
+        case .own: channel
+        case .waiting: nil
+        case .on(let other): other.channel
+        }
+    }
 }
 
 /// Client tracking (`track`): which connections asked to be told of changes, what each read, and the
@@ -34,6 +54,10 @@ public final class ClientTracking: Sendable {
     struct State {
         var table = ClientTrackingTable<ConnectionID>()
         var controls: [ConnectionID: ConnectionControl] = [:]
+        /// `track {separate: true}` tokens not yet claimed, and the connections that claimed one (the
+        /// notification connection → the tracked one).
+        var unclaimed: [String: ConnectionControl] = [:]
+        var notifiers: [ConnectionID: ConnectionControl] = [:]
     }
 
     private let state = NIOLockedValueBox(State())
@@ -52,25 +76,57 @@ public final class ClientTracking: Sendable {
     /// Whether any connection is tracking.
     var isActive: Bool { tracking.load(ordering: .relaxed) > 0 }
 
-    /// `control`'s connection asked for tracking with at most `maxEntries` entries.
-    func start(_ control: ConnectionControl, maxEntries: Int) {
+    /// `control`'s connection asked for tracking with at most `maxEntries` entries; with `separate`, its
+    /// notifications go to the connection that claims the returned token (``claim(_:by:)``).
+    func start(_ control: ConnectionControl, maxEntries: Int, separate: Bool = false) -> String? {
+        var token: String?
+        if separate {
+            var bytes = SystemRandomNumberGenerator()
+            token = (0..<4).map { _ in String(bytes.next() as UInt32, radix: 16) }.joined(separator: "-")
+        }
         let dropped = state.withLockedValue { state -> [EntryAddress] in
             if state.controls.updateValue(control, forKey: control.id) == nil { tracking.wrappingIncrement(ordering: .relaxed) }
+            if let token {
+                // A new token: whatever connection carried the notifications before no longer does.
+                control.notifier.withLockedValue { $0 = .waiting(token: token) }
+                state.unclaimed[token] = control
+            }
             return state.table.start(control.id, maxEntries: maxEntries)
         }
         control.tracking.store(true, ordering: .relaxed)
         if !dropped.isEmpty { _ = send(.entries(dropped), to: control) }
+        return token
     }
 
-    /// The connection stopped tracking, or closed.
+    /// `notifier`'s connection claims the notifications of the connection that got `token`. False when no
+    /// connection is waiting for that token.
+    func claim(_ token: String, by notifier: ConnectionControl) -> Bool {
+        state.withLockedValue { state in
+            guard let tracked = state.unclaimed.removeValue(forKey: token) else { return false }
+            guard case .waiting(let waiting) = tracked.notifier.withLockedValue({ $0 }), waiting == token else { return false }
+            tracked.notifier.withLockedValue { $0 = .on(notifier) }
+            state.notifiers[notifier.id] = tracked
+            return true
+        }
+    }
+
+    /// The connection stopped tracking, or closed. A tracked connection's notification connection is closed
+    /// with it; a notification connection that closes closes the connection it served (its client can no
+    /// longer be told of changes, and drops its near cache with the connection).
     func stop(_ id: ConnectionID) {
-        let control = state.withLockedValue { state -> ConnectionControl? in
+        let (control, served) = state.withLockedValue { state -> (ConnectionControl?, ConnectionControl?) in
             state.table.stop(id)
-            guard let control = state.controls.removeValue(forKey: id) else { return nil }
+            let served = state.notifiers.removeValue(forKey: id)
+            guard let control = state.controls.removeValue(forKey: id) else { return (nil, served) }
             tracking.wrappingDecrement(ordering: .relaxed)
-            return control
+            if case .waiting(let token) = control.notifier.withLockedValue({ $0 }) { state.unclaimed[token] = nil }
+            return (control, served)
         }
         control?.tracking.store(false, ordering: .relaxed)
+        if let control, case .on(let notifier) = control.notifier.withLockedValue({ $0 }) {
+            notifier.channel.close(promise: nil)
+        }
+        served?.channel.close(promise: nil)
     }
 
     /// A tracking connection is reading `address` (called before the value is looked up, so that a change
@@ -109,7 +165,10 @@ public final class ClientTracking: Sendable {
     /// Writes one notification line; the future completes when it was written, or when the connection was
     /// closed because it could not take it within ``writeDeadline``.
     private func send(_ notification: InvalidateNotification, to control: ConnectionControl) -> EventLoopFuture<Void> {
-        let channel = control.channel
+        guard let channel = control.notificationChannel else {
+            // Its notification connection has not claimed them yet: its client keeps nothing until it has.
+            return control.channel.eventLoop.makeSucceededVoidFuture()
+        }
         var buffer = channel.allocator.buffer(capacity: 128)
         buffer.writeInvalidateNotification(notification)
         buffer.writeInteger(UInt8(ascii: "\n"))

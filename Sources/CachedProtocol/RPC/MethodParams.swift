@@ -12,6 +12,7 @@ public enum CachedMethod: String, Sendable, CaseIterable {
     case stats
     case metrics
     case track
+    case notifications
 }
 
 extension CachedMethod {
@@ -27,6 +28,7 @@ extension CachedMethod {
         case .stats: StatsParams.self
         case .metrics: MetricsParams.self
         case .track: TrackParams.self
+        case .notifications: NotificationsParams.self
         }
     }
 }
@@ -240,10 +242,13 @@ public struct MetricsParams: MethodParameters, Hashable {
 /// on (`invalidate` notifications, docs/protocol.md), for a near cache in the client.
 public struct TrackParams: MethodParameters, Hashable {
     public static var method: CachedMethod { .track }
-    public static var names: [String] { ["enabled", "maxEntries"] }
+    public static var names: [String] { ["enabled", "maxEntries", "separate"] }
 
     /// False stops tracking (default true).
     public var enabled: Bool
+    /// True: the notifications go to another connection, which claims them with `notifications {token}`
+    /// (the answer's `token`); until then none is sent (default false: on this connection).
+    public var separate: Bool
     /// At most this many entries tracked for the connection (the daemon's `max_tracked_entries` caps it);
     /// nil: that cap.
     public var maxEntries: Int?
@@ -251,6 +256,7 @@ public struct TrackParams: MethodParameters, Hashable {
     public init(_ params: JSONValue?) throws(CachedError) {
         var reader = try ParamReader(params, method: "track")
         enabled = try reader.bool("enabled") ?? true
+        separate = try reader.bool("separate") ?? false
         if let value = reader.optional("maxEntries") {
             guard case .number(let text) = value, let n = Int(text), n >= 1 else {
                 throw .invalidParams("track: \"maxEntries\" must be a positive integer, got \(value.typeName == "number" ? "a number out of range" : value.typeName)")
@@ -260,9 +266,26 @@ public struct TrackParams: MethodParameters, Hashable {
         try reader.finish()
     }
 
-    public init(enabled: Bool = true, maxEntries: Int? = nil) {
+    public init(enabled: Bool = true, maxEntries: Int? = nil, separate: Bool = false) {
         self.enabled = enabled
         self.maxEntries = maxEntries
+        self.separate = separate
+    }
+}
+
+/// `notifications {token}`: this connection carries, from now on, the notifications of the connection
+/// whose `track {separate: true}` answered `token` (a client that reads them synchronously, apart from
+/// its answers).
+public struct NotificationsParams: MethodParameters, Hashable {
+    public static var method: CachedMethod { .notifications }
+    public static var names: [String] { ["token"] }
+
+    public var token: String
+
+    public init(_ params: JSONValue?) throws(CachedError) {
+        var reader = try ParamReader(params, method: "notifications")
+        token = try reader.requiredString("token")
+        try reader.finish()
     }
 }
 
