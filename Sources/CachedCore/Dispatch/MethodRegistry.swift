@@ -62,23 +62,11 @@ enum MethodRegistry {
             return context.eventLoop.makeSucceededFuture(.json(dispatcher.statsSnapshot()))
         },
         MethodHandler(TrackParams.self) { dispatcher, params, context in
-            do throws(CachedError) {
-                let result = try dispatcher.track(params, context: context)
-                dispatcher.counters(context).record(method: "track", key: nil, outcome: .ok)
-                return context.eventLoop.makeSucceededFuture(result)
-            } catch {
-                dispatcher.counters(context).record(method: "track", key: nil, outcome: .error(error.code))
-                return context.eventLoop.makeFailedFuture(error)
-            }
+            answered(dispatcher, "track", context) { () throws(CachedError) in try dispatcher.track(params, context: context) }
         },
         MethodHandler(NotificationsParams.self) { dispatcher, params, context in
-            do throws(CachedError) {
-                let result = try dispatcher.claimNotifications(params, context: context)
-                dispatcher.counters(context).record(method: "notifications", key: nil, outcome: .ok)
-                return context.eventLoop.makeSucceededFuture(result)
-            } catch {
-                dispatcher.counters(context).record(method: "notifications", key: nil, outcome: .error(error.code))
-                return context.eventLoop.makeFailedFuture(error)
+            answered(dispatcher, "notifications", context) { () throws(CachedError) in
+                try dispatcher.claimNotifications(params, context: context)
             }
         },
         MethodHandler(MetricsParams.self) { dispatcher, _, context in
@@ -86,6 +74,21 @@ enum MethodRegistry {
             return context.eventLoop.makeSucceededFuture(.json(.string(String(decoding: dispatcher.metricsExposition(), as: UTF8.self))))
         },
     ]
+
+    /// A method answered at once (no store involved), counted by its outcome.
+    static func answered(
+        _ dispatcher: RequestDispatcher, _ method: String, _ context: RequestContext,
+        _ body: () throws(CachedError) -> MethodResult
+    ) -> EventLoopFuture<MethodResult> {
+        do throws(CachedError) {
+            let result = try body()
+            dispatcher.counters(context).record(method: method, key: nil, outcome: .ok)
+            return context.eventLoop.makeSucceededFuture(result)
+        } catch {
+            dispatcher.counters(context).record(method: method, key: nil, outcome: .error(error.code))
+            return context.eventLoop.makeFailedFuture(error)
+        }
+    }
 
     /// The handlers by method name (names are matched as `CachedMethod` matches them).
     static let byMethod: [CachedMethod: MethodHandler] = Dictionary(uniqueKeysWithValues: all.map { ($0.method, $0) })
