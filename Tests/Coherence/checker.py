@@ -1696,7 +1696,7 @@ class Run:
                 src = "c%d %s %s -> near hit" % (conn.index, conn.daemon.name if conn.daemon else "", op)
                 self.read(entry, kept.get("value"), instant, instant, src, conn=conn)
                 return
-            near.begin(address_key(params))
+            sent_at = near.begin(address_key(params))
         finished = keep = False
         try:
             msg, s, e = await conn.call("get", params)
@@ -1711,7 +1711,7 @@ class Run:
             if near is not None and not finished:
                 near.finish(address_key(params))
         if keep and near is conn.near and msg is not OVERDUE and isinstance(msg.get("result"), dict):
-            near.keep(address_key(params), msg["result"])
+            near.keep(address_key(params), msg["result"], sent_at)
             if "nearTTL" in msg["result"]:
                 self.counters["near: answers kept"] += 1
         if no_lease and msg is not OVERDUE and msg.get("error", {}).get("code") == -32602:

@@ -70,29 +70,37 @@ final class NearCache: Sendable {
         }
     }
 
-    /// A `get` of `address` is about to be sent on `connection`; pass the result to ``finish(_:token:answer:nearTTL:)``.
-    func begin(_ address: EntryAddress) -> Int {
-        state.withLockedValue { state in
+    /// What ``begin(_:)`` hands back for ``finish(_:token:answer:nearTTL:)``: the connection the `get` went
+    /// out on, and when it was sent.
+    struct Token: Sendable {
+        var connection: Int
+        var sentAt: NIODeadline
+    }
+
+    /// A `get` of `address` is about to be sent.
+    func begin(_ address: EntryAddress) -> Token {
+        let now = NIODeadline.now()
+        return state.withLockedValue { state in
             state.inFlight[address, default: (0, false)].count += 1
-            return state.connection
+            return Token(connection: state.connection, sentAt: now)
         }
     }
 
     /// The `get` ended (`answer` nil: it failed). Keeps the answer when the daemon allows it (`nearTTL`
-    /// milliseconds), no notification about the entry came while it was in flight, and the connection is
-    /// the one the `get` went out on.
-    func finish(_ address: EntryAddress, token: Int, answer: GetResult?, nearTTL: Int64?) {
-        let now = NIODeadline.now()
+    /// milliseconds, from the send), no notification about the entry came while it was in flight, and the
+    /// connection is the one the `get` went out on.
+    func finish(_ address: EntryAddress, token: Token, answer: GetResult?, nearTTL: Int64?) {
         state.withLockedValue { state in
             Self.drain(&state)  // a notification about it may have come meanwhile
             guard var flight = state.inFlight[address] else { return }
             flight.count -= 1
             state.inFlight[address] = flight.count > 0 ? flight : nil
-            guard !flight.invalidated, token == state.connection, state.notifications != nil, let answer, answer.hit,
+            guard !flight.invalidated, token.connection == state.connection, state.notifications != nil, let answer, answer.hit,
                 answer.value != nil,
                 let nearTTL, nearTTL > 0
             else { return }
-            if state.entries.updateValue(Kept(result: answer, deadline: now + .milliseconds(nearTTL)), forKey: address) == nil {
+            // Counted from the send: the daemon counted its nearTTL later, so the entry never outlives it.
+            if state.entries.updateValue(Kept(result: answer, deadline: token.sentAt + .milliseconds(nearTTL)), forKey: address) == nil {
                 state.order.append(address)
             }
             while state.entries.count > capacity, state.head < state.order.count {

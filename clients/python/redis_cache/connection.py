@@ -240,7 +240,7 @@ class Connection:
                     return kept  # (before any encoding: a hit from the process costs a lookup and a poll)
                 if state.near is None or self._current() is not state:
                     continue  # the socket closed while draining: a fresh one (and near cache)
-                near.begin(address)
+                sent_at = near.begin(address)
             if not line:
                 request_id = self._next_id()
                 line = _encode_request(request_id, method, params)
@@ -270,7 +270,7 @@ class Connection:
                     near.finish(address)
             result = _result_of(answer)
             if keep and near is not None:
-                near.keep(address, result)
+                near.keep(address, result, sent_at)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -330,7 +330,7 @@ class Connection:
                 kept = near.get(address_key(params))  # type: ignore[arg-type]
                 if kept is not None:
                     return kept
-            near.begin(address_key(params))  # type: ignore[arg-type]
+            sent_at = near.begin(address_key(params))  # type: ignore[arg-type]
             finished = keep = False
             try:
                 request_id = self._next_id()
@@ -342,7 +342,7 @@ class Connection:
                     near.finish(address_key(params))  # type: ignore[arg-type]
             result = _result_of(answer)
             if keep and channel.near is near:
-                near.keep(address_key(params), result)  # type: ignore[arg-type]
+                near.keep(address_key(params), result, sent_at)  # type: ignore[arg-type]
             return result
         request_id = self._next_id()
         line = _encode_request(request_id, method, params)

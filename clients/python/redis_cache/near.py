@@ -55,13 +55,14 @@ class NearCache:
         self.hits += 1
         return answer
 
-    def begin(self, address: Hashable) -> None:
-        """A ``get`` of ``address`` is about to be sent."""
+    def begin(self, address: Hashable) -> float:
+        """A ``get`` of ``address`` is about to be sent; returns the instant, for :meth:`keep`."""
         flight = self.in_flight.get(address)
         if flight is None:
             self.in_flight[address] = [1, False]
         else:
             flight[0] += 1
+        return time.monotonic()
 
     def finish(self, address: Hashable) -> bool:
         """The answer of a ``get`` of ``address`` arrived, or the call failed. True when no notification
@@ -74,14 +75,16 @@ class NearCache:
             del self.in_flight[address]
         return not flight[1]
 
-    def keep(self, address: Hashable, answer: Any) -> None:
-        """Keeps ``answer`` if the daemon said it may be kept (``nearTTL``), for that long at most."""
+    def keep(self, address: Hashable, answer: Any, sent_at: float) -> None:
+        """Keeps ``answer`` if the daemon said it may be kept (``nearTTL``), for that long at most, counted
+        from when its ``get`` was sent (``sent_at``, from :meth:`begin`): the daemon counted it at some
+        point after that, so the entry never outlives what the daemon allowed."""
         if not isinstance(answer, dict):
             return
         near_ttl = answer.get("nearTTL")
         if not isinstance(near_ttl, int) or isinstance(near_ttl, bool) or near_ttl <= 0 or answer.get("value") is None:
             return
-        self.entries[address] = (answer, time.monotonic() + near_ttl / 1000.0)
+        self.entries[address] = (answer, sent_at + near_ttl / 1000.0)
         self.entries.move_to_end(address)
         while len(self.entries) > self.capacity:
             self.entries.popitem(last=False)
