@@ -29,12 +29,9 @@ final class AnswerHandler: ChannelDuplexHandler, TickFlushing {
     /// Set once the connection is unusable; later writes fail at once.
     private var failure: CachedClientError?
     private let maximumDepth: Int
-    /// Told of the daemon's `invalidate` notifications (a tracking connection: a near cache).
-    private let onNotification: (@Sendable (InvalidateNotification) -> Void)?
 
-    init(maximumDepth: Int = 512, onNotification: (@Sendable (InvalidateNotification) -> Void)? = nil) {
+    init(maximumDepth: Int = 512) {
         self.maximumDepth = maximumDepth
-        self.onNotification = onNotification
     }
 
     // MARK: Outbound
@@ -83,14 +80,6 @@ final class AnswerHandler: ChannelDuplexHandler, TickFlushing {
     private func deliver(_ answer: JSONValue, context: ChannelHandlerContext) {
         guard case .object(let members) = answer else {
             fatal(context: context, .protocolViolation("answer is a JSON \(answer.typeName)"))
-            return
-        }
-        if let onNotification, members["id"] == nil, members["method"] == .string("invalidate") {
-            guard let notification = InvalidateNotification(answer) else {
-                fatal(context: context, .protocolViolation("unreadable invalidate notification"))
-                return
-            }
-            onNotification(notification)
             return
         }
         let outcome: DaemonAnswer

@@ -85,9 +85,12 @@ public final class RequestDispatcher: Sendable {
 
     /// Runs a `get` whose params are already validated (by ``FastGetRequest`` or ``GetParams``).
     public func run(_ params: GetParams, context: RequestContext) -> Completion {
-        if let control = context.control, control.isTracking, let near = trackedGet(params, control, context) {
-            return .now(near)
-        }
+        // A tracking connection's get is tracked before the lookup: a change from then on is notified.
+        let tracked = context.control.map { control in
+            guard control.isTracking else { return false }
+            tracking.read(params.address, by: control)
+            return true
+        } ?? false
         if let value = store.cachedValue(params.address) {
             if let age = value.age {
                 // A key with a stale window, grace or early refresh: the entry's phase decides.
@@ -100,21 +103,14 @@ public final class RequestDispatcher: Sendable {
                 }
             }
             counters(context).record(method: "get", key: params.address.key, outcome: .hit)
+            if tracked {
+                // A plain hit: how long a near cache may keep it (none when it is about to expire).
+                let left = (value.expiresAt - .now()).nanoseconds / 1_000_000
+                if left > 0 { return .now(.nearHit(value, nearTTL: min(left, Self.maximumNearTTL))) }
+            }
             return .now(.hit(value))
         }
         return .later(countedGet(params, context: context))
-    }
-
-    /// A get on a tracking connection: tracked before the lookup (a change from then on is notified); a
-    /// plain hit in memory is answered with how long a near cache may keep it. Nil: the usual path answers
-    /// (a miss, an aged entry, an entry about to expire), without `nearTTL`.
-    private func trackedGet(_ params: GetParams, _ control: ConnectionControl, _ context: RequestContext) -> MethodResult? {
-        tracking.read(params.address, by: control)
-        guard let value = store.cachedValue(params.address), value.age == nil else { return nil }
-        let left = (value.expiresAt - .now()).nanoseconds / 1_000_000
-        guard left > 0 else { return nil }
-        counters(context).record(method: "get", key: params.address.key, outcome: .hit)
-        return .nearHit(value, nearTTL: min(left, Self.maximumNearTTL))
     }
 
     /// The longest a near cache keeps an entry that has no expiry (a day, in milliseconds).

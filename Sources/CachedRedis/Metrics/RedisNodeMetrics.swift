@@ -19,36 +19,38 @@ public final class RedisNodeMetrics: Sendable {
         public var lastChange: Double?
     }
 
-    private let state = NIOLockedValueBox(Figures())
-    private let connected = NIOLockedValueBox(0)
+    private struct State {
+        var figures = Figures()
+        /// Data connections up now.
+        var connected = 0
+    }
+
+    private let state = NIOLockedValueBox(State())
 
     public init() {}
 
-    public var figures: Figures { state.withLockedValue { $0 } }
+    public var figures: Figures { state.withLockedValue { $0.figures } }
 
     func reply(roundTrip: TimeAmount, isError: Bool) {
         state.withLockedValue {
-            $0.roundTrip.observe(roundTrip)
-            if isError { $0.errorReplies += 1 }
+            $0.figures.roundTrip.observe(roundTrip)
+            if isError { $0.figures.errorReplies += 1 }
         }
     }
 
     func timedOut(_ commands: Int) {
-        state.withLockedValue { $0.timeouts += commands }
+        state.withLockedValue { $0.figures.timeouts += commands }
     }
 
     /// A data connection of the node came up (`true`) or went (`false`); a failed attempt counts as
     /// `false` with nothing to close. The node is up while any is.
     func connection(up: Bool, closing: Bool) {
-        let count = connected.withLockedValue { count -> Int in
-            if up { count += 1 } else if closing { count = max(0, count - 1) }
-            return count
-        }
-        state.withLockedValue { figures in
-            let isUp = count > 0
-            if figures.lastChange == nil || figures.up != isUp {
-                figures.up = isUp
-                figures.lastChange = wallClockSeconds()
+        state.withLockedValue { state in
+            if up { state.connected += 1 } else if closing { state.connected = max(0, state.connected - 1) }
+            let isUp = state.connected > 0
+            if state.figures.lastChange == nil || state.figures.up != isUp {
+                state.figures.up = isUp
+                state.figures.lastChange = wallClockSeconds()
             }
         }
     }
