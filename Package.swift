@@ -43,6 +43,7 @@ let package = Package(
             name: "CachedProtocol",
             dependencies: [
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
         // The fuzz check (Fuzz/, `make fuzz`); also replayed over the corpus by CachedProtocolTests.

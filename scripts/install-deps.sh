@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing cached needs, skipping what is already there.
 # Debian packages: hiredis and libsystemd headers, redis-server/redis-cli, socat, systemd tooling, openssl
-# (the TLS tests make their certificates with it).
+# (the TLS tests make their certificates with it), iptables and iproute2 (the silent-fault tests drop
+# packets on loopback ports and in network namespaces they make).
 # Python packages: pytest for the shim's suite, prometheus_client (its parser checks the daemon's /metrics).
 set -euo pipefail
 
-packages=(libhiredis-dev libsystemd-dev redis-server redis-tools socat systemd openssl)
+packages=(libhiredis-dev libsystemd-dev redis-server redis-tools socat systemd openssl iptables iproute2)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

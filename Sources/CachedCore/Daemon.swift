@@ -35,6 +35,8 @@ public struct Daemon: Sendable {
         try configuration.validate()  // never plain when TLS was asked for
         let settings = configuration.startup
         let local = Self.localCache(settings.localCache)
+        // Heartbeats keep the local copy's proof fresh (only with a local copy under a bound).
+        let heartbeat = local != nil ? settings.localCache.heartbeatInterval : nil
         /// A Redis store over the topology `make` builds; its node events keep the local copy coherent.
         func redisStore(_ make: (_ tracking: Bool, _ onEvent: @escaping @Sendable (RedisNodeEvent) -> Void) -> any RedisTopology) -> RedisCacheStore {
             let events = NodeEvents()
@@ -46,25 +48,29 @@ public struct Daemon: Sendable {
         case .embedded:
             return EmbeddedStore(maxBytes: settings.embedded.maxBytes)
         case .redis(let url):
-            let redis = try Self.redisConfiguration(try RedisConfiguration(url: url), settings.redis)
+            let redis = try Self.redisConfiguration(try RedisConfiguration(url: url), settings.redis, heartbeat: heartbeat)
             return redisStore { SingleNodeTopology(configuration: redis, group: group, tracking: $0, logger: logger, onEvent: $1) }
         case .sentinel(let url):
             var sentinel = try SentinelConfiguration(url: url)
-            sentinel.data = try Self.redisConfiguration(sentinel.data, settings.redis)
+            sentinel.data = try Self.redisConfiguration(sentinel.data, settings.redis, heartbeat: heartbeat)
             sentinel.sentinelPassword = settings.redis.sentinelPassword
             sentinel.refreshInterval = TimeAmount(settings.redis.topologyRefreshInterval)
             return redisStore { SentinelTopology(configuration: sentinel, group: group, tracking: $0, logger: logger, onEvent: $1) }
         case .cluster(let url):
             var cluster = try ClusterConfiguration(url: url)
-            cluster.data = try Self.redisConfiguration(cluster.data, settings.redis)
+            cluster.data = try Self.redisConfiguration(cluster.data, settings.redis, heartbeat: heartbeat)
             cluster.refreshInterval = TimeAmount(settings.redis.topologyRefreshInterval)
             return redisStore { ClusterTopology(configuration: cluster, group: group, tracking: $0, logger: logger, onEvent: $1) }
         }
     }
 
     /// A node's settings: the URL's, with the `[redis_options]` pool, timeouts and TLS files.
-    static func redisConfiguration(_ parsed: RedisConfiguration, _ options: DaemonConfiguration.RedisOptions) throws -> RedisConfiguration {
+    static func redisConfiguration(
+        _ parsed: RedisConfiguration, _ options: DaemonConfiguration.RedisOptions,
+        heartbeat: Duration? = nil
+    ) throws -> RedisConfiguration {
         var redis = parsed
+        redis.heartbeatInterval = heartbeat.map(TimeAmount.init)
         redis.poolSize = options.poolSize
         redis.connectTimeout = TimeAmount(options.connectTimeout)
         redis.commandTimeout = TimeAmount(options.commandTimeout)
@@ -77,10 +83,24 @@ public struct Daemon: Sendable {
         return redis
     }
 
+    /// The near caches' proof publisher, under a staleness bound (beats as often as the Redis heartbeats).
+    static func proofPublisher(
+        _ configuration: DaemonConfiguration, store: any CacheStore, dispatcher: RequestDispatcher, group: any EventLoopGroup,
+        logger: Logger
+    ) -> ProofPublisher? {
+        let options = configuration.startup.localCache
+        guard let interval = options.heartbeatInterval else { return nil }
+        let publisher = ProofPublisher(
+            path: options.proofFile ?? configuration.startup.socketPath + ".proof", maxStaleness: TimeAmount(options.maxStaleness),
+            interval: TimeAmount(interval), store: store, tracking: dispatcher.tracking, group: group, logger: logger)
+        dispatcher.proofPublisher.withLockedValue { $0 = publisher }
+        return publisher
+    }
+
     /// The coherent local copy, unless it is turned off (no memory or no age).
     static func localCache(_ options: DaemonConfiguration.LocalCacheOptions) -> LocalCache? {
         guard options.maxBytes > 0, options.maxAge > .zero else { return nil }
-        return LocalCache(maxBytes: options.maxBytes, maxAge: TimeAmount(options.maxAge))
+        return LocalCache(maxBytes: options.maxBytes, maxAge: TimeAmount(options.maxAge), maxStaleness: TimeAmount(options.maxStaleness))
     }
 
     /// Runs until a graceful shutdown signal, then drains and stops. A second signal stops at once.
@@ -101,7 +121,10 @@ public struct Daemon: Sendable {
         let handlers = HandlerRegistry(factory: handlerFactory)
         let dispatcher = RequestDispatcher(store: store, configuration: configuration, handlers: handlers, logger: logger)
         let server = CacheServer(listener: listener, configuration: configuration, dispatcher: dispatcher, group: group, logger: logger)
-        let main = MainService(store: store, handlers: handlers, server: server, dispatcher: dispatcher, configuration: configuration, logger: logger)
+        let publisher = Self.proofPublisher(configuration, store: store, dispatcher: dispatcher, group: group, logger: logger)
+        let main = MainService(
+            store: store, handlers: handlers, server: server, dispatcher: dispatcher, publisher: publisher, configuration: configuration,
+            logger: logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: main)]
         if let reload {
             services.append(.init(service: ReloadService(reload: reload, dispatcher: dispatcher, handlers: handlers, logger: logger)))
@@ -157,11 +180,13 @@ struct MainService: Service {
     let handlers: HandlerRegistry
     let server: CacheServer
     let dispatcher: RequestDispatcher
+    let publisher: ProofPublisher?
     let configuration: DaemonConfiguration
     let logger: Logger
 
     func run() async throws {
         await store.start()
+        publisher?.start()
         await handlers.apply(configuration)
         let store = self.store
         let dispatcher = self.dispatcher
@@ -177,6 +202,7 @@ struct MainService: Service {
                 Systemd.notify("STOPPING=1\nSTATUS=Stopping: draining in-flight requests")
             })
         await handlers.shutdown()
+        await publisher?.stop()
         await store.shutdown()
     }
 }

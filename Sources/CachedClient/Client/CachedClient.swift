@@ -202,7 +202,7 @@ public final class CachedClient: Sendable {
                     throw CachedClientError.protocolViolation("track {separate: true} answered without a token")
                 }
                 let (fd, pending) = try NearCache.openNotifications(path: socketPath, token: token)
-                let number = near.newConnection(notifications: fd, pending: pending)
+                let number = near.newConnection(notifications: fd, pending: pending, proof: NearCache.proof(fromTrackAnswer: members))
                 channel.closeFuture.whenComplete { _ in near.connectionEnded(number) }
                 return channel
             }.flatMapErrorThrowing { error in

@@ -16,7 +16,23 @@ import Glibc
 /// {token}` on that socket), which no event loop reads: every lookup first reads, without blocking and
 /// under the cache's lock, whatever notifications that socket holds. A notification written before a
 /// writer's answer is therefore applied before any later lookup, whatever the client's event loop is doing.
+///
+/// Under the daemon's staleness bound (the `track` answer names a proof page), a hit is served only when the
+/// page's instant is at most `maxStaleness` old, read *before* the notification socket is drained: every
+/// notification the instant vouches for is then applied before the lookup. A stalled daemon, or one that lost
+/// its proof from Redis, stops the instant, and the near hits lapse by themselves (they are asked of the
+/// daemon instead).
 final class NearCache: Sendable {
+    /// What vouches for the kept answers of a connection.
+    enum Proof: Sendable {
+        /// The daemon gives no bound: notifications alone.
+        case none
+        /// The daemon's proof page, and its bound in nanoseconds.
+        case page(ProofPageReader, bound: UInt64)
+        /// The daemon named a bound that cannot be checked (its page is missing): nothing is served.
+        case unprovable
+    }
+
     struct Kept {
         var result: GetResult
         var deadline: NIODeadline
@@ -36,8 +52,11 @@ final class NearCache: Sendable {
         var notifications: Int32?
         /// Bytes read from it that do not end a line yet.
         var partial: [UInt8] = []
+        var proof = Proof.none
         var hits = 0
         var misses = 0
+        /// Lookups refused for want of fresh proof.
+        var unproven = 0
     }
 
     let capacity: Int
@@ -55,7 +74,19 @@ final class NearCache: Sendable {
                 state.misses += 1
                 return nil  // asked of the daemon
             }
+            // The proof first, then the notifications it vouches for.
+            let proven: Bool
+            switch state.proof {
+            case .none: proven = true
+            case .page(let page, let bound): proven = page.isFresh(now: .now(), bound: bound)
+            case .unprovable: proven = false
+            }
             Self.drain(&state)
+            guard proven else {
+                state.unproven += 1
+                state.misses += 1
+                return nil
+            }
             guard let kept = state.entries[address] else {
                 state.misses += 1
                 return nil
@@ -162,12 +193,13 @@ final class NearCache: Sendable {
 
     /// A new connection: `fd` carries its notifications, `pending` bytes already read from it. Returns the
     /// connection's number, for ``connectionEnded(_:)``.
-    func newConnection(notifications fd: Int32, pending: [UInt8]) -> Int {
+    func newConnection(notifications fd: Int32, pending: [UInt8], proof: Proof = .none) -> Int {
         state.withLockedValue { state in
             Self.detach(&state)
             state.connection &+= 1
             state.notifications = fd
             state.partial = pending
+            state.proof = proof
             return state.connection
         }
     }
@@ -242,5 +274,17 @@ final class NearCache: Sendable {
 
     var counts: (hits: Int, misses: Int, entries: Int) {
         state.withLockedValue { ($0.hits, $0.misses, $0.entries.count) }
+    }
+
+    /// Lookups refused because the daemon's proof was not fresh.
+    var unproven: Int { state.withLockedValue { $0.unproven } }
+
+    /// What a `track` answer says vouches for the near hits (`proof: {path, maxStaleness}`).
+    static func proof(fromTrackAnswer members: [String: JSONValue]) -> Proof {
+        guard case .object(let proof)? = members["proof"] else { return .none }
+        guard case .string(let path)? = proof["path"], case .number(let text)? = proof["maxStaleness"], let seconds = Double(text),
+            seconds > 0, let page = ProofPageReader(path: path)
+        else { return .unprovable }
+        return .page(page, bound: UInt64(seconds * 1e9))
     }
 }

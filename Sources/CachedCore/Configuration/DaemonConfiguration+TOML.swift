@@ -60,6 +60,8 @@ extension DaemonConfiguration {
         if var t = try root.table("local_cache") {
             if let v = try t.int("max_bytes", range: 0...(1 << 40)) { startup.localCache.maxBytes = v }
             if let v = try t.duration("max_age") { startup.localCache.maxAge = v }
+            if let v = try t.duration("max_staleness") { startup.localCache.maxStaleness = v }
+            if let v = try t.string("proof_file") { startup.localCache.proofFile = v }
             try t.finish()
         }
         if var t = try root.table("metrics") {

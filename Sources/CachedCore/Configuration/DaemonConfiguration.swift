@@ -154,7 +154,20 @@ public struct DaemonConfiguration: Sendable, Equatable {
         public var maxBytes = 64 * 1024 * 1024
         /// How long an entry may be served locally at most, even without an invalidation.
         public var maxAge: Duration = .seconds(300)
+        /// The staleness bound: a hit from the local copy (or a client's near cache) is served only while
+        /// every invalidation Redis sent before `now - maxStaleness` is proved to have arrived (heartbeats
+        /// keep the proof fresh); zero = no bound (hits are served until an invalidation or `maxAge`).
+        public var maxStaleness: Duration = .milliseconds(500)
+        /// The proof page near caches map (docs/protocol.md, `track`); nil: the socket's path + `.proof`.
+        public var proofFile: String?
         public init() {}
+
+        /// How often idle Redis connections send a heartbeat under the bound: a fifth of it (10 ms to 1 s),
+        /// so that the proof is at most two beats and a round trip old on a healthy path.
+        public var heartbeatInterval: Duration? {
+            guard maxStaleness > .zero else { return nil }
+            return min(max(maxStaleness / 5, .milliseconds(10)), .seconds(1))
+        }
     }
 
     /// The in-process store used when no Redis URL is configured.

@@ -17,6 +17,8 @@ public final class RequestDispatcher: Sendable {
     let metrics: MetricsExporter
     /// Connections that asked to be told of changes (`track`), for near caches in the clients.
     public let tracking: ClientTracking
+    /// The near caches' proof (the staleness bound), once the daemon made it.
+    let proofPublisher = NIOLockedValueBox<ProofPublisher?>(nil)
     private let configuration: NIOLockedValueBox<DaemonConfiguration>
     private let startTime = NIODeadline.now()
     let logger: Logger
@@ -130,6 +132,13 @@ public final class RequestDispatcher: Sendable {
         let token = tracking.start(control, maxEntries: maxEntries, separate: params.separate)
         var result: [String: JSONValue] = ["tracking": .bool(true), "maxEntries": .number(String(maxEntries))]
         if let token { result["token"] = .string(token) }
+        if let publisher = proofPublisher.withLockedValue({ $0 }) {
+            // Near hits only with fresh proof; a null path (no page could be made): no near hits at all.
+            result["proof"] = .object([
+                "path": publisher.path.map(JSONValue.string) ?? .null,
+                "maxStaleness": .number(String(Double(publisher.maxStaleness.nanoseconds) / 1e9)),
+            ])
+        }
         return .json(.object(result))
     }
 
@@ -236,7 +245,12 @@ public final class RequestDispatcher: Sendable {
         members["fills"] = coordinator.statistics
         members["fleet"] = fleetStats.json
         members["handlers"] = handlers.status
-        members["tracking"] = tracking.status
+        var trackingStatus = tracking.status
+        if case .object(var t) = trackingStatus, let publisher = proofPublisher.withLockedValue({ $0 }) {
+            t["proof"] = publisher.status
+            trackingStatus = .object(t)
+        }
+        members["tracking"] = trackingStatus
         return (.object(members), latency)
     }
 

@@ -38,6 +38,11 @@ public protocol CacheStore: Sendable {
     func shutdown() async
     /// Calls `observer` with every change the store learns of other than the writes made through it.
     func observeChanges(_ observer: @escaping @Sendable (StoreChange) -> Void)
+    /// The staleness bound's sweep, on every beat of the proof publisher: drops what in this process's
+    /// memory lost its proof, and answers the instant before which every change of an entry held in memory
+    /// has been applied and reported to the change observer (`now` when nothing held needs proof). No
+    /// default: a store that keeps copies of another's data must answer it truthfully.
+    func proveFreshness(now: NIODeadline) -> NIODeadline
 }
 
 /// The state of the store, reported by `stats` and in systemd's `STATUS=`.

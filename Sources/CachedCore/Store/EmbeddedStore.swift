@@ -57,6 +57,9 @@ public final class EmbeddedStore: CacheStore {
         return eventLoop.makeSucceededFuture(n)
     }
 
+    /// The embedded store is the data itself: it changes only through this daemon, and is always fresh.
+    public func proveFreshness(now: NIODeadline) -> NIODeadline { now }
+
     public func status() -> StoreStatus {
         let (count, bytes, max, evictions) = state.withLockedValue { ($0.count, $0.usedBytes, $0.maxBytes, $0.evictions) }
         return StoreStatus(

@@ -17,6 +17,14 @@ import NIOCore
 /// them. So every entry is tied to the connection that read it (its *session*), and when that
 /// connection closes, for any reason, the entries it read are dropped before the daemon serves
 /// anything else from that event loop. Entries also expire after `maxAge` as a last line of defence.
+///
+/// Silence is not health: a partition, a forgetful NAT or a stalled Redis closes nothing, and an invalidation
+/// stuck in a retransmission backoff does not arrive. With a staleness bound (`maxStaleness`), an entry is
+/// served only while its ``EntryProof`` (its data connection's and its listener's ``ProofClock``s, advanced by
+/// replies and heartbeats) is at most that old: every invalidation Redis sent before `now - maxStaleness` has
+/// then arrived. The proof is read under the entry's shard lock, so an invalidation applied before the proof
+/// that covers it can never be missed. Entries whose proof lapsed are dropped (``sweep(now:)``, and a hit that
+/// finds it lapsed), so a healed path never brings an old value back.
 public final class LocalCache: Sendable {
     /// What inserts, invalidations and flushes decide on; a hit never takes this lock.
     struct Control {
@@ -29,12 +37,26 @@ public final class LocalCache: Sendable {
         var nodeFlushedAt: [UInt64: UInt64] = [:]
         /// Data connections whose reads are kept here (an entry's tag names one), and their node.
         var sessions: [UInt64: UInt64] = [:]
+        /// What vouches for each session's entries, for the near caches' proof (``sweep(now:)``). A session
+        /// whose entries were dropped stays here, marked `leaving` by the epoch of that drop, until the
+        /// clients were told (the drop observer returned): only then may the proof leave it out.
+        var provers: [UInt64: Prover] = [:]
         var invalidations = 0
+        /// Sessions whose proof lapsed, and entries dropped with them.
+        var proofLapses = 0
+        var droppedLapsed = 0
         /// Times everything, or a node's part, was dropped, by reason.
         var flushes: [FlushReason: Int] = [:]
         var sessionsEnded = 0
         var droppedWithSession = 0
         var nodesRemoved = 0
+    }
+
+    struct Prover {
+        var proof: EntryProof
+        var node: UInt64
+        /// The epoch of the drop that emptied it, until its clients were told.
+        var leaving: UInt64?
     }
 
     /// Why the local copy (or a node's part of it) was dropped.
@@ -58,6 +80,8 @@ public final class LocalCache: Sendable {
         var misses = 0
         /// Evictions of the stores a flush replaced.
         var evictionsBefore = 0
+        /// Hits refused (and the entry dropped) because its proof had lapsed.
+        var lapsedHits = 0
     }
 
     /// Shards; a power of two.
@@ -67,12 +91,27 @@ public final class LocalCache: Sendable {
     private let shards: [NIOLockedValueBox<Shard>]
     private let maxAge: TimeAmount
     public let maxBytes: Int
+    /// The staleness bound in nanoseconds; 0: none (entries are served without proof).
+    let maxStalenessNanos: UInt64
+    /// Told (outside any lock) after entries were dropped wholesale, before the drop stops holding back the
+    /// near caches' proof: the clients must hear of it first.
+    private let dropObserver = NIOLockedValueBox<(@Sendable () -> Void)?>(nil)
 
     /// Each shard keeps `maxBytes / shardCount`: eviction is per shard (keys spread evenly over them).
-    public init(maxBytes: Int, maxAge: TimeAmount) {
+    /// `maxStaleness` nil or zero: no bound.
+    public init(maxBytes: Int, maxAge: TimeAmount, maxStaleness: TimeAmount? = nil) {
         self.maxBytes = maxBytes
         self.maxAge = maxAge
+        self.maxStalenessNanos = UInt64(max(0, maxStaleness?.nanoseconds ?? 0))
         self.shards = (0..<Self.shardCount).map { _ in NIOLockedValueBox(Shard(entries: LRUStore(maxBytes: maxBytes / Self.shardCount))) }
+    }
+
+    /// Whether entries are served only with fresh proof.
+    public var isBounded: Bool { maxStalenessNanos > 0 }
+
+    /// `observer` is told after every wholesale drop (a flush, a lost connection, a lapsed proof).
+    func observeDrops(_ observer: @escaping @Sendable () -> Void) {
+        dropObserver.withLockedValue { $0 = observer }
     }
 
     /// The shard of a store key: FNV-1a over its bytes (cheaper than the dictionary's seeded hash it saves
@@ -90,11 +129,25 @@ public final class LocalCache: Sendable {
 
     /// A cached value, or nil. Every entry held is vouched for by a listener that is up: entries are
     /// dropped as soon as their node's listener or connection goes.
+    ///
+    /// With a bound, the entry's proof is read under the shard lock: an invalidation is removed under that
+    /// lock before the reply that proves it arrived advances the clock, so a fresh proof read here never
+    /// goes with an entry that the invalidation should have removed.
     func get(_ address: EntryAddress) -> EncodedValue? {
         let now = NIODeadline.now()
+        let bound = maxStalenessNanos
         return shard(address.storeKey).withLockedValue { shard in
-            let value = shard.entries.get(address.storeKey, field: address.storeField, now: now)
-            if value != nil { shard.hits += 1 } else { shard.misses += 1 }
+            guard let value = shard.entries.get(address.storeKey, field: address.storeField, now: now) else {
+                shard.misses += 1
+                return nil
+            }
+            if bound > 0, let proof = value.proof, proof.provenAt &+ bound < now.uptimeNanoseconds {
+                _ = shard.entries.delete(address.storeKey, field: address.storeField, now: now)
+                shard.lapsedHits += 1
+                shard.misses += 1
+                return nil
+            }
+            shard.hits += 1
             return value
         }
     }
@@ -113,12 +166,14 @@ public final class LocalCache: Sendable {
     ) {
         let connection = route.connection
         connection.eventLoop.preconditionInEventLoop()
-        guard connection.isActive, let redirect = connection.trackingRedirect else { return }
+        guard connection.isActive, let tracking = connection.currentTracking else { return }
+        let redirect = tracking.redirect
         let now = NIODeadline.now()
         var encoded = EncodedValue(value)
         let session = connection.id
         let node = route.node.id
         encoded.tag = session
+        if maxStalenessNanos > 0 { encoded.proof = tracking.proof }
         encoded.age = age
         // Kept no longer than Redis keeps it.
         let expiry = min(age?.expiresAt ?? .distantFuture, expiresAt, now + maxAge)
@@ -129,6 +184,7 @@ public final class LocalCache: Sendable {
                 (control.nodeFlushedAt[node] ?? 0) <= epoch, (control.invalidatedAt[address.storeKey] ?? 0) <= epoch
             else { return false }
             let inserted = control.sessions.updateValue(node, forKey: session) == nil
+            control.provers[session] = Prover(proof: tracking.proof, node: node, leaving: nil)
             // Under the control lock: no invalidation or flush can come between the checks and the store.
             shard.withLockedValue { $0.entries.set(address.storeKey, field: address.storeField, value: encoded, expiry: expiry, now: now) }
             return inserted
@@ -150,84 +206,148 @@ public final class LocalCache: Sendable {
 
     /// A data connection closed: Redis no longer tracks what it read, so nothing it read may be served.
     func sessionEnded(_ session: UInt64) {
-        control.withLockedValue { control in
-            guard control.sessions.removeValue(forKey: session) != nil else { return }
+        let drop: UInt64? = control.withLockedValue { control in
+            guard control.sessions.removeValue(forKey: session) != nil else { return nil }
             control.epoch += 1
             control.sessionsEnded += 1
             for shard in shards {
                 control.droppedWithSession += shard.withLockedValue { $0.entries.removeAll { $0.tag == session } }
             }
+            control.provers[session]?.leaving = control.epoch
+            return control.epoch
+        }
+        if let drop { told(drop) }
+    }
+
+    /// The clients were told of the drop made at epoch `drop`: the sessions it emptied stop holding back
+    /// the proof (unless an insert since made them vouch for entries again).
+    private func told(_ drop: UInt64) {
+        dropObserver.withLockedValue { $0 }?()
+        control.withLockedValue { control in
+            control.provers = control.provers.filter { $0.value.leaving != drop }
         }
     }
 
     /// Applies what a node reports (see ``RedisNodeEvent``).
     public func handle(_ event: RedisNodeEvent) {
+        let drop: UInt64?
         switch event {
         case .invalidate(_, let keys):
             keys.forEach(invalidate)
+            return
         case .invalidateAll(let node):
-            control.withLockedValue { flush(node: node, .invalidateAll, &$0) }
+            drop = control.withLockedValue { flush(node: node, .invalidateAll, &$0) }
         case .trackingUp(let node, let listener):
-            control.withLockedValue { control in
+            drop = control.withLockedValue { control in
                 control.listeners[node] = listener
-                flush(node: node, .trackingUp, &control)
+                return flush(node: node, .trackingUp, &control)
             }
         case .trackingDown(let node):
-            control.withLockedValue { control in
+            drop = control.withLockedValue { control in
                 control.listeners[node] = nil
-                flush(node: node, .trackingDown, &control)
+                return flush(node: node, .trackingDown, &control)
             }
         case .removed(let node):
-            control.withLockedValue { control in
+            drop = control.withLockedValue { control in
                 control.listeners[node] = nil
                 control.nodesRemoved += 1
-                flush(node: node, .nodeRemoved, &control)
+                let drop = flush(node: node, .nodeRemoved, &control)
                 control.nodeFlushedAt[node] = nil  // ids are never reused: no insert can name it again
+                return drop
             }
         case .connectionLost, .connectFailed:
-            break  // the connection's close future already dropped what it read
+            return  // the connection's close future already dropped what it read
         }
+        if let drop { told(drop) }
+    }
+
+    /// What ``sweep(now:)`` found.
+    struct Sweep: Equatable {
+        /// Every invalidation Redis sent for any entry held here before this instant has been applied
+        /// (and, once the observer returned, told to the clients); `now` when no entry needs proof.
+        var provenAt: NIODeadline
+        /// Sessions whose proof had lapsed: their entries were dropped.
+        var lapsed: Int
+    }
+
+    /// Drops the entries of every session whose proof is older than the bound (the observer is told), and
+    /// answers the proof that the remaining ones share, for the near caches. Called on every heartbeat of
+    /// the proof publisher.
+    func sweep(now: NIODeadline) -> Sweep {
+        let bound = maxStalenessNanos
+        let dropped: (UInt64, Int)? = control.withLockedValue { control in
+            guard bound > 0 else { return nil }
+            let limit = now.uptimeNanoseconds
+            let lapsed = control.provers.filter { $0.value.leaving == nil && $0.value.proof.provenAt &+ bound < limit }.map(\.key)
+            guard !lapsed.isEmpty else { return nil }
+            control.epoch += 1
+            let sessions = Set(lapsed)
+            for session in lapsed { control.provers[session]?.leaving = control.epoch }
+            for shard in shards {
+                control.droppedLapsed += shard.withLockedValue { $0.entries.removeAll { sessions.contains($0.tag) } }
+            }
+            control.proofLapses += lapsed.count
+            return (control.epoch, lapsed.count)
+        }
+        if let (drop, _) = dropped { told(drop) }
+        let provenAt: UInt64 = control.withLockedValue { control in
+            control.provers.values.reduce(now.uptimeNanoseconds) { min($0, $1.proof.provenAt) }
+        }
+        return Sweep(provenAt: NIODeadline.uptimeNanoseconds(provenAt), lapsed: dropped?.1 ?? 0)
     }
 
     /// A key changed: drop it (and every field, for a hash). Keys are dropped whatever node reported them:
     /// a key lives on one node, so this never drops less than needed.
     func invalidate(_ storeKey: String) {
         let shard = shard(storeKey)
-        control.withLockedValue { control in
+        let overflow: UInt64? = control.withLockedValue { control in
             control.epoch += 1
             control.invalidations += 1
             shard.withLockedValue { _ = $0.entries.delete(storeKey, field: nil, now: .now()) }
             control.invalidatedAt[storeKey] = control.epoch
-            if control.invalidatedAt.count > 100_000 { flush(.overflow, &control) }
+            guard control.invalidatedAt.count > 100_000 else { return nil }
+            flush(.overflow, &control)
+            return control.epoch
         }
+        if let overflow { told(overflow) }
     }
 
     /// Everything may have changed.
     func invalidateAll() {
-        control.withLockedValue { flush(.invalidateAll, &$0) }
+        let drop = control.withLockedValue { control in
+            flush(.invalidateAll, &control)
+            return control.epoch
+        }
+        told(drop)
     }
 
     /// Drops what `node`'s connections read. When no other node has entries here, everything is dropped
     /// at once (new stores, no scan).
-    private func flush(node: UInt64, _ reason: FlushReason, _ control: inout Control) {
+    /// Returns the drop's epoch (see ``told(_:)``).
+    private func flush(node: UInt64, _ reason: FlushReason, _ control: inout Control) -> UInt64 {
         if control.sessions.values.allSatisfy({ $0 == node }) {
             flush(reason, &control)
-            return
+            return control.epoch
         }
         control.epoch += 1
         control.nodeFlushedAt[node] = control.epoch
+        let epoch = control.epoch
+        for (session, prover) in control.provers where prover.node == node { control.provers[session]?.leaving = epoch }
         // Sessions stay until their connection closes (their close callback is registered once).
         let sessions = control.sessions
         for shard in shards {
             shard.withLockedValue { _ = $0.entries.removeAll { sessions[$0.tag] == node } }
         }
         control.flushes[reason, default: 0] += 1
+        return epoch
     }
 
     private func flush(_ reason: FlushReason, _ control: inout Control) {
         control.epoch += 1
         control.flushedAt = control.epoch
         control.invalidatedAt.removeAll()
+        let epoch = control.epoch
+        for session in control.provers.keys { control.provers[session]?.leaving = epoch }
         for shard in shards {
             shard.withLockedValue {
                 $0.evictionsBefore += $0.entries.evictions
@@ -244,6 +364,7 @@ public final class LocalCache: Sendable {
             var hits = 0
             var misses = 0
             var evictions = 0
+            var lapsedHits = 0
             for shard in shards {
                 shard.withLockedValue {
                     keys += $0.entries.count
@@ -251,6 +372,7 @@ public final class LocalCache: Sendable {
                     evictions += $0.entries.evictions + $0.evictionsBefore
                     hits += $0.hits
                     misses += $0.misses
+                    lapsedHits += $0.lapsedHits
                 }
             }
             func number(_ n: Int) -> JSONValue { .number(String(n)) }
@@ -262,6 +384,8 @@ public final class LocalCache: Sendable {
                 "flushReasons": .object(Dictionary(uniqueKeysWithValues: FlushReason.allCases.map { ($0.rawValue, number(c.flushes[$0] ?? 0)) })),
                 "connectionsLost": number(c.sessionsEnded), "droppedWithConnection": number(c.droppedWithSession),
                 "nodesRemoved": number(c.nodesRemoved),
+                "maxStaleness": .number(String(Double(maxStalenessNanos) / 1e9)),
+                "proofLapses": number(c.proofLapses), "droppedLapsed": number(c.droppedLapsed), "lapsedHits": number(lapsedHits),
             ])
         }
     }

@@ -17,6 +17,9 @@ public final class RedisCacheStore: CacheStore {
     public init(topology: any RedisTopology, localCache: LocalCache? = nil) {
         self.topology = topology
         self.localCache = localCache
+        // The local copy says when it dropped entries wholesale, after the drop and before the near caches'
+        // proof may leave the dropped entries out (docs/reliability.md, near caches).
+        localCache?.observeDrops { [weak self] in self?.changeObserver.withLockedValue({ $0 })?(.all) }
     }
 
     /// Applies what a node reports: the local copy drops what changed, waiting fills look again.
@@ -32,8 +35,9 @@ public final class RedisCacheStore: CacheStore {
         switch event {
         case .invalidate(_, let keys): observer(.keys(keys))
         // A listener that comes back up, or a data connection lost (Redis forgot what it read): nothing
-        // told before can be vouched for.
-        case .invalidateAll, .trackingDown, .trackingUp, .removed, .connectionLost: observer(.all)
+        // told before can be vouched for. With a local copy, the copy tells (its drop observer), once the
+        // entries are gone.
+        case .invalidateAll, .trackingDown, .trackingUp, .removed, .connectionLost: if localCache == nil { observer(.all) }
         case .connectFailed: break
         }
     }
@@ -50,6 +54,12 @@ public final class RedisCacheStore: CacheStore {
 
     public func shutdown() async {
         await topology.shutdown()
+    }
+
+    /// The local copy's sweep (``LocalCache/sweep(now:)``); without a bounded copy nothing held needs proof.
+    public func proveFreshness(now: NIODeadline) -> NIODeadline {
+        guard let localCache, localCache.isBounded else { return now }
+        return localCache.sweep(now: now).provenAt
     }
 
     public func cachedValue(_ address: EntryAddress) -> EncodedValue? {

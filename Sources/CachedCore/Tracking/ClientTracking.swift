@@ -65,6 +65,9 @@ public final class ClientTracking: Sendable {
     private let tracking = ManagedAtomic<Int>(0)
     private let notificationsSent = ManagedAtomic<Int>(0)
     private let slowClosed = ManagedAtomic<Int>(0)
+    /// Notification lines not yet handed to their socket (the proof publisher vouches for nothing while any
+    /// is: its client could not have read it).
+    private let unwritten = ManagedAtomic<Int>(0)
     /// How long a write's answer waits for its notifications to be written.
     static let writeDeadline = TimeAmount.seconds(1)
     let logger: Logger
@@ -173,24 +176,30 @@ public final class ClientTracking: Sendable {
         buffer.writeInvalidateNotification(notification)
         buffer.writeInteger(UInt8(ascii: "\n"))
         notificationsSent.wrappingIncrement(ordering: .relaxed)
+        unwritten.wrappingIncrement(ordering: .sequentiallyConsistent)
         let written = channel.eventLoop.makePromise(of: Void.self)
         let finished = ManagedAtomic(false)  // the write or the deadline, whichever comes first
-        let timeout = channel.eventLoop.scheduleTask(in: Self.writeDeadline) { [slowClosed, logger] in
+        let timeout = channel.eventLoop.scheduleTask(in: Self.writeDeadline) { [slowClosed, unwritten, logger] in
             guard finished.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
+            unwritten.wrappingDecrement(ordering: .sequentiallyConsistent)
             // Its near cache can no longer be told: close the connection (its client drops the near cache).
             slowClosed.wrappingIncrement(ordering: .relaxed)
             logger.notice("closing a tracking connection that did not take its invalidate notification in time")
             channel.close(promise: nil)
             written.succeed()
         }
-        channel.writeAndFlush(buffer).whenComplete { _ in
+        channel.writeAndFlush(buffer).whenComplete { [unwritten] _ in
             // Written, or the channel is closed (nothing left to tell).
             guard finished.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
+            unwritten.wrappingDecrement(ordering: .sequentiallyConsistent)
             timeout.cancel()
             written.succeed()
         }
         return written.futureResult
     }
+
+    /// Whether every notification line sent so far is in its socket (or its connection closed).
+    var allWritten: Bool { unwritten.load(ordering: .sequentiallyConsistent) == 0 }
 
     /// For `stats`.
     var status: JSONValue {

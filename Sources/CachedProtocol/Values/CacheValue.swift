@@ -50,6 +50,9 @@ public struct EncodedValue: Sendable {
     /// Whatever its holder uses to say where the copy came from (the daemon's local copy records the Redis
     /// connection whose tracking vouches for it; 0 when unused).
     public var tag: UInt64 = 0
+    /// What vouches for the copy's freshness, when its holder serves it only with fresh proof (the daemon's
+    /// local copy: ``EntryProof``); nil for copies that need none (the embedded store's own).
+    public var proof: EntryProof?
     /// When its holder stops keeping it (the Redis TTL as read, the local copy's `max_age`); a near cache
     /// in a client may keep it no longer (`nearTTL` in a tracked `get` answer).
     public var expiresAt: NIODeadline = .distantFuture

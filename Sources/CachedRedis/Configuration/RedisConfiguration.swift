@@ -20,6 +20,11 @@ public struct RedisConfiguration: Sendable, Hashable {
     public var maximumReconnectDelay: TimeAmount
     /// TLS for a TCP endpoint (`rediss://`); nil: plain.
     public var tls: TLS?
+    /// How often an idle connection sends `PING` (data connections when nothing else was sent since the
+    /// last beat; the invalidation listener always), so that its ``ProofClock`` stays fresh and no
+    /// middlebox forgets the flow; a beat unanswered within ``commandTimeout`` closes the connection.
+    /// nil: no heartbeats.
+    public var heartbeatInterval: TimeAmount?
 
     /// How to speak TLS to Redis. The server's certificate is always verified.
     public struct TLS: Sendable, Hashable {

@@ -13,6 +13,11 @@ public struct RedisRequest: Sendable {
 
 /// Matches replies to commands in FIFO order, flushes once per event-loop tick, and enforces the
 /// command timeout. All decisions are made by ``RedisCommandStateMachine``.
+///
+/// Every reply advances the connection's ``ProofClock`` to its command's send instant. With a heartbeat,
+/// a `PING` is sent on every beat that finds nothing sent since the previous one, so the proof is never
+/// older than two beats and a round trip on a healthy connection; a beat left unanswered past the command
+/// timeout closes the connection like any other command would.
 public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHandler, TickFlushing {
     public typealias InboundIn = RedisReply
     public typealias OutboundIn = RedisRequest
@@ -26,15 +31,61 @@ public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHa
     /// Set for the oldest command's deadline while commands wait; a timer that finds the oldest command
     /// answered is set again for the next one (no polling).
     private var timeoutTask: Scheduled<Void>?
+    /// Advanced by each reply to its command's send instant.
+    private let proof: ProofClock?
+    private let heartbeat: TimeAmount?
+    private var heartbeatTask: RepeatedTask?
+    /// Whether a command was written since the last beat.
+    private var sentSinceBeat = false
 
-    public init(commandTimeout: TimeAmount, metrics: RedisNodeMetrics? = nil) {
+    public init(commandTimeout: TimeAmount, metrics: RedisNodeMetrics? = nil, proof: ProofClock? = nil, heartbeat: TimeAmount? = nil) {
         self.commandTimeout = commandTimeout
         self.metrics = metrics
+        self.proof = proof
+        self.heartbeat = heartbeat
     }
 
     // MARK: Lifecycle
 
+    public func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { startHeartbeat(context: context) }
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        startHeartbeat(context: context)
+        context.fireChannelActive()
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        heartbeatTask?.cancel()
+        heartbeatTask = nil
+    }
+
+    private func startHeartbeat(context: ChannelHandlerContext) {
+        guard let heartbeat, heartbeatTask == nil else { return }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        heartbeatTask = context.eventLoop.scheduleRepeatedTask(initialDelay: heartbeat, delay: heartbeat) { _ in
+            let (handler, context) = loopBound.value
+            handler.beat(context: context)
+        }
+    }
+
+    /// A beat: a `PING` unless something else was sent since the last one.
+    private func beat(context: ChannelHandlerContext) {
+        guard context.channel.isActive else { return }
+        if sentSinceBeat {
+            sentSinceBeat = false
+            return
+        }
+        let promise = context.eventLoop.makePromise(of: RedisReply.self)
+        promise.futureResult.whenFailure { _ in }  // a lost beat closes the connection; nothing else to do
+        send(RedisRequest(command: RedisCommand("PING"), promise: promise), context: context)
+        sentSinceBeat = false
+    }
+
     public func channelInactive(context: ChannelHandlerContext) {
+        heartbeatTask?.cancel()
+        heartbeatTask = nil
         timeoutTask?.cancel()
         timeoutTask = nil
         let (promises, error) = stateMachine.close(RedisClientError(.connectionClosed, "the connection to Redis closed before it answered; the outcome is unknown"))
@@ -73,9 +124,13 @@ public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHa
     // MARK: Outbound
 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let request = unwrapOutboundIn(data)
         // The reply promise now belongs to the state machine; the write promise only says "taken".
         promise?.succeed()
+        send(unwrapOutboundIn(data), context: context)
+    }
+
+    private func send(_ request: RedisRequest, context: ChannelHandlerContext) {
+        sentSinceBeat = true
         switch stateMachine.send(request.promise, deadline: .now() + commandTimeout) {
         case .write:
             context.write(wrapOutboundOut(request.command.encoded), promise: nil)
@@ -92,6 +147,8 @@ public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHa
         let reply = unwrapInboundIn(data)
         switch stateMachine.receive() {
         case .succeed(let promise, let deadline):
+            // Sent at its deadline less the timeout (no clock read).
+            proof?.prove(sentAt: deadline - commandTimeout)
             if let metrics {
                 // Sent at its deadline less the timeout: one clock read per reply.
                 let isError: Bool

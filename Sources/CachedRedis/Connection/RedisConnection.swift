@@ -1,4 +1,5 @@
 import Atomics
+import CachedProtocol
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -10,22 +11,40 @@ public final class RedisConnection: Sendable {
     public let channel: any Channel
     /// Unique in this process (never reused), so state tied to a connection can name it.
     public let id: UInt64
-    private let tracking = NIOLockedValueBox<Int64?>(nil)
+    /// Advanced by every reply (see ``ProofClock``).
+    public let proof: ProofClock
+    private let tracking = NIOLockedValueBox<Tracking?>(nil)
     private static let ids = ManagedAtomic<UInt64>(0)
 
-    init(channel: any Channel) {
-        self.channel = channel
-        self.id = Self.ids.wrappingIncrementThenLoad(ordering: .relaxed)
+    /// Where this connection's reads are tracked, and what vouches for them.
+    public struct Tracking: Sendable {
+        /// The invalidation listener's client id (`CLIENT TRACKING on REDIRECT <id>`).
+        public var redirect: Int64
+        /// This connection's proof with the listener's.
+        public var proof: EntryProof
     }
 
-    /// The invalidation listener this connection's reads are tracked for (`CLIENT TRACKING on REDIRECT`), if any.
-    public var trackingRedirect: Int64? { tracking.withLockedValue { $0 } }
+    init(channel: any Channel, id: UInt64, proof: ProofClock) {
+        self.channel = channel
+        self.id = id
+        self.proof = proof
+    }
 
-    /// Turns on client-side-caching tracking of this connection's reads, redirected to `listener`.
-    public func enableTracking(redirectTo listener: Int64) -> EventLoopFuture<Void> {
+    static func nextID() -> UInt64 { ids.wrappingIncrementThenLoad(ordering: .relaxed) }
+
+    /// The invalidation listener this connection's reads are tracked for (`CLIENT TRACKING on REDIRECT`), if any.
+    public var trackingRedirect: Int64? { tracking.withLockedValue { $0?.redirect } }
+
+    /// Where this connection's reads are tracked, if they are.
+    public var currentTracking: Tracking? { tracking.withLockedValue { $0 } }
+
+    /// Turns on client-side-caching tracking of this connection's reads, redirected to `listener`, whose
+    /// heartbeats advance `listenerProof`.
+    public func enableTracking(redirectTo listener: Int64, listenerProof: ProofClock) -> EventLoopFuture<Void> {
         send(RedisCommand("CLIENT", "TRACKING", "on", "REDIRECT", .string(String(listener)))).flatMapThrowing { reply in
             guard case .status = reply else { throw RedisClientError(.errorReply, "CLIENT TRACKING: \(reply)") }
-            self.tracking.withLockedValue { $0 = listener }
+            let proof = EntryProof(connection: self.proof, listener: listenerProof)
+            self.tracking.withLockedValue { $0 = Tracking(redirect: listener, proof: proof) }
         }
     }
 
@@ -80,6 +99,9 @@ public final class RedisConnection: Sendable {
         configuration: RedisConfiguration, eventLoop: any EventLoop, metrics: RedisNodeMetrics? = nil
     ) -> EventLoopFuture<RedisConnection> {
         let timeout = configuration.commandTimeout
+        let heartbeat = configuration.heartbeatInterval
+        let id = RedisConnection.nextID()
+        let proof = ProofClock()
         // TLS (`rediss://`): a certificate problem fails this attempt with an error naming the file or the
         // verification failure; the pool logs it and retries with backoff (the daemon runs degraded).
         let tls: TLSSetup?
@@ -99,7 +121,7 @@ public final class RedisConnection: Sendable {
                     }
                     try channel.pipeline.syncOperations.addHandlers([
                         ByteToMessageHandler(RedisReplyDecoder()),
-                        RedisCommandHandler(commandTimeout: timeout, metrics: metrics),
+                        RedisCommandHandler(commandTimeout: timeout, metrics: metrics, proof: proof, heartbeat: heartbeat),
                     ])
                 }
             }
@@ -111,7 +133,7 @@ public final class RedisConnection: Sendable {
             connected = bootstrap.connect(unixDomainSocketPath: path)
         }
         return connected.flatMap { channel in
-            let connection = RedisConnection(channel: channel)
+            let connection = RedisConnection(channel: channel, id: id, proof: proof)
             return connection.handshake(configuration).map { connection }.flatMapError { error in
                 channel.close(promise: nil)
                 return channel.eventLoop.makeFailedFuture(error)

@@ -1,4 +1,5 @@
 import Atomics
+import CachedProtocol
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -14,7 +15,13 @@ public final class RedisConnectionPool: Sendable {
     private let logger: Logger
 
     /// The client id of the invalidation listener new connections redirect their tracking to (nil: no tracking).
-    private let trackingRedirect = NIOLockedValueBox<Int64?>(nil)
+    private let trackingRedirect = NIOLockedValueBox<TrackingTarget?>(nil)
+
+    /// The listener new connections redirect their tracking to, and the clock its heartbeats advance.
+    struct TrackingTarget: Sendable {
+        var listener: Int64
+        var proof: ProofClock
+    }
 
     /// What the pool reports about its connections (beyond its own log lines).
     public enum ConnectionEvent: Sendable {
@@ -63,11 +70,11 @@ public final class RedisConnectionPool: Sendable {
 
     /// Redirects the tracking of every connection (current and future) to `listener`, or stops
     /// tracking new connections when nil. Returns when the current connections have switched.
-    public func setTrackingRedirect(_ listener: Int64?) -> EventLoopFuture<Void> {
-        trackingRedirect.withLockedValue { $0 = listener }
+    public func setTrackingRedirect(_ listener: Int64?, proof: ProofClock = ProofClock()) -> EventLoopFuture<Void> {
+        trackingRedirect.withLockedValue { $0 = listener.map { TrackingTarget(listener: $0, proof: proof) } }
         let loop = slots[0].eventLoop
         guard let listener else { return loop.makeSucceededVoidFuture() }
-        let futures = slots.compactMap { $0.current }.map { $0.enableTracking(redirectTo: listener).recover { _ in } }
+        let futures = slots.compactMap { $0.current }.map { $0.enableTracking(redirectTo: listener, listenerProof: proof).recover { _ in } }
         return EventLoopFuture.andAllComplete(futures, on: loop)
     }
 
@@ -116,7 +123,7 @@ extension RedisConnectionPool {
 
         init(
             index: Int, eventLoop: any EventLoop, configuration: RedisConfiguration, logger: Logger,
-            trackingRedirect: NIOLockedValueBox<Int64?>, metrics: RedisNodeMetrics,
+            trackingRedirect: NIOLockedValueBox<TrackingTarget?>, metrics: RedisNodeMetrics,
             onConnectionEvent: @escaping @Sendable (ConnectionEvent) -> Void
         ) {
             self.index = index
@@ -129,7 +136,8 @@ extension RedisConnectionPool {
                     return RedisConnection.connect(configuration: configuration, eventLoop: eventLoop, metrics: metrics).flatMap { connection in
                         // Reads on this connection are tracked for the local cache (when an invalidation listener is up).
                         guard let redirect else { return connection.eventLoop.makeSucceededFuture(connection) }
-                        return connection.enableTracking(redirectTo: redirect).map { connection }.recover { _ in connection }
+                        return connection.enableTracking(redirectTo: redirect.listener, listenerProof: redirect.proof).map { connection }
+                            .recover { _ in connection }
                     }
                 },
                 closeFuture: { $0.channel.closeFuture },

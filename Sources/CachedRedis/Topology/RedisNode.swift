@@ -47,9 +47,9 @@ public final class RedisNode: Sendable {
             switch event {
             case .invalidate(let keys): onEvent(.invalidate(node: id, keys: keys))
             case .invalidateAll: onEvent(.invalidateAll(node: id))
-            case .connected(let listener):
+            case .connected(let listener, let proof):
                 // Existing connections switch their tracking to the new listener before values are cached again.
-                pool.setTrackingRedirect(listener).whenComplete { _ in onEvent(.trackingUp(node: id, listener: listener)) }
+                pool.setTrackingRedirect(listener, proof: proof).whenComplete { _ in onEvent(.trackingUp(node: id, listener: listener)) }
             case .disconnected:
                 onEvent(.trackingDown(node: id))
                 _ = pool.setTrackingRedirect(nil)

@@ -1,3 +1,4 @@
+import CachedProtocol
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -15,8 +16,9 @@ public final class RedisInvalidationListener: Sendable {
         case invalidate([String])
         /// Everything may have changed (FLUSHALL/FLUSHDB, or the listener reconnected).
         case invalidateAll
-        /// The listener is up with this client id; data connections must redirect to it.
-        case connected(Int64)
+        /// The listener is up with this client id; data connections must redirect to it. Its heartbeats
+        /// advance `proof`.
+        case connected(Int64, proof: ProofClock)
         /// The listener is down: nothing is tracked.
         case disconnected
     }
@@ -25,9 +27,11 @@ public final class RedisInvalidationListener: Sendable {
     final class Subscription: Sendable {
         let channel: any Channel
         let clientID: Int64
-        init(channel: any Channel, clientID: Int64) {
+        let proof: ProofClock
+        init(channel: any Channel, clientID: Int64, proof: ProofClock) {
             self.channel = channel
             self.clientID = clientID
+            self.proof = proof
         }
     }
 
@@ -44,7 +48,7 @@ public final class RedisInvalidationListener: Sendable {
                 case .up(let subscription, _):
                     logger.info("tracking Redis invalidations", metadata: ["client_id": "\(subscription.clientID)"])
                     onEvent(.invalidateAll)
-                    onEvent(.connected(subscription.clientID))
+                    onEvent(.connected(subscription.clientID, proof: subscription.proof))
                 case .lost:
                     onEvent(.disconnected)
                     onEvent(.invalidateAll)
@@ -70,7 +74,7 @@ public final class RedisInvalidationListener: Sendable {
     }
 
     /// One attempt: connect, learn the client id, swap the command handler for a subscription handler
-    /// (from then on the connection only receives pushes) and subscribe.
+    /// (from then on the connection only receives pushes and the replies to its heartbeats) and subscribe.
     private static func subscribe(
         configuration: RedisConfiguration, eventLoop: any EventLoop, onEvent: @escaping @Sendable (Event) -> Void
     ) -> EventLoopFuture<Subscription> {
@@ -89,11 +93,12 @@ public final class RedisInvalidationListener: Sendable {
                 channel.close(promise: nil)
                 return channel.eventLoop.makeFailedFuture(error)
             }
+            let proof = ProofClock()
             return sync.removeHandler(handler).flatMapThrowing {
-                try channel.pipeline.syncOperations.addHandler(RedisSubscriptionHandler(onEvent: onEvent))
-            }.flatMap {
-                channel.writeAndFlush(RedisCommand("SUBSCRIBE", "__redis__:invalidate").encoded)
-            }.map { Subscription(channel: channel, clientID: id) }.flatMapErrorThrowing { error in
+                try channel.pipeline.syncOperations.addHandler(
+                    RedisSubscriptionHandler(
+                        proof: proof, heartbeat: configuration.heartbeatInterval, timeout: configuration.commandTimeout, onEvent: onEvent))
+            }.map { Subscription(channel: channel, clientID: id, proof: proof) }.flatMapErrorThrowing { error in
                 channel.close(promise: nil)
                 throw error
             }
@@ -101,19 +106,78 @@ public final class RedisInvalidationListener: Sendable {
     }
 }
 
-/// Turns `message` pushes on `__redis__:invalidate` into events.
+/// Subscribes to `__redis__:invalidate` when added, turns `message` pushes into events, and keeps the
+/// listener's ``ProofClock``: the `SUBSCRIBE` and every heartbeat `PING` are answered in order after every
+/// push Redis wrote before them, so each answer proves that every invalidation sent before its command
+/// has arrived. A heartbeat is sent on every beat; one left unanswered past `timeout` closes the
+/// connection (the listener then reconnects, and the local copy drops the node's entries).
 final class RedisSubscriptionHandler: ChannelInboundHandler {
     typealias InboundIn = RedisReply
+    typealias OutboundOut = ByteBuffer
     let onEvent: @Sendable (RedisInvalidationListener.Event) -> Void
+    private let proof: ProofClock
+    private let heartbeat: TimeAmount?
+    private let timeout: TimeAmount
+    /// Send instants of the commands (`SUBSCRIBE`, then `PING`s) whose answers are still to come.
+    private var unanswered = CircularBuffer<NIODeadline>(initialCapacity: 8)
+    private var heartbeatTask: RepeatedTask?
 
-    init(onEvent: @escaping @Sendable (RedisInvalidationListener.Event) -> Void) {
+    init(
+        proof: ProofClock, heartbeat: TimeAmount?, timeout: TimeAmount,
+        onEvent: @escaping @Sendable (RedisInvalidationListener.Event) -> Void
+    ) {
+        self.proof = proof
+        self.heartbeat = heartbeat
+        self.timeout = timeout
         self.onEvent = onEvent
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        unanswered.append(.now())
+        context.writeAndFlush(wrapOutboundOut(RedisCommand("SUBSCRIBE", "__redis__:invalidate").encoded), promise: nil)
+        guard let heartbeat else { return }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        heartbeatTask = context.eventLoop.scheduleRepeatedTask(initialDelay: heartbeat, delay: heartbeat) { _ in
+            let (handler, context) = loopBound.value
+            handler.beat(context: context)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        heartbeatTask?.cancel()
+        heartbeatTask = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        heartbeatTask?.cancel()
+        heartbeatTask = nil
+        context.fireChannelInactive()
+    }
+
+    private static let ping: ByteBuffer = RedisCommand("PING").encoded
+
+    private func beat(context: ChannelHandlerContext) {
+        guard context.channel.isActive else { return }
+        let now = NIODeadline.now()
+        if let oldest = unanswered.first, now - oldest >= timeout {
+            // Silence is not health: a listener that cannot answer a PING may be missing invalidations.
+            heartbeatTask?.cancel()
+            heartbeatTask = nil
+            context.close(promise: nil)
+            return
+        }
+        unanswered.append(now)
+        context.writeAndFlush(wrapOutboundOut(Self.ping), promise: nil)
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .array(let parts) = unwrapInboundIn(data), parts.count == 3, case .bulk(let kind) = parts[0],
-            String(buffer: kind) == "message"
-        else { return }  // the subscribe confirmation
+        guard case .array(let parts) = unwrapInboundIn(data), parts.count >= 2, case .bulk(let kind) = parts[0] else { return }
+        guard parts.count == 3, kind.readableBytes == 7, String(buffer: kind) == "message" else {
+            // `subscribe` (the confirmation) or `pong` (RESP2 answers PING in subscribed mode with
+            // ["pong", ""]): the answer to the oldest command still unanswered.
+            if let sentAt = unanswered.popFirst() { proof.prove(sentAt: sentAt) }
+            return
+        }
         switch parts[2] {
         case .null:
             onEvent(.invalidateAll)

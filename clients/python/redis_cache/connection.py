@@ -154,7 +154,7 @@ class Connection:
         request_id = self._next_id()
         try:
             sock.sendall(_encode_request(request_id, "track", {"maxEntries": self.near_cache}))
-            _result_of(self._read_answer(state, request_id))
+            state.near.use_proof(_result_of(self._read_answer(state, request_id)))  # type: ignore[union-attr]
         except (OSError, EOFError) as e:
             state.close()
             raise DaemonUnavailable("cannot ask cached at %s for tracking: %s" % (self.path, e)) from None
@@ -210,12 +210,17 @@ class Connection:
         if address not in near.entries:
             near.misses += 1
             return None  # asked of the daemon, whose answer follows any notification in the socket
+        # The proof first, then the notifications it vouches for.
+        proven = near.proven()
         try:
             open_ = self._drain(state)
         except (OSError, ValueError, DaemonUnavailable):
             open_ = False
         if not open_:
             self._drop(state)
+            return None
+        if not proven:
+            near.misses += 1
             return None
         return near.get(address)
 
@@ -326,7 +331,7 @@ class Connection:
                 self._channels[loop] = channel
         near = channel.near if method == "get" and params is not None else None
         if near is not None:
-            if channel.nothing_unread():
+            if near.proven() and channel.nothing_unread():
                 kept = near.get(address_key(params))  # type: ignore[arg-type]
                 if kept is not None:
                     return kept
@@ -414,7 +419,7 @@ class _AsyncChannel:
                 writer.write(_encode_request(request_id, "track", {"maxEntries": near.capacity}))
                 try:
                     await writer.drain()
-                    _result_of(await asyncio.wait_for(future, self.connection.timeout))
+                    near.use_proof(_result_of(await asyncio.wait_for(future, self.connection.timeout)))
                 except (OSError, EOFError, asyncio.TimeoutError) as e:
                     raise DaemonUnavailable("cannot ask cached at %s for tracking: %s"
                                             % (path, e or type(e).__name__)) from None
