@@ -207,3 +207,56 @@ def test_the_asyncio_client_keeps_and_drops_the_same_way(any_store: Daemon) -> N
         assert requests(cached.socket) == before + 1  # answered in the process
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("bound", [0.3, 0.0], ids=["bounded", "unbounded"])
+def test_a_stalled_daemon_leaves_no_old_near_hit_past_the_bound(
+        bound: float, daemon_bin: Path, redis_server: RedisServer, redis: Resp, sockdir: Path) -> None:
+    """The daemon stopped with SIGSTOP (an overloaded or swapped host) while the entry changes in Redis: it
+    cannot pass the invalidation on, and its proof page stops. With the bound, the near cache stops answering
+    the old value within ``max_staleness``; without it (the twin), it answers the old value all along."""
+    import signal
+    import time
+
+    config = "[local_cache]\nmax_staleness = %s\n\n" % bound + CONFIG
+    daemon = Daemon(daemon_bin, sockdir, redis_server.url, config=config)
+    try:
+        # Once the listener is up (its coming up tells every near cache to drop everything).
+        wait_until(lambda: Connection(daemon.socket).call("stats")["store"]["localCache"]["enabled"], 10, "tracking")
+        redis("SET", "000STUDENT#0000000005", "v1")
+        client = CacheClient(Connection(daemon.socket, timeout=0.2, near_cache=100), "Student", lambda i: "filled")
+        assert client.sync_get(5) == client.sync_get(5) == b"v1"
+        before = requests(daemon.socket)
+        assert client.sync_get(5) == b"v1"
+        assert requests(daemon.socket) == before + 1  # a near hit: only the stats call reached the daemon
+        pid = daemon.process.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # kill() returns before every thread has stopped: wait until each one is (state T).
+            def stopped() -> bool:
+                tasks = os.listdir("/proc/%d/task" % pid)
+                return all(open("/proc/%d/task/%s/stat" % (pid, t)).read().rsplit(")", 1)[1].split()[0] == "T"
+                           for t in tasks)
+            wait_until(stopped, 5, "the daemon to stop")
+            redis("SET", "000STUDENT#0000000005", "v2")
+            written = time.monotonic()
+            last_old = None
+            old = 0
+            while time.monotonic() < written + 1.5:
+                try:
+                    value = client.sync_get(5)
+                except Exception:  # the stopped daemon does not answer a near miss
+                    value = None
+                if value == b"v1":
+                    old += 1
+                    last_old = time.monotonic() - written
+                time.sleep(0.005)
+        finally:
+            os.kill(daemon.process.proc.pid, signal.SIGCONT)
+        if bound:
+            assert last_old is None or last_old <= bound + 0.1, "old value %.3f s after the write" % last_old
+            assert wait_until(lambda: client.sync_get(5) == b"v2", 10, "the new value after SIGCONT")
+        else:
+            assert old > 10 and last_old is not None and last_old > 1.2, (old, last_old)
+    finally:
+        daemon.stop()
