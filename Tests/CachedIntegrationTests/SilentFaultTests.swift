@@ -165,4 +165,36 @@ struct SilentFaultTests {
         s.filter.removeAll()
         #expect(worst <= 0.3 + Self.slack, "an old value \(worst) s after its write under 40% loss")
     }
+
+    /// Redis Cluster: each node's listener and connections carry the bound. One primary's port is blackholed
+    /// (its cluster bus stays up: no failover), the entry is changed on that primary through its Unix socket.
+    @Test func aBlackholedClusterPrimaryNeverServesAnOldValuePastTheBound() throws {
+        let group = try ClusterGroup()
+        let daemon = try DaemonProcess(
+            config: "[local_cache]\nmax_staleness = 0.3\n[redis_options]\ncommand_timeout = 0.5\nconnect_timeout = 0.5\n",
+            arguments: ["--redis", group.url])
+        let client = try daemon.client()
+        #expect(try waitUntil(timeout: 10) { (try? client.call("stats"))?["result"]?["store"]?["available"] == .bool(true) })
+        let owner = try #require(try group.owner(of: Self.redisKey))
+        owner.followRedirects = false
+        defer { owner.followRedirects = true }
+        try owner.cli(["SET", Self.redisKey, "v1"])
+        #expect(try waitUntil(timeout: 10) {
+            _ = try client.call("get", Self.entry)
+            return try client.call("get", Self.entry)["result"]?["value"] == .string("v1")
+                && (client.call("stats")["result"]?["store"]?["localCache"]?["hits"]?.intValue ?? 0) > 0
+        })
+        let filter = PacketFilter()
+        try filter.blackhole(port: try #require(owner.port))
+        try owner.cli(["SET", Self.redisKey, "v2"])
+        let write = Self.now()
+        var last: Double?
+        while Self.now() < write + 2.0 {
+            if try client.call("get", Self.entry, timeout: 5)["result"]?["value"] == .string("v1") { last = Self.now() - write }
+            usleep(5_000)
+        }
+        filter.removeAll()
+        if let last { #expect(last <= 0.3 + Self.slack, "old value answered \(last) s after the write") }
+        #expect(try waitUntil(timeout: 15) { try client.call("get", Self.entry, timeout: 5)["result"]?["value"] == .string("v2") })
+    }
 }
