@@ -2,8 +2,8 @@
 """Coherence checker for ``cached``: a randomized workload with injected faults, then a history check.
 
 It starts its own ``redis-server`` (temp dir, Unix socket, no persistence) and its own ``cached`` (with a
-local cache, a short command timeout, short leases, and keys filled by ``fill_worker.py``), then for
-``--seconds`` runs:
+local cache, a short command timeout, short leases, keys filled by ``fill_worker.py``, and the staleness
+bound ``[local_cache] max_staleness = --max-staleness``), then for ``--seconds`` runs:
 
 - ``--clients`` connections to ``cached`` (``--depth`` requests in flight on each) doing random
   ``get``/``set``/``delete`` (and now and then ``deleteHash``) on 16 entries: 6 of key ``Student`` (no
@@ -23,7 +23,48 @@ local cache, a short command timeout, short leases, and keys filled by ``fill_wo
   ``kill-data`` (``CLIENT KILL`` of the daemon's data connections), ``kill-listener`` (its invalidation
   connection), ``pause`` (``CLIENT PAUSE`` 50-400 ms, ``ALL`` or ``WRITE``), ``timeout`` (a pause longer
   than the daemon's command timeout), ``restart`` (``kill -9`` of Redis, restarted empty on the same
-  socket).
+  socket and port); and the *silent* faults, in which nothing is closed and nobody is told (below).
+
+**TCP paths** (``--topology single``, ``--redis-path tcp``, the default). The daemons reach Redis over TCP,
+each on its own loopback address: redis-server binds 127.0.0.1, 127.0.0.2... (one address per daemon, one
+port) and daemon i connects to ``127.0.0.<i>:<port>``; the direct writer, the checker's admin and fault
+connections keep using the Unix socket, so no netfilter rule ever touches them. The checker verifies it at
+the start and at the end from ``CLIENT LIST`` (``laddr`` of every connection of each daemon, told apart by
+ACL user with several; none of the checker's on TCP): a daemon off its path fails the run
+(``redis_paths_checked``, ``redis_path_error``). ``--redis-path unix`` gives the daemons the Unix socket
+(no network fault kinds then).
+
+**Silent faults** (in ``--faults all``; with Sentinel and the cluster, see below). Netfilter rules (``iptables -w``, chain
+INPUT, which on loopback sees both directions; each rule tagged ``-m comment --comment
+cached-checker-<pid>``) match one daemon's path on destination address and port (daemon to Redis) and on
+source address and port (Redis's replies):
+
+- ``blackhole``: every packet between one daemon and Redis dropped (``-j DROP``, both directions, nothing
+  closed) for 0.2-3 s, then the rules removed (the daemon's reconnections are dropped too);
+- ``blackhole-one``: one flow only, both directions, 0.2-3 s: one data connection or the invalidation
+  listener (half and half; ``--blackhole-one listener|data`` to choose), its local port read from ``CLIENT
+  LIST`` ``addr=`` (a forgetful NAT: the daemon's other and new connections pass);
+- ``loss``: 10-50 % of the packets of one daemon's path dropped at random (``-m statistic --mode random
+  --probability p``; ``--loss-probability``), both directions, 1-4 s;
+- ``stall-daemon``: SIGSTOP of one daemon (one that near-cache clients talk to, when there is one), SIGCONT
+  0.2-3 s later, while the other daemons and the direct writer go on (and its clients' near caches: without
+  a bound they keep answering).
+
+With ``--topology sentinel`` or ``cluster`` every node listens on 127.0.0.1 and the checker's own connections
+use TCP too, so the network kinds hit *flows*, not a path: on one node (the master; one primary at random),
+the daemon's connections open at the fault's start, from that node's ``CLIENT LIST`` (its ACL user with
+several daemons; with one, every TCP connection not named as the checker's or a Sentinel's and not a
+replica's), each matched on both ends' addresses and ports: ``blackhole`` and ``loss`` take all of them,
+``blackhole-one`` one; the daemon's new connections pass.
+
+Before the run the checker probes netfilter once (adds and deletes a harmless ``-p tcp --dport <free port>
+-j DROP`` on INPUT); when that fails (not root, no netfilter) the network kinds are left out, and the report
+says why (``silent_faults_unavailable``). *Cleanup guarantee*: every rule is recorded before it is added
+and removed with ``-D`` in the fault's ``finally``, again at teardown, and from an ``atexit`` handler and the
+SIGTERM/SIGINT/SIGHUP handlers (which also remove any other rule carrying this process's tag); a stopped
+daemon is continued the same ways (teardown continues it before stopping it). A checker killed with
+``kill -9`` can run no handler: the next run removes the rules of checker processes that are gone (never
+those of one still running); ``iptables -S | grep cached-checker`` finds any left.
 
 ``--daemons N`` runs N daemons sharing the Redis topology, each with its own folder, socket,
 configuration, handler workers (their values say which daemon made them) and Redis ACL user (so that
@@ -70,28 +111,51 @@ and how many reads only the cross-daemon lag excused.
 
 ``--near-clients N`` (default 2) makes the last N client connections keep a *near cache*: they ask the
 daemon to ``track`` them and keep its answers that carry ``nearTTL`` in a ``redis_cache.near.NearCache``
-(the Python shim's), dropped by the daemon's ``invalidate`` notifications. Such a connection answers a
-``get`` from its near cache when nothing from the daemon waits unread, recorded as a read at one instant;
-the history checks those reads like any other (a write through ``cached`` acknowledged before them must be
+(the Python shim's), dropped by the daemon's ``invalidate`` notifications. With a bound the ``track`` answer
+names the daemon's proof page (``"proof": {"path", "maxStaleness"}``), taken as the shim takes it
+(``NearCache.use_proof``, or ``ProofPage(path)``; a ``redis_cache.near`` without ``ProofPage`` gets no near
+hits at all). Such a connection answers a ``get`` as the shim does: ``proven()`` first, then every
+notification received applied (here: nothing from the daemon waits unread, else the daemon is asked), then
+the near cache, only if the proof was fresh; recorded as a read from before the proof was read to after the
+lookup. Besides its ``--depth`` clients, each near-cache connection has a *near reader* that reads, every
+1-3 ms, an entry its near cache holds whenever the near cache may answer, never asking the daemon (a process
+reading hot entries): it goes on reading while the connection's other requests wait on a stalled daemon.
+The history checks those reads like any other (a write through ``cached`` acknowledged before them must be
 seen; direct writes and other daemons' writes get their lag).
+
+**The staleness bound** (history.py, *Staleness bound*). With ``--max-staleness S`` (seconds, default 0.5,
+written into every daemon's configuration; ``0`` writes ``max_staleness = 0``: no bound) a hit, from a
+daemon's local copy or a near cache, may be at most ``S`` behind Redis whatever the fault: direct writes,
+restarts, failover resets and other daemons' writes get the lag ``S + --staleness-slack-ms`` (default 50
+ms: the instants, the checker's and the daemon's, are taken around awaits), writes through the reading
+daemon none. With ``--max-staleness 0`` the old allowances apply (``--direct-lag-ms``, ``--cross-lag-ms``).
+A daemon whose configuration check refuses ``max_staleness`` (one from before the bound) runs without the
+line; with ``S > 0`` the run is then checked against the bound it lacks and fails.
 
 Every operation's send and answer instants are recorded; the history is then checked by
 ``history.check`` (see history.py for the rule and why it never flags a legal history). Writes made
-directly to Redis, and restarts, are given ``--direct-lag-ms`` for their invalidations to reach
-``cached`` (Redis's client-side caching delivers them asynchronously, on another connection).
+directly to Redis, and restarts, are given the lag above for their invalidations to reach ``cached``
+(Redis's client-side caching delivers them asynchronously, on another connection).
+
+The report adds the *worst staleness* per fault kind (``worst_staleness_ms_by_fault``, and by layer: near
+cache, the daemon's local copy, or fetched from Redis): for every read of a value already replaced, violation
+or not, by how long the replacing write's acknowledgement preceded the read's send, counted under the last
+fault started before the read (``"none"`` before the first).
 A request not answered within ``--unanswered-ms`` is UNANSWERED (at the end the checker stops sending
 and waits for every answer). If ``cached`` closes a client connection, the reads in flight on it are
 excused and its writes have an unknown outcome (both counted); the connection is reopened.
 
 Exit status: 0 when there are no violations and no unanswered requests (and, with Sentinel, no value on a
-promoted replica that nobody wrote and no failover that could not be completed), 1 otherwise, 2 on a
-setup error.
+promoted replica that nobody wrote and no failover that could not be completed; a daemon on its own TCP
+path; no rule left after teardown; the bound configured when one is asked for), 1 otherwise, 2 on a setup
+error.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import functools
@@ -114,6 +178,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
 
 import history as H  # noqa: E402
+import redis_cache.near as shim_near  # noqa: E402
 from redis_cache.near import NearCache, address_key  # noqa: E402  (the shim's near cache, as it is)
 
 HERE = Path(__file__).resolve().parent
@@ -121,6 +186,12 @@ REPO = HERE.parent.parent
 FAULT_KINDS = ("kill-data", "kill-listener", "pause", "restart", "timeout")
 #: Fault kinds that stop a daemon (``--faults all`` includes them with ``--daemons`` 2 or more).
 DAEMON_FAULT_KINDS = ("kill-daemon",)
+#: Silent faults (nothing is closed, nobody is told), single topology: netfilter rules on one daemon's TCP
+#: path to Redis (left out, with the reason in the report, where netfilter cannot be used)...
+NETWORK_FAULT_KINDS = ("blackhole", "blackhole-one", "loss")
+#: ... and SIGSTOP/SIGCONT of one daemon.
+STALL_FAULT_KINDS = ("stall-daemon",)
+SILENT_FAULT_KINDS = NETWORK_FAULT_KINDS + STALL_FAULT_KINDS
 #: Fault kinds of the Sentinel topology only (``--faults all`` includes them there).
 SENTINEL_FAULT_KINDS = ("failover",)
 #: Fault kinds of the cluster topology only (``--faults all`` includes them there).
@@ -358,17 +429,207 @@ class RespClient:
 
 
 # ------------------------------------------------------------------------------------------------
+# Silent faults: netfilter rules and stopped daemons, always undone
+
+
+#: Every netfilter rule the checker adds carries this comment, so that a leftover can be found (and is
+#: removed by a later run once this process is gone: ``sweep_leftover_rules``).
+RULE_TAG_PREFIX = "cached-checker-"
+RULE_TAG = RULE_TAG_PREFIX + str(os.getpid())
+#: The chain the rules go to: on loopback every packet passes OUTPUT then INPUT, so INPUT rules on the
+#: destination (daemon to Redis) and on the source (Redis to daemon) drop both directions of a flow.
+RULE_CHAIN = "INPUT"
+
+
+def iptables(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    """``iptables -w ARGS`` (``-w``: waits for the xtables lock instead of failing when another process holds it)."""
+    return subprocess.run(["iptables", "-w", *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def drop_rule(*match: str) -> tuple[str, ...]:
+    """A rule (without its chain) dropping the packets ``match`` selects, tagged with ``RULE_TAG``."""
+    return ("-p", "tcp", *match, "-m", "comment", "--comment", RULE_TAG, "-j", "DROP")
+
+
+def path_rules(host: str, port: int, extra: Sequence[str] = ()) -> list[tuple[str, ...]]:
+    """Both directions of every TCP flow to ``host:port`` (one daemon's path to Redis): packets to it
+    (destination address and port), and Redis's replies (source address and port)."""
+    return [drop_rule("-d", host, "--dport", str(port), *extra), drop_rule("-s", host, "--sport", str(port), *extra)]
+
+
+def flow_rules(client: tuple[str, int], server: tuple[str, int], extra: Sequence[str] = ()) -> list[tuple[str, ...]]:
+    """Both directions of one TCP flow (a forgetful NAT's lost mapping): matched on both ends' addresses and
+    ports, so the daemon's other connections, and its new ones, pass."""
+    (cip, cport), (sip, sport) = client, server
+    return [drop_rule("-s", cip, "--sport", str(cport), "-d", sip, "--dport", str(sport), *extra),
+            drop_rule("-s", sip, "--sport", str(sport), "-d", cip, "--dport", str(cport), *extra)]
+
+
+def random_loss(probability: float) -> list[str]:
+    return ["-m", "statistic", "--mode", "random", "--probability", "%.3f" % probability]
+
+
+class SilentFaults:
+    """The netfilter rules in place and the processes stopped (SIGSTOP) by this checker, so that every one is
+    undone whatever happens: by the fault's ``finally``, at teardown, and from ``atexit`` and the SIGTERM,
+    SIGINT and SIGHUP handlers (``undo_all``). A rule is recorded before it is added and forgotten only once
+    its ``-D`` succeeded (or found no such rule), a process recorded before its SIGSTOP."""
+
+    def __init__(self) -> None:
+        self.rules: list[tuple[str, ...]] = []
+        self.stopped: set[int] = set()
+        self.added = 0
+        self.removed = 0
+        #: ``-D`` calls that failed (the rule is kept for the next attempt).
+        self.failures: list[str] = []
+
+    def add(self, rule: tuple[str, ...]) -> None:
+        self.rules.append(rule)
+        done = iptables("-I", RULE_CHAIN, *rule)
+        if done.returncode != 0:
+            self.rules.remove(rule)
+            raise OSError("iptables -I %s %s: %s" % (RULE_CHAIN, " ".join(rule), done.stderr.strip()))
+        self.added += 1
+
+    def remove(self, rule: tuple[str, ...]) -> bool:
+        try:
+            done = iptables("-D", RULE_CHAIN, *rule)
+        except (OSError, subprocess.SubprocessError) as error:
+            self.failures.append("%s: %r" % (" ".join(rule), error))
+            return False
+        gone = done.returncode == 0 or "does a matching rule exist" in done.stderr or "Bad rule" in done.stderr
+        if gone:
+            with contextlib.suppress(ValueError):
+                self.rules.remove(rule)
+            self.removed += done.returncode == 0
+        else:
+            self.failures.append("%s: %s" % (" ".join(rule), done.stderr.strip()))
+        return gone
+
+    def remove_all(self) -> None:
+        for rule in list(reversed(self.rules)):
+            self.remove(rule)
+
+    def stop(self, pid: int) -> None:
+        self.stopped.add(pid)
+        os.kill(pid, signal.SIGSTOP)
+
+    def resume(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        self.stopped.discard(pid)
+
+    def undo_all(self) -> None:
+        """Every stopped process continued, every rule removed (idempotent): the recorded ones, then any
+        other rule that carries this process's tag (one whose ``-I`` was still running when a signal came)."""
+        for pid in list(self.stopped):
+            self.resume(pid)
+        if not self.added and not self.rules:
+            return
+        self.remove_all()
+        import shlex
+        for line in leftover_rules(RULE_TAG):
+            words = shlex.split(line)
+            if words[:2] == ["-A", RULE_CHAIN] and RULE_TAG in words:
+                with contextlib.suppress(OSError, subprocess.SubprocessError):
+                    if iptables("-D", RULE_CHAIN, *words[2:]).returncode == 0:
+                        self.removed += 1
+
+
+SILENT = SilentFaults()
+
+
+def leftover_rules(tag_prefix: str = RULE_TAG_PREFIX) -> list[str]:
+    """The ``iptables -S`` lines of the INPUT chain that carry a checker's tag."""
+    try:
+        listing = iptables("-S", RULE_CHAIN)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line for line in listing.stdout.splitlines() if tag_prefix in line]
+
+
+def sweep_leftover_rules() -> int:
+    """Removes the rules left by checker processes that no longer run (a ``kill -9`` of a checker leaves its
+    rules: no handler runs); never those of a checker still running. Returns how many."""
+    import re
+    import shlex
+    swept = 0
+    for line in leftover_rules():
+        found = re.search(re.escape(RULE_TAG_PREFIX) + r"(\d+)", line)
+        if found is None:
+            continue
+        pid = int(found.group(1))
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # that checker still runs: its rules are its own
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        words = shlex.split(line)
+        if words[:2] == ["-A", RULE_CHAIN] and iptables("-D", RULE_CHAIN, *words[2:]).returncode == 0:
+            swept += 1
+    return swept
+
+
+def netfilter_unavailable() -> Optional[str]:
+    """Why the network fault kinds cannot run here (None: they can): adds and deletes one harmless rule
+    (``-p tcp --dport <a free port> -j DROP`` on INPUT, tagged)."""
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        return "not root (iptables needs CAP_NET_ADMIN)"
+    if shutil.which("iptables") is None:
+        return "iptables is not installed (apt-get install -y iptables)"
+    probe = drop_rule("--dport", str(free_ports(1)[0]))
+    try:
+        added = iptables("-I", RULE_CHAIN, *probe)
+    except (OSError, subprocess.SubprocessError) as error:
+        return "iptables failed: %r" % (error,)
+    if added.returncode != 0:
+        return "iptables -I %s refused a rule: %s" % (RULE_CHAIN, (added.stderr or added.stdout).strip()[-300:])
+    deleted = iptables("-D", RULE_CHAIN, *probe)
+    if deleted.returncode != 0:
+        return "iptables -D %s failed (%s): remove the rule tagged %s by hand" % (
+            RULE_CHAIN, deleted.stderr.strip()[-200:], RULE_TAG)
+    return None
+
+
+def install_undo_handlers() -> None:
+    """Undoes every silent fault at exit and on SIGTERM, SIGINT and SIGHUP (then exits as the signal asks:
+    ``KeyboardInterrupt`` for SIGINT, ``SystemExit(128 + n)`` otherwise, so that teardown still runs)."""
+    import atexit
+    atexit.register(SILENT.undo_all)
+
+    def handler(signum: int, frame: Any) -> None:
+        SILENT.undo_all()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+# ------------------------------------------------------------------------------------------------
 # Processes
 
 
 class RedisServer:
-    """One redis-server: on a Unix socket (``port`` None, the single topology) or on 127.0.0.1:``port``."""
+    """One redis-server: on a Unix socket (``port`` None, the single topology) or on 127.0.0.1:``port``.
+
+    In the single topology it may also listen on TCP port ``tcp_port`` of each of ``tcp_hosts`` (127.0.0.1,
+    127.0.0.2...: one loopback address per daemon, so that a netfilter rule matching an address and the port
+    cuts one daemon's path only); the checker itself keeps using the Unix socket (``address``)."""
 
     def __init__(self, binary: str, directory: Path, port: Optional[int] = None, name: str = "redis",
-                 args: Sequence[str] = ()) -> None:
+                 args: Sequence[str] = (), tcp_port: Optional[int] = None, tcp_hosts: Sequence[str] = ()) -> None:
         self.binary = binary
         self.directory = directory
         self.port = port
+        self.tcp_port = tcp_port
+        self.tcp_hosts = list(tcp_hosts)
         self.name = name
         #: More redis-server arguments, at every start (a cluster node's).
         self.args = list(args)
@@ -387,6 +648,11 @@ class RedisServer:
             if os.path.exists(self.socket):
                 os.unlink(self.socket)
             listen = ["--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700"]
+            if self.tcp_port is not None:
+                # Several addresses in one --bind; protected mode off (it would refuse peers other than
+                # 127.0.0.1 without a password): these are loopback addresses only.
+                listen[1] = str(self.tcp_port)
+                listen += ["--bind", *self.tcp_hosts, "--protected-mode", "no"]
         else:
             # Replicas announce 127.0.0.1 (what Sentinel hands out); no delay before a replica's sync; a
             # replica loads a full sync in memory: by default it writes it to dump.rdb, which a restart would
@@ -493,6 +759,25 @@ class SentinelServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def free_tcp_port(hosts: Sequence[str]) -> int:
+    """A TCP port free on every one of ``hosts`` (loopback addresses)."""
+    for _ in range(100):
+        port = free_ports(1)[0]
+        held: list[socket.socket] = []
+        try:
+            for host in hosts:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(s)
+                s.bind((host, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError("no TCP port free on all of %s" % ", ".join(hosts))
 
 
 def free_ports(n: int) -> list[int]:
@@ -1133,7 +1418,15 @@ def with_user(url: str, user: str) -> str:
     return "%s://%s:%s@%s" % (scheme, user, ACL_PASSWORD, rest.rpartition("@")[2])
 
 
-def config_text(redis_url: str, socket: str, worker_tag: str = "", fills_log: str = "", aged: bool = False) -> str:
+def toml_number(x: float) -> str:
+    """``0``, ``2``, ``0.5``: an integral value as a TOML integer, else a TOML float."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def config_text(redis_url: str, socket: str, worker_tag: str = "", fills_log: str = "", aged: bool = False,
+                max_staleness: Optional[float] = None) -> str:
+    """The daemon's configuration; ``max_staleness`` (seconds; 0: no bound) is written as ``[local_cache]
+    max_staleness`` unless None (a daemon that does not know the setting refuses the whole file)."""
     worker = [sys.executable, str(HERE / "fill_worker.py")]
     if worker_tag:
         worker += ["--tag", worker_tag]
@@ -1153,6 +1446,7 @@ reconnect_max_delay = 0.5
 [local_cache]
 max_bytes = 16777216
 max_age = 300.0
+{"" if max_staleness is None else "max_staleness = %s" % toml_number(max_staleness)}
 
 [keys.Student]
 ttl = 0
@@ -1187,7 +1481,7 @@ class Daemon:
     configuration, handler workers (whose values say ``d<index>``) and Redis ACL user."""
 
     def __init__(self, binary: str, directory: Path, redis_url: str, index: int = 1, several: bool = False,
-                 aged: bool = False) -> None:
+                 aged: bool = False, max_staleness: Optional[float] = None) -> None:
         self.binary = binary
         self.index = index
         self.name = "d%d" % index
@@ -1198,12 +1492,15 @@ class Daemon:
         #: Every value the handler workers produced, one a line (the handler calls).
         self.fills_log = directory / "fills.log"
         self.config.write_text(config_text(with_user(redis_url, self.user) if self.user else redis_url, self.socket,
-                                           self.name, str(self.fills_log), aged))
+                                           self.name, str(self.fills_log), aged, max_staleness))
+        self.redis_url = redis_url
         self.log_path = directory / "cached.log"
         self.proc: Optional[subprocess.Popen[bytes]] = None
         #: Killed by the checker (``kill-daemon``) and not yet serving again: its exit is expected.
         self.down = False
         self.kills = 0
+        #: Times stopped by ``stall-daemon``.
+        self.stalls = 0
 
     def spawn(self) -> None:
         log = open(self.log_path, "ab")
@@ -1302,6 +1599,8 @@ class DaemonConnection:
         #: Entries of the near cache (0: none); ``near`` is this stream's, new with each stream.
         self.near_size = near
         self.near: Optional[NearCache] = None
+        #: The daemon named a proof page this checker cannot use: no near hit at all (as the shim does).
+        self.near_unprovable = False
 
     async def open(self) -> None:
         reader, writer = await asyncio.open_unix_connection(self.path, limit=1 << 24)
@@ -1315,7 +1614,51 @@ class DaemonConnection:
             msg, _, _ = await self.call("track", {"maxEntries": self.near_size})
             if msg is OVERDUE or "result" not in msg:
                 raise OSError("track refused: %r" % (msg,))
+            self.use_proof(near, msg["result"])
             self.near = near
+
+    def use_proof(self, near: NearCache, result: Any) -> None:
+        """The proof page a ``track`` answer names (``{"proof": {"path", "maxStaleness"}}``), taken as the shim
+        takes it (``NearCache.use_proof``; else ``ProofPage(path)`` set on the near cache, which a
+        ``redis_cache.near`` older than the bound lacks: then no near hit at all, since the bound cannot be
+        checked). A daemon without a bound names none: hits need no proof."""
+        self.near_unprovable = False
+        proof = result.get("proof") if isinstance(result, dict) else None
+        if not isinstance(proof, dict):
+            self.run.counters["near: track answers without a proof"] += 1
+            return
+        bound = proof.get("maxStaleness")
+        expected = self.run.o.max_staleness_ns / 1e9
+        if not isinstance(bound, (int, float)) or abs(float(bound) - expected) > 1e-6:
+            self.run.anomaly("track proof maxStaleness is not the configured max_staleness",
+                             "%r, configured %g" % (bound, expected))
+        use = getattr(near, "use_proof", None)
+        page = getattr(shim_near, "ProofPage", None)
+        if use is not None:
+            use(result)
+        elif page is not None:
+            try:
+                near.proof = page(str(proof.get("path")))  # type: ignore[attr-defined]
+                near.max_staleness_ns = int(float(bound) * 1e9)  # type: ignore[attr-defined,arg-type]
+            except (OSError, ValueError, TypeError, AttributeError) as error:
+                self.run.anomaly("proof page not usable: no near hits", repr(error))
+                self.near_unprovable = True
+                return
+        else:
+            self.run.counters["near: a proof page named, redis_cache.near has no ProofPage: no near hits"] += 1
+            self.near_unprovable = True
+            return
+        if getattr(near, "proof", None) is None:
+            self.run.anomaly("proof page not usable: no near hits", str(proof.get("path")))
+        else:
+            self.run.counters["near: proof pages used"] += 1
+
+    def near_proven(self, near: NearCache) -> bool:
+        """``near.proven()`` (a redis_cache.near without it has no bound to check: True)."""
+        if self.near_unprovable:
+            return False
+        proven = getattr(near, "proven", None)
+        return True if proven is None else bool(proven())
 
     def nothing_unread(self) -> bool:
         """No byte from the daemon waits unread (socket, or the reader's buffer): every notification sent
@@ -1326,10 +1669,13 @@ class DaemonConnection:
         if len(getattr(reader, "_buffer", b"x")):
             return False
         sock = writer.get_extra_info("socket")
-        if sock is None:
-            return False
+        if sock is None or sock.fileno() < 0:
+            return False  # closed (the read loop has not seen it yet)
         import select
-        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        try:
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return False
         return not readable
 
     async def ensure_open(self) -> None:
@@ -1457,6 +1803,19 @@ class Options:
     age_slack_ns: int = 100_000_000
     #: Client connections (the last ones) that keep a near cache through ``track``.
     near_clients: int = 2
+    #: The daemon's ``[local_cache] max_staleness`` (ns; 0: no bound). With a bound, ``lag_ns`` and
+    #: ``cross_lag_ns`` are ``max_staleness + staleness_slack`` (history.staleness_lag).
+    max_staleness_ns: int = 0
+    staleness_slack_ns: int = 50_000_000
+    #: The allowance for direct writes without a bound (``--direct-lag-ms``), for the report.
+    unbounded_lag_ns: int = 100_000_000
+    #: Single topology: the daemons reach Redis over TCP, daemon i on 127.0.0.<i> (False: the Unix socket, and
+    #: no network fault kinds).
+    redis_tcp: bool = True
+    #: ``blackhole-one``'s flow: "random" (a data connection or the listener, half and half), "listener", "data".
+    blackhole_one: str = "random"
+    #: ``loss``'s drop probability (None: 0.1 to 0.5 at random each time).
+    loss_probability: Optional[float] = None
 
 
 @dataclass
@@ -1503,6 +1862,31 @@ class ReshardRecord:
     settled: Optional[int] = None
 
 
+def daemon_host(index: int) -> str:
+    """The loopback address daemon ``index`` (from 1) reaches Redis on, in the single topology over TCP."""
+    return "127.0.0.%d" % index
+
+
+@dataclass(frozen=True)
+class RedisClientInfo:
+    """One line of ``CLIENT LIST``."""
+
+    id: str
+    name: str
+    user: str
+    #: The server's end: ``127.0.0.<i>:<port>``, or the socket path.
+    laddr: str
+    #: The client's end (address, port); ("", 0) on the Unix socket.
+    client: tuple[str, int]
+    tcp: bool
+    #: "listener" (subscribed: the invalidation connection) or "data".
+    role: str
+    #: The daemon it belongs to (None: the checker's, or nobody's).
+    daemon: Optional["Daemon"]
+    #: The server's end as (address, port) (None on the Unix socket).
+    server: Optional[tuple[str, int]] = None
+
+
 @dataclass
 class Features:
     release: bool = True
@@ -1535,7 +1919,22 @@ class Run:
         self.history.aging = {e.name: H.Aging(int(AGED_TTL * 1e9), int(AGED_STALE_TTL * 1e9), int(AGED_GRACE * 1e9))
                               for e in ENTRIES if e.aged}
         acl = acl_args(options.daemons)
-        self.redis = RedisServer(options.redis_server, directory, args=acl)
+        tcp = options.topology == "single" and options.redis_tcp and not options.no_daemon
+        hosts = [daemon_host(i) for i in range(1, options.daemons + 1)]
+        self.redis = RedisServer(options.redis_server, directory, args=acl,
+                                 tcp_port=free_tcp_port(hosts) if tcp else None, tcp_hosts=hosts)
+        #: Why the network fault kinds were left out (netfilter unusable here), if they were.
+        self.silent_unavailable: Optional[str] = None
+        #: Fault kinds asked for but left out (with ``silent_unavailable``).
+        self.faults_left_out: list[str] = []
+        #: The daemon's refusal of ``[local_cache] max_staleness`` (a daemon from before the bound), if it refused.
+        self.bound_refused: Optional[str] = None
+        #: Rules of dead checker processes removed before the run; rules of this one still there after teardown.
+        self.rules_swept = 0
+        self.rules_left: list[str] = []
+        #: Each daemon's connections on its path (``verify_paths``), at the start and at the end; a problem.
+        self.path_checks: dict[str, Any] = {}
+        self.path_error: Optional[str] = None
         self.sentinel: Optional[SentinelTopology] = None
         if options.topology == "sentinel":
             self.sentinel = SentinelTopology(options.redis_server, directory, acl)
@@ -1688,13 +2087,7 @@ class Run:
         op = "get(lease:false)" if no_lease else "get"
         near = conn.near
         if near is not None:
-            # A near-cache connection: its answer from the process when nothing waits unread.
-            kept = near.get(address_key(params)) if conn.nothing_unread() else None
-            if kept is not None:
-                instant = now()
-                self.ops[op + " near hit"] += 1
-                src = "c%d %s %s -> near hit" % (conn.index, conn.daemon.name if conn.daemon else "", op)
-                self.read(entry, kept.get("value"), instant, instant, src, conn=conn)
+            if self.near_hit(conn, near, entry, params, op):
                 return
             sent_at = near.begin(address_key(params))
         finished = keep = False
@@ -1757,6 +2150,43 @@ class Run:
         self.ops["%s %s" % (op, kind)] += 1
         uncached_fill = uncached and entry.handler and isinstance(value, str) and value.startswith("F|")
         self.read(entry, value, s, e, "%s -> %s" % (src, kind), uncached_fill, uncached, conn, stale)
+
+    def near_hit(self, conn: DaemonConnection, near: NearCache, entry: Entry, params: dict[str, Any], op: str) -> bool:
+        """A get answered from the connection's near cache, as the shim answers one: the proof first
+        (``proven()``), then every notification already received applied (here: nothing from the daemon
+        waits unread, else the daemon is asked), then the near cache, only if the proof was fresh. The read
+        is recorded from before the proof was read to after the lookup. False: ask the daemon."""
+        address = address_key(params)
+        looked = now()
+        proven = conn.near_proven(near)
+        kept = near.get(address) if proven and conn.nothing_unread() else None
+        if kept is None:
+            if not proven and address in near.entries:
+                self.counters["near: hits refused, the proof too old"] += 1
+            return False
+        instant = now()
+        self.ops[op + " near hit"] += 1
+        src = "c%d %s %s -> near hit" % (conn.index, conn.daemon.name if conn.daemon else "", op)
+        self.read(entry, kept.get("value"), looked, instant, src, conn=conn)
+        return True
+
+    async def near_reader(self, conn: DaemonConnection, rng: random.Random) -> None:
+        """A client of a near-cache connection that reads, every 1-3 ms, an entry its near cache holds, and only
+        when the near cache may answer (``near_hit``): it never asks the daemon, so it goes on reading while
+        the connection's other requests wait (a stalled daemon), as a process reading hot entries would."""
+        by_address = {address_key(e.params()): e for e in ENTRIES}
+        while not self.stopping:
+            await asyncio.sleep(rng.uniform(0.001, 0.003))
+            near = conn.near
+            if near is None or conn.closed or not near.entries:
+                continue
+            entry = by_address.get(rng.choice(list(near.entries)))
+            if entry is None:
+                continue
+            try:
+                self.near_hit(conn, near, entry, entry.params(), "get(near reader)")
+            except (KeyError, TypeError, AttributeError, ValueError, OSError) as error:
+                self.anomaly("near reader failed", repr(error))
 
     async def fulfil_lease(self, conn: DaemonConnection, entry: Entry, lease: str, rng: random.Random) -> None:
         if rng.random() < 0.5:
@@ -1955,7 +2385,9 @@ class Run:
             started = now()
             try:
                 async with self.no_sentinel_failover(kind in ("restart", "timeout")):
-                    if kind == "kill-daemon":
+                    if kind in SILENT_FAULT_KINDS:
+                        detail = await self.silent_fault(kind, rng)
+                    elif kind == "kill-daemon":
                         detail = await self.kill_daemon(rng)
                     elif self.cluster is not None:
                         detail = await self.cluster_fault(kind, rng)
@@ -1993,6 +2425,199 @@ class Run:
         if not self.daemons:
             return None
         return self.daemons[0] if len(self.daemons) == 1 else rng.choice(self.daemons)
+
+    # --- silent faults (single topology): nothing is closed, nobody is told
+
+    def daemon_path(self, daemon: Daemon) -> tuple[str, int]:
+        """The loopback address and port by which ``daemon`` reaches Redis."""
+        assert self.redis.tcp_port is not None
+        return daemon_host(daemon.index), self.redis.tcp_port
+
+    async def silent_fault(self, kind: str, rng: random.Random) -> Optional[str]:
+        """``blackhole`` (every packet of one daemon's path to Redis dropped, both directions, 0.2-3 s),
+        ``blackhole-one`` (one of its flows: a data connection or the invalidation listener, 0.2-3 s), ``loss``
+        (10-50 % of its path's packets dropped at random, 1-4 s), ``stall-daemon`` (SIGSTOP of one daemon,
+        SIGCONT 0.2-3 s later). Every rule is removed, and the daemon continued, in a ``finally``."""
+        if kind == "stall-daemon":
+            return await self.stall_daemon(rng)
+        target = self.pick_daemon(rng)
+        if target is None or target.down:
+            return None
+        if self.sentinel is not None or self.cluster is not None:
+            return await self.topology_silent_fault(kind, target, rng)
+        if self.redis.tcp_port is None:
+            return None
+        host, port = self.daemon_path(target)
+        if kind == "blackhole":
+            seconds = rng.uniform(0.2, 3.0)
+            rules = path_rules(host, port)
+            what = "%s's path %s:%d, both directions," % (target.name, host, port)
+        elif kind == "loss":
+            p = self.o.loss_probability if self.o.loss_probability is not None else rng.uniform(0.1, 0.5)
+            seconds = rng.uniform(1.0, 4.0)
+            rules = path_rules(host, port, random_loss(p))
+            what = "%.0f %% of %s's packets to and from %s:%d" % (p * 100, target.name, host, port)
+        else:  # blackhole-one: one flow, found from CLIENT LIST (asked on the Unix socket)
+            connections = [c for c in await self.redis_clients() if c.daemon is target and c.tcp]
+            role = self.o.blackhole_one if self.o.blackhole_one != "random" else rng.choice(("listener", "data"))
+            pool = [c for c in connections if c.role == role] or (connections if self.o.blackhole_one == "random" else [])
+            if not pool:
+                return None
+            flow = rng.choice(pool)
+            seconds = rng.uniform(0.2, 3.0)
+            rules = flow_rules(flow.client, (host, port))
+            what = "%s's %s (id %s, %s:%d -> %s:%d), both directions," % (
+                target.name, flow.role, flow.id, flow.client[0], flow.client[1], host, port)
+            self.counters["blackhole-one flows: " + flow.role] += 1
+        held = await self.hold_rules(rules, seconds)
+        return "%s dropped for %.0f ms" % (what, held * 1000)
+
+    async def topology_silent_fault(self, kind: str, target: Daemon, rng: random.Random) -> Optional[str]:
+        """The network kinds with Sentinel or a cluster, where every node listens on 127.0.0.1 and the checker
+        talks TCP too: on one node (the master; one primary at random), the daemon's flows open at the fault's
+        start (``CLIENT LIST``: its ACL user with several daemons, else every TCP connection that is not the
+        checker's, a Sentinel's or a replica's), each matched on both ends' addresses and ports. ``blackhole``
+        and ``loss`` take all of them, ``blackhole-one`` one; the daemon's new connections pass (a blackhole
+        of the flows, not of the path)."""
+        if self.sentinel is not None:
+            node = await self.master()
+        else:
+            assert self.cluster is not None
+            node = self.cluster.node_at(rng.choice(self.cluster.primaries))
+        connections = [c for c in await self.redis_clients(node.address) if c.daemon is target and c.tcp and c.server]
+        extra: list[str] = []
+        if kind == "blackhole-one":
+            role = self.o.blackhole_one if self.o.blackhole_one != "random" else rng.choice(("listener", "data"))
+            pool = [c for c in connections if c.role == role] or (connections if self.o.blackhole_one == "random" else [])
+            flows = [rng.choice(pool)] if pool else []
+            seconds = rng.uniform(0.2, 3.0)
+            what = "%s's %s to %s" % (target.name, flows[0].role if flows else "?", node.name)
+        elif kind == "loss":
+            flows = connections
+            p = self.o.loss_probability if self.o.loss_probability is not None else rng.uniform(0.1, 0.5)
+            extra = random_loss(p)
+            seconds = rng.uniform(1.0, 4.0)
+            what = "%.0f %% of the packets of %s's %d flows to %s" % (p * 100, target.name, len(flows), node.name)
+        else:
+            flows = connections
+            seconds = rng.uniform(0.2, 3.0)
+            what = "%s's %d flows to %s" % (target.name, len(flows), node.name)
+        if not flows:
+            return None
+        for flow in flows:
+            self.counters["%s flows: %s" % (kind, flow.role)] += 1
+        rules = [rule for flow in flows for rule in flow_rules(flow.client, flow.server, extra)]
+        held = await self.hold_rules(rules, seconds)
+        return "%s (%s), both directions, dropped for %.0f ms" % (
+            what, ", ".join("%s %s:%d" % (f.role, *f.client) for f in flows), held * 1000)
+
+    async def hold_rules(self, rules: list[tuple[str, ...]], seconds: float) -> float:
+        """Adds ``rules``, waits ``seconds``, removes them (also when cancelled or failing); returns how long
+        they were all in place (seconds)."""
+        added: list[tuple[str, ...]] = []
+        complete: Optional[float] = None
+        try:
+            for rule in rules:
+                await asyncio.to_thread(SILENT.add, rule)
+                added.append(rule)
+            complete = time.monotonic()
+            await asyncio.sleep(seconds)
+        finally:
+            for rule in reversed(added):
+                if not await asyncio.to_thread(SILENT.remove, rule):
+                    self.anomaly("netfilter rule not removed at once (retried at teardown)", " ".join(rule))
+        return time.monotonic() - complete if complete is not None else 0.0
+
+    async def stall_daemon(self, rng: random.Random) -> Optional[str]:
+        """SIGSTOP of one daemon, SIGCONT 0.2-3 s later, while the other daemons, the direct writer and the
+        near caches of its clients go on. The daemon is one that near-cache clients talk to, when there is
+        one: without a near cache a stalled daemon answers nothing, stale or not."""
+        alive = [d for d in self.daemons if not d.down and d.proc is not None and d.proc.poll() is None]
+        near = [d for d in alive if any(c.near_size and c.daemon is d for c in self.connections)]
+        pool = near or alive
+        if not pool:
+            return None
+        target = pool[0] if len(pool) == 1 else rng.choice(pool)
+        assert target.proc is not None
+        seconds = rng.uniform(0.2, 3.0)
+        pid = target.proc.pid
+        SILENT.stop(pid)
+        stopped = time.monotonic()
+        target.stalls += 1
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            SILENT.resume(pid)
+        return "%s (pid %d) stopped for %.0f ms%s" % (
+            target.name, pid, (time.monotonic() - stopped) * 1000,
+            ", its near-cache clients going on" if target in near else "")
+
+    async def redis_clients(self, address: Optional[Address] = None) -> list["RedisClientInfo"]:
+        """``CLIENT LIST`` of a node (default: the single server, asked on the Unix socket), each connection
+        with the daemon it belongs to (by ACL user with several daemons; with one, every TCP connection not
+        named as the checker's or a Sentinel's and not a replica's: in the single topology the checker's are
+        all on the Unix socket) and its role."""
+        listing = await RespClient.query(self.redis.address if address is None else address, "CLIENT", "LIST",
+                                         timeout=2.0)
+        several = len(self.daemons) > 1
+        users = {d.user: d for d in self.daemons}
+        out = []
+        for line in str(listing).splitlines():
+            f = dict(x.split("=", 1) for x in line.split() if "=" in x)
+            laddr = f.get("laddr", "")
+            tcp = bool(laddr) and not laddr.startswith("/")
+            name = f.get("name", "")
+            if name.startswith((CHECKER_PREFIX, "sentinel-")) or set(f.get("flags", "")) & {"S", "M"}:
+                daemon = None
+            elif several:
+                daemon = users.get(f.get("user"))
+            else:
+                daemon = self.daemons[0] if tcp and self.daemons else None
+            role = "listener" if f.get("sub", "0") != "0" or f.get("cmd") == "subscribe" else "data"
+            addr = f.get("addr", "")
+            host, _, port = addr.rpartition(":")
+            client = (host, int(port)) if tcp and port.isdigit() else ("", 0)
+            shost, _, sport = laddr.rpartition(":")
+            server = (shost, int(sport)) if tcp and sport.isdigit() else None
+            out.append(RedisClientInfo(f.get("id", "?"), name, f.get("user", ""), laddr, client, tcp, role, daemon,
+                                       server))
+        return out
+
+    async def verify_paths(self, when: str) -> None:
+        """Checks that every connection of daemon i reaches Redis on 127.0.0.<i>:<port> (``laddr`` of
+        ``CLIENT LIST``), and none of the checker's uses TCP, so that a rule on one daemon's path touches that
+        daemon only. At the start every daemon must have connections there; a failure fails the run."""
+        if self.redis.tcp_port is None or not self.daemons:
+            return
+        try:
+            clients = await self.redis_clients()
+        except RESP_FAILURES as error:
+            self.anomaly("CLIENT LIST failed", repr(error))
+            return
+        seen: dict[str, Counter[str]] = {d.name: Counter() for d in self.daemons}
+        problems: list[str] = []
+        for c in clients:
+            if c.name.startswith(CHECKER_PREFIX):
+                if c.tcp:
+                    problems.append("the checker's connection %s (%s) uses TCP" % (c.id, c.name))
+                continue
+            if c.daemon is None:
+                continue
+            expected = "%s:%d" % self.daemon_path(c.daemon)
+            if c.laddr != expected:
+                problems.append("%s's connection id %s (%s) reaches Redis on %s, not %s" % (
+                    c.daemon.name, c.id, c.role, c.laddr or "?", expected))
+            else:
+                seen[c.daemon.name][c.role] += 1
+        if when == "start":
+            problems += ["%s has no connection on its path" % name for name, n in seen.items() if not n]
+        self.path_checks[when] = {
+            name: {"path": "%s:%d" % self.daemon_path(d), **dict(seen[name])} for name, d in
+            ((d.name, d) for d in self.daemons)}
+        if problems:
+            self.anomaly("a daemon's connections are not on its own path", "%s: %s" % (when, "; ".join(problems[:3])))
+            if self.path_error is None:
+                self.path_error = "%s: %s" % (when, "; ".join(problems[:5]))
 
     async def admin_fault(self, admin: RespClient, kind: str, rng: random.Random) -> Optional[str]:
         if kind in ("kill-data", "kill-listener"):
@@ -2652,9 +3277,12 @@ class Run:
         finally:
             conn.close()
 
-    def daemon_redis_url(self) -> str:
+    def daemon_redis_url(self, index: int = 1) -> str:
+        """Daemon ``index``'s ``redis`` setting (before its ACL user is added)."""
         topology = self.sentinel or self.cluster
         if topology is None:
+            if self.redis.tcp_port is not None:
+                return "redis://%s:%d" % (daemon_host(index), self.redis.tcp_port)
             return "unix://" + self.redis.socket
         if self.o.daemon_redis == "master":
             return "redis://%s:%d" % (LOCALHOST, topology.nodes[0].port)
@@ -2676,13 +3304,15 @@ class Run:
             for i in range(1, self.o.daemons + 1):
                 directory = self.dir / ("daemon-%d" % i) if several else self.dir
                 directory.mkdir(exist_ok=True)
-                self.daemons.append(Daemon(self.o.binary, directory, self.daemon_redis_url(), i, several,
-                                           aged=any(e.aged for e in ENTRIES)))
+                bound = None if self.bound_refused is not None else self.o.max_staleness_ns / 1e9
+                self.daemons.append(Daemon(self.o.binary, directory, self.daemon_redis_url(i), i, several,
+                                           aged=any(e.aged for e in ENTRIES), max_staleness=bound))
             for d in self.daemons:
                 d.spawn()
             for d in self.daemons:
                 await d.wait_ready()
             await self.probe_features()
+            await self.verify_paths("start")
         loop = asyncio.get_running_loop()
         self.t0 = now()
         for i in range(self.o.clients if self.daemons else 0):
@@ -2694,6 +3324,8 @@ class Run:
         watchdog = loop.create_task(self.watchdog())
         tasks = [loop.create_task(self.actor(conn, random.Random(self.rng.random())))
                  for conn in self.connections for _ in range(self.o.depth)]
+        tasks += [loop.create_task(self.near_reader(conn, random.Random(self.rng.random())))
+                  for conn in self.connections if conn.near_size]
         tasks.append(loop.create_task(self.direct_writer(random.Random(self.rng.random()))))
         if self.daemon is None:
             tasks.append(loop.create_task(self.direct_reader(random.Random(self.rng.random()))))
@@ -2733,12 +3365,17 @@ class Run:
             with contextlib.suppress(*RESP_FAILURES):
                 await self.cluster.view()
                 self.final_distribution = self.cluster.distribution()
+        await self.verify_paths("end")
         for d in self.daemons:
             self.daemon_stats[d.name] = await self.fetch_stats(d)
         for conn in self.connections:
             conn.close()
 
     def teardown(self) -> None:
+        # Every rule removed and every stopped daemon continued first (a stopped daemon ignores SIGTERM).
+        SILENT.undo_all()
+        if SILENT.added:
+            self.rules_left = leftover_rules(RULE_TAG)
         for d in self.daemons:
             status = d.stop()
             if self.daemon_exit is None and status not in (0, None):
@@ -2839,8 +3476,10 @@ def build_report(run: Run, result: H.Result, cross: Optional[list[H.Violation]] 
     if isinstance(first, dict):
         local = first.get("store", {}).get("localCache")
         topology = first.get("store", {}).get("topology")
+    bound_missing = run.bound_refused is not None and run.o.max_staleness_ns > 0
     passed = (not result.violations and run.unanswered == 0 and run.never_answered == 0 and run.daemon_exit is None
-              and not result.failover_unexplained and run.topology_error is None)
+              and not result.failover_unexplained and run.topology_error is None and run.path_error is None
+              and not run.rules_left and not bound_missing)
     return {
         "passed": passed,
         "seconds": round(elapsed, 3),
@@ -2850,6 +3489,7 @@ def build_report(run: Run, result: H.Result, cross: Optional[list[H.Violation]] 
         "daemon_redis": run.daemon_redis_url() if run.o.topology != "single" and not run.o.no_daemon else None,
         "faults_enabled": run.o.faults, "binary": run.o.binary,
         "direct_lag_ms": run.o.lag_ns / 1e6, "unanswered_bound_ms": run.o.bound_ns / 1e6,
+        **bound_report(run, result),
         "features": {"release": run.features.release, "get_lease_false": run.features.lease_false},
         "operations": ops_total,
         "operations_per_second": round(ops_total / elapsed) if elapsed > 0 else 0,
@@ -2882,6 +3522,67 @@ def build_report(run: Run, result: H.Result, cross: Optional[list[H.Violation]] 
         **fleet_report(run, result, cross),
         **failover_report(run, result),
         **cluster_report(run),
+    }
+
+
+def read_layer(source: str) -> str:
+    """Where a read was answered from: "near" (a client's near cache), "daemon" (the daemon's local copy: a
+    hit), "fetched" (the daemon asked Redis: a miss, a fill, a lease, a wait)."""
+    if source.endswith("near hit"):
+        return "near"
+    return "daemon" if " -> hit" in source else "fetched"
+
+
+def bound_report(run: Run, result: H.Result) -> dict[str, Any]:
+    """The staleness bound and the silent faults: the bound configured and the lag it gives, the daemons'
+    TCP paths and their check, the netfilter rules (added, removed, left), and the worst staleness measured
+    (history.py, *Staleness measured*) by the last fault before the read, and by layer."""
+    ats = [f.at for f in run.fault_log]
+    worst: dict[str, float] = {k: 0.0 for k in run.o.faults}
+    by_layer: dict[str, dict[str, float]] = {}
+    counts: Counter[str] = Counter()
+    worst_of: dict[str, H.Staleness] = {}
+    for x in result.staleness:
+        i = bisect.bisect_right(ats, x.read.start)
+        kind = run.fault_log[i - 1].kind if i else "none"
+        ms = x.ns / 1e6
+        counts[kind] += 1
+        layer = read_layer(x.read.source)
+        layers = by_layer.setdefault(kind, {})
+        layers[layer] = round(max(layers.get(layer, 0.0), ms), 3)
+        if kind not in worst_of or x.ns > worst_of[kind].ns:
+            worst_of[kind] = x
+        worst[kind] = max(worst.get(kind, 0.0), ms)
+
+    def example(x: H.Staleness) -> str:
+        r, w2 = x.read, x.overwrite
+        return "%s %s read by %s in [%s, %s], replaced by %s of %s acknowledged at %s (%.1f ms before the read)%s" % (
+            r.entry, json.dumps(r.value), r.source, fmt_t(run, r.start), fmt_t(run, r.end), w2.source,
+            json.dumps(w2.value), fmt_t(run, w2.respond), x.ns / 1e6,
+            "; last fault: " + (last_fault(run, r.start) or "none"))
+
+    tcp = run.redis.tcp_port is not None and bool(run.daemons)
+    return {
+        "max_staleness_s": run.o.max_staleness_ns / 1e9,
+        "max_staleness_configured": bool(run.daemons) and run.bound_refused is None,
+        "max_staleness_refused": run.bound_refused,
+        "staleness_slack_ms": run.o.staleness_slack_ns / 1e6,
+        "lag_without_bound_ms": run.o.unbounded_lag_ns / 1e6,
+        "cross_lag_ms": run.o.cross_lag_ns / 1e6,
+        "redis_paths": {d.name: "%s:%d" % run.daemon_path(d) for d in run.daemons} if tcp else None,
+        "redis_paths_checked": run.path_checks,
+        "redis_path_error": run.path_error,
+        "silent_faults_unavailable": run.silent_unavailable,
+        "faults_left_out": run.faults_left_out,
+        "netfilter": {"tag": RULE_TAG, "rules_added": SILENT.added, "rules_removed": SILENT.removed,
+                      "rules_of_dead_checkers_swept": run.rules_swept, "rules_left_after_teardown": run.rules_left,
+                      "remove_failures": SILENT.failures[:5]},
+        "daemon_stalls": {d.name: d.stalls for d in run.daemons},
+        "worst_staleness_ms_by_fault": {k: round(v, 3) for k, v in worst.items()},
+        "worst_staleness_ms_by_fault_and_layer": by_layer,
+        "stale_reads_by_fault": dict(counts),
+        "worst_staleness_examples": {k: example(x) for k, x in worst_of.items()},
+        "violations_by_layer": dict(Counter(read_layer(v.read.source) for v in result.violations)),
     }
 
 
@@ -3069,8 +3770,40 @@ def print_text(rep: dict[str, Any]) -> None:
     p("history: %d entries, %d writes (%s), %d handler fills, %d refused writes, %d reads checked" % (
         h["entries"], h["writes"], ", ".join("%s %d" % kv for kv in h["writes_by_source"].items()),
         h["fills"], h["refused_writes"], h["reads_checked"]))
-    p("  writes made directly to Redis and restarts may stay invisible for %.0f ms: Redis's client-side"
-      " caching delivers their invalidations asynchronously" % rep["direct_lag_ms"])
+    if rep["max_staleness_s"]:
+        p("staleness bound: max_staleness %g s (%s); direct writes, restarts and other daemons' writes may stay "
+          "invisible for %.0f ms (the bound + %.0f ms slack), writes through the reading daemon for none" % (
+              rep["max_staleness_s"], "no daemon" if not rep["daemon"] else "configured"
+              if rep["max_staleness_configured"] else
+              "REFUSED by the daemon, run without it: %s" % rep["max_staleness_refused"],
+              rep["direct_lag_ms"], rep["staleness_slack_ms"]))
+    else:
+        p("  no staleness bound (max_staleness 0): writes made directly to Redis and restarts may stay invisible for"
+          " %.0f ms: Redis's client-side caching delivers their invalidations asynchronously" % rep["direct_lag_ms"])
+    if rep["redis_paths"]:
+        p("daemons' paths to Redis (TCP; the checker's own connections on the Unix socket): %s; checked: %s%s" % (
+            ", ".join("%s %s" % kv for kv in rep["redis_paths"].items()), json.dumps(rep["redis_paths_checked"]),
+            "; PATH ERROR: " + rep["redis_path_error"] if rep["redis_path_error"] else ""))
+    if rep["silent_faults_unavailable"]:
+        p("silent network faults left out (%s): %s" % (",".join(rep["faults_left_out"]) or "none asked",
+                                                      rep["silent_faults_unavailable"]))
+    nf = rep["netfilter"]
+    if nf["rules_added"] or nf["rules_of_dead_checkers_swept"] or nf["rules_left_after_teardown"]:
+        p("netfilter rules (tag %s): %d added, %d removed, %d left after teardown%s%s" % (
+            nf["tag"], nf["rules_added"], nf["rules_removed"], len(nf["rules_left_after_teardown"]),
+            "; %d of dead checkers swept before the run" % nf["rules_of_dead_checkers_swept"]
+            if nf["rules_of_dead_checkers_swept"] else "",
+            "".join("\n  LEFT: " + r for r in nf["rules_left_after_teardown"])))
+    if any(rep["daemon_stalls"].values()):
+        p("daemons stopped (stall-daemon): " + json.dumps(rep["daemon_stalls"]))
+    p("worst staleness (ms by which a replacing write's acknowledgement preceded a read of the old value, within "
+      "the lag or not), by the last fault before the read: " + (", ".join(
+          "%s %.1f%s" % (k, v, " (%s; %d reads)" % (", ".join(
+              "%s %.1f" % lv for lv in sorted(rep["worst_staleness_ms_by_fault_and_layer"].get(k, {}).items())),
+              rep["stale_reads_by_fault"].get(k, 0)) if rep["stale_reads_by_fault"].get(k) else "")
+          for k, v in rep["worst_staleness_ms_by_fault"].items()) or "no faults"))
+    for k, ex in rep["worst_staleness_examples"].items():
+        p("  worst after %s: %s" % (k, ex))
     if rep.get("daemons", 0) > 1:
         for name, local in rep["local_cache_by_daemon"].items():
             p("daemon %s local cache: %s" % (name, json.dumps(local)))
@@ -3158,7 +3891,7 @@ def print_text(rep: dict[str, Any]) -> None:
         p("TOPOLOGY ERROR: " + rep["topology_error"])
     p("violations: %d %s" % (rep["violations"], json.dumps(rep["violations_by_kind"]) if rep["violations"] else ""))
     if rep["violations"]:
-        p("  by key: " + json.dumps(rep["violations_by_key"]))
+        p("  by key: " + json.dumps(rep["violations_by_key"]) + "; by layer: " + json.dumps(rep["violations_by_layer"]))
         p("  %d episodes (the same value read from one entry after the same write), by the last fault before"
           " them: %s; longest staleness beyond the lag: %.1f ms" % (
               rep["violation_episodes"], json.dumps(rep["violation_episodes_by_last_fault"]), rep["max_stale_ms"]))
@@ -3196,6 +3929,24 @@ def print_text(rep: dict[str, Any]) -> None:
 
 #: --dump-history
 DUMP_HISTORY: Optional[str] = None
+#: --discard
+DISCARD = False
+
+
+def daemon_refuses_max_staleness(binary: str) -> Optional[str]:
+    """The daemon's answer when its configuration check refuses ``[local_cache] max_staleness`` (a daemon
+    from before the bound), else None."""
+    with tempfile.TemporaryDirectory(prefix="cached-bound-") as d:
+        config = Path(d) / "cached.toml"
+        config.write_text('socket = "%s/cached.sock"\nredis = "unix://%s/redis.sock"\n\n[local_cache]\n'
+                          'max_staleness = 0.5\n' % (d, d))
+        try:
+            done = subprocess.run([binary, "--check-config", "--config", str(config)], capture_output=True,
+                                  text=True, timeout=30, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError):
+            return None
+    out = (done.stdout + done.stderr).strip()
+    return out.splitlines()[0][-300:] if done.returncode != 0 and "max_staleness" in out else None
 
 
 def default_binary() -> str:
@@ -3213,9 +3964,12 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
     ap.add_argument("--clients", type=int, default=8, help="client connections to cached (default 8)")
     ap.add_argument("--depth", type=int, default=2, help="concurrent requests per connection (default 2)")
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock, printed)")
-    ap.add_argument("--faults", default="all", help="all, none, or a comma list of %s (and, with --topology "
-                    "sentinel, %s; with --topology cluster, %s; all includes them there)" % (
-                        ",".join(FAULT_KINDS), ",".join(SENTINEL_FAULT_KINDS), ",".join(CLUSTER_FAULT_KINDS)))
+    ap.add_argument("--faults", default="all", help="all, none, or a comma list of %s (also "
+                    "the silent %s (network kinds: with --topology single over --redis-path tcp, on flows with sentinel "
+                    "and cluster); with --topology sentinel, %s; with --topology cluster, %s; all includes them there; "
+                    "kill-daemon with --daemons 2 or more)" % (
+                        ",".join(FAULT_KINDS), ",".join(SILENT_FAULT_KINDS), ",".join(SENTINEL_FAULT_KINDS),
+                        ",".join(CLUSTER_FAULT_KINDS)))
     ap.add_argument("--topology", choices=("single", "sentinel", "cluster"), default="single",
                     help="single: one redis-server on a Unix socket (default); sentinel: a master, a replica and "
                     "three Sentinels on 127.0.0.1, cached configured with a redis-sentinel:// URL; cluster: a Redis "
@@ -3250,11 +4004,33 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
                     help="entries of the aged key Aged (ttl %g s, stale_ttl %g s, grace %g s, early_refresh_beta %g, "
                     "a handler) in the workload, at most %d (default 4 with --topology single, else 0)" % (
                         AGED_TTL, AGED_STALE_TTL, AGED_GRACE, AGED_BETA, len(AGED_ENTRIES)))
+    ap.add_argument("--max-staleness", type=float, default=0.5,
+                    help="the daemons' [local_cache] max_staleness in seconds (default 0.5; 0: no bound, written as "
+                    "max_staleness = 0, or left out for a daemon that does not know the setting): direct writes, "
+                    "restarts and other daemons' writes may then stay invisible for max_staleness plus "
+                    "--staleness-slack-ms")
+    ap.add_argument("--strict-lag-ms", type=float, default=None,
+                    help="check direct and other daemons' writes with this lag instead of the bound's (for runs whose "
+                    "faults all announce themselves, where the invalidations must arrive within ~100 ms, not just "
+                    "within max_staleness)")
+    ap.add_argument("--staleness-slack-ms", type=float, default=50.0,
+                    help="added to --max-staleness for the lag (default 50: the instants are taken around awaits, "
+                    "the checker's and the daemon's; see history.py, Staleness bound)")
     ap.add_argument("--direct-lag-ms", type=float, default=100.0,
-                    help="time a direct write to Redis (or a restart) may stay invisible (default 100)")
+                    help="without a bound (--max-staleness 0): time a direct write to Redis (or a restart) may stay "
+                    "invisible (default 100)")
     ap.add_argument("--cross-lag-ms", type=float, default=None,
-                    help="time a write through one daemon may stay invisible to reads through another (its "
-                    "invalidation is asynchronous; default: --direct-lag-ms)")
+                    help="without a bound (--max-staleness 0): time a write through one daemon may stay invisible to "
+                    "reads through another (its invalidation is asynchronous; default: --direct-lag-ms)")
+    ap.add_argument("--redis-path", choices=("tcp", "unix"), default="tcp",
+                    help="single topology: how the daemons reach Redis: tcp (default; daemon i connects to "
+                    "127.0.0.<i>:<port>, so that a netfilter rule cuts one daemon's path only) or unix (the Unix "
+                    "socket; no network fault kinds). The checker's own connections always use the Unix socket")
+    ap.add_argument("--blackhole-one", choices=("random", "listener", "data"), default="random",
+                    help="the flow blackhole-one cuts: a data connection or the invalidation listener at random "
+                    "(default), always the listener, or always a data connection")
+    ap.add_argument("--loss-probability", type=float, default=None,
+                    help="loss: the share of packets dropped (default: 0.1 to 0.5 at random each time)")
     ap.add_argument("--age-slack-ms", type=float, default=100.0,
                     help="how late after its latest possible expiry in Redis an aged value may still be answered "
                     "(default 100)")
@@ -3265,6 +4041,8 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
     ap.add_argument("--redis-server", default=find_redis_server(), help="the redis-server binary")
     ap.add_argument("--examples", type=int, default=5, help="violations printed in detail (default 5)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, config)")
+    ap.add_argument("--discard", action="store_true",
+                    help="remove the temp dir even when the run fails (a run expected to find violations)")
     ap.add_argument("--dump-history", default=None, metavar="PATH",
                     help="write the history, the run's start instant and its faults to PATH (pickle), to study a run")
     ap.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -3275,6 +4053,10 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
         ap.error("--daemons must be at least 1")
     known = FAULT_KINDS + {"sentinel": SENTINEL_FAULT_KINDS, "cluster": CLUSTER_FAULT_KINDS}.get(a.topology, ())
     known += () if a.no_daemon else DAEMON_FAULT_KINDS
+    silent_known: tuple[str, ...] = ()
+    if not a.no_daemon:
+        silent_known = SILENT_FAULT_KINDS if a.redis_path == "tcp" or a.topology != "single" else STALL_FAULT_KINDS
+    known += silent_known
     if a.faults == "all":
         faults = [f for f in known if f not in DAEMON_FAULT_KINDS or a.daemons > 1]
     elif a.faults in ("none", ""):
@@ -3283,11 +4065,13 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
         faults = [f.strip() for f in a.faults.split(",") if f.strip()]
         bad = [f for f in faults if f not in known]
         if bad:
-            ap.error("unknown fault kind(s): %s (known: %s%s%s%s)" % (
+            ap.error("unknown fault kind(s): %s (known: %s%s%s%s%s)" % (
                 ",".join(bad), ",".join(known),
                 "; failover needs --topology sentinel or cluster" if "failover" in bad else "",
                 "; reshard needs --topology cluster" if "reshard" in bad else "",
-                "; kill-daemon needs a daemon" if "kill-daemon" in bad else ""))
+                "; kill-daemon needs a daemon" if "kill-daemon" in bad else "",
+                "; %s need a daemon (and with --topology single, --redis-path tcp)" % ",".join(
+                    f for f in bad if f in SILENT_FAULT_KINDS) if set(bad) & set(SILENT_FAULT_KINDS) else ""))
     if a.no_daemon:
         # Without cached there are no data connections or listeners to kill.
         needs_daemon = [f for f in faults if f in ("kill-data", "kill-listener")]
@@ -3309,13 +4093,27 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Options, bool]:
     if not 0 <= aged <= len(AGED_ENTRIES):
         ap.error("--aged-entries must be 0 to %d" % len(AGED_ENTRIES))
     cross_lag_ms = a.cross_lag_ms if a.cross_lag_ms is not None else a.direct_lag_ms
-    global DUMP_HISTORY
+    if a.max_staleness < 0 or a.staleness_slack_ms < 0:
+        ap.error("--max-staleness and --staleness-slack-ms must not be negative")
+    if a.loss_probability is not None and not 0 < a.loss_probability <= 1:
+        ap.error("--loss-probability must be in (0, 1]")
+    if a.daemons > 254 and a.redis_path == "tcp" and a.topology == "single":
+        ap.error("--redis-path tcp gives each daemon an address 127.0.0.<i>: at most 254 daemons")
+    max_staleness_ns = int(round(a.max_staleness * 1e9))
+    slack_ns = int(round(a.staleness_slack_ms * 1e6))
+    lag_ns = H.staleness_lag(max_staleness_ns, slack_ns, int(a.direct_lag_ms * 1e6))
+    cross_lag_ns = H.staleness_lag(max_staleness_ns, slack_ns, int(cross_lag_ms * 1e6))
+    if a.strict_lag_ms is not None:
+        lag_ns = cross_lag_ns = int(a.strict_lag_ms * 1e6)
+    global DUMP_HISTORY, DISCARD
     DUMP_HISTORY = a.dump_history
-    return Options(a.seconds, max(1, a.clients), max(1, a.depth), seed, faults, int(a.direct_lag_ms * 1e6),
+    DISCARD = a.discard and not a.keep
+    return Options(a.seconds, max(1, a.clients), max(1, a.depth), seed, faults, lag_ns,
                    int(a.unanswered_ms * 1e6), a.bin, a.redis_server, a.keep, a.examples, a.topology,
                    a.failover_interval, a.daemon_redis, a.rejoin, a.no_daemon, redis_cli, a.cluster_node_timeout,
-                   a.cluster_full_coverage == "yes", max(0, a.cluster_keys), a.daemons, int(cross_lag_ms * 1e6), aged,
-                   int(a.age_slack_ms * 1e6), max(0, min(a.near_clients, a.clients))), a.json
+                   a.cluster_full_coverage == "yes", max(0, a.cluster_keys), a.daemons, cross_lag_ns, aged,
+                   int(a.age_slack_ms * 1e6), max(0, min(a.near_clients, a.clients)), max_staleness_ns, slack_ns,
+                   int(a.direct_lag_ms * 1e6), a.redis_path == "tcp", a.blackhole_one, a.loss_probability), a.json
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -3323,8 +4121,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not options.no_daemon and not os.access(options.binary, os.X_OK):
         print("cached binary not found: %s" % options.binary, file=sys.stderr)
         return 2
+    install_undo_handlers()
+    unavailable: Optional[str] = None
+    left_out: list[str] = []
+    swept = 0
+    if any(f in NETWORK_FAULT_KINDS for f in options.faults):
+        unavailable = netfilter_unavailable()
+        if unavailable is not None:
+            left_out = [f for f in options.faults if f in NETWORK_FAULT_KINDS]
+            options.faults = [f for f in options.faults if f not in NETWORK_FAULT_KINDS]
+            print("silent network faults left out (%s): %s" % (",".join(left_out), unavailable), file=sys.stderr)
+        else:
+            swept = sweep_leftover_rules()
+    refused = None if options.no_daemon else daemon_refuses_max_staleness(options.binary)
     directory = Path(tempfile.mkdtemp(prefix="cached-coherence-"))
     run = Run(options, directory)
+    run.silent_unavailable, run.faults_left_out, run.rules_swept, run.bound_refused = unavailable, left_out, swept, refused
+    if refused is not None and options.max_staleness_ns:
+        run.anomaly("the daemon refuses [local_cache] max_staleness: run without the bound, checked against it",
+                    refused)
     try:
         try:
             asyncio.run(run.main())
@@ -3351,7 +4166,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         strict = H.check(dataclasses.replace(run.history, cross_lag=0))
         cross = [v for v in strict.violations if id(v.read) not in flagged]
     report = build_report(run, result, cross)
-    if options.keep or not report["passed"]:
+    if options.keep or (not report["passed"] and not DISCARD):
         report["directory"] = str(directory)
     else:
         shutil.rmtree(directory, ignore_errors=True)

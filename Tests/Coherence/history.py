@@ -58,6 +58,38 @@ becomes visible to reads through daemon ``B`` at the latest ``respond + max(lag,
 is a write of the daemon whose worker produced it (the value says which): that daemon stores it, and drops
 its local copy first.
 
+**Staleness bound** (``[local_cache] max_staleness = S``: ``staleness_lag``). Without a bound, a daemon
+whose path to Redis silently stops delivering (every packet dropped, nothing closed) or that is stopped keeps
+answering from its local copy, and its clients' near caches keep answering, for as long as the fault lasts:
+no lag explains that. With the bound the daemon promises that a hit (from its local copy, or from a near
+cache fed by it) is at most ``S`` behind Redis, whatever the fault: it serves a hit only while it holds a
+*proof* at most ``S`` old, an instant ``P`` such that every invalidation Redis sent before ``P`` has been
+applied (the reply to a heartbeat sent at ``P`` follows, on the same connection, every invalidation Redis
+wrote before it; a near cache checks the daemon's proof page before it drains its socket). Redis sends a
+write's invalidation before it acknowledges the write, so a hit at ``T`` of a value a write ``w2``
+replaced has ``P <= respond(w2)`` (else the invalidation would have been applied) and ``T - P <= S``: ``T <=
+respond(w2) + S``. So a write not made through the reading daemon (direct writes, restarts, failover
+resets, another daemon's writes and fills) gets ``lag = S + slack`` there; a write through the reading
+daemon keeps lag 0 (the daemon drops its own copy before it answers). With ``S = 0`` (no bound) the
+allowances of old apply (``--direct-lag-ms``, ``--cross-lag-ms``), which a correct daemon meets under the
+faults that close connections.
+
+*Why a slack at all.* The argument holds for the true instants, and the recorded ones lie on the safe side
+of them (a read's start is taken before its request is written, a write's respond after its answer is
+read), but they are taken in Python around awaits, and the instants the bound is enforced with are taken the
+same way on the other side: the daemon reads its clock for a proof when it issues the heartbeat, not when
+the bytes leave, and tests a proof's age when it handles a request, a scheduling turn away from the answer;
+a near cache reads the proof page and the clock some instructions apart, and the checker's own near-cache
+reads run between awaits of its event loop. Each of these is off by an event-loop turn (a few ms; more on
+this machine's slow wake-ups): the slack (``--staleness-slack-ms``, default 50 ms) absorbs them, and is far
+below what a bound that is not enforced shows (the fault's whole length, seconds).
+
+**Staleness measured.** Besides the violations, ``check`` measures every read of a value that an
+acknowledged write had already replaced before the read began (``Result.staleness``): by how much the
+earliest such write's ``respond`` preceded the read's ``start``, lags ignored (the value read is taken as
+written by the candidate write hardest to supersede, as in rule 2). Reads within the lag are legal and
+measured too: this is the figure the bound limits.
+
 **Fences.** With the fleet's fill lock, a ``set``, ``delete`` or ``deleteHash`` through ``cached`` (any daemon)
 ends the entry's lock in the same Redis script, and a fill is stored only by a script that checks that its
 token still holds the lock; the lock is taken before the handler is called. So a fill produced at ``p``
@@ -315,6 +347,19 @@ class Unexplained:
     kind: str
 
 
+@dataclass(slots=True)
+class Staleness:
+    """A read of a value that an acknowledged write had replaced before the read began (*Staleness measured*)."""
+
+    read: Read
+    #: The write whose value was read (the candidate hardest to supersede).
+    write: Write
+    #: The earliest acknowledged write invoked after ``write`` responded.
+    overwrite: Write
+    #: ``read.start - overwrite.respond`` (ns, > 0).
+    ns: int
+
+
 @dataclass
 class Result:
     violations: list[Violation]
@@ -338,11 +383,23 @@ class Result:
     #: Aged entries: the longest a ``"stale": true`` answer came before its value's ttl could end (ms; INF
     #: for a value without expiry).
     earliest_stale_ms: float = 0.0
+    #: Every read of an already replaced value, violation or not (*Staleness measured*).
+    staleness: list[Staleness] = field(default_factory=list)
 
 
-def visible_to(w: Write, reader: Optional[int], cross_lag: int) -> float:
+def staleness_lag(max_staleness: int, slack: int, unbounded_lag: int) -> int:
+    """The lag of a write not made through the reading daemon (direct writes, restarts, failover resets,
+    another daemon's writes; ns): ``max_staleness + slack`` when the daemon has a staleness bound
+    (``max_staleness > 0``), else ``unbounded_lag`` (the allowance without a bound). See *Staleness bound*."""
+    return max_staleness + slack if max_staleness > 0 else unbounded_lag
+
+
+def visible_to(w: Write, reader: Optional[int], cross_lag: int, lagless: bool = False) -> float:
     """The instant from which reads through daemon ``reader`` (None: straight from Redis) must see ``w``
-    or a later write: ``respond + lag``, where a write through another daemon gets at least ``cross_lag``."""
+    or a later write: ``respond + lag``, where a write through another daemon gets at least ``cross_lag``
+    (``lagless``: ``respond``, to measure staleness)."""
+    if lagless:
+        return w.respond
     lag = w.lag
     if cross_lag and w.daemon is not None and reader is not None and w.daemon != reader:
         lag = max(lag, cross_lag)
@@ -353,14 +410,15 @@ class _EntryIndex:
     """The writes of one entry, sorted by invoke, with the suffix minimum of the instant each becomes
     visible to reads through daemon ``reader`` (``visible_to``)."""
 
-    def __init__(self, writes: list[Write], reader: Optional[int] = None, cross_lag: int = 0) -> None:
+    def __init__(self, writes: list[Write], reader: Optional[int] = None, cross_lag: int = 0,
+                 lagless: bool = False) -> None:
         self.writes = sorted(writes, key=lambda w: w.invoke)
         self.invokes = [w.invoke for w in self.writes]
         n = len(self.writes)
         self.suffix_min: list[float] = [INF] * (n + 1)
         self.suffix_arg: list[int] = [-1] * (n + 1)
         for i in range(n - 1, -1, -1):
-            visible = visible_to(self.writes[i], reader, cross_lag)
+            visible = visible_to(self.writes[i], reader, cross_lag, lagless)
             if visible < self.suffix_min[i + 1]:
                 self.suffix_min[i] = visible
                 self.suffix_arg[i] = i
@@ -378,16 +436,18 @@ class _EntryIndex:
 class _Indexes:
     """``_EntryIndex`` per (entry, reading daemon), built when first needed, over some writes."""
 
-    def __init__(self, by_entry: dict[str, list[Write]], cross_lag: int) -> None:
+    def __init__(self, by_entry: dict[str, list[Write]], cross_lag: int, lagless: bool = False) -> None:
         self.by_entry = by_entry
         self.cross_lag = cross_lag
+        #: Every write visible at its respond, to every reader (staleness is measured with it).
+        self.lagless = lagless
         self.built: dict[tuple[str, Optional[int]], _EntryIndex] = {}
 
     def get(self, entry: str, reader: Optional[int]) -> _EntryIndex:
-        key = (entry, reader if self.cross_lag else None)
+        key = (entry, reader if self.cross_lag and not self.lagless else None)
         index = self.built.get(key)
         if index is None:
-            index = self.built[key] = _EntryIndex(self.by_entry.get(entry, []), key[1], self.cross_lag)
+            index = self.built[key] = _EntryIndex(self.by_entry.get(entry, []), key[1], self.cross_lag, self.lagless)
         return index
 
 
@@ -539,6 +599,18 @@ def check(history: History, max_examples: int = 5) -> Result:
     indexes = _Indexes(by_entry, history.cross_lag)
     fences = _Indexes(fencing, history.cross_lag)
     candidates = {k: _Candidates(ws) for k, ws in by_value.items()}
+    lagless = _Indexes(by_entry, 0, lagless=True)
+    staleness: list[Staleness] = []
+
+    def measure(r: Read, w: Write, aging: Optional[Aging]) -> None:
+        """Records how stale ``r`` (a read of ``w``'s value) was, if an acknowledged write had replaced it."""
+        index = lagless.get(r.entry, None)
+        overwritten, w2 = index.earliest_visible_after(w.respond)
+        if w2 is None or overwritten >= r.start:
+            return
+        if r.value is None and aging is not None and _expiry_explains(r, index, aging):
+            return  # the replacing value had expired: nothing stale
+        staleness.append(Staleness(r, w, w2, int(r.start - overwritten)))
 
     violations: list[Violation] = []
     claimed_unwritten_seen: set[str] = set()
@@ -604,6 +676,7 @@ def check(history: History, max_examples: int = 5) -> Result:
             violations.append(Violation("before-write", r, cands.writes[0]))
             continue
         w = best
+        measure(r, w, aging)
         visible, w2 = indexes.get(r.entry, r.daemon).earliest_visible_after(w.respond)
         if visible < r.start:
             if r.value is None and aging is not None and _expiry_explains(r, indexes.get(r.entry, r.daemon), aging):
@@ -639,4 +712,4 @@ def check(history: History, max_examples: int = 5) -> Result:
     plain = {name: indexes.get(name, None) for name in {e for f in history.failovers for e in f.values}}
     lost, unexplained, unknown = _failover_losses(history, resets, plain, candidates, value_entries)
     return Result(violations, len(history.reads) - excused, len(all_writes), notes, examples, lost, unexplained,
-                  excused, unknown, latest_expiry_ms, aging_examples, earliest_stale_ms)
+                  excused, unknown, latest_expiry_ms, aging_examples, earliest_stale_ms, staleness)

@@ -1,13 +1,18 @@
-"""Runs the coherence checker against the built daemon for about 20 s with every fault kind, then for
-about 25 s with two daemons sharing one Redis (every fault kind, kill -9 of a daemon included, and the
-aged key), then for about 25 s across two Redis failovers (Sentinel topology), then for about 30 s across
-Redis Cluster reshards and failovers.
+"""Runs the coherence checker against the built daemon for about 20 s with every fault kind that closes
+connections or pauses Redis, then for about 25 s with two daemons sharing one Redis (those fault kinds,
+kill -9 of a daemon included, and the aged key), then for about 15 s with two daemons under the silent
+faults (blackhole, blackhole-one, loss, stall-daemon) with the staleness bound on, then for about 10 s per
+silent fault kind with the bound off (the checker must find violations: the faults can fail a daemon),
+then for about 25 s across two Redis failovers (Sentinel topology), then for about 30 s across Redis
+Cluster reshards and failovers.
 
 The daemon binary is $CACHED_BIN, else .build/debug/cached; the tests are skipped when it (or
 redis-server) is missing, the Sentinel test when redis-server cannot run a Sentinel or the daemon
 refuses redis-sentinel:// URLs, the cluster test when redis-server cannot run a cluster node, redis-cli
 is missing, or the daemon refuses redis-cluster:// URLs. COHERENCE_SECONDS, COHERENCE_FLEET_SECONDS,
-COHERENCE_SENTINEL_SECONDS and COHERENCE_CLUSTER_SECONDS change the durations.
+COHERENCE_SILENT_SECONDS, COHERENCE_UNBOUNDED_SECONDS, COHERENCE_SENTINEL_SECONDS and COHERENCE_CLUSTER_SECONDS
+change the durations. The silent network fault kinds need netfilter (root, iptables): without it those
+tests are skipped with the reason, never passed without the fault.
 """
 
 from __future__ import annotations
@@ -33,14 +38,21 @@ SECONDS = float(os.environ.get("COHERENCE_SECONDS", "20"))
 FLEET_SECONDS = float(os.environ.get("COHERENCE_FLEET_SECONDS", "25"))
 SENTINEL_SECONDS = float(os.environ.get("COHERENCE_SENTINEL_SECONDS", "25"))
 CLUSTER_SECONDS = float(os.environ.get("COHERENCE_CLUSTER_SECONDS", "30"))
+SILENT_SECONDS = float(os.environ.get("COHERENCE_SILENT_SECONDS", "15"))
+UNBOUNDED_SECONDS = float(os.environ.get("COHERENCE_UNBOUNDED_SECONDS", "10"))
 FAULTS = ("kill-data", "kill-listener", "pause", "restart", "timeout")
+#: Silent faults: nothing is closed, nobody is told (the checker's module documentation).
+NETWORK_FAULTS = ("blackhole", "blackhole-one", "loss")
+SILENT_FAULTS = NETWORK_FAULTS + ("stall-daemon",)
 
 
 @pytest.mark.skipif(not os.access(BINARY, os.X_OK), reason="cached binary not built: %s" % BINARY)
 @pytest.mark.skipif(REDIS is None, reason="redis-server not installed")
 def test_coherent_under_faults() -> None:
     run = subprocess.run(
-        [sys.executable, str(HERE / "checker.py"), "--seconds", str(SECONDS), "--faults", "all", "--json",
+        [sys.executable, str(HERE / "checker.py"), "--seconds", str(SECONDS), "--faults", ",".join(FAULTS), "--json",
+         # Faults that announce themselves: invalidations still within 100 ms, not just within the bound.
+         "--strict-lag-ms", "100",
          "--bin", BINARY, "--redis-server", str(REDIS)],
         capture_output=True, text=True, timeout=SECONDS + 120)
     assert run.returncode in (0, 1), "checker failed to run (%d):\n%s\n%s" % (run.returncode, run.stdout, run.stderr)
@@ -66,7 +78,8 @@ def test_coherent_across_daemons_with_aged_entries() -> None:
     """Two daemons share one redis-server: the fill lock, fenced stores, waits for another daemon's fill,
     stale answers and early refreshes of the aged key, under every fault kind and kill -9 of a daemon."""
     run = subprocess.run(
-        [sys.executable, str(HERE / "checker.py"), "--seconds", str(FLEET_SECONDS), "--faults", "all", "--daemons", "2",
+        [sys.executable, str(HERE / "checker.py"), "--seconds", str(FLEET_SECONDS), "--strict-lag-ms", "100", "--faults",
+         ",".join(FAULTS + ("kill-daemon",)), "--daemons", "2",
          "--aged-entries", "4", "--json", "--bin", BINARY, "--redis-server", str(REDIS)],
         capture_output=True, text=True, timeout=FLEET_SECONDS + 120)
     assert run.returncode in (0, 1), "checker failed to run (%d):\n%s\n%s" % (run.returncode, run.stdout, run.stderr)
@@ -89,6 +102,112 @@ def test_coherent_across_daemons_with_aged_entries() -> None:
     assert report["unanswered"] == 0 and report["never_answered"] == 0, summary
     assert report["daemon_exit_during_run"] is None, summary
     assert report["passed"], summary
+
+
+def netfilter_unavailable() -> Optional[str]:
+    """Why the checker cannot add netfilter rules here (None: it can; it adds and deletes one harmless rule)."""
+    sys.path.insert(0, str(HERE))
+    from checker import netfilter_unavailable as probe  # noqa: E402
+
+    return probe()
+
+
+def leftover_rules(tag: str) -> list[str]:
+    """Rules carrying ``tag`` (the checker's) still in place."""
+    sys.path.insert(0, str(HERE))
+    from checker import leftover_rules as listed  # noqa: E402
+
+    return [line for line in listed(tag) if tag in line.split()]
+
+
+def run_checker(arguments: list[str], seconds: float) -> dict:
+    run = subprocess.run(
+        [sys.executable, str(HERE / "checker.py"), "--seconds", str(seconds), *arguments, "--json", "--bin", BINARY,
+         "--redis-server", str(REDIS)],
+        capture_output=True, text=True, timeout=seconds + 120)
+    assert run.returncode in (0, 1), "checker failed to run (%d):\n%s\n%s" % (run.returncode, run.stdout, run.stderr)
+    return json.loads(run.stdout)
+
+
+SILENT_SUMMARY = (
+    "seed", "max_staleness_s", "max_staleness_configured", "max_staleness_refused", "direct_lag_ms", "cross_lag_ms",
+    "violations", "violations_by_kind", "violations_by_layer", "violation_episodes_by_last_fault",
+    "violation_examples", "worst_staleness_ms_by_fault", "worst_staleness_ms_by_fault_and_layer",
+    "worst_staleness_examples", "unanswered", "never_answered", "unanswered_examples", "faults",
+    "silent_faults_unavailable", "redis_paths", "redis_paths_checked", "redis_path_error", "netfilter",
+    "daemon_stalls", "operations", "operations_by_daemon", "anomalies", "anomaly_examples")
+
+
+def check_cleanup(report: dict, summary: str) -> None:
+    """Every rule the checker added was removed (its report, and netfilter itself), no daemon left stopped."""
+    assert report["netfilter"]["rules_left_after_teardown"] == [], summary
+    assert report["netfilter"]["rules_added"] == report["netfilter"]["rules_removed"], summary
+    assert leftover_rules(report["netfilter"]["tag"]) == [], summary
+
+
+@pytest.mark.skipif(not os.access(BINARY, os.X_OK), reason="cached binary not built: %s" % BINARY)
+@pytest.mark.skipif(REDIS is None, reason="redis-server not installed")
+def test_coherent_under_silent_faults() -> None:
+    """Two daemons, each on its own TCP path to Redis, with the staleness bound (max_staleness 0.5 s, the
+    default): a blackholed path, one blackholed flow, random loss, a stopped daemon. Every hit, from a daemon
+    or from a near cache, must be within the bound: no violation with the lag max_staleness + slack."""
+    why = netfilter_unavailable()
+    if why:
+        pytest.skip("silent network faults need netfilter: " + why)
+    report = run_checker(["--faults", ",".join(SILENT_FAULTS), "--daemons", "2"], SILENT_SECONDS)
+    summary = json.dumps({k: report.get(k) for k in SILENT_SUMMARY}, indent=1)
+    assert report["silent_faults_unavailable"] is None, summary
+    assert report["operations"] > 0 and report["daemons"] == 2, summary
+    assert report["redis_path_error"] is None and len(set(report["redis_paths"].values())) == 2, summary
+    for kind in SILENT_FAULTS:
+        # One fault every 0.5-2 s, each kind once per round, each lasting 0.2-4 s: 15 s make a round.
+        assert report["faults"].get(kind, 0) > 0, "fault %s never injected\n%s" % (kind, summary)
+    assert report["max_staleness_configured"], summary
+    bound_ms = report["max_staleness_s"] * 1000 + report["staleness_slack_ms"]
+    assert all(ms <= bound_ms for ms in report["worst_staleness_ms_by_fault"].values()), summary
+    assert report["violations"] == 0, summary
+    assert report["unanswered"] == 0 and report["never_answered"] == 0, summary
+    assert report["daemon_exit_during_run"] is None, summary
+    check_cleanup(report, summary)
+    assert report["passed"], summary
+
+
+#: Per silent fault kind: the checker's arguments that make it find staleness without a bound.
+UNBOUNDED = {
+    "blackhole": [],
+    # The listener's flow: the invalidations stop; a data connection's flow only times out commands.
+    "blackhole-one": ["--blackhole-one", "listener"],
+    "loss": [],
+    # A stopped daemon answers nothing: the staleness shows in its clients' near caches (both near-cache
+    # clients talk to the one daemon).
+    "stall-daemon": [],
+}
+
+
+@pytest.mark.skipif(not os.access(BINARY, os.X_OK), reason="cached binary not built: %s" % BINARY)
+@pytest.mark.skipif(REDIS is None, reason="redis-server not installed")
+@pytest.mark.parametrize("kind", SILENT_FAULTS)
+def test_silent_faults_find_staleness_without_bound(kind: str) -> None:
+    """With the bound off (max_staleness 0) the daemon keeps answering old values through a silent fault: the
+    checker must find violations after that fault kind, or the fault (or the check) proves nothing."""
+    if kind in NETWORK_FAULTS:
+        why = netfilter_unavailable()
+        if why:
+            pytest.skip("silent network faults need netfilter: " + why)
+    # --discard: the run is meant to fail; its files are not kept.
+    report = run_checker(["--faults", kind, "--max-staleness", "0", "--discard", *UNBOUNDED[kind]], UNBOUNDED_SECONDS)
+    summary = json.dumps({k: report.get(k) for k in SILENT_SUMMARY}, indent=1)
+    assert report["silent_faults_unavailable"] is None, summary
+    assert report["faults"].get(kind, 0) > 0, "fault %s never injected\n%s" % (kind, summary)
+    assert report["redis_path_error"] is None, summary
+    assert report["violations_by_kind"].get("stale", 0) > 0, summary
+    assert report["violation_episodes_by_last_fault"].get(kind, 0) > 0, summary
+    if kind == "blackhole-one":
+        assert report["counters"].get("blackhole-one flows: listener", 0) > 0, summary
+    if kind == "stall-daemon":
+        assert report["violations_by_layer"].get("near", 0) > 0, summary
+    assert report["unanswered"] == 0 and report["never_answered"] == 0, summary
+    check_cleanup(report, summary)
 
 
 def sentinel_unavailable() -> Optional[str]:

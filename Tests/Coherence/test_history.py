@@ -7,7 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from history import ABSENT, INF, Aging, Failover, Fill, History, Read, Write, check  # noqa: E402
+from history import ABSENT, INF, Aging, Failover, Fill, History, Read, Write, check, staleness_lag  # noqa: E402
 
 E = "000STUDENT#0000000001"
 F = "000STUDENT#0000000002"
@@ -528,3 +528,64 @@ def test_fencing_write_lost_in_a_failover_does_not_fence() -> None:
     h.writes.append(Write(E, ABSENT, PROMOTED + 100, PROMOTED + 200, daemon=0, fences=True, source="c1 delete"))
     h.reads.append(Read(E, "F|x", PROMOTED + 200 + LAG + 1, PROMOTED + 200 + LAG + 9, daemon=1))
     assert kinds(h) == ["stale-fill"]
+
+
+# --- the staleness bound ------------------------------------------------------------------------------
+#
+# With ``max_staleness = S`` a write not made through the reading daemon (direct, another daemon's) gets the
+# lag S + slack; through the reading daemon it keeps lag 0. Without a bound (S = 0) the old allowance.
+
+S = 500 * MS
+SLACK = 50 * MS
+BOUND = staleness_lag(S, SLACK, LAG)
+
+
+def test_staleness_lag_is_the_bound_plus_the_slack_or_the_old_allowance() -> None:
+    assert BOUND == 550 * MS
+    assert staleness_lag(0, SLACK, LAG) == LAG
+
+
+def test_read_beyond_the_bound_after_a_direct_write_is_stale() -> None:
+    writes = initial(E) + [Write(E, "a", 10, 20, daemon=0), Write(E, "d", 30, 40, lag=BOUND, source="direct SET")]
+    h = History(writes=writes, reads=[Read(E, "a", 40 + S + SLACK + 1 * MS, 40 + S + SLACK + 2 * MS, daemon=0)])
+    assert kinds(h) == ["stale"]
+
+
+def test_read_within_the_bound_after_a_direct_write_is_legal_and_measured() -> None:
+    writes = initial(E) + [Write(E, "a", 10, 20, daemon=0), Write(E, "d", 30, 40, lag=BOUND, source="direct SET")]
+    h = History(writes=writes, reads=[Read(E, "a", 40 + S - 1 * MS, 40 + S, daemon=0)])
+    result = check(h)
+    assert result.violations == []
+    # Not a violation, but stale: the direct write had been acknowledged S - 1 ms before the read was sent.
+    assert [(x.read.value, x.overwrite.value, x.ns) for x in result.staleness] == [("a", "d", S - 1 * MS)]
+
+
+def test_bound_applies_to_another_daemons_writes_not_to_the_readers_own() -> None:
+    writes = initial(E) + [Write(E, "a", 10, 20, daemon=0), Write(E, "b", 30, 40, daemon=0)]
+    within = Read(E, "a", 40 + S - 1 * MS, 40 + S, daemon=1)
+    beyond = Read(E, "a", 40 + S + SLACK + 1 * MS, 40 + S + SLACK + 2 * MS, daemon=1)
+    own = Read(E, "a", 41, 50, daemon=0)
+    assert kinds(History(writes=writes, reads=[within], cross_lag=BOUND)) == []
+    assert kinds(History(writes=writes, reads=[beyond], cross_lag=BOUND)) == ["stale"]
+    assert kinds(History(writes=writes, reads=[own], cross_lag=BOUND)) == ["stale"]
+
+
+def test_without_a_bound_the_old_allowance_holds() -> None:
+    lag = staleness_lag(0, SLACK, LAG)
+    writes = initial(E) + [Write(E, "a", 10, 20, daemon=0), Write(E, "d", 30, 40, lag=lag, source="direct SET")]
+    assert kinds(History(writes=writes, reads=[Read(E, "a", 40 + LAG - 1, 40 + LAG, daemon=0)])) == []
+    assert kinds(History(writes=writes, reads=[Read(E, "a", 40 + LAG + 1, 40 + LAG + 2, daemon=0)])) == ["stale"]
+
+
+def test_staleness_is_measured_only_for_replaced_values() -> None:
+    writes = initial(E) + [Write(E, "a", 10, 20, daemon=0), Write(E, "b", 30, INF, daemon=0, source="unknown"),
+                           Write(E, "c", 100, 200, daemon=0)]
+    reads = [
+        Read(E, "a", 25, 28, daemon=0),  # nothing replaced it yet
+        Read(E, "a", 35, 38, daemon=0),  # "b" may never have happened: not measured (and legal)
+        Read(E, "c", 300, 310, daemon=0),  # the latest value
+        Read(E, "a", 250, 260, daemon=0),  # "c" was acknowledged 50 before: measured (and a violation)
+    ]
+    result = check(History(writes=writes, reads=reads))
+    assert [v.read.start for v in result.violations] == [250]
+    assert [(x.read.start, x.ns) for x in result.staleness] == [(250, 50)]
