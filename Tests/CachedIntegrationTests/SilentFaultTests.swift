@@ -86,13 +86,17 @@ struct SilentFaultTests {
         return (listener, data)
     }
 
-    @Test func blackholeNeverServesAnOldValuePastTheBound() throws {
-        let s = try Self.setUp(maxStaleness: 0.3)
+    /// Blackholes the path to Redis, changes the entry in Redis, and watches the answers for `seconds`.
+    static func blackholeAndWatch(_ s: Setup, seconds: Double) throws -> (last: Double?, old: Int) {
         try s.filter.blackhole(port: try #require(s.redis.port))
         try s.redis.cli(["SET", Self.redisKey, "v2"])
-        let write = Self.now()
-        let (last, _) = try Self.watch(s, after: write, seconds: 2.0)
-        s.filter.removeAll()
+        defer { s.filter.removeAll() }
+        return try Self.watch(s, after: Self.now(), seconds: seconds)
+    }
+
+    @Test func blackholeNeverServesAnOldValuePastTheBound() throws {
+        let s = try Self.setUp(maxStaleness: 0.3)
+        let (last, _) = try Self.blackholeAndWatch(s, seconds: 2.0)
         if let last { #expect(last <= 0.3 + Self.slack, "old value answered \(last) s after the write") }
         // The healed path brings the new value, never the old one back.
         #expect(try waitUntil(timeout: 10) { try s.client.call("get", Self.entry, timeout: 5)["result"]?["value"] == .string("v2") })
@@ -104,11 +108,7 @@ struct SilentFaultTests {
 
     @Test func withoutTheBoundTheBlackholeServesTheOldValue() throws {
         let s = try Self.setUp(maxStaleness: 0)
-        try s.filter.blackhole(port: try #require(s.redis.port))
-        try s.redis.cli(["SET", Self.redisKey, "v2"])
-        let write = Self.now()
-        let (last, old) = try Self.watch(s, after: write, seconds: 1.5)
-        s.filter.removeAll()
+        let (last, old) = try Self.blackholeAndWatch(s, seconds: 1.5)
         // What the bound prevents: the old value for the whole watch.
         #expect(old > 10)
         #expect((last ?? 0) > 1.2)

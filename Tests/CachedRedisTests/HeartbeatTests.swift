@@ -37,6 +37,7 @@ struct HeartbeatTests {
 
     @Test func anIdleConnectionBeatsAndABusyOneDoesNot() throws {
         let clock = ProofClock()
+        clock.isVouching = true  // entries in memory rely on it
         let channel = try activeChannel()
         try channel.pipeline.syncOperations.addHandler(
             RedisCommandHandler(commandTimeout: .seconds(5), proof: clock, heartbeat: .milliseconds(100)))
@@ -57,6 +58,25 @@ struct HeartbeatTests {
         #expect(try channel.readOutbound(as: ByteBuffer.self) == Self.ping)
         try channel.writeInbound(RedisReply.status("PONG"))
         #expect(clock.provenAt > proved)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    @Test func aConnectionThatVouchesForNothingOnlyKeepsItsFlowAlive() throws {
+        let clock = ProofClock()
+        let channel = try activeChannel()
+        try channel.pipeline.syncOperations.addHandler(
+            RedisCommandHandler(commandTimeout: .seconds(5), proof: clock, heartbeat: .milliseconds(100)))
+        let beats = Int(RedisCommandHandler.keepAliveInterval.nanoseconds / TimeAmount.milliseconds(100).nanoseconds)
+        for _ in 0..<(beats - 1) { channel.embeddedEventLoop.advanceTime(by: .milliseconds(100)) }
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil)
+        channel.embeddedEventLoop.advanceTime(by: .milliseconds(100))
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == Self.ping)
+        try channel.writeInbound(RedisReply.status("PONG"))
+        // Once entries rely on it, it beats on every idle beat.
+        clock.isVouching = true
+        channel.embeddedEventLoop.advanceTime(by: .milliseconds(100))
+        channel.embeddedEventLoop.advanceTime(by: .milliseconds(100))
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == Self.ping)
         _ = try channel.finish(acceptAlreadyClosed: true)
     }
 

@@ -185,6 +185,7 @@ public final class LocalCache: Sendable {
             else { return false }
             let inserted = control.sessions.updateValue(node, forKey: session) == nil
             control.provers[session] = Prover(proof: tracking.proof, node: node, leaving: nil)
+            tracking.proof.connection.isVouching = true  // its idle connection beats from now on
             // Under the control lock: no invalidation or flush can come between the checks and the store.
             shard.withLockedValue { $0.entries.set(address.storeKey, field: address.storeField, value: encoded, expiry: expiry, now: now) }
             return inserted
@@ -224,7 +225,11 @@ public final class LocalCache: Sendable {
     private func told(_ drop: UInt64) {
         dropObserver.withLockedValue { $0 }?()
         control.withLockedValue { control in
-            control.provers = control.provers.filter { $0.value.leaving != drop }
+            control.provers = control.provers.filter { session, prover in
+                guard prover.leaving == drop else { return true }
+                prover.proof.connection.isVouching = false
+                return false
+            }
         }
     }
 

@@ -153,6 +153,17 @@ final class ProofPublisher: Sendable {
         }
         guard start else { return }
         let proof = store.proveFreshness(now: .now())
+        guard tracking.isActive else {
+            // No tracking connection when the proof was taken: no notification can be on its way, so there is
+            // nothing to wait for. (A client that starts tracking later reads only entries that every
+            // invalidation sent before `proof` had already removed.)
+            page?.publish(proof)
+            state.withLockedValue { state in
+                state.inFlight = false
+                state.published += 1
+            }
+            return
+        }
         // Every loop runs what was queued before this (FIFO): the notifications the changes up to `proof`
         // caused are then in their sockets, or still waiting for a full one (then the page waits too).
         let barriers = loops.map { $0.submit {} }

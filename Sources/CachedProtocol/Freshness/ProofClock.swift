@@ -10,8 +10,16 @@ import NIOCore
 /// what it read, at *s*. Only the connection's own event loop advances it; anyone may read it.
 public final class ProofClock: Sendable {
     private let nanoseconds = ManagedAtomic<UInt64>(0)
+    private let vouches = ManagedAtomic<Bool>(false)
 
     public init() {}
+
+    /// Whether entries held in memory rely on this clock (the local copy says so): an idle connection then
+    /// beats on every heartbeat; one that vouches for nothing only now and then, to keep its flow alive.
+    public var isVouching: Bool {
+        get { vouches.load(ordering: .relaxed) }
+        set { vouches.store(newValue, ordering: .relaxed) }
+    }
 
     /// A reply arrived to a command sent at `sentAt`.
     @inline(__always)

@@ -37,6 +37,11 @@ public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHa
     private var heartbeatTask: RepeatedTask?
     /// Whether a command was written since the last beat.
     private var sentSinceBeat = false
+    /// Beats since the last `PING` of a connection that vouches for nothing.
+    private var quietBeats = 0
+    /// A connection that vouches for no entry beats only this often, to keep middleboxes from forgetting its
+    /// flow (an AWS NLB forgets one after 350 s idle, GCP after 600 s).
+    static let keepAliveInterval = TimeAmount.seconds(30)
 
     public init(commandTimeout: TimeAmount, metrics: RedisNodeMetrics? = nil, proof: ProofClock? = nil, heartbeat: TimeAmount? = nil) {
         self.commandTimeout = commandTimeout
@@ -70,13 +75,20 @@ public final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHa
         }
     }
 
-    /// A beat: a `PING` unless something else was sent since the last one.
+    /// A beat: a `PING` unless something else was sent since the last one (and, on a connection that
+    /// vouches for no entry, only every ``keepAliveInterval``).
     private func beat(context: ChannelHandlerContext) {
-        guard context.channel.isActive else { return }
+        guard context.channel.isActive, let heartbeat else { return }
         if sentSinceBeat {
             sentSinceBeat = false
+            quietBeats = 0
             return
         }
+        if let proof, !proof.isVouching {
+            quietBeats += 1
+            guard quietBeats >= max(1, Int(Self.keepAliveInterval.nanoseconds / max(1, heartbeat.nanoseconds))) else { return }
+        }
+        quietBeats = 0
         let promise = context.eventLoop.makePromise(of: RedisReply.self)
         promise.futureResult.whenFailure { _ in }  // a lost beat closes the connection; nothing else to do
         send(RedisRequest(command: RedisCommand("PING"), promise: promise), context: context)
