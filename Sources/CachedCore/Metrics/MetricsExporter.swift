@@ -234,7 +234,10 @@ public final class MetricsExporter: Sendable {
                     ("flushes", "cached_local_cache_flushes_total", "Times the local copy (or a node's part) was dropped."),
                     ("connectionsLost", "cached_local_cache_connections_lost_total", "Data connections that closed while their reads were held."),
                     ("nodesRemoved", "cached_local_cache_nodes_removed_total", "Redis nodes that left the topology."),
+                    ("proofLapses", "cached_local_cache_proof_lapses_total", "Data connections whose freshness proof lapsed (their entries dropped)."),
+                    ("lapsedHits", "cached_local_cache_lapsed_hits_total", "Hits refused because the entry's freshness proof was older than max_staleness."),
                 ] { counter(name, local[field]?.double, help: help) }
+                gauge("cached_local_cache_max_staleness_seconds", local["maxStaleness"]?.double, help: "The staleness bound (0: none).")
             }
         }
     }
