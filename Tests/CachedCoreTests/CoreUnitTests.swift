@@ -194,3 +194,12 @@ struct ClientConnectionHandlerTests {
         #expect(!channel.isActive)
     }
 }
+
+@Suite("Method registry")
+struct MethodRegistryTests {
+    @Test func everyMethodHasExactlyOneHandler() {
+        let methods = MethodRegistry.all.map(\.method)
+        #expect(Set(methods) == Set(CachedMethod.allCases), "a CachedMethod without a handler, or a handler without a case")
+        #expect(methods.count == Set(methods).count, "a method with two handlers")
+    }
+}

@@ -23,8 +23,9 @@ public protocol CacheStore: Sendable {
     func readAged(_ address: EntryAddress, policy: DaemonConfiguration.AgingPolicy, on eventLoop: any EventLoop) -> EventLoopFuture<StoredEntry?>
     /// A mark of the store's change reports so far, for ``unchanged(_:since:)``.
     func changeMark() -> UInt64
-    /// False when a change of the entry was reported since `mark` (an invalidation, a flush); true when
-    /// none was, or the store cannot tell.
+    /// False when a change of the entry was reported since `mark` (an invalidation, a flush); true only
+    /// when none was. No default: answering true for a store that learns of changes from elsewhere would
+    /// let a fill overwrite a newer value.
     func unchanged(_ address: EntryAddress, since mark: UInt64) -> Bool
     /// The fleet's fill locks, when the store is shared by several daemons (Redis); nil otherwise.
     var fleet: (any FleetLocks)? { get }
@@ -80,8 +81,6 @@ extension CacheStore {
         get(address, on: eventLoop).map { $0.map { StoredEntry(value: $0, age: nil) } }
     }
     public var fleet: (any FleetLocks)? { nil }
-    public func changeMark() -> UInt64 { 0 }
-    public func unchanged(_ address: EntryAddress, since mark: UInt64) -> Bool { true }
     public func start() async {}
     public func shutdown() async {}
 }

@@ -57,6 +57,11 @@ public final class EmbeddedStore: CacheStore {
         return eventLoop.makeSucceededFuture(n)
     }
 
+    /// The embedded store changes only through this daemon, whose own writes the fills already see: no
+    /// change ever comes from elsewhere.
+    public func changeMark() -> UInt64 { 0 }
+    public func unchanged(_ address: EntryAddress, since mark: UInt64) -> Bool { true }
+
     /// The embedded store is the data itself: it changes only through this daemon, and is always fresh.
     public func proveFreshness(now: NIODeadline) -> NIODeadline { now }
 
