@@ -266,21 +266,13 @@ public final class LocalCache: Sendable {
         if let drop { told(drop) }
     }
 
-    /// What ``sweep(now:)`` found.
-    struct Sweep: Equatable {
-        /// Every invalidation Redis sent for any entry held here before this instant has been applied
-        /// (and, once the observer returned, told to the clients); `now` when no entry needs proof.
-        var provenAt: NIODeadline
-        /// Sessions whose proof had lapsed: their entries were dropped.
-        var lapsed: Int
-    }
-
     /// Drops the entries of every session whose proof is older than the bound (the observer is told), and
-    /// answers the proof that the remaining ones share, for the near caches. Called on every heartbeat of
-    /// the proof publisher.
-    func sweep(now: NIODeadline) -> Sweep {
+    /// answers the proof that the remaining ones share, for the near caches: every invalidation Redis sent for
+    /// an entry held here before that instant has been applied and told (`now` when no entry needs proof).
+    /// Called on every beat of the proof publisher.
+    func sweep(now: NIODeadline) -> NIODeadline {
         let bound = maxStalenessNanos
-        let dropped: (UInt64, Int)? = control.withLockedValue { control in
+        let dropped: UInt64? = control.withLockedValue { control in
             guard bound > 0 else { return nil }
             let limit = now.uptimeNanoseconds
             let lapsed = control.provers.filter { $0.value.leaving == nil && $0.value.proof.provenAt &+ bound < limit }.map(\.key)
@@ -292,13 +284,13 @@ public final class LocalCache: Sendable {
                 control.droppedLapsed += shard.withLockedValue { $0.entries.removeAll { sessions.contains($0.tag) } }
             }
             control.proofLapses += lapsed.count
-            return (control.epoch, lapsed.count)
+            return control.epoch
         }
-        if let (drop, _) = dropped { told(drop) }
+        if let dropped { told(dropped) }
         let provenAt: UInt64 = control.withLockedValue { control in
             control.provers.values.reduce(now.uptimeNanoseconds) { min($0, $1.proof.provenAt) }
         }
-        return Sweep(provenAt: NIODeadline.uptimeNanoseconds(provenAt), lapsed: dropped?.1 ?? 0)
+        return NIODeadline.uptimeNanoseconds(provenAt)
     }
 
     /// A key changed: drop it (and every field, for a hash). Keys are dropped whatever node reported them:

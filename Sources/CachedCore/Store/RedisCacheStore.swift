@@ -59,7 +59,7 @@ public final class RedisCacheStore: CacheStore {
     /// The local copy's sweep (``LocalCache/sweep(now:)``); without a bounded copy nothing held needs proof.
     public func proveFreshness(now: NIODeadline) -> NIODeadline {
         guard let localCache, localCache.isBounded else { return now }
-        return localCache.sweep(now: now).provenAt
+        return localCache.sweep(now: now)
     }
 
     public func cachedValue(_ address: EntryAddress) -> EncodedValue? {
