@@ -209,6 +209,10 @@ struct Checker {
         {
             fail("FastGetRequest read \(fast.params.address), the general path \(params.address)")
         }
+        let timeout = try? RequestTimeout.read(request.params, method: "get")
+        if timeout != fast.timeout {
+            fail("FastGetRequest read timeout \(String(describing: fast.timeout)), the general path \(String(describing: timeout))")
+        }
     }
 
     func depth(of value: JSONValue) -> Int {

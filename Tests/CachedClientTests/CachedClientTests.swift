@@ -408,3 +408,84 @@ struct CachectlTests {
         #expect(out.status == 0 && out.text == "pong\n")
     }
 }
+
+@Suite("CachedClient: timeouts and cancellation", .serialized)
+struct CachedClientDeadlineTests {
+    /// A get that waits behind another client's lease, given `timeout`, throws -32009 at its deadline.
+    @Test func aPerCallTimeoutIsTheDaemonsDeadline() async throws {
+        let f = try ClientFixture(config: "[keys.Student]\nlease_timeout = 5\n")
+        #expect(try await f.client.get(key: "Student", identity: 1).lease != nil)
+        let waiter = f.newClient()
+        let started = ContinuousClock.now
+        do {
+            _ = try await waiter.get(key: "Student", identity: 1, timeout: .milliseconds(300))
+            Issue.record("a get behind a lease answered before the holder filled")
+        } catch let error as CachedError {
+            #expect(error.code == .deadlineExceeded)
+        }
+        let elapsed = ContinuousClock.now - started
+        #expect(elapsed >= .milliseconds(290) && elapsed < .milliseconds(400), "answered after \(elapsed)")
+        await waiter.close()
+        await f.client.close()
+    }
+
+    @Test func theClientsDefaultTimeoutApplies() async throws {
+        let f = try ClientFixture(config: "[keys.Student]\nlease_timeout = 5\n")
+        let lease = try #require(try await f.client.get(key: "Student", identity: 2).lease)
+        let waiter = CachedClient(socketPath: f.daemon.socketPath, timeout: .milliseconds(250))
+        let started = ContinuousClock.now
+        await #expect(throws: CachedError.self) { _ = try await waiter.get(key: "Student", identity: 2) }
+        #expect(ContinuousClock.now - started < .milliseconds(400))
+        // A call's own timeout wins over the client's: this one outlasts 250 ms and gets the holder's value.
+        let patient = Task { try await waiter.get(key: "Student", identity: 2, timeout: .seconds(5)) }
+        try await Task.sleep(for: .milliseconds(400))
+        #expect(try await f.client.set(key: "Student", identity: 2, value: "late", lease: lease))
+        #expect(try await patient.value.string == "late")
+        await waiter.close()
+        await f.client.close()
+    }
+
+    /// A cancelled task stops waiting at once; the connection stays usable, the late answer is dropped.
+    @Test func cancellationEndsTheWaitAndTheConnectionStaysUsable() async throws {
+        let f = try ClientFixture(config: "[keys.Student]\nlease_timeout = 5\n")
+        let holder = f.client
+        let lease = try #require(try await holder.get(key: "Student", identity: 3).lease)
+        let waiter = f.newClient()
+        try await waiter.connect()
+        let task = Task { try await waiter.get(key: "Student", identity: 3) }
+        try await Task.sleep(for: .milliseconds(150))
+        let cancelled = ContinuousClock.now
+        task.cancel()
+        switch await task.result {
+        case .success(let answer): Issue.record("a cancelled get answered \(answer)")
+        case .failure(let error): #expect(error is CancellationError, "threw \(error)")
+        }
+        #expect(ContinuousClock.now - cancelled < .milliseconds(50), "the cancelled call ended \(ContinuousClock.now - cancelled) later")
+        // The daemon's answer to the cancelled get comes when the holder stores: dropped, nothing breaks.
+        #expect(try await holder.set(key: "Student", identity: 3, value: "filled", lease: lease))
+        try await waiter.ping()
+        #expect(try await waiter.get(key: "Student", identity: 3).string == "filled")
+        await waiter.close()
+        await holder.close()
+    }
+
+    /// A daemon that cannot answer at all (stopped): the client gives up itself, a moment after the deadline.
+    @Test func theClientGivesUpOnAStoppedDaemon() async throws {
+        let f = try ClientFixture()
+        try await f.client.ping()
+        f.daemon.signalOnly(SIGSTOP)
+        defer { f.daemon.signalOnly(SIGCONT) }
+        let started = ContinuousClock.now
+        do {
+            try await f.client.ping(timeout: .milliseconds(200))
+            Issue.record("a stopped daemon answered")
+        } catch let error as CachedError {
+            #expect(error.code == .deadlineExceeded)
+        }
+        let elapsed = ContinuousClock.now - started
+        #expect(elapsed >= .milliseconds(200) + CachedClient.answerGrace && elapsed < .milliseconds(900), "gave up after \(elapsed)")
+        f.daemon.signalOnly(SIGCONT)
+        try await f.client.ping()
+        await f.client.close()
+    }
+}

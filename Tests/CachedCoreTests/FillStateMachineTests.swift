@@ -31,7 +31,7 @@ struct FillStateMachineTests {
                 switch action {
                 case .answer(let waiters, let reply):
                     for w in waiters { answers[w, default: []].append("\(reply)") }
-                case .grant(let w, let entry, let token, _):
+                case .grant(let w, let entry, let token, _, _):
                     answers[w, default: []].append("lease \(token)")
                     leases[entry] = (token, w)
                     timers.insert(token)
@@ -57,6 +57,7 @@ struct FillStateMachineTests {
         func told(_ w: Int) -> [String] { answers[w] ?? [] }
 
         func join(_ entry: String, _ waiter: Int) -> Bool { machine.joinFlight(entry, waiter: waiter) }
+        func leave(_ entry: String, _ waiter: Int) -> Bool { machine.leave(entry, where: { $0 == waiter }) }
         func flightMissed(_ entry: String, _ id: UInt64) -> Bool { machine.flightReadMissed(entry, flight: id) }
         func mayStore(_ entry: String, _ id: UInt64) -> (allowed: Bool, overwrite: Bool) { machine.flightMayStore(entry, flight: id) }
         /// Ends a flight: returns the waiters its outcome is for; the others are told to read again.
@@ -361,6 +362,55 @@ struct FillStateMachineTests {
         #expect(h.machine.records.isEmpty)
     }
 
+    // MARK: Deadlines
+
+    @Test func aLeaseWaiterWhoseDeadlinePassedIsNeverHandedTheLease() {
+        let h = Harness()
+        let holder = h.miss("e", 1)
+        let gone = h.miss("e", 2)
+        let next = h.miss("e", 3)
+        #expect(h.told(holder) == ["lease t1"])
+        #expect(h.leave("e", gone))
+        #expect(!h.leave("e", gone), "it left once")
+        h.apply(h.machine.release("e", token: "t1").1)
+        #expect(h.told(gone).isEmpty, "the machine tells a waiter who left nothing")
+        #expect(h.told(next) == ["lease t2"])
+        #expect(h.machine.counters.deadlinesPassed == 1)
+    }
+
+    @Test func aFlightWaiterLeavesAndTheFlightGoesOnForTheOthers() {
+        let h = Harness()
+        let first = h.waiter()
+        guard case .start(let id, _) = h.machine.requestFlight("e", waiter: first) else {
+            Issue.record("no flight started")
+            return
+        }
+        let second = h.waiter()
+        #expect(h.join("e", second))
+        #expect(h.leave("e", first))
+        #expect(!h.leave("e", 99), "a stranger is not waiting")
+        let end = h.machine.finishFlight("e", flight: id)
+        #expect(end.answer == [second])
+        #expect(h.machine.records.isEmpty)
+    }
+
+    @Test func aParkedMissLeaves() {
+        let h = Harness()
+        let ticket = h.machine.readStarted("e")
+        h.apply(h.machine.writeStarted("e", isDelete: false).actions)
+        h.apply(h.machine.readMissed("e", ticket, waiter: 7, policy: .lease(ConnectionID(1), timeout: .seconds(5))))
+        #expect(h.leave("e", 7))
+        h.apply(h.machine.writeFinished("e"))
+        #expect(h.told(7).isEmpty)
+        #expect(h.machine.records.isEmpty)
+    }
+
+    @Test func theHolderCannotLeaveItGivesTheLeaseBack() {
+        let h = Harness()
+        let holder = h.miss("e", 1)
+        #expect(!h.leave("e", holder))
+    }
+
     // MARK: Every waiter answered exactly once
 
     /// Random interleavings of every event. At the end, with every write and flight finished, every
@@ -378,7 +428,7 @@ struct FillStateMachineTests {
         for _ in 0..<2_000 {
             let entry = entries[Int(rng.next() % 3)]
             let connection = Int(rng.next() % 4) + 1
-            switch rng.next() % 12 {
+            switch rng.next() % 13 {
             case 0: reads.append((entry, h.machine.readStarted(entry)))
             case 1 where !reads.isEmpty:
                 let (e, t) = reads.remove(at: Int(rng.next() % UInt64(reads.count)))
@@ -422,6 +472,10 @@ struct FillStateMachineTests {
                 if let lease = h.leases[entry] { h.apply(h.machine.release(entry, token: lease.token).1) }
             case 10:
                 if let lease = h.leases[entry] { h.apply(h.machine.leaseExpired(entry, token: lease.token)) }
+            case 11 where !handedIn.isEmpty:
+                // A waiter's deadline passed: if it still waits here it leaves, and the shell answers it.
+                let w = handedIn[Int(rng.next() % UInt64(handedIn.count))]
+                if entries.contains(where: { h.machine.leave($0, where: { $0 == w }) }) { h.answer([w], "deadline") }
             default:
                 if rng.next() % 8 == 0 {
                     h.apply(h.machine.connectionClosed(ConnectionID(UInt64(connection))))
@@ -446,6 +500,6 @@ struct FillStateMachineTests {
         #expect(h.machine.records.isEmpty, "left: \(h.machine.records.keys.sorted())")
         #expect(h.timers.isEmpty)
         let c = h.machine.counters
-        #expect(c.leasesGranted > 0 && c.readsOvertaken > 0 && c.flights > 0, "not every path was taken: \(c)")
+        #expect(c.leasesGranted > 0 && c.readsOvertaken > 0 && c.flights > 0 && c.deadlinesPassed > 0, "not every path was taken: \(c)")
     }
 }

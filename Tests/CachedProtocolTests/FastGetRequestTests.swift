@@ -29,6 +29,46 @@ struct FastGetRequestTests {
         #expect(fast.params == params, sourceLocation: sourceLocation)
         #expect(fast.params.address.storeKey == params.address.storeKey, sourceLocation: sourceLocation)
         #expect(fast.params.address.storeField == params.address.storeField, sourceLocation: sourceLocation)
+        #expect(fast.timeout == generalTimeout(line), sourceLocation: sourceLocation)
+    }
+
+    /// The `timeout` the general path reads from a line.
+    func generalTimeout(_ line: String) -> Double? {
+        guard case .single(.request(let request)) = JSONRPCMessage.parse(Array(line.utf8), maxDepth: 32) else { return nil }
+        return try? RequestTimeout.read(request.params, method: "get")
+    }
+
+    @Test func aTimeoutIsReadOnTheFastPathAsTheGeneralPathReadsIt() {
+        for (line, seconds) in [
+            (#"{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"Student","identity":12,"timeout":30.0}}"#, 30.0),
+            (#"{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"Student","identity":12,"timeout":0.25}}"#, 0.25),
+            (#"{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"Sub","identity":1,"hashKey":"Klass","hashId":7,"timeout":5}}"#, 5),
+        ] {
+            #expect(canonical(line)?.timeout == seconds, "matched whole: \(line)")
+            #expect(fast(line)?.timeout == seconds)
+            expectAgreement(line)
+        }
+        for (line, seconds) in [
+            (#"{"jsonrpc":"2.0","id":1,"method":"get","params":{"timeout":2.5,"key":"Student","identity":12}}"#, 2.5),
+            (#"{"params":{"identity":12,"timeout": 10,"key":"Student"},"method":"get","id":1,"jsonrpc":"2.0"}"#, 10),
+        ] {
+            #expect(canonical(line) == nil)
+            #expect(fast(line)?.timeout == seconds, "read member by member: \(line)")
+            expectAgreement(line)
+        }
+        // Not in the subset (exponents, out of range, twice, wrong type): the general path answers it.
+        for line in [
+            #"{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"Student","identity":12,"timeout":1e3}}"#,
+            #"{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"Student","identity":12,"timeout":0}}"#,
+            #"{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"Student","identity":12,"timeout":-1.5}}"#,
+            #"{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"Student","identity":12,"timeout":86400.5}}"#,
+            #"{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"Student","identity":12,"timeout":"1"}}"#,
+            #"{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"Student","identity":12,"timeout":1,"timeout":2}}"#,
+            #"{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"Student","identity":12,"timeout":1.}}"#,
+            #"{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"Student","identity":12,"timeout":01}}"#,
+        ] {
+            #expect(fast(line) == nil, "left to the general path: \(line)")
+        }
     }
 
     @Test("the shapes the clients send", arguments: [

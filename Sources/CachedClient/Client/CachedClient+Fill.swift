@@ -19,28 +19,29 @@ extension CachedClient {
     /// (no such entry), the lease is given back too and nil is returned.
     /// - Parameters:
     ///   - ttl: the TTL of the stored value (seconds; nil = the key's configured default).
+    ///   - timeout: the timeout of the `get` (and of the `set` or `release` after the fill): nil, the client's.
     ///   - fill: computes the value on a miss; nil means there is no such entry.
     /// - Returns: the value, or nil if there is none.
     public func get(
         key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil,
-        args: [JSONValue]? = nil, kwargs: [String: JSONValue]? = nil, ttl: Double? = nil,
+        args: [JSONValue]? = nil, kwargs: [String: JSONValue]? = nil, ttl: Double? = nil, timeout: Duration? = nil,
         fill: @Sendable () async throws -> [UInt8]?
     ) async throws -> [UInt8]? {
-        let answer = try await get(key: key, identity: identity, hashKey: hashKey, hashId: hashId, args: args, kwargs: kwargs)
+        let answer = try await get(key: key, identity: identity, hashKey: hashKey, hashId: hashId, args: args, kwargs: kwargs, timeout: timeout)
         guard !answer.hit, let lease = answer.lease else { return answer.bytes }
         let filled: [UInt8]?
         do {
             filled = try await fill()
         } catch {
-            _ = try? await release(key: key, identity: identity, hashKey: hashKey, hashId: hashId, lease: lease)
+            _ = try? await release(key: key, identity: identity, hashKey: hashKey, hashId: hashId, lease: lease, timeout: timeout)
             throw error
         }
         guard let value = filled else {
-            _ = try? await release(key: key, identity: identity, hashKey: hashKey, hashId: hashId, lease: lease)
+            _ = try? await release(key: key, identity: identity, hashKey: hashKey, hashId: hashId, lease: lease, timeout: timeout)
             return nil
         }
         // A refused lease (stored: false) is not an error: the caller still gets its value.
-        try await set(key: key, identity: identity, hashKey: hashKey, hashId: hashId, value: value, ttl: ttl, lease: lease)
+        try await set(key: key, identity: identity, hashKey: hashKey, hashId: hashId, value: value, ttl: ttl, lease: lease, timeout: timeout)
         return value
     }
 }

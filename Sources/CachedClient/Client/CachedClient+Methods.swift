@@ -17,12 +17,15 @@ extension CachedClient {
     ///   - kwargs: keyword arguments passed to the key's sync handler.
     ///   - lease: false for a reader that never fills: a miss is answered at once, never with a lease
     ///     and never after waiting behind another client's.
+    ///   - timeout: how long the call may take (nil: the client's ``timeout``); past it the daemon answers
+    ///     `CachedError` -32009 (`.deadlineExceeded`). A cancelled task throws `CancellationError` at once.
     /// - Throws: `CachedError` for an error answer, ``CachedClientError`` for transport failures.
     public func get(
         key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil,
-        args: [JSONValue]? = nil, kwargs: [String: JSONValue]? = nil, lease: Bool = true
+        args: [JSONValue]? = nil, kwargs: [String: JSONValue]? = nil, lease: Bool = true, timeout: Duration? = nil
     ) async throws -> GetResult {
         let request = Request.get(key: key, identity: identity, hashKey: hashKey, hashId: hashId, args: args, kwargs: kwargs, lease: lease)
+            .withTimeout(timeout)
         guard let near, args == nil, kwargs == nil, (hashKey == nil) == (hashId == nil) else {
             return try GetResult(json: try await send(request))
         }
@@ -52,9 +55,9 @@ extension CachedClient {
     @discardableResult
     public func release(
         key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil,
-        lease: String
+        lease: String, timeout: Duration? = nil
     ) async throws -> Bool {
-        let result = try await send(.release(key: key, identity: identity, hashKey: hashKey, hashId: hashId, lease: lease))
+        let result = try await send(.release(key: key, identity: identity, hashKey: hashKey, hashId: hashId, lease: lease).withTimeout(timeout))
         guard case .bool(let released)? = result["released"] else {
             throw CachedClientError.protocolViolation("release answer has no \"released\"")
         }
@@ -66,14 +69,16 @@ extension CachedClient {
     ///   - value: the bytes to store; text that is not UTF-8 travels base64-encoded automatically.
     ///   - ttl: seconds (fractions allowed); 0 = no expiry; nil = the key's configured default.
     ///   - lease: the token of a `get` miss; the set is refused if the lease is no longer valid.
+    ///   - timeout: how long the call may take (nil: the client's ``timeout``); at -32009 the write may still
+    ///     take effect.
     /// - Returns: whether the value was stored (false only for a refused lease).
     @discardableResult
     public func set(
         key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil,
-        value: ByteBuffer, ttl: Double? = nil, lease: String? = nil
+        value: ByteBuffer, ttl: Double? = nil, lease: String? = nil, timeout: Duration? = nil
     ) async throws -> Bool {
         let result = try await send(
-            .set(key: key, identity: identity, hashKey: hashKey, hashId: hashId, value: value, ttl: ttl, lease: lease))
+            .set(key: key, identity: identity, hashKey: hashKey, hashId: hashId, value: value, ttl: ttl, lease: lease).withTimeout(timeout))
         guard case .bool(let stored)? = result["stored"] else {
             throw CachedClientError.protocolViolation("set answer has no \"stored\" flag")
         }
@@ -84,39 +89,44 @@ extension CachedClient {
     @discardableResult
     public func set(
         key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil,
-        value: [UInt8], ttl: Double? = nil, lease: String? = nil
+        value: [UInt8], ttl: Double? = nil, lease: String? = nil, timeout: Duration? = nil
     ) async throws -> Bool {
-        try await set(key: key, identity: identity, hashKey: hashKey, hashId: hashId, value: ByteBuffer(bytes: value), ttl: ttl, lease: lease)
+        try await set(
+            key: key, identity: identity, hashKey: hashKey, hashId: hashId, value: ByteBuffer(bytes: value), ttl: ttl, lease: lease,
+            timeout: timeout)
     }
 
     /// Stores a value given as text (its UTF-8 bytes).
     @discardableResult
     public func set(
         key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil,
-        value: String, ttl: Double? = nil, lease: String? = nil
+        value: String, ttl: Double? = nil, lease: String? = nil, timeout: Duration? = nil
     ) async throws -> Bool {
-        try await set(key: key, identity: identity, hashKey: hashKey, hashId: hashId, value: ByteBuffer(string: value), ttl: ttl, lease: lease)
+        try await set(
+            key: key, identity: identity, hashKey: hashKey, hashId: hashId, value: ByteBuffer(string: value), ttl: ttl, lease: lease,
+            timeout: timeout)
     }
 
     /// Removes an entry (and revokes a lease in flight for it).
     /// - Returns: the number of entries deleted (0 or 1).
     @discardableResult
     public func delete(
-        key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil
+        key: String, identity: some IdentityConvertible, hashKey: String? = nil, hashId: (any IdentityConvertible)? = nil,
+        timeout: Duration? = nil
     ) async throws -> Int {
-        try Self.deletedCount(try await send(.delete(key: key, identity: identity, hashKey: hashKey, hashId: hashId)))
+        try Self.deletedCount(try await send(.delete(key: key, identity: identity, hashKey: hashKey, hashId: hashId).withTimeout(timeout)))
     }
 
     /// Removes a whole hash of entries.
     /// - Returns: the number of hashes deleted (0 or 1).
     @discardableResult
-    public func deleteHash(hashKey: String, hashId: some IdentityConvertible) async throws -> Int {
-        try Self.deletedCount(try await send(.deleteHash(hashKey: hashKey, hashId: hashId)))
+    public func deleteHash(hashKey: String, hashId: some IdentityConvertible, timeout: Duration? = nil) async throws -> Int {
+        try Self.deletedCount(try await send(.deleteHash(hashKey: hashKey, hashId: hashId).withTimeout(timeout)))
     }
 
     /// Checks that the daemon answers.
-    public func ping() async throws {
-        let result = try await send(.ping)
+    public func ping(timeout: Duration? = nil) async throws {
+        let result = try await send(Request.ping.withTimeout(timeout))
         guard result == .string("pong") else {
             throw CachedClientError.protocolViolation("ping answered \(result.typeName), not \"pong\"")
         }

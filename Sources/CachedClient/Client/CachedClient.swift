@@ -39,6 +39,12 @@ public final class CachedClient: Sendable {
     public let nearCacheCapacity: Int
     /// The near cache, when ``nearCacheCapacity`` is above 0.
     let near: NearCache?
+    /// The timeout of a call that names none (nil: the daemon's `request_timeout`, and no limit here).
+    public let timeout: Duration?
+
+    /// How much longer than a call's timeout the client waits for the daemon's answer before it gives up
+    /// itself: the daemon answers -32009 at the deadline, this is only for a daemon that cannot answer.
+    public static let answerGrace: Duration = .milliseconds(500)
 
     /// The socket used when none is given: `$CACHED_SOCKET`, else `/run/cached/cached.sock`.
     public static var defaultSocketPath: String {
@@ -73,12 +79,17 @@ public final class CachedClient: Sendable {
     ///     connection asks the daemon to `track` it, and the daemon's `invalidate` notifications drop
     ///     what changed; only answers the daemon marks with `nearTTL` are kept, at most that long. See
     ///     docs/protocol.md (`track`).
+    ///   - timeout: how long a call that names no timeout of its own may take (sent as its `timeout`: the
+    ///     daemon answers -32009 at that deadline and stops working for it); nil, the default: the daemon's
+    ///     `request_timeout`.
     public init(
         socketPath: String = CachedClient.defaultSocketPath,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         maximumAnswerBytes: Int = 64 << 20,
-        nearCache: Int = 0
+        nearCache: Int = 0,
+        timeout: Duration? = nil
     ) {
+        self.timeout = timeout
         self.socketPath = socketPath
         self.eventLoopGroup = eventLoopGroup
         self.maximumAnswerBytes = maximumAnswerBytes
@@ -216,8 +227,22 @@ public final class CachedClient: Sendable {
     // MARK: Sending
 
     /// Sends requests on one line (a batch array when `asBatch`) and waits for every answer.
-    func exchange(_ requests: [Request], asBatch: Bool) async throws(CachedClientError) -> [DaemonAnswer] {
+    ///
+    /// Each request carries its timeout (its own, else the client's): the daemon answers -32009 at that
+    /// deadline. Should the daemon not answer at all, the client gives up itself ``answerGrace`` later with
+    /// the same error. A cancelled task stops waiting at once and throws `CancellationError` (a late answer
+    /// is dropped; the connection stays usable).
+    func exchange(_ requests: [Request], asBatch: Bool) async throws -> [DaemonAnswer] {
         for request in requests { try request.validate() }
+        try Task.checkCancellation()
+        var requests = requests
+        var longest: Duration?
+        for i in requests.indices {
+            guard let timeout = requests[i].timeout ?? self.timeout else { continue }
+            requests[i].params = requests[i].params ?? [:]
+            requests[i].params![RequestTimeout.name] = .number(String(Request.seconds(timeout)))
+            longest = max(longest ?? timeout, timeout)
+        }
         let channel = try await channel()
         let ids = state.withLockedValue { state in
             let first = state.nextID
@@ -235,18 +260,39 @@ public final class CachedClient: Sendable {
             let failure = CachedClientError.connectionClosed("write failed: \(error)")
             for promise in promises { promise.fail(failure) }
         }
-        var answers: [DaemonAnswer] = []
-        answers.reserveCapacity(promises.count)
-        for promise in promises {
-            do {
-                answers.append(try await promise.futureResult.get())
-            } catch let error as CachedClientError {
-                throw error
-            } catch {
-                throw .connectionClosed("\(error)")
+        // The backstop: a daemon that cannot answer by the deadline (stalled, say) is given up on here.
+        let timeouts = requests.map { ($0.method, $0.timeout ?? self.timeout) }
+        let backstop = longest.map { longest in
+            channel.eventLoop.scheduleTask(in: TimeAmount(longest + Self.answerGrace)) {
+                for ((method, timeout), promise) in zip(timeouts, promises) {
+                    let timeout = timeout ?? longest
+                    promise.succeed(
+                        .failure(
+                            CachedError(
+                                .deadlineExceeded, "\(method): no answer from cached within \(Request.seconds(timeout)) s",
+                                data: .object(["timeout": .number(String(Request.seconds(timeout)))]))))
+                }
             }
         }
-        return answers
+        defer { backstop?.cancel() }
+        return try await withTaskCancellationHandler {
+            var answers: [DaemonAnswer] = []
+            answers.reserveCapacity(promises.count)
+            for promise in promises {
+                do {
+                    answers.append(try await promise.futureResult.get())
+                } catch let error as CachedClientError {
+                    throw error
+                } catch let error as CancellationError {
+                    throw error
+                } catch {
+                    throw CachedClientError.connectionClosed("\(error)")
+                }
+            }
+            return answers
+        } onCancel: {
+            for promise in promises { promise.fail(CancellationError()) }
+        }
     }
 
     /// Sends one request and returns its raw `result`.

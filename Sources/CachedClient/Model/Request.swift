@@ -15,6 +15,9 @@ extension CachedClient {
         public var params: [String: JSONValue]?
         /// The value of a `set`: written as `"value"`, base64 with `"encoding":"base64"` when the bytes are not UTF-8.
         public var value: ByteBuffer?
+        /// How long the call may take (sent as `timeout`; the daemon answers -32009 at the deadline); nil: the
+        /// client's ``CachedClient/timeout``.
+        public var timeout: Duration?
 
         /// A request for `method` with raw named parameters.
         public init(method: String, params: [String: JSONValue]? = nil) {
@@ -130,6 +133,21 @@ extension CachedClient {
             if case .number(let raw)? = params?["ttl"], raw == "nan" || raw.hasPrefix("-") {
                 throw CachedClientError(.invalidArgument, "ttl must be a finite number of seconds >= 0")
             }
+            if let timeout, timeout <= .zero || Self.seconds(timeout) > RequestTimeout.maximum {
+                throw CachedClientError(.invalidArgument, "timeout must be above zero and at most \(Int(RequestTimeout.maximum)) s")
+            }
+        }
+
+        /// A duration in seconds, as `timeout` travels.
+        static func seconds(_ duration: Duration) -> Double {
+            Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+        }
+
+        /// This request with `timeout`.
+        public func withTimeout(_ timeout: Duration?) -> Request {
+            var copy = self
+            copy.timeout = timeout
+            return copy
         }
     }
 }

@@ -1,3 +1,4 @@
+import CachedProtocol
 import CachedRedis
 import Logging
 import TOMLKit
@@ -54,6 +55,12 @@ extension DaemonConfiguration {
             if let v = try t.int("max_output_bytes", range: 4096...(1 << 32)) { startup.limits.maxOutputBytes = v }
             if let v = try t.duration("line_timeout") { startup.limits.lineTimeout = v }
             if let v = try t.duration("idle_timeout") { startup.limits.idleTimeout = v }
+            if let v = try t.duration("request_timeout") {
+                guard v <= .seconds(Int64(RequestTimeout.maximum)) else {
+                    throw ConfigurationError("limits.request_timeout: at most \(Int(RequestTimeout.maximum)) seconds")
+                }
+                startup.limits.requestTimeout = v
+            }
             if let v = try t.int("max_tracked_entries", range: 1...10_000_000) { startup.limits.maxTrackedEntries = v }
             try t.finish()
         }

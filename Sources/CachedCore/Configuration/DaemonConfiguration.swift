@@ -143,6 +143,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
         public var lineTimeout: Duration = .seconds(10)
         /// How long a connection may stay without reading or writing anything before it is closed; zero = never.
         public var idleTimeout: Duration = .seconds(600)
+        /// The deadline of a request that names no `timeout`, from when its line was read: at it the request is
+        /// answered -32009; zero = none. Long enough for a normal lease or handler fill (their timeouts are 5 s).
+        public var requestTimeout: Duration = .seconds(10)
         /// Most entries tracked per connection that asked for tracking (`track`); a connection may ask for fewer.
         public var maxTrackedEntries = 10_000
         public init() {}

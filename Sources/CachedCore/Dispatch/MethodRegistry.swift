@@ -37,16 +37,22 @@ enum MethodRegistry {
             }
         },
         MethodHandler(SetParams.self) { dispatcher, params, context in
-            dispatcher.notifying(dispatcher.set(params, context: context), params.address.storeKey, field: params.address.storeField)
-                .counted(dispatcher, context, method: "set", key: params.address.key)
+            dispatcher.bounded(
+                dispatcher.notifying(dispatcher.set(params, context: context), params.address.storeKey, field: params.address.storeField),
+                context, method: "set"
+            ).counted(dispatcher, context, method: "set", key: params.address.key)
         },
         MethodHandler(DeleteParams.self) { dispatcher, params, context in
-            dispatcher.notifying(dispatcher.delete(params, context: context), params.address.storeKey, field: params.address.storeField)
-                .counted(dispatcher, context, method: "delete", key: params.address.key)
+            dispatcher.bounded(
+                dispatcher.notifying(dispatcher.delete(params, context: context), params.address.storeKey, field: params.address.storeField),
+                context, method: "delete"
+            ).counted(dispatcher, context, method: "delete", key: params.address.key)
         },
         MethodHandler(DeleteHashParams.self) { dispatcher, params, context in
-            dispatcher.notifying(dispatcher.deleteHash(params, context: context), params.hash.storeKey, field: nil)
-                .counted(dispatcher, context, method: "deleteHash", key: params.hash.hashKey)
+            dispatcher.bounded(
+                dispatcher.notifying(dispatcher.deleteHash(params, context: context), params.hash.storeKey, field: nil),
+                context, method: "deleteHash"
+            ).counted(dispatcher, context, method: "deleteHash", key: params.hash.hashKey)
         },
         MethodHandler(ReleaseParams.self) { dispatcher, params, context in
             let released = dispatcher.coordinator.releaseLease(params.address.location, token: params.lease, on: context.eventLoop)

@@ -101,7 +101,8 @@ public final class RequestDispatcher: Sendable {
                     counters(context).record(method: "get", key: params.address.key, outcome: Self.getOutcome(result))
                     return .now(result)
                 case .later(let future):
-                    return .later(future.counted(self, context, method: "get", key: params.address.key, outcome: Self.getOutcome))
+                    return .later(
+                        bounded(future, get: params, context).counted(self, context, method: "get", key: params.address.key, outcome: Self.getOutcome))
                 }
             }
             counters(context).record(method: "get", key: params.address.key, outcome: .hit)
@@ -167,7 +168,8 @@ public final class RequestDispatcher: Sendable {
     }
 
     private func countedGet(_ params: GetParams, context: RequestContext) -> EventLoopFuture<MethodResult> {
-        get(params, context: context).counted(self, context, method: "get", key: params.address.key, outcome: Self.getOutcome)
+        bounded(get(params, context: context), get: params, context)
+            .counted(self, context, method: "get", key: params.address.key, outcome: Self.getOutcome)
     }
 
     @Sendable static func getOutcome(_ result: MethodResult) -> Stats.Outcome {
@@ -261,6 +263,8 @@ public final class RequestDispatcher: Sendable {
     static let maximumRereads = 3
 
     func get(_ params: GetParams, context: RequestContext, attempt: Int = 0, agedRead: Bool = true) -> EventLoopFuture<MethodResult> {
+        // A get asked again (a write overtook its read) after its deadline: nobody waits for it any longer.
+        if attempt > 0, let passed = deadlinePassed(context, method: "get") { return passed }
         let entry = params.address.location
         let flight: EventLoopFuture<FillCoordinator.Verdict>
         if agedRead, attempt < Self.maximumRereads, let aged = agedGet(params, context: context, attempt: attempt) {
@@ -272,14 +276,14 @@ public final class RequestDispatcher: Sendable {
             var plain = params
             plain.mayLease = false
             return leaseGet(plain, entry, context: context, attempt: attempt)
-        } else if let joined = coordinator.joinFlight(entry, on: context.eventLoop) {
+        } else if let joined = coordinator.joinFlight(entry, on: context.eventLoop, deadline: context.deadline) {
             // A flight for this entry is under way: wait for its answer, with no store read of our own.
             flight = joined
         } else if let handler = handlers.handler(for: params.address.key) {
             // A key with a handler: one flight per entry, registered before the store read, so every concurrent
             // get of the entry joins it and a stampede costs one store read and at most one handler call.
             let keyConfig = currentConfiguration.key(params.address.key)
-            flight = coordinator.requestFlight(entry, on: context.eventLoop) { id in
+            flight = coordinator.requestFlight(entry, on: context.eventLoop, deadline: context.deadline) { id in
                 self.runFlight(id, entry, handler, params, keyConfig, on: context.eventLoop, attempt: 0)
             }
         } else {
@@ -300,6 +304,7 @@ public final class RequestDispatcher: Sendable {
         _ params: GetParams, _ entry: StoreLocation, context: RequestContext, attempt: Int
     ) -> EventLoopFuture<MethodResult> {
         let eventLoop = context.eventLoop
+        if attempt > 0, let passed = deadlinePassed(context, method: "get") { return passed }
         let ticket = coordinator.readStarted(entry)
         return read(params.address, currentConfiguration.key(params.address.key), on: eventLoop).flatMapError { error in
             self.coordinator.readFinished(entry, ticket)
@@ -315,6 +320,7 @@ public final class RequestDispatcher: Sendable {
             let mayLease = params.mayLease && attempt < Self.maximumRereads
             return self.coordinator.readMissed(
                 entry, ticket, context: context, mayLease: mayLease, leaseTimeout: keyConfig.leaseTimeout,
+                deadline: context.deadline,
                 fleetWide: self.fleetWide(keyConfig)
             )
                 .flatMap { answer in

@@ -89,10 +89,10 @@ public final class FillCoordinator: Sendable {
     /// `.readAgain` when a write overtook the read.
     public func readMissed(
         _ key: StoreLocation, _ ticket: ReadTicket, context: RequestContext, mayLease: Bool, leaseTimeout: Duration,
-        fleetWide: Bool = false
+        deadline: RequestDeadline? = nil, fleetWide: Bool = false
     ) -> EventLoopFuture<Verdict> {
         let promise = context.eventLoop.makePromise(of: Verdict.self)
-        let policy: Machine.MissPolicy = mayLease ? .lease(context.connection, timeout: leaseTimeout) : .noLease
+        let policy: Machine.MissPolicy = mayLease ? .lease(context.connection, timeout: leaseTimeout, deadline: deadline) : .noLease
         let underFleetLock = mayLease && fleetWide && fleet?.supports(key) == true
         let actions = state.withLockedValue { state in
             let actions = state.machine.readMissed(key, ticket, waiter: promise, policy: policy)
@@ -103,7 +103,20 @@ public final class FillCoordinator: Sendable {
             return actions
         }
         run(actions)
+        leaveAtDeadline(promise, key, deadline)
         return promise.futureResult
+    }
+
+    /// At `deadline`, `waiter` leaves the entry's queue if it still waits in it, and is answered the deadline
+    /// error (the machine never hands it anything after that).
+    private func leaveAtDeadline(_ waiter: EventLoopPromise<Verdict>, _ key: StoreLocation, _ deadline: RequestDeadline?) {
+        guard let deadline else { return }
+        let eventLoop = waiter.futureResult.eventLoop
+        let timer = eventLoop.scheduleTask(deadline: deadline.instant) { [weak self] in
+            guard let self, self.state.withLockedValue({ $0.machine.leave(key, where: { $0 == waiter }) }) else { return }
+            waiter.fail(deadline.error("get"))
+        }
+        waiter.futureResult.whenComplete { _ in timer.cancel() }
     }
 
     // MARK: Handler flights
@@ -115,19 +128,23 @@ public final class FillCoordinator: Sendable {
 
     /// Joins the handler flight under way for the entry, if any: a miss that arrives while the handler
     /// runs waits for its value without reading the store first.
-    public func joinFlight(_ key: StoreLocation, on eventLoop: any EventLoop) -> EventLoopFuture<Verdict>? {
-        state.withLockedValue { state -> EventLoopFuture<Verdict>? in
+    public func joinFlight(_ key: StoreLocation, on eventLoop: any EventLoop, deadline: RequestDeadline? = nil) -> EventLoopFuture<Verdict>? {
+        let joined = state.withLockedValue { state -> EventLoopPromise<Verdict>? in
             guard state.machine.hasFlight(key) else { return nil }
             let promise = eventLoop.makePromise(of: Verdict.self)
             _ = state.machine.joinFlight(key, waiter: promise)
-            return promise.futureResult
+            return promise
         }
+        guard let joined else { return nil }
+        leaveAtDeadline(joined, key, deadline)
+        return joined.futureResult
     }
 
     /// Joins the flight under way for the entry, or starts one: then `run` is called with the flight's id
     /// (outside the lock) and must end with ``finishFlight(_:flight:_:)``.
     public func requestFlight(
-        _ key: StoreLocation, on eventLoop: any EventLoop, overwrite: Bool = false, run start: (UInt64) -> Void
+        _ key: StoreLocation, on eventLoop: any EventLoop, overwrite: Bool = false, deadline: RequestDeadline? = nil,
+        run start: (UInt64) -> Void
     ) -> EventLoopFuture<Verdict> {
         let promise = eventLoop.makePromise(of: Verdict.self)
         let decision = state.withLockedValue { state in
@@ -140,6 +157,7 @@ public final class FillCoordinator: Sendable {
             run(actions)
             start(id)
         }
+        leaveAtDeadline(promise, key, deadline)
         return promise.futureResult
     }
 
@@ -325,6 +343,7 @@ public final class FillCoordinator: Sendable {
                 "leasesRefused": .number(String(c.leasesRefused)), "leasesReleased": .number(String(c.leasesReleased)),
                 "leasesExpired": .number(String(c.leasesExpired)), "readsOvertaken": .number(String(c.readsOvertaken)),
                 "fillsInFlight": .number(String(s.machine.fillsInFlight)), "leasesOut": .number(String(s.machine.leasesOut)),
+                "deadlinesPassed": .number(String(c.deadlinesPassed)),
             ])
         }
     }
@@ -342,9 +361,9 @@ public final class FillCoordinator: Sendable {
                     case .connectionClosed: waiter.fail(CachedError(.shuttingDown, "connection closed"))
                     }
                 }
-            case .grant(let waiter, let key, let token, let timeout):
+            case .grant(let waiter, let key, let token, let timeout, let deadline):
                 if let fleet, let fleetToken = state.withLockedValue({ $0.fleetLeases[key]?.token }) {
-                    grantUnderFleetLock(waiter, key, token: token, timeout: timeout, fleet: fleet, fleetToken: fleetToken)
+                    grantUnderFleetLock(waiter, key, token: token, timeout: timeout, deadline: deadline, fleet: fleet, fleetToken: fleetToken)
                     continue
                 }
                 grantNow(waiter, key, token: token, timeout: timeout)

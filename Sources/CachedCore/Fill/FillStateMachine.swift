@@ -23,11 +23,15 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     struct Pending {
         var connection: ConnectionID
         var waiter: Waiter
+        /// When it stops waiting (it leaves with ``leave(_:where:)``; a lease handed to it is cut short then).
+        var deadline: RequestDeadline?
     }
 
     struct Lease {
         var token: String
         var holder: ConnectionID
+        /// The holder's deadline (until its grant is answered).
+        var holderDeadline: RequestDeadline?
         /// How long each holder has to fill before the lease passes on.
         var timeout: Duration
         var pending: [Pending] = []
@@ -91,8 +95,9 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     enum Action {
         /// Answer these waiters.
         case answer([Waiter], Reply)
-        /// Give `waiter` the lease `token`: schedule its expiry after `timeout`, then answer it.
-        case grant(Waiter, entry: Entry, token: String, timeout: Duration)
+        /// Give `waiter` the lease `token`: schedule its expiry after `timeout`, then answer it (a grant that
+        /// waits for the fleet's fill lock waits no longer than `deadline`).
+        case grant(Waiter, entry: Entry, token: String, timeout: Duration, deadline: RequestDeadline?)
         /// The lease `token` ended: cancel its expiry timer.
         case cancelExpiry(token: String)
     }
@@ -100,7 +105,7 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     /// What a trusted miss on a key without a handler leads to.
     enum MissPolicy {
         /// The lease flow: the first asker fills, the others wait for it.
-        case lease(ConnectionID, timeout: Duration)
+        case lease(ConnectionID, timeout: Duration, deadline: RequestDeadline? = nil)
         /// Answer the miss at once; never take a lease, never wait behind one.
         case noLease
     }
@@ -136,6 +141,8 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
         var leasesReleased = 0
         var leasesExpired = 0
         var readsOvertaken = 0
+        /// Waiters that left at their deadline.
+        var deadlinesPassed = 0
     }
 
     private(set) var records: [Entry: Record] = [:]
@@ -179,7 +186,7 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
             counters.readsOvertaken += 1
             return [.answer([waiter], .readAgain)]
         }
-        guard case .lease(let connection, let timeout) = policy else {
+        guard case .lease(let connection, let timeout, let deadline) = policy else {
             return [.answer([waiter], .miss)]
         }
         switch record.activity {
@@ -194,19 +201,22 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
                 // The holder asks again: it gave up its fill. A new token for it; the old one is refused.
                 let old = lease.token
                 lease.token = makeToken()
+                lease.holderDeadline = deadline
                 record.activity = .lease(lease)
                 counters.leasesGranted += 1
-                return [.cancelExpiry(token: old), .grant(waiter, entry: entry, token: lease.token, timeout: lease.timeout)]
+                return [
+                    .cancelExpiry(token: old), .grant(waiter, entry: entry, token: lease.token, timeout: lease.timeout, deadline: deadline),
+                ]
             }
-            lease.pending.append(Pending(connection: connection, waiter: waiter))
+            lease.pending.append(Pending(connection: connection, waiter: waiter, deadline: deadline))
             record.activity = .lease(lease)
             counters.leaseWaits += 1
             return []
         case nil:
             let token = makeToken()
-            record.activity = .lease(Lease(token: token, holder: connection, timeout: timeout))
+            record.activity = .lease(Lease(token: token, holder: connection, holderDeadline: deadline, timeout: timeout))
             counters.leasesGranted += 1
-            return [.grant(waiter, entry: entry, token: token, timeout: timeout)]
+            return [.grant(waiter, entry: entry, token: token, timeout: timeout, deadline: deadline)]
         }
     }
 
@@ -398,6 +408,36 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
         return actions
     }
 
+    // MARK: Deadlines
+
+    /// A waiter's deadline passed: it leaves the entry's lease queue, flight or parked misses, and is never
+    /// handed a lease or an answer by the machine after that (the shell answers it with the deadline error).
+    /// False when it is not waiting here any longer (answered already, or it holds the lease: a holder
+    /// gives its lease back with ``release(_:token:)``). The work it waited for goes on for the others.
+    mutating func leave(_ entry: Entry, where matches: (Waiter) -> Bool) -> Bool {
+        guard var record = records[entry] else { return false }
+        defer { store(entry, record) }
+        if let index = record.parked.firstIndex(where: matches) {
+            record.parked.remove(at: index)
+            counters.deadlinesPassed += 1
+            return true
+        }
+        switch record.activity {
+        case .lease(var lease)?:
+            guard let index = lease.pending.firstIndex(where: { matches($0.waiter) }) else { return false }
+            lease.pending.remove(at: index)
+            record.activity = .lease(lease)
+        case .flight(var flight)?:
+            guard let index = flight.waiters.firstIndex(where: { matches($0.waiter) }) else { return false }
+            flight.waiters.remove(at: index)
+            record.activity = .flight(flight)
+        case nil:
+            return false
+        }
+        counters.deadlinesPassed += 1
+        return true
+    }
+
     // MARK: Internals
 
     /// Adds `waiter` to the flight, noting whether the flight's read (sent before it joined) is still
@@ -418,9 +458,10 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
         let next = lease.pending.removeFirst()
         lease.token = makeToken()
         lease.holder = next.connection
+        lease.holderDeadline = next.deadline
         record.activity = .lease(lease)
         counters.leasesGranted += 1
-        actions.append(.grant(next.waiter, entry: entry, token: lease.token, timeout: lease.timeout))
+        actions.append(.grant(next.waiter, entry: entry, token: lease.token, timeout: lease.timeout, deadline: next.deadline))
         return actions
     }
 

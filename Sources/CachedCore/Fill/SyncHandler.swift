@@ -22,10 +22,37 @@ public struct RequestContext: Sendable {
     public var stats: Stats.Shard?
     /// The client connection's channel and tracking flag (nil: not from a client connection).
     public var control: ConnectionControl?
-    public init(eventLoop: any EventLoop, connection: ConnectionID, stats: Stats.Shard? = nil, control: ConnectionControl? = nil) {
+    /// When the request must be answered by (nil: never cut short).
+    public var deadline: RequestDeadline?
+    public init(
+        eventLoop: any EventLoop, connection: ConnectionID, stats: Stats.Shard? = nil, control: ConnectionControl? = nil,
+        deadline: RequestDeadline? = nil
+    ) {
         self.eventLoop = eventLoop
         self.connection = connection
         self.stats = stats
         self.control = control
+        self.deadline = deadline
     }
+}
+
+/// A request's deadline: fixed when its line was read (the read time plus its `timeout`, or plus
+/// `[limits] request_timeout`), passed down to every wait, and answered -32009 at, never after.
+public struct RequestDeadline: Sendable, Hashable {
+    /// The instant.
+    public var instant: NIODeadline
+    /// The timeout it came from, in seconds (for the error's message and data).
+    public var seconds: Double
+
+    /// `seconds` after `start`.
+    public init(from start: NIODeadline, seconds: Double) {
+        self.instant = start + .nanoseconds(Int64((seconds * 1e9).rounded()))
+        self.seconds = seconds
+    }
+
+    /// Whether it has passed at `now`.
+    public func hasPassed(_ now: NIODeadline = .now()) -> Bool { now >= instant }
+
+    /// The error a request answered at its deadline gets.
+    public func error(_ method: String) -> CachedError { .deadlineExceeded(method, timeout: seconds) }
 }

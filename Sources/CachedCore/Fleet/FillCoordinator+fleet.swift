@@ -7,11 +7,16 @@ import NIOCore
 /// waiters with it.
 extension FillCoordinator {
     /// The grant of lease `token` to `waiter`, once the fleet lock allows it.
+    ///
+    /// The asker waits for another daemon's fill no longer than its deadline: then it is answered the
+    /// deadline error and the lease passes on to the next local waiter, if any.
     func grantUnderFleetLock(
-        _ waiter: EventLoopPromise<Verdict>, _ key: StoreLocation, token: String, timeout: Duration, fleet: any FleetLocks,
-        fleetToken: String
+        _ waiter: EventLoopPromise<Verdict>, _ key: StoreLocation, token: String, timeout: Duration, deadline: RequestDeadline?,
+        fleet: any FleetLocks, fleetToken: String
     ) {
         let eventLoop = waiter.futureResult.eventLoop
+        let longest = Self.fleetWaitTimeout(timeout)
+        let waitTimeout = deadline.map { max(.zero, min(longest, Duration($0.instant - .now()))) } ?? longest
         fleet.acquire(key, token: fleetToken, lease: timeout, requireAbsent: true, on: eventLoop).whenComplete { result in
             switch result {
             case .success(.won):
@@ -24,7 +29,7 @@ extension FillCoordinator {
                     $0.locksLost += 1
                     $0.waits += 1
                 }
-                FleetWaiter.wait(fleet, key, token: fleetToken, lease: timeout, timeout: Self.fleetWaitTimeout(timeout), on: eventLoop)
+                FleetWaiter.wait(fleet, key, token: fleetToken, lease: timeout, timeout: waitTimeout, on: eventLoop)
                     .whenSuccess { outcome in
                         switch outcome {
                         case .value(let value):
@@ -32,6 +37,10 @@ extension FillCoordinator {
                         case .won:
                             self.fleetStats.count { $0.locksWon += 1 }
                             self.grantIfLive(waiter, key, token: token, timeout: timeout, won: true, fleetToken: fleetToken)
+                        case .gaveUp where deadline?.hasPassed() == true:
+                            // The asker's deadline ended its wait: it is told so, and the lease passes on.
+                            waiter.fail(deadline!.error("get"))
+                            _ = self.releaseLease(key, token: token, on: eventLoop)
                         case .gaveUp, .failed:
                             // The lock never came free in time, or Redis failed: the lease is this daemon's alone.
                             if case .gaveUp = outcome { self.fleetStats.count { $0.waitsGaveUp += 1 } }

@@ -18,6 +18,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     private let dispatcher: RequestDispatcher
     private let limits: DaemonConfiguration.Limits
     private let logger: Logger
+    /// `[limits] request_timeout` in seconds (0: no deadline for a request that names none).
+    private let defaultTimeout: Double
 
     // The handler is confined to its event loop and never hands these fields out `inout` across a call
     // that could reach them again, so their accesses need no run-time exclusivity checks (callgrind
@@ -56,6 +58,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
         self.framer = RequestLineFramer(maxLineBytes: limits.maxLineBytes)
         self.machine = ClientConnectionStateMachine(maxInFlight: limits.maxInFlight)
         self.stats = dispatcher.stats.common
+        self.defaultTimeout = Double(limits.requestTimeout.components.seconds) + Double(limits.requestTimeout.components.attoseconds) / 1e18
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -64,8 +67,18 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
         control = ConnectionControl(id: connectionID, channel: context.channel)
     }
 
-    private func requestContext(_ context: ChannelHandlerContext) -> RequestContext {
-        RequestContext(eventLoop: context.eventLoop, connection: connectionID, stats: stats, control: control)
+    /// `timeout`: the request's own (seconds), nil for `[limits] request_timeout`. The deadline counts from
+    /// when the request's read batch began.
+    private func requestContext(_ context: ChannelHandlerContext, timeout: Double?) -> RequestContext {
+        let seconds = timeout ?? defaultTimeout
+        return RequestContext(
+            eventLoop: context.eventLoop, connection: connectionID, stats: stats, control: control,
+            deadline: seconds > 0 ? RequestDeadline(from: batchStart, seconds: seconds) : nil)
+    }
+
+    /// The `timeout` a request names; nil when it names none (or an invalid one: its params are refused).
+    private func timeout(of request: JSONRPCRequest) -> Double? {
+        try? RequestTimeout.read(request.params, method: request.method)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -109,7 +122,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     private func handleLine(_ line: ByteBuffer, context: ChannelHandlerContext) {
         // The hot path: a `get` in its common shape, read without a JSON tree (anything else returns nil).
         if let get = line.withUnsafeReadableBytes({ FastGetRequest.parse($0) }) {
-            let outcome = dispatcher.run(get.params, context: requestContext(context))
+            let outcome = dispatcher.run(get.params, context: requestContext(context, timeout: get.timeout))
             answer(outcome, id: get.id, method: "get", context: context)
             return
         }
@@ -131,7 +144,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     }
 
     private func run(_ request: JSONRPCRequest, context: ChannelHandlerContext) {
-        let outcome = dispatcher.run(request, context: requestContext(context))
+        let outcome = dispatcher.run(request, context: requestContext(context, timeout: timeout(of: request)))
         answer(outcome, id: request.id, method: request.method, context: context)
     }
 
@@ -171,7 +184,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
                 futures.append(context.eventLoop.makeSucceededFuture((id, .failure(error))))
             case .request(let request):
                 futures.append(
-                    dispatcher.dispatch(request, context: requestContext(context)).hop(to: context.eventLoop)
+                    dispatcher.dispatch(request, context: requestContext(context, timeout: timeout(of: request))).hop(to: context.eventLoop)
                         .map { (request.id, .success($0)) }
                         .recover { (request.id, .failure(($0 as? CachedError) ?? CachedError(.internalError, "Internal error"))) })
             }

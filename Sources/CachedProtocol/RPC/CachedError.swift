@@ -39,6 +39,10 @@ public struct CachedError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let shuttingDown = Code(rawValue: -32007)
         /// The peer is not allowed to use this daemon.
         public static let accessDenied = Code(rawValue: -32008)
+        /// The request's deadline (its `timeout`, or the daemon's `request_timeout`) passed before it could
+        /// be answered. Work other requests wait for (a handler fill, a lease) goes on for them; a write
+        /// that was sent may still take effect.
+        public static let deadlineExceeded = Code(rawValue: -32009)
 
         public var description: String { String(rawValue) }
     }
@@ -67,6 +71,13 @@ extension CachedError {
     /// -32001 for a line longer than `max_line_bytes`.
     public static func lineTooLong(maxLineBytes: Int) -> CachedError {
         .limitExceeded("Line longer than \(maxLineBytes) bytes", limit: "max_line_bytes", value: maxLineBytes)
+    }
+
+    /// -32009: the request's deadline passed; `data.timeout` is the seconds it had.
+    public static func deadlineExceeded(_ method: String, timeout seconds: Double) -> CachedError {
+        CachedError(
+            .deadlineExceeded, "\(method): no answer within the request's deadline (\(seconds) s)",
+            data: .object(["timeout": .number(String(seconds))]))
     }
 
     /// -32601 for an unknown method; `data.methods` lists the methods there are.

@@ -11,7 +11,7 @@ import Darwin
 /// and returns nil for everything else, which then takes the general path. The subset: one object with
 /// exactly the members `jsonrpc` (`"2.0"`), `id` (an integer or a plain string), `method` (`"get"`) and
 /// `params`, an object of `key`, `identity` and optionally `hashKey` with `hashId`, each a plain string or
-/// an integer; any order, any JSON whitespace. A plain string is printable ASCII without `"` or `\`, so
+/// an integer, and optionally `timeout`, a number without exponent; any order, any JSON whitespace. A plain string is printable ASCII without `"` or `\`, so
 /// it needs neither unescaping nor UTF-8 validation. Everything else (escapes, other bytes, fractions,
 /// exponents, nulls, `args`, duplicate or unknown members, values that fail validation) returns nil,
 /// never an error: the general path gives the same answer it always did.
@@ -23,6 +23,8 @@ public struct FastGetRequest: Sendable, Hashable {
     public var id: JSONRPCID
     /// The validated parameters.
     public var params: GetParams
+    /// The request's `timeout` in seconds (validated by ``RequestTimeout``), if it names one.
+    public var timeout: Double?
 
     /// Parses one line (without its newline); nil when the line is not in the fast path's subset.
     public static func parse(_ bytes: UnsafeRawBufferPointer) -> FastGetRequest? {
@@ -64,6 +66,7 @@ extension FastGetRequest {
             var identity: Scalar?
             var hashKey: Span?
             var hashId: Scalar?
+            var timeout: Span?
             var first = true
             while true {
                 skipWhitespace()
@@ -88,7 +91,7 @@ extension FastGetRequest {
                     id = v
                 } else if equals(name, "params") {
                     bit = 8
-                    guard params(key: &key, identity: &identity, hashKey: &hashKey, hashId: &hashId) else { return nil }
+                    guard params(key: &key, identity: &identity, hashKey: &hashKey, hashId: &hashId, timeout: &timeout) else { return nil }
                 } else {
                     return nil
                 }
@@ -113,13 +116,18 @@ extension FastGetRequest {
             case .string(let span): requestID = .string(string(span))
             case .integer(let span): requestID = .number(string(span))
             }
+            var seconds: Double?
+            if let timeout {
+                guard let value = self.timeout(timeout) else { return nil }
+                seconds = value
+            }
             let address = EntryAddress(key: string(key), identity: identityValue, hash: hash)
-            return FastGetRequest(id: requestID, params: GetParams(address: address))
+            return FastGetRequest(id: requestID, params: GetParams(address: address), timeout: seconds)
         }
 
         /// The line exactly as the clients write it (the Swift client, the Python shim, `cached-bench`):
         /// `{"jsonrpc":"2.0","id":ID,"method":"get","params":{"key":"K","identity":I}}`, optionally with
-        /// `,"hashKey":"H","hashId":J` after the identity, no whitespace. Matched by comparing the fixed
+        /// `,"hashKey":"H","hashId":J` after the identity and then `,"timeout":T`, no whitespace. Matched by comparing the fixed
         /// parts whole instead of reading member by member; anything else is nil, and ``request()`` reads it.
         /// The result is the one ``request()`` gives for the same line.
         mutating func canonical() -> FastGetRequest? {
@@ -134,13 +142,20 @@ extension FastGetRequest {
                 else { return nil }
                 hash = HashAddress(hashKey: string(hashKey), hashId: hashIdValue)
             }
+            var seconds: Double?
+            if literal(",\"timeout\":") {
+                guard let span = decimal(), let value = timeout(span) else { return nil }
+                seconds = value
+            }
             guard literal("}}"), index == bytes.count, validKey(key), let identityValue = self.identity(identity) else { return nil }
             let requestID: JSONRPCID
             switch id {
             case .string(let span): requestID = .string(string(span))
             case .integer(let span): requestID = .number(string(span))
             }
-            return FastGetRequest(id: requestID, params: GetParams(address: EntryAddress(key: string(key), identity: identityValue, hash: hash)))
+            return FastGetRequest(
+                id: requestID, params: GetParams(address: EntryAddress(key: string(key), identity: identityValue, hash: hash)),
+                timeout: seconds)
         }
 
         /// Takes `text` if the line continues with it.
@@ -152,7 +167,9 @@ extension FastGetRequest {
         }
 
         /// The params object; false when it is outside the subset.
-        mutating func params(key: inout Span?, identity: inout Scalar?, hashKey: inout Span?, hashId: inout Scalar?) -> Bool {
+        mutating func params(
+            key: inout Span?, identity: inout Scalar?, hashKey: inout Span?, hashId: inout Scalar?, timeout: inout Span?
+        ) -> Bool {
             guard take(UInt8(ascii: "{")) else { return false }
             var first = true
             while true {
@@ -163,7 +180,13 @@ extension FastGetRequest {
                     skipWhitespace()
                 }
                 first = false
-                guard let name = plainString(), colon(), let value = scalar() else { return false }
+                guard let name = plainString(), colon() else { return false }
+                if equals(name, "timeout") {
+                    guard timeout == nil, let span = decimal() else { return false }
+                    timeout = span
+                    continue
+                }
+                guard let value = scalar() else { return false }
                 if equals(name, "key") {
                     guard key == nil, case .string(let s) = value else { return false }
                     key = s
@@ -228,6 +251,17 @@ extension FastGetRequest {
 
         /// `-?(0|[1-9][0-9]*)` not followed by a fraction or an exponent.
         mutating func integer() -> Span? {
+            number(fraction: false)
+        }
+
+        /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?`, not followed by an exponent or another digit.
+        mutating func decimal() -> Span? {
+            number(fraction: true)
+        }
+
+        /// A JSON number without exponent (and, unless `fraction`, without fraction); nil for anything else.
+        @inline(__always)
+        mutating func number(fraction: Bool) -> Span? {
             let start = index
             _ = take(UInt8(ascii: "-"))
             guard index < bytes.count else { return nil }
@@ -237,6 +271,10 @@ extension FastGetRequest {
                 guard isDigit(bytes[index]) else { return nil }
                 while index < bytes.count, isDigit(bytes[index]) { index += 1 }
             }
+            if fraction, take(UInt8(ascii: ".")) {
+                guard index < bytes.count, isDigit(bytes[index]) else { return nil }
+                while index < bytes.count, isDigit(bytes[index]) { index += 1 }
+            }
             if index < bytes.count {
                 switch bytes[index] {
                 case UInt8(ascii: "."), UInt8(ascii: "e"), UInt8(ascii: "E"): return nil
@@ -244,6 +282,12 @@ extension FastGetRequest {
                 }
             }
             return Span(start: start, end: index)
+        }
+
+        /// A timeout the general path accepts too (``RequestTimeout/validate(_:method:)``); nil otherwise.
+        func timeout(_ span: Span) -> Double? {
+            guard let seconds = Double(string(span)) else { return nil }
+            return try? RequestTimeout.validate(seconds, method: "get")
         }
 
         mutating func scalar() -> Scalar? {

@@ -37,13 +37,16 @@ extension CachedMethod {
 public protocol MethodParameters: Sendable {
     /// The method they belong to.
     static var method: CachedMethod { get }
-    /// Every parameter name the method accepts (anything else is -32602).
+    /// Every parameter name the method accepts (anything else is -32602), ``commonNames`` included.
     static var names: [String] { get }
     /// Reads and validates a request's `params`; -32602 for anything missing, mistyped or unknown.
     init(_ params: JSONValue?) throws(CachedError)
 }
 
 extension MethodParameters {
+    /// The names every method takes: `timeout` (``RequestTimeout``).
+    public static var commonNames: [String] { [RequestTimeout.name] }
+
     /// The names of an entry's address: `key`, `identity`, `hashKey`, `hashId`.
     public static var addressNames: [String] { ["key", "identity", "hashKey", "hashId"] }
 }
@@ -108,7 +111,7 @@ public struct HandlerArguments: Sendable, Hashable {
 /// `get {key, identity, hashKey?, hashId?, args?, kwargs?, lease?}`.
 public struct GetParams: MethodParameters, Hashable {
     public static var method: CachedMethod { .get }
-    public static var names: [String] { addressNames + ["args", "kwargs", "lease"] }
+    public static var names: [String] { addressNames + ["args", "kwargs", "lease"] + commonNames }
 
     public var address: EntryAddress
     public var arguments: HandlerArguments
@@ -135,7 +138,7 @@ public struct GetParams: MethodParameters, Hashable {
 /// `set {key, identity, hashKey?, hashId?, value, encoding?, ttl?}`.
 public struct SetParams: MethodParameters, Hashable {
     public static var method: CachedMethod { .set }
-    public static var names: [String] { addressNames + ["value", "encoding", "ttl", "lease", "args", "kwargs"] }
+    public static var names: [String] { addressNames + ["value", "encoding", "ttl", "lease", "args", "kwargs"] + commonNames }
 
     public var address: EntryAddress
     /// The value's bytes; nil asks the daemon to fill it from the key's handler.
@@ -173,7 +176,7 @@ public struct SetParams: MethodParameters, Hashable {
 /// `delete {key, identity, hashKey?, hashId?}`.
 public struct DeleteParams: MethodParameters, Hashable {
     public static var method: CachedMethod { .delete }
-    public static var names: [String] { addressNames }
+    public static var names: [String] { addressNames + commonNames }
 
     public var address: EntryAddress
 
@@ -187,7 +190,7 @@ public struct DeleteParams: MethodParameters, Hashable {
 /// `release {key, identity, hashKey?, hashId?, lease}`: gives a lease back.
 public struct ReleaseParams: MethodParameters, Hashable {
     public static var method: CachedMethod { .release }
-    public static var names: [String] { addressNames + ["lease"] }
+    public static var names: [String] { addressNames + ["lease"] + commonNames }
 
     public var address: EntryAddress
     public var lease: String
@@ -203,7 +206,7 @@ public struct ReleaseParams: MethodParameters, Hashable {
 /// `deleteHash {hashKey, hashId}`.
 public struct DeleteHashParams: MethodParameters, Hashable {
     public static var method: CachedMethod { .deleteHash }
-    public static var names: [String] { ["hashKey", "hashId"] }
+    public static var names: [String] { ["hashKey", "hashId"] + commonNames }
 
     public var hash: HashAddress
 
@@ -220,21 +223,21 @@ public struct DeleteHashParams: MethodParameters, Hashable {
 /// `ping` (no parameters).
 public struct PingParams: MethodParameters, Hashable {
     public static var method: CachedMethod { .ping }
-    public static var names: [String] { [] }
+    public static var names: [String] { commonNames }
     public init(_ params: JSONValue?) throws(CachedError) { _ = try EmptyParams(params, method: "ping") }
 }
 
 /// `stats` (no parameters).
 public struct StatsParams: MethodParameters, Hashable {
     public static var method: CachedMethod { .stats }
-    public static var names: [String] { [] }
+    public static var names: [String] { commonNames }
     public init(_ params: JSONValue?) throws(CachedError) { _ = try EmptyParams(params, method: "stats") }
 }
 
 /// `metrics` (no parameters): the Prometheus text exposition.
 public struct MetricsParams: MethodParameters, Hashable {
     public static var method: CachedMethod { .metrics }
-    public static var names: [String] { [] }
+    public static var names: [String] { commonNames }
     public init(_ params: JSONValue?) throws(CachedError) { _ = try EmptyParams(params, method: "metrics") }
 }
 
@@ -242,7 +245,7 @@ public struct MetricsParams: MethodParameters, Hashable {
 /// on (`invalidate` notifications, docs/protocol.md), for a near cache in the client.
 public struct TrackParams: MethodParameters, Hashable {
     public static var method: CachedMethod { .track }
-    public static var names: [String] { ["enabled", "maxEntries", "separate"] }
+    public static var names: [String] { ["enabled", "maxEntries", "separate"] + commonNames }
 
     /// False stops tracking (default true).
     public var enabled: Bool
@@ -278,7 +281,7 @@ public struct TrackParams: MethodParameters, Hashable {
 /// its answers).
 public struct NotificationsParams: MethodParameters, Hashable {
     public static var method: CachedMethod { .notifications }
-    public static var names: [String] { ["token"] }
+    public static var names: [String] { ["token"] + commonNames }
 
     public var token: String
 

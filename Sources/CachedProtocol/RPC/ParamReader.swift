@@ -16,6 +16,11 @@ public struct ParamReader {
             throw .invalidParams("\(method): params must be an object of named parameters, got \(other.typeName)")
         }
         asked.reserveCapacity(8)
+        // Every method takes `timeout`: checked here, its value read by ``RequestTimeout``.
+        if try RequestTimeout.read(params, method: method) != nil {
+            present += 1
+        }
+        asked.append(RequestTimeout.name)
     }
 
     public mutating func optional(_ name: String) -> JSONValue? {

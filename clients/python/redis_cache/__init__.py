@@ -6,8 +6,8 @@ and behaviour; the first argument names the daemon's Unix socket instead of a Re
 
 from ._base import CacheEntry
 from .connection import DEFAULT_SOCKET, Connection, ConnectionPool, default_socket_path
-from .errors import (CachedError, DaemonError, DaemonUnavailable, InvalidParamsError,
-                     LengthError)
+from .errors import (CachedError, DaemonError, DaemonUnavailable, DeadlineExceeded,
+                     InvalidParamsError, LengthError)
 from .hash import HashCacheClient
 from .simple import CacheClient
 from .utils import default_passage, key_generator
@@ -25,6 +25,7 @@ __all__ = [
     "CachedError",
     "DaemonError",
     "DaemonUnavailable",
+    "DeadlineExceeded",
     "InvalidParamsError",
     "LengthError",
     "default_passage",

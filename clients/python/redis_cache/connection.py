@@ -22,7 +22,8 @@ import threading
 import weakref
 from typing import Any, Dict, Optional, Tuple, Union
 
-from .errors import INVALID_PARAMS, DaemonError, DaemonUnavailable, InvalidParamsError
+from .errors import (DEADLINE_EXCEEDED, INVALID_PARAMS, DaemonError, DaemonUnavailable, DeadlineExceeded,
+                     InvalidParamsError)
 from .near import NearCache, address_key
 
 __all__ = [
@@ -47,8 +48,18 @@ def default_socket_path() -> str:
     return os.environ.get("CACHED_SOCKET") or DEFAULT_SOCKET
 
 
-def _encode_request(request_id: int, method: str, params: Optional[Dict[str, Any]]) -> bytes:
+#: How much longer than a request's ``timeout`` the shim waits for the daemon's answer: the daemon
+#: answers -32009 at the deadline itself, so the socket timeout is only a backstop for a stalled daemon.
+ANSWER_GRACE = 0.5
+
+
+def _encode_request(request_id: int, method: str, params: Optional[Dict[str, Any]],
+                    timeout: Optional[float] = None) -> bytes:
     message: Dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if timeout is not None:
+        # The caller's timeout travels with the request: the daemon stops working for it at the deadline.
+        params = dict(params or {})
+        params["timeout"] = max(0.001, round(float(timeout), 6))
     if params is not None:
         message["params"] = params
     return json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
@@ -77,6 +88,8 @@ def _result_of(answer: Dict[str, Any]) -> Any:
     message = str(error.get("message", "error"))
     if code == INVALID_PARAMS:
         raise InvalidParamsError(message, error.get("data"))
+    if code == DEADLINE_EXCEEDED:
+        raise DeadlineExceeded(message, error.get("data"))
     raise DaemonError(code if isinstance(code, int) else None, message, error.get("data"))
 
 
@@ -110,8 +123,11 @@ class Connection:
 
     :param path: the daemon's socket; ``None`` means ``$CACHED_SOCKET``, else
         ``/run/cached/cached.sock`` (read when the object is created).
-    :param timeout: seconds to wait for an answer (``None``: forever). A timed-out call is
-        handled as an unreachable daemon.
+    :param timeout: seconds to wait for an answer. It is sent with every request (``timeout``), so
+        the daemon answers -32009 at that deadline and stops working for the call
+        (:class:`~redis_cache.errors.DeadlineExceeded`, handled as an unreachable daemon); the socket
+        waits ``ANSWER_GRACE`` longer. ``None``: nothing is sent, the daemon's
+        ``request_timeout`` applies, and the socket waits forever.
     :param connect_timeout: seconds to wait for the socket to accept.
     """
 
@@ -141,7 +157,7 @@ class Connection:
         try:
             sock.settimeout(self.connect_timeout)
             sock.connect(self.path)
-            sock.settimeout(self.timeout)
+            sock.settimeout(None if self.timeout is None else self.timeout + ANSWER_GRACE)
         except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
             sock.close()
             raise DaemonUnavailable("cannot connect to cached at %s: %s" % (self.path, e)) from None
@@ -248,7 +264,7 @@ class Connection:
                 sent_at = near.begin(address)
             if not line:
                 request_id = self._next_id()
-                line = _encode_request(request_id, method, params)
+                line = _encode_request(request_id, method, params, self.timeout)
             finished = keep = False
             try:
                 state.sock.sendall(line)
@@ -339,7 +355,7 @@ class Connection:
             finished = keep = False
             try:
                 request_id = self._next_id()
-                answer = await channel.call(method, request_id, _encode_request(request_id, method, params))
+                answer = await channel.call(method, request_id, _encode_request(request_id, method, params, self.timeout))
                 finished = True
                 keep = near.finish(address_key(params))  # type: ignore[arg-type]
             finally:
@@ -350,7 +366,7 @@ class Connection:
                 near.keep(address_key(params), result, sent_at)  # type: ignore[arg-type]
             return result
         request_id = self._next_id()
-        line = _encode_request(request_id, method, params)
+        line = _encode_request(request_id, method, params, self.timeout)
         return _result_of(await channel.call(method, request_id, line))
 
 
@@ -467,6 +483,7 @@ class _AsyncChannel:
 
     async def call(self, method: str, request_id: int, line: bytes) -> Dict[str, Any]:
         timeout = self.connection.timeout
+        wait = None if timeout is None else timeout + ANSWER_GRACE
         for attempt in (0, 1):
             writer, fresh = await self._ensure_open()
             future: "asyncio.Future[Dict[str, Any]]" = self.loop.create_future()
@@ -474,7 +491,7 @@ class _AsyncChannel:
             try:
                 writer.write(line)
                 await writer.drain()
-                return await asyncio.wait_for(future, timeout)
+                return await asyncio.wait_for(future, wait)
             except asyncio.TimeoutError:
                 raise DaemonUnavailable("cached at %s did not answer %s within %ss"
                                         % (self.connection.path, method, timeout)) from None

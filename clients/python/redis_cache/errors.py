@@ -25,6 +25,7 @@ HANDLER_TIMEOUT = -32005
 OVERLOADED = -32006
 SHUTTING_DOWN = -32007
 ACCESS_DENIED = -32008
+DEADLINE_EXCEEDED = -32009
 
 
 class CachedError(Exception):
@@ -50,6 +51,17 @@ class DaemonUnavailable(DaemonError):
 
     def __init__(self, message: str) -> None:
         super().__init__(None, message)
+
+
+class DeadlineExceeded(DaemonError):
+    """The daemon answered -32009: the request's ``timeout`` passed before it could be answered.
+
+    Handled like any daemon error (the clients fall back); the daemon stopped working for the call,
+    while work others wait for (a fill, a lease) goes on for them.
+    """
+
+    def __init__(self, message: str, data: Any = None) -> None:
+        super().__init__(DEADLINE_EXCEEDED, message, data)
 
 
 class InvalidParamsError(CachedError, ValueError):

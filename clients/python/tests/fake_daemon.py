@@ -66,6 +66,7 @@ class FakeDaemon:
         self.lease_timeout = 5.0  # seconds, as the daemon's default
         self.lease_waits = 0  # gets that waited behind a lease (the daemon's stats.fills.leaseWaits)
         self.requests: List[Tuple[int, Dict[str, Any]]] = []  # (peer pid, request)
+        self.timeouts: List[Tuple[Any, Any]] = []  # (method, the request's `timeout`)
         self.answers: List[Tuple[Dict[str, Any], Dict[str, Any]]] = []  # (request, answer) as sent
         self.connections: List[int] = []  # peer pid of each accepted connection
         self.error_for: Dict[str, Tuple[int, str]] = {}  # method -> (code, message)
@@ -138,7 +139,11 @@ class FakeDaemon:
         try:
             for line in f:
                 request = json.loads(line)
+                params = request.get("params") if isinstance(request, dict) else None
                 with self._lock:
+                    # Every method takes `timeout` (the caller's deadline): kept apart from the params.
+                    if isinstance(params, dict) and "timeout" in params:
+                        self.timeouts.append((request.get("method"), params.pop("timeout")))
                     self.requests.append((pid, request))
                 threading.Thread(target=self._answer, args=(conn, conn_id, write_lock, request),
                                  daemon=True).start()

@@ -448,3 +448,62 @@ async def _async_entry(socket_path: str) -> Any:
     entry = await cache.async_get_entry(12)
     assert entry.data == "Student:12:[]:{}" and entry.hit
     return entry
+
+
+# -- deadlines ------------------------------------------------------------------------------------
+
+
+def test_the_shims_timeout_is_the_daemons_deadline(cached: Daemon) -> None:
+    """The shim sends its timeout: a get stuck behind another client's lease is answered -32009 by the
+    daemon at that deadline (not by the socket timeout), and the socket stays in use."""
+    from redis_cache import DeadlineExceeded
+
+    holder = Connection(cached.socket)
+    entry = {"key": "Student", "identity": 31}
+    lease = holder.call("get", entry)["lease"]
+    assert lease
+    waiter = Connection(cached.socket, timeout=0.3)
+    assert waiter.call("ping") == "pong"
+    sock = waiter._current().sock  # type: ignore[union-attr]
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded) as raised:
+        waiter.call("get", entry)
+    elapsed = time.monotonic() - started
+    assert raised.value.code == -32009
+    assert 0.29 <= elapsed < 0.35, elapsed
+    assert waiter._current().sock is sock, "a deadline answer keeps the socket"  # type: ignore[union-attr]
+    assert holder.call("set", dict(entry, value="filled", lease=lease)) == {"stored": True}
+    assert waiter.call("get", entry)["value"] == "filled"
+    stats = holder.call("stats")
+    assert stats["methods"]["get"]["errorCodes"]["-32009"] == 1
+
+
+def test_the_async_shim_sends_its_timeout_too(cached: Daemon) -> None:
+    from redis_cache import DeadlineExceeded
+
+    holder = Connection(cached.socket)
+    entry = {"key": "Student", "identity": 32}
+    assert holder.call("get", entry)["lease"]
+    waiter = Connection(cached.socket, timeout=0.25)
+
+    async def ask() -> float:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            await waiter.acall("get", entry)
+        return time.monotonic() - started
+
+    elapsed = asyncio.run(ask())
+    assert 0.24 <= elapsed < 0.32, elapsed
+
+
+def test_the_drop_in_client_falls_back_at_the_deadline(cached: Daemon) -> None:
+    """pyredis-cache's CacheClient handles the deadline as it handled a RedisError: it calls sync_func."""
+    holder = Connection(cached.socket)
+    assert holder.call("get", {"key": "Student", "identity": 12})["lease"]
+    calls: List[Any] = []
+    log = ListLog()
+    client = CacheClient(Connection(cached.socket, timeout=0.2), "Student", make_sync_func(calls), log=log)
+    started = time.monotonic()
+    assert client.get(12)["name"] == "Jane Roe"
+    assert time.monotonic() - started < 0.4
+    assert calls and log.errors, (calls, log.errors)

@@ -84,6 +84,8 @@ def test_simple_roundtrip_with_lease(fake: FakeDaemon) -> None:
     assert "ttl" not in set_req["params"]
     assert fake.strings["000STUDENT#0000000012"] == json.dumps(
         {"id": 12, "args": [1], "kwargs": {"age": 15}}).encode()
+    # Each request carries the connection's timeout (30 s by default): the daemon's deadline for it.
+    assert fake.timeouts == [("get", 30.0), ("set", 30.0)]
     # now a hit: get_func receives bytes
     seen: List[Any] = []
     cache.get_func = lambda b: seen.append(b) or json.loads(b)
@@ -783,3 +785,24 @@ def test_fake_daemon_lease_protocol(fake: FakeDaemon) -> None:
     with pytest.raises(DaemonError) as excinfo:
         holder.call("nosuchmethod", {})
     assert excinfo.value.code == -32601
+
+
+def test_the_timeout_sent_follows_the_connection(fake: FakeDaemon) -> None:
+    from redis_cache.connection import ANSWER_GRACE
+
+    Connection(fake.path, timeout=0.25).call("ping")
+    Connection(fake.path, timeout=None).call("ping")
+    assert fake.timeouts == [("ping", 0.25)]  # None: nothing sent, the daemon's request_timeout applies
+    connection = Connection(fake.path, timeout=0.25)
+    connection.call("ping")
+    assert connection._current().sock.gettimeout() == 0.25 + ANSWER_GRACE  # type: ignore[union-attr]
+
+
+def test_a_deadline_answer_is_its_own_error(fake: FakeDaemon) -> None:
+    from redis_cache import DeadlineExceeded
+
+    fake.error_for["get"] = (-32009, "get: no answer within the request's deadline (0.25 s)")
+    with pytest.raises(DeadlineExceeded) as raised:
+        Connection(fake.path, timeout=0.25).call("get", {"key": "Student", "identity": 1})
+    assert raised.value.code == -32009
+    assert isinstance(raised.value, redis_cache.DaemonError)
