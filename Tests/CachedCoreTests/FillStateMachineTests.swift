@@ -1,5 +1,6 @@
 @testable import CachedCore
 import CachedTestSupport
+import NIOCore
 import Testing
 
 /// The fill and lease state machine, without NIO: waiters are numbers, and a ledger checks that every
@@ -14,6 +15,9 @@ struct FillStateMachineTests {
         var answers: [Int: [String]] = [:]  // waiter -> what it was told, in order
         var leases: [String: (token: String, waiter: Int)] = [:]  // entry -> the lease its holder was granted
         var timers: Set<String> = []
+        /// Grants that take the fleet's fill lock first (entry, lease, lock), and locks given back.
+        var fleetGrants: [(entry: String, lease: String, lock: String)] = []
+        var fleetReleases: [(entry: String, lock: String)] = []
         var nextWaiter = 0
 
         init() {
@@ -31,10 +35,13 @@ struct FillStateMachineTests {
                 switch action {
                 case .answer(let waiters, let reply):
                     for w in waiters { answers[w, default: []].append("\(reply)") }
-                case .grant(let w, let entry, let token, _, _):
+                case .grant(let w, let entry, let token, _, _, let fleetToken):
                     answers[w, default: []].append("lease \(token)")
                     leases[entry] = (token, w)
                     timers.insert(token)
+                    if let fleetToken { fleetGrants.append((entry, token, fleetToken)) }
+                case .releaseFleetLock(let entry, let token):
+                    fleetReleases.append((entry, token))
                 case .cancelExpiry(let token):
                     timers.remove(token)
                 }
@@ -409,6 +416,89 @@ struct FillStateMachineTests {
         let h = Harness()
         let holder = h.miss("e", 1)
         #expect(!h.leave("e", holder))
+    }
+
+    // MARK: The fleet lock behind a lease, the negative cache, the fallback cap
+
+    @Test func aFleetWideLeaseKeepsOneLockWhileItPassesOnAndReleasesItWhenNobodyWaits() {
+        let h = Harness()
+        let fleet: (Int) -> Machine.MissPolicy = { .lease(ConnectionID(UInt64($0)), timeout: .seconds(5), fleetWide: true) }
+        let first = h.waiter()
+        h.apply(h.machine.readMissed("e", h.machine.readStarted("e"), waiter: first, policy: fleet(1)))
+        let second = h.waiter()
+        h.apply(h.machine.readMissed("e", h.machine.readStarted("e"), waiter: second, policy: fleet(2)))
+        #expect(h.fleetGrants.count == 1, "the waiter waits for the lease, it takes no lock")
+        let lock = h.fleetGrants[0].lock
+        let firstLease = h.fleetGrants[0].lease
+        let r1 = h.machine.fleetLockTaken("e", lease: firstLease, fleetToken: lock, won: true)
+        #expect(r1.live && !r1.orphaned)
+        #expect(h.machine.wonFleetToken("e", lease: firstLease) == lock)
+        // The holder gives up: the next asker is granted under the same lock, which stays held.
+        h.apply(h.machine.release("e", token: firstLease).1)
+        #expect(h.fleetGrants.map(\.lock) == [lock, lock])
+        #expect(h.fleetReleases.isEmpty)
+        let secondLease = h.fleetGrants[1].lease
+        #expect(secondLease != firstLease)
+        let r2 = h.machine.fleetLockTaken("e", lease: secondLease, fleetToken: lock, won: true)
+        #expect(r2.live && !r2.orphaned)
+        // Nobody waits any longer: the won lock is given back.
+        h.apply(h.machine.release("e", token: secondLease).1)
+        #expect(h.fleetReleases.map(\.lock) == [lock])
+        #expect(h.machine.records.isEmpty)
+    }
+
+    @Test func aLockWonForALeaseThatEndedIsOrphanedAndAWriteEndsTheLockItself() {
+        let h = Harness()
+        let w = h.waiter()
+        h.apply(h.machine.readMissed("e", h.machine.readStarted("e"), waiter: w, policy: .lease(ConnectionID(1), timeout: .seconds(5), fleetWide: true)))
+        let (lease, lock) = (h.fleetGrants[0].lease, h.fleetGrants[0].lock)
+        // A set revokes the lease while its lock is being taken: the lock, once won, is nobody's.
+        let start = h.machine.writeStarted("e", isDelete: false)
+        h.apply(start.actions)
+        let r3 = h.machine.fleetLockTaken("e", lease: lease, fleetToken: lock, won: true)
+        #expect(!r3.live && r3.orphaned)
+        let r4 = h.machine.fleetLockTaken("e", lease: lease, fleetToken: lock, won: false)
+        #expect(!r4.live && !r4.orphaned)
+        h.apply(h.machine.writeFinished("e"))
+        #expect(h.fleetReleases.isEmpty, "the write fenced the lock in Redis: nothing to release")
+        #expect(h.machine.records.isEmpty)
+    }
+
+    @Test func theNegativeCacheForgetsOnWritesHashDeletesAndTime() {
+        var machine = Machine(makeToken: { "t" })
+        let now = NIODeadline.now()
+        machine.rememberAbsent("e", until: now + .seconds(1))
+        let r5 = machine.isKnownAbsent("e", now: now)
+        #expect(r5)
+        let r6 = machine.isKnownAbsent("e", now: now + .seconds(2))
+        #expect(!r6, "past its time")
+        #expect(machine.negatives.isEmpty)
+        machine.rememberAbsent("h:f", until: now + .seconds(1))
+        machine.rememberAbsent("other", until: now + .seconds(1))
+        _ = machine.hashDeleteStarted { $0.hasPrefix("h:") }
+        let r7 = machine.isKnownAbsent("h:f", now: now)
+        #expect(!r7)
+        let r8 = machine.isKnownAbsent("other", now: now)
+        #expect(r8)
+        machine.forgetAbsent("other")
+        #expect(machine.negatives.isEmpty)
+    }
+
+    @Test func theFallbackCapCountsPerKey() {
+        var machine = Machine(makeToken: { "t" })
+        let r9 = machine.acquireFallback("K", limit: 2)
+        #expect(r9)
+        let r10 = machine.acquireFallback("K", limit: 2)
+        #expect(r10)
+        let r11 = machine.acquireFallback("K", limit: 2)
+        #expect(!r11)
+        let r12 = machine.acquireFallback("L", limit: 2)
+        #expect(r12)
+        machine.releaseFallback("K")
+        let r13 = machine.acquireFallback("K", limit: 2)
+        #expect(r13)
+        for key in ["K", "K", "L"] { machine.releaseFallback(key) }
+        #expect(machine.fallbacks.isEmpty, "no count is left behind")
     }
 
     // MARK: Every waiter answered exactly once

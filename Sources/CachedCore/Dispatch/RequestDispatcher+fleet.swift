@@ -33,48 +33,31 @@ extension RequestDispatcher {
         _ keyConfig: DaemonConfiguration.KeyConfiguration, _ locks: any FleetLocks, on eventLoop: any EventLoop
     ) -> EventLoopFuture<FillCoordinator.FillOutcome> {
         let token = FillCoordinator.makeToken()
-        let lease = keyConfig.leaseTimeout
-        let acquired = locks.acquire(entry, token: token, lease: lease, requireAbsent: true, on: eventLoop)
-            .map { Optional($0) }
-            .recover { _ in nil }  // Redis failed the lock: fill as one daemon would (stored only if absent)
-        return acquired.flatMap { acquired -> EventLoopFuture<FillCoordinator.FillOutcome> in
-            switch acquired {
-            case .won?:
-                self.fleetStats.count { $0.locksWon += 1 }
-                return self.fillUnderLock(id, entry, handler, params, keyConfig, locks, token: token, on: eventLoop)
-            case .present(let value)?:
-                return eventLoop.makeSucceededFuture(.inStore(value))
-            case .held?:
-                self.fleetStats.count {
-                    $0.locksLost += 1
-                    $0.waits += 1
-                }
-                return FleetWaiter.wait(
-                    locks, entry, token: token, lease: lease, timeout: FillCoordinator.fleetWaitTimeout(lease), on: eventLoop
-                ).flatMap { outcome in
-                    switch outcome {
-                    case .value(let value):
-                        // Filled by another daemon while this one waited: a miss answered by a fill, as at the holder.
-                        return eventLoop.makeSucceededFuture(.filled(value, stored: true))
-                    case .won:
-                        self.fleetStats.count { $0.locksWon += 1 }
-                        return self.fillUnderLock(id, entry, handler, params, keyConfig, locks, token: token, on: eventLoop)
-                    case .failed:
-                        // Redis failed the look: fill as one daemon would (stored only if absent).
-                        return self.fillAndStore(
-                            id, entry, handler, params.address, params.arguments, keyConfig, ttl: keyConfig.ttl, on: eventLoop)
-                    case .gaveUp:
-                        self.fleetStats.count { $0.waitsGaveUp += 1 }
+        // The flight goes on for every waiter: no deadline of one of them cuts the wait short.
+        return FleetLockStep.take(locks, entry, token: token, lease: keyConfig.leaseTimeout, deadline: nil, stats: fleetStats, on: eventLoop)
+            .flatMap { outcome -> EventLoopFuture<FillCoordinator.FillOutcome> in
+                switch outcome {
+                case .won:
+                    return self.fillUnderLock(id, entry, handler, params, keyConfig, locks, token: token, on: eventLoop)
+                case .present(let value):
+                    return eventLoop.makeSucceededFuture(.inStore(value))
+                case .filledElsewhere(let value):
+                    // Filled by another daemon while this one waited: a miss answered by a fill, as at the holder.
+                    return eventLoop.makeSucceededFuture(.filled(value, stored: true))
+                case .alone(let gaveUp):
+                    if gaveUp {
                         self.logger.warning(
                             "gave up waiting for another daemon's fill; filling without the fleet lock", metadata: ["entry": "\(entry)"])
-                        return self.fillAndStore(
-                            id, entry, handler, params.address, params.arguments, keyConfig, ttl: keyConfig.ttl, on: eventLoop)
                     }
+                    // Fill as one daemon would (stored only if absent).
+                    return self.fillAndStore(
+                        id, entry, handler, params.address, params.arguments, keyConfig, ttl: keyConfig.ttl, on: eventLoop)
+                case .deadlinePassed:
+                    // Not for a flight (it takes the lock without a deadline); as a lock that never came free.
+                    return self.fillAndStore(
+                        id, entry, handler, params.address, params.arguments, keyConfig, ttl: keyConfig.ttl, on: eventLoop)
                 }
-            case nil:
-                return self.fillAndStore(id, entry, handler, params.address, params.arguments, keyConfig, ttl: keyConfig.ttl, on: eventLoop)
             }
-        }
     }
 
     /// Calls the handler while holding the lock `token` and stores its value with a fenced store (only

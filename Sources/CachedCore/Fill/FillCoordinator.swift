@@ -6,9 +6,9 @@ import NIOCore
 /// that a write overtook.
 ///
 /// The decisions are made by the pure ``FillStateMachine`` (one handler flight or one lease per entry,
-/// per-entry write epochs, parked misses); this type is its thin shell: it keeps the machine and the
-/// lease timers behind one lock and runs the actions after the lock is released (promises are never
-/// completed under the lock). It also keeps the negative cache and the fallback cap.
+/// per-entry write epochs, parked misses, the fleet lock behind a lease, the negative cache, the fallback
+/// cap); this type is its thin shell: it keeps the machine and the lease timers behind one lock and runs
+/// the actions after the lock is released (promises are never completed under the lock).
 public final class FillCoordinator: Sendable {
     /// What a handler flight produced.
     public enum FillOutcome: Sendable {
@@ -46,21 +46,9 @@ public final class FillCoordinator: Sendable {
     struct State {
         var machine = Machine(makeToken: FillCoordinator.makeToken)
         var expiries: [String: Scheduled<Void>] = [:]
-        var negatives: [StoreLocation: NIODeadline] = [:]
-        var fallbacks: [String: Int] = [:]
-        /// Entries whose leases are handed out under the fleet's fill lock, with the lock's token (one
-        /// per entry, kept while leases pass from one local asker to the next).
-        var fleetLeases: [StoreLocation: FleetLease] = [:]
         /// Leases handed to a client (a lease the machine granted can end before that, when another
         /// daemon fills the entry first).
         var leasesHandedOut = 0
-    }
-
-    /// The fleet's fill lock behind an entry's leases.
-    struct FleetLease {
-        var token: String
-        /// Whether this daemon holds it (a lease `set` is then a fenced store).
-        var won = false
     }
 
     let state = NIOLockedValueBox(State())
@@ -92,16 +80,10 @@ public final class FillCoordinator: Sendable {
         deadline: RequestDeadline? = nil, fleetWide: Bool = false
     ) -> EventLoopFuture<Verdict> {
         let promise = context.eventLoop.makePromise(of: Verdict.self)
-        let policy: Machine.MissPolicy = mayLease ? .lease(context.connection, timeout: leaseTimeout, deadline: deadline) : .noLease
-        let underFleetLock = mayLease && fleetWide && fleet?.supports(key) == true
-        let actions = state.withLockedValue { state in
-            let actions = state.machine.readMissed(key, ticket, waiter: promise, policy: policy)
-            // A lease handed out now goes under the fleet's fill lock (granted once the lock allows).
-            if underFleetLock, state.fleetLeases[key] == nil, state.machine.leaseToken(key) != nil {
-                state.fleetLeases[key] = FleetLease(token: FillCoordinator.makeToken())
-            }
-            return actions
-        }
+        let underFleetLock = fleetWide && fleet?.supports(key) == true
+        let policy: Machine.MissPolicy =
+            mayLease ? .lease(context.connection, timeout: leaseTimeout, deadline: deadline, fleetWide: underFleetLock) : .noLease
+        let actions = state.withLockedValue { $0.machine.readMissed(key, ticket, waiter: promise, policy: policy) }
         run(actions)
         leaveAtDeadline(promise, key, deadline)
         return promise.futureResult
@@ -147,12 +129,8 @@ public final class FillCoordinator: Sendable {
         run start: (UInt64) -> Void
     ) -> EventLoopFuture<Verdict> {
         let promise = eventLoop.makePromise(of: Verdict.self)
-        let decision = state.withLockedValue { state in
-            let decision = state.machine.requestFlight(key, waiter: promise, overwrite: overwrite)
-            // A flight that took over a lease ends the lease's fleet bookkeeping (its lock expires).
-            if state.machine.leaseToken(key) == nil { state.fleetLeases[key] = nil }
-            return decision
-        }
+        // (A flight that takes over a lease ends the lease's fleet lock: it expires in Redis.)
+        let decision = state.withLockedValue { $0.machine.requestFlight(key, waiter: promise, overwrite: overwrite) }
         if case .start(let id, let actions) = decision {
             run(actions)
             start(id)
@@ -194,27 +172,16 @@ public final class FillCoordinator: Sendable {
     /// be sent. Returns the waiters of a lease it revoked, to be answered when the write is done
     /// (``wake(_:stored:value:)``). Must be followed by ``writeFinished(_:)``.
     public func writeStarted(_ key: StoreLocation, isDelete: Bool) -> [EventLoopPromise<Verdict>] {
-        let start = state.withLockedValue { state in
-            let start = state.machine.writeStarted(key, isDelete: isDelete)
-            // The write ends the fleet lock in Redis too (a fencing write).
-            if state.machine.leaseToken(key) == nil { state.fleetLeases[key] = nil }
-            return start
-        }
+        // (The write ends a lease's fleet lock in Redis too: a fencing write.)
+        let start = state.withLockedValue { $0.machine.writeStarted(key, isDelete: isDelete) }
         run(start.actions)
         return start.wake
     }
 
     /// A whole hash is about to be deleted. Returns the entries to pass to ``writesFinished(_:)``.
     public func hashDeleteStarted(_ storeKey: String) -> [StoreLocation] {
-        let (entries, actions) = state.withLockedValue { state in
-            for key in state.negatives.keys where key.key == storeKey && key.field != nil { state.negatives[key] = nil }
-            let started = state.machine.hashDeleteStarted { $0.key == storeKey && $0.field != nil }
-            // The delete's script ends every field's fleet lock.
-            for key in state.fleetLeases.keys where key.key == storeKey && state.machine.leaseToken(key) == nil {
-                state.fleetLeases[key] = nil
-            }
-            return started
-        }
+        // (The delete's script ends every field's fleet lock.)
+        let (entries, actions) = state.withLockedValue { $0.machine.hashDeleteStarted { $0.key == storeKey && $0.field != nil } }
         run(actions)
         return entries
     }
@@ -252,11 +219,8 @@ public final class FillCoordinator: Sendable {
     /// the lock's bookkeeping in between).
     public func redeemLease(_ key: StoreLocation, token: String) -> (wake: [EventLoopPromise<Verdict>], fleetToken: String?)? {
         let (redeem, fleetToken) = state.withLockedValue { state -> (Machine.Redeem, String?) in
-            state.negatives[key] = nil
-            let redeem = state.machine.redeem(key, token: token)
-            guard case .accepted = redeem, let lease = state.fleetLeases[key] else { return (redeem, nil) }
-            if state.machine.leaseToken(key) == nil { state.fleetLeases[key] = nil }
-            return (redeem, lease.won ? lease.token : nil)
+            let fleetToken = state.machine.wonFleetToken(key, lease: token)
+            return (state.machine.redeem(key, token: token), fleetToken)
         }
         guard case .accepted(let wake, let actions) = redeem else { return nil }
         run(actions)
@@ -266,23 +230,15 @@ public final class FillCoordinator: Sendable {
     /// The holder gives its lease back: the next waiter gets a new one at once. False when the token is
     /// no longer the entry's live lease.
     public func releaseLease(_ key: StoreLocation, token: String, on eventLoop: any EventLoop) -> Bool {
-        let (released, actions, ended) = state.withLockedValue { state in
-            let (released, actions) = state.machine.release(key, token: token)
-            return (released, actions, released ? Self.endFleetLeases(&state, [key]) : [])
-        }
-        run(actions)
-        releaseFleetLocks(ended, on: eventLoop)
+        let (released, actions) = state.withLockedValue { $0.machine.release(key, token: token) }
+        run(actions, on: eventLoop)
         return released
     }
 
     /// A client connection closed: its leases pass to the next waiter, its waits are answered.
     public func connectionClosed(_ connection: ConnectionID, on eventLoop: any EventLoop) {
-        let (actions, ended) = state.withLockedValue { state in
-            let actions = state.machine.connectionClosed(connection)
-            return (actions, Self.endFleetLeases(&state, Array(state.fleetLeases.keys)))
-        }
-        run(actions)
-        releaseFleetLocks(ended, on: eventLoop)
+        let actions = state.withLockedValue { $0.machine.connectionClosed(connection) }
+        run(actions, on: eventLoop)
     }
 
     // MARK: Negative entries
@@ -291,45 +247,29 @@ public final class FillCoordinator: Sendable {
     public func rememberAbsent(_ key: StoreLocation, for duration: Duration) {
         guard duration > .zero else { return }
         let deadline = NIODeadline.now() + TimeAmount(duration)
-        state.withLockedValue { state in
-            if state.negatives.count > 100_000 { state.negatives.removeAll() }  // bounded
-            state.negatives[key] = deadline
-        }
+        state.withLockedValue { $0.machine.rememberAbsent(key, until: deadline) }
     }
 
     /// Whether the handler recently said "no such entry".
     public func isKnownAbsent(_ key: StoreLocation) -> Bool {
-        state.withLockedValue { state in
-            guard let deadline = state.negatives[key] else { return false }
-            if deadline <= .now() {
-                state.negatives[key] = nil
-                return false
-            }
-            return true
-        }
+        let now = NIODeadline.now()
+        return state.withLockedValue { $0.machine.isKnownAbsent(key, now: now) }
     }
 
     /// The entry was written or deleted: forget that it was absent.
     public func forgetAbsent(_ key: StoreLocation) {
-        state.withLockedValue { _ = $0.negatives.removeValue(forKey: key) }
+        state.withLockedValue { $0.machine.forgetAbsent(key) }
     }
 
     // MARK: Fallback cap
 
     /// Takes a slot for a handler call while the store is down; false if `limit` are already running.
     public func acquireFallback(_ key: String, limit: Int) -> Bool {
-        state.withLockedValue { state in
-            let n = state.fallbacks[key, default: 0]
-            guard n < limit else { return false }
-            state.fallbacks[key] = n + 1
-            return true
-        }
+        state.withLockedValue { $0.machine.acquireFallback(key, limit: limit) }
     }
 
     public func releaseFallback(_ key: String) {
-        state.withLockedValue { state in
-            state.fallbacks[key, default: 1] -= 1
-        }
+        state.withLockedValue { $0.machine.releaseFallback(key) }
     }
 
     // MARK: Stats
@@ -350,7 +290,9 @@ public final class FillCoordinator: Sendable {
 
     // MARK: Running actions
 
-    func run(_ actions: [Machine.Action]) {
+    /// Runs the machine's actions; `eventLoop`: where a fleet lock is released (a release, an expiry, a
+    /// closed connection).
+    func run(_ actions: [Machine.Action], on eventLoop: (any EventLoop)? = nil) {
         for action in actions {
             switch action {
             case .answer(let waiters, let reply):
@@ -361,12 +303,16 @@ public final class FillCoordinator: Sendable {
                     case .connectionClosed: waiter.fail(CachedError(.shuttingDown, "connection closed"))
                     }
                 }
-            case .grant(let waiter, let key, let token, let timeout, let deadline):
-                if let fleet, let fleetToken = state.withLockedValue({ $0.fleetLeases[key]?.token }) {
+            case .grant(let waiter, let key, let token, let timeout, let deadline, let fleetToken):
+                if let fleet, let fleetToken {
                     grantUnderFleetLock(waiter, key, token: token, timeout: timeout, deadline: deadline, fleet: fleet, fleetToken: fleetToken)
                     continue
                 }
                 grantNow(waiter, key, token: token, timeout: timeout)
+            case .releaseFleetLock(let key, let token):
+                // Only a release, an expiry or a closed connection ends a won lock: each runs on a loop.
+                assert(eventLoop != nil, "a fleet lock to release with no event loop to send it on")
+                if let eventLoop { releaseFleetLocks([(key, token)], on: eventLoop) }
             case .cancelExpiry(let token):
                 state.withLockedValue { $0.expiries.removeValue(forKey: token) }?.cancel()
             }
@@ -374,13 +320,11 @@ public final class FillCoordinator: Sendable {
     }
 
     func expire(_ key: StoreLocation, token: String, on eventLoop: any EventLoop) {
-        let (actions, ended) = state.withLockedValue { state in
+        let actions = state.withLockedValue { state in
             state.expiries[token] = nil
-            let actions = state.machine.leaseExpired(key, token: token)
-            return (actions, Self.endFleetLeases(&state, [key]))
+            return state.machine.leaseExpired(key, token: token)
         }
-        run(actions)
-        releaseFleetLocks(ended, on: eventLoop)
+        run(actions, on: eventLoop)
     }
 
     /// Schedules the lease's expiry and hands it to `waiter`.

@@ -1,3 +1,5 @@
+import NIOCore
+
 /// The fills and leases of one daemon, per entry, as a pure state machine: events in, actions out.
 ///
 /// No I/O, no locks, no clocks: the shell (``FillCoordinator``) keeps it behind a lock, runs the actions
@@ -16,6 +18,11 @@
 /// - the untrusted misses *parked* until the writes in flight end (then they read again).
 ///
 /// A record is dropped when nothing is under way, so memory follows the activity, not the key space.
+///
+/// Beside the records it keeps the rest of what fills decide on: the fleet fill lock behind a lease (its
+/// token, whether this daemon won it), the negative cache (entries the handler said do not exist, until
+/// when: the shell hands in the clock's reading) and the fallback cap (handler calls per key while the
+/// store is down).
 struct FillStateMachine<Entry: Hashable, Waiter> {
     typealias ReadTicket = FillReadTicket
 
@@ -30,11 +37,19 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     struct Lease {
         var token: String
         var holder: ConnectionID
-        /// The holder's deadline (until its grant is answered).
-        var holderDeadline: RequestDeadline?
         /// How long each holder has to fill before the lease passes on.
         var timeout: Duration
         var pending: [Pending] = []
+        /// The fleet's fill lock behind the lease (one per entry, kept while the lease passes from one local
+        /// asker to the next); nil: the lease is this daemon's alone.
+        var fleet: FleetLease?
+    }
+
+    /// The fleet's fill lock behind an entry's leases.
+    struct FleetLease: Equatable {
+        var token: String
+        /// Whether this daemon holds it (a lease `set` is then a fenced store).
+        var won = false
     }
 
     struct Flight {
@@ -95,9 +110,13 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     enum Action {
         /// Answer these waiters.
         case answer([Waiter], Reply)
-        /// Give `waiter` the lease `token`: schedule its expiry after `timeout`, then answer it (a grant that
-        /// waits for the fleet's fill lock waits no longer than `deadline`).
-        case grant(Waiter, entry: Entry, token: String, timeout: Duration, deadline: RequestDeadline?)
+        /// Give `waiter` the lease `token`: schedule its expiry after `timeout`, then answer it. With a
+        /// `fleetToken`, first take the fleet's fill lock with it (``fleetLockTaken(_:lease:fleetToken:won:)``),
+        /// waiting no longer than `deadline`.
+        case grant(Waiter, entry: Entry, token: String, timeout: Duration, deadline: RequestDeadline?, fleetToken: String?)
+        /// The fleet's fill lock `token` that this daemon won for the entry's leases is no longer needed: release
+        /// it in Redis, so other daemons' waits end without waiting for its expiry.
+        case releaseFleetLock(entry: Entry, token: String)
         /// The lease `token` ended: cancel its expiry timer.
         case cancelExpiry(token: String)
     }
@@ -105,7 +124,8 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     /// What a trusted miss on a key without a handler leads to.
     enum MissPolicy {
         /// The lease flow: the first asker fills, the others wait for it.
-        case lease(ConnectionID, timeout: Duration, deadline: RequestDeadline? = nil)
+        /// `fleetWide`: a new lease goes under the fleet's fill lock (granted once the lock allows).
+        case lease(ConnectionID, timeout: Duration, deadline: RequestDeadline? = nil, fleetWide: Bool = false)
         /// Answer the miss at once; never take a lease, never wait behind one.
         case noLease
     }
@@ -146,6 +166,10 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     }
 
     private(set) var records: [Entry: Record] = [:]
+    /// Entries the handler said do not exist, until when (the negative cache).
+    private(set) var negatives: [Entry: NIODeadline] = [:]
+    /// Handler calls running per key while the store is down.
+    private(set) var fallbacks: [String: Int] = [:]
     private(set) var counters = Counters()
     private var nextFlightID: UInt64 = 0
     private let makeToken: @Sendable () -> String
@@ -186,7 +210,7 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
             counters.readsOvertaken += 1
             return [.answer([waiter], .readAgain)]
         }
-        guard case .lease(let connection, let timeout, let deadline) = policy else {
+        guard case .lease(let connection, let timeout, let deadline, let fleetWide) = policy else {
             return [.answer([waiter], .miss)]
         }
         switch record.activity {
@@ -201,11 +225,11 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
                 // The holder asks again: it gave up its fill. A new token for it; the old one is refused.
                 let old = lease.token
                 lease.token = makeToken()
-                lease.holderDeadline = deadline
                 record.activity = .lease(lease)
                 counters.leasesGranted += 1
                 return [
-                    .cancelExpiry(token: old), .grant(waiter, entry: entry, token: lease.token, timeout: lease.timeout, deadline: deadline),
+                    .cancelExpiry(token: old),
+                    .grant(waiter, entry: entry, token: lease.token, timeout: lease.timeout, deadline: deadline, fleetToken: lease.fleet?.token),
                 ]
             }
             lease.pending.append(Pending(connection: connection, waiter: waiter, deadline: deadline))
@@ -214,9 +238,10 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
             return []
         case nil:
             let token = makeToken()
-            record.activity = .lease(Lease(token: token, holder: connection, holderDeadline: deadline, timeout: timeout))
+            let fleet = fleetWide ? FleetLease(token: makeToken()) : nil
+            record.activity = .lease(Lease(token: token, holder: connection, timeout: timeout, fleet: fleet))
             counters.leasesGranted += 1
-            return [.grant(waiter, entry: entry, token: token, timeout: timeout, deadline: deadline)]
+            return [.grant(waiter, entry: entry, token: token, timeout: timeout, deadline: deadline, fleetToken: fleet?.token)]
         }
     }
 
@@ -323,7 +348,7 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
         record.writes += 1
         guard case .lease(let lease)? = record.activity else { return WriteStart() }
         if isDelete {
-            return WriteStart(actions: passOn(entry, lease, in: &record))
+            return WriteStart(actions: passOn(entry, lease, in: &record, endsLock: false))
         }
         record.activity = nil
         return WriteStart(wake: lease.pending.map(\.waiter), actions: [.cancelExpiry(token: lease.token)])
@@ -332,6 +357,7 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     /// A whole hash is about to be deleted: as ``writeStarted(_:isDelete:)`` for every field under way.
     /// Returns the entries to pass to ``writeFinished(_:)`` when it is done.
     mutating func hashDeleteStarted(_ matches: (Entry) -> Bool) -> (entries: [Entry], actions: [Action]) {
+        for entry in negatives.keys where matches(entry) { negatives[entry] = nil }
         var entries: [Entry] = []
         var actions: [Action] = []
         for entry in records.keys where matches(entry) {
@@ -359,6 +385,7 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     /// A `set` with a lease token. Accepted only for the live lease; the lease ends and a write is in
     /// flight until ``writeFinished(_:)``.
     mutating func redeem(_ entry: Entry, token: String) -> Redeem {
+        negatives[entry] = nil
         guard var record = records[entry], case .lease(let lease)? = record.activity, lease.token == token else {
             counters.leasesRefused += 1
             return .refused
@@ -408,6 +435,71 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
         return actions
     }
 
+    // MARK: The fleet's fill lock behind a lease
+
+    /// The fleet lock's answer for the grant of lease `token` (``Action/grant(_:entry:token:timeout:deadline:fleetToken:)``).
+    /// `live`: the lease is still the entry's, hand it out (and, `won`, a lease `set` is then fenced with the
+    /// lock). Not live (written, revoked, passed on meanwhile): the asker reads again; `orphaned`: a lock won
+    /// for it that no later lease of the entry uses, to release at once.
+    mutating func fleetLockTaken(_ entry: Entry, lease token: String, fleetToken: String, won: Bool) -> (live: Bool, orphaned: Bool) {
+        guard var record = records[entry], case .lease(var lease)? = record.activity, lease.token == token else {
+            var current: String?
+            if case .lease(let lease)? = records[entry]?.activity { current = lease.fleet?.token }
+            return (false, won && current != fleetToken)
+        }
+        lease.fleet?.won = won
+        record.activity = .lease(lease)
+        records[entry] = record
+        return (true, false)
+    }
+
+    /// The fleet lock's token when this daemon holds it for the live lease `token`: a `set` with that lease
+    /// must be a fenced store with it.
+    func wonFleetToken(_ entry: Entry, lease token: String) -> String? {
+        guard case .lease(let lease)? = records[entry]?.activity, lease.token == token, let fleet = lease.fleet, fleet.won else { return nil }
+        return fleet.token
+    }
+
+    // MARK: Negative entries
+
+    /// Remembers that the handler said "no such entry", until `deadline` (bounded: past 100,000 entries
+    /// they are all forgotten).
+    mutating func rememberAbsent(_ entry: Entry, until deadline: NIODeadline) {
+        if negatives.count > 100_000 { negatives.removeAll() }
+        negatives[entry] = deadline
+    }
+
+    /// Whether the handler said "no such entry" and that is still remembered at `now`.
+    mutating func isKnownAbsent(_ entry: Entry, now: NIODeadline) -> Bool {
+        guard let deadline = negatives[entry] else { return false }
+        if deadline <= now {
+            negatives[entry] = nil
+            return false
+        }
+        return true
+    }
+
+    /// The entry was written or deleted: it is no longer known to be absent.
+    mutating func forgetAbsent(_ entry: Entry) {
+        negatives[entry] = nil
+    }
+
+    // MARK: The fallback cap
+
+    /// Takes a slot for a handler call of `key` while the store is down; false when `limit` already run.
+    mutating func acquireFallback(_ key: String, limit: Int) -> Bool {
+        let running = fallbacks[key, default: 0]
+        guard running < limit else { return false }
+        fallbacks[key] = running + 1
+        return true
+    }
+
+    /// A fallback call of `key` ended.
+    mutating func releaseFallback(_ key: String) {
+        let running = fallbacks[key, default: 1] - 1
+        fallbacks[key] = running > 0 ? running : nil
+    }
+
     // MARK: Deadlines
 
     /// A waiter's deadline passed: it leaves the entry's lease queue, flight or parked misses, and is never
@@ -448,20 +540,24 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     }
 
     /// Ends the holder's lease: the first waiter gets a new one, or the lease ends when nobody waits.
-    private mutating func passOn(_ entry: Entry, _ lease: Lease, in record: inout Record) -> [Action] {
+    ///
+    /// `endsLock`: when nobody waits, a fleet lock won for the lease is released (false for a delete, which
+    /// ends the lock in Redis itself).
+    private mutating func passOn(_ entry: Entry, _ lease: Lease, in record: inout Record, endsLock: Bool = true) -> [Action] {
         var lease = lease
         var actions: [Action] = [.cancelExpiry(token: lease.token)]
         guard !lease.pending.isEmpty else {
             record.activity = nil
+            if endsLock, let fleet = lease.fleet, fleet.won { actions.append(.releaseFleetLock(entry: entry, token: fleet.token)) }
             return actions
         }
         let next = lease.pending.removeFirst()
         lease.token = makeToken()
         lease.holder = next.connection
-        lease.holderDeadline = next.deadline
         record.activity = .lease(lease)
         counters.leasesGranted += 1
-        actions.append(.grant(next.waiter, entry: entry, token: lease.token, timeout: lease.timeout, deadline: next.deadline))
+        actions.append(
+            .grant(next.waiter, entry: entry, token: lease.token, timeout: lease.timeout, deadline: next.deadline, fleetToken: lease.fleet?.token))
         return actions
     }
 
