@@ -63,6 +63,14 @@ struct ConfigurationTests {
         #expect(c.startup.store == .embedded)
     }
 
+    @Test func requestTimeoutIsReadAndBounded() throws {
+        #expect(DaemonConfiguration().startup.limits.requestTimeout == .seconds(10))
+        #expect(try DaemonConfiguration(toml: "[limits]\nrequest_timeout = 0.25\n").startup.limits.requestTimeout == .milliseconds(250))
+        #expect(try DaemonConfiguration(toml: "[limits]\nrequest_timeout = 0\n").startup.limits.requestTimeout == .zero)
+        #expect(throws: ConfigurationError.self) { try DaemonConfiguration(toml: "[limits]\nrequest_timeout = 90000\n") }
+        #expect(throws: ConfigurationError.self) { try DaemonConfiguration(toml: "[limits]\nrequest_timeout = -1\n") }
+    }
+
     @Test func tlsSettingsNeedARedissURL() throws {
         var c = try DaemonConfiguration(toml: "redis = \"redis://127.0.0.1:6379/0\"\n[redis_options]\ntls_ca_file = \"/ca.pem\"\n")
         #expect(throws: ConfigurationError.self) { try c.validate() }

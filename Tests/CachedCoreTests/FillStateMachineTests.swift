@@ -484,6 +484,17 @@ struct FillStateMachineTests {
         #expect(machine.negatives.isEmpty)
     }
 
+    @Test func aFailedRefreshBacksOffUntilItsTime() {
+        var machine = Machine(makeToken: { "t" })
+        let now = NIODeadline.now()
+        machine.refreshFailed("e", until: now + .seconds(1))
+        let during = machine.isBackingOff("e", now: now + .milliseconds(500))
+        let other = machine.isBackingOff("f", now: now)
+        let after = machine.isBackingOff("e", now: now + .seconds(1))
+        #expect(during && !other && !after)
+        #expect(machine.refreshBackoffs.isEmpty, "forgotten once it ended")
+    }
+
     @Test func theFallbackCapCountsPerKey() {
         var machine = Machine(makeToken: { "t" })
         let r9 = machine.acquireFallback("K", limit: 2)

@@ -2073,7 +2073,7 @@ class Run:
         self.ops["%s error %d%s" % (op, code, " " + redis_error if redis_error else "")] += 1
         # A cluster without a primary for some slots (a failover, a restarted primary's first 2 s) answers
         # CLUSTERDOWN to every command (cluster-require-full-coverage yes) or to the shard's.
-        expected = code in (-32000, -32002, -32004, -32005, -32006) or (
+        expected = code in (-32000, -32002, -32004, -32005, -32006, -32009) or (
             code == -32003 and self.cluster is not None and redis_error == "CLUSTERDOWN")
         if not expected:
             self.anomaly("unexpected error %d to %s" % (code, op), json.dumps(error)[:300])

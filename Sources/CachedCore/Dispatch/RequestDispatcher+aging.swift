@@ -1,6 +1,5 @@
 import CachedProtocol
 import Logging
-import NIOConcurrencyHelpers
 import NIOCore
 
 /// Stale-while-revalidate, grace and early refresh (XFetch) for keys with `stale_ttl`, `grace` or
@@ -54,7 +53,7 @@ extension RequestDispatcher {
     /// (fleet-wide, the fill lock lets one daemon refresh).
     func startRefresh(_ params: GetParams, expected: ByteBuffer, early: Bool, context: RequestContext) {
         let entry = params.address.location
-        guard !coordinator.hasFlight(entry), !refreshBackoff.isBackingOff(entry), let handler = handlers.handler(for: params.address.key)
+        guard !coordinator.hasFlight(entry), !coordinator.isBackingOff(entry), let handler = handlers.handler(for: params.address.key)
         else { return }
         let keyConfig = currentConfiguration.key(params.address.key)
         let eventLoop = context.eventLoop
@@ -75,7 +74,7 @@ extension RequestDispatcher {
         let entry = params.address.location
         let keyConfig = currentConfiguration.key(params.address.key)
         let mark = store.changeMark()
-        let backingOff = refreshBackoff.isBackingOff(entry)
+        let backingOff = coordinator.isBackingOff(entry)
         /// The old value, unless the entry changed meanwhile (a delete through another daemon): then
         /// what is stored now is the answer.
         @Sendable func staleAnswer() -> EventLoopFuture<MethodResult> {
@@ -132,7 +131,7 @@ extension RequestDispatcher {
         outcome.whenComplete { result in
             if case .failure(let error) = result {
                 self.fleetStats.count { $0.refreshesFailed += 1 }
-                self.refreshBackoff.failed(entry)
+                self.coordinator.refreshFailed(entry)
                 self.logger.warning("a background refresh failed", metadata: ["entry": "\(entry)", "error": "\(error)"])
             }
             self.coordinator.finishFlight(entry, flight: id, result)
@@ -161,31 +160,6 @@ extension RequestDispatcher {
                     if case .filled(_, false) = outcome, value != nil { self.fleetStats.count { $0.refreshesFailed += 1 } }
                     return outcome
                 }
-        }
-    }
-}
-
-/// Entries whose last refresh failed a moment ago: no new refresh starts for them until `delay` has
-/// passed, so a failing origin is not called back-to-back by every stale or grace read.
-final class RefreshBackoff: Sendable {
-    static let delay = TimeAmount.seconds(1)
-    private let failures = NIOLockedValueBox<[StoreLocation: NIODeadline]>([:])
-
-    func failed(_ entry: StoreLocation) {
-        failures.withLockedValue { failures in
-            if failures.count > 10_000 { failures.removeAll() }  // bounded
-            failures[entry] = .now() + Self.delay
-        }
-    }
-
-    func isBackingOff(_ entry: StoreLocation) -> Bool {
-        failures.withLockedValue { failures in
-            guard let until = failures[entry] else { return false }
-            if until <= .now() {
-                failures[entry] = nil
-                return false
-            }
-            return true
         }
     }
 }

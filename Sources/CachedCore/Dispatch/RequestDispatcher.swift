@@ -12,7 +12,6 @@ public final class RequestDispatcher: Sendable {
     public let handlers: HandlerRegistry
     /// What the fleet's single flight and the stale window did.
     public let fleetStats = FleetStats()
-    let refreshBackoff = RefreshBackoff()
     /// The Prometheus exposition of ``statsSnapshot()`` (`metrics`, `GET /metrics`).
     let metrics: MetricsExporter
     /// Connections that asked to be told of changes (`track`), for near caches in the clients.

@@ -261,6 +261,23 @@ public final class FillCoordinator: Sendable {
         state.withLockedValue { $0.machine.forgetAbsent(key) }
     }
 
+    // MARK: Refresh backoff
+
+    /// How long after a failed refresh of an entry no new one starts.
+    static let refreshBackoff = TimeAmount.seconds(1)
+
+    /// A background refresh of `key` failed.
+    public func refreshFailed(_ key: StoreLocation) {
+        let until = NIODeadline.now() + Self.refreshBackoff
+        state.withLockedValue { $0.machine.refreshFailed(key, until: until) }
+    }
+
+    /// Whether a refresh of `key` failed a moment ago (then the old value is answered, no new call made).
+    public func isBackingOff(_ key: StoreLocation) -> Bool {
+        let now = NIODeadline.now()
+        return state.withLockedValue { $0.machine.isBackingOff(key, now: now) }
+    }
+
     // MARK: Fallback cap
 
     /// Takes a slot for a handler call while the store is down; false if `limit` are already running.

@@ -21,8 +21,8 @@ import NIOCore
 ///
 /// Beside the records it keeps the rest of what fills decide on: the fleet fill lock behind a lease (its
 /// token, whether this daemon won it), the negative cache (entries the handler said do not exist, until
-/// when: the shell hands in the clock's reading) and the fallback cap (handler calls per key while the
-/// store is down).
+/// when: the shell hands in the clock's reading), the refresh backoff (entries whose refresh failed a
+/// moment ago) and the fallback cap (handler calls per key while the store is down).
 struct FillStateMachine<Entry: Hashable, Waiter> {
     typealias ReadTicket = FillReadTicket
 
@@ -170,6 +170,8 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     private(set) var negatives: [Entry: NIODeadline] = [:]
     /// Handler calls running per key while the store is down.
     private(set) var fallbacks: [String: Int] = [:]
+    /// Entries whose last refresh failed, until when no new refresh starts.
+    private(set) var refreshBackoffs: [Entry: NIODeadline] = [:]
     private(set) var counters = Counters()
     private var nextFlightID: UInt64 = 0
     private let makeToken: @Sendable () -> String
@@ -482,6 +484,25 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     /// The entry was written or deleted: it is no longer known to be absent.
     mutating func forgetAbsent(_ entry: Entry) {
         negatives[entry] = nil
+    }
+
+    // MARK: Refresh backoff
+
+    /// A refresh of `entry` failed: no new refresh starts for it before `until` (bounded: past 10,000 entries
+    /// they are all forgotten), so a failing origin is not called back-to-back by every stale or grace read.
+    mutating func refreshFailed(_ entry: Entry, until: NIODeadline) {
+        if refreshBackoffs.count > 10_000 { refreshBackoffs.removeAll() }
+        refreshBackoffs[entry] = until
+    }
+
+    /// Whether a refresh of `entry` failed a moment ago (before `now`'s backoff ends).
+    mutating func isBackingOff(_ entry: Entry, now: NIODeadline) -> Bool {
+        guard let until = refreshBackoffs[entry] else { return false }
+        if until <= now {
+            refreshBackoffs[entry] = nil
+            return false
+        }
+        return true
     }
 
     // MARK: The fallback cap

@@ -1,10 +1,12 @@
 import CachedProtocol
-import NIOConcurrencyHelpers
 import NIOCore
 
 
 /// Runs one ``FleetWaitStateMachine``: looks with ``FleetLocks/acquire(_:token:lease:requireAbsent:on:)``,
 /// wakes on the entry's invalidations (``FleetLocks/watch(_:_:)``) and on poll timers.
+///
+/// Confined to its event loop: the machine and the watches are touched only there (an invalidation, which
+/// arrives on the listener's loop, and a look's reply hop to it first), so they need no lock.
 final class FleetWaiter: Sendable {
     typealias Machine = FleetWaitStateMachine<ByteBuffer>
 
@@ -18,50 +20,57 @@ final class FleetWaiter: Sendable {
     private let lease: Duration
     private let eventLoop: any EventLoop
     private let promise: EventLoopPromise<Machine.Outcome>
-    private let machine: NIOLockedValueBox<Machine>
-    private let watches = NIOLockedValueBox<[KeyWatchers.Watch]?>(nil)
+    private let machine: NIOLoopBoundBox<Machine>
+    private let watches: NIOLoopBoundBox<[KeyWatchers.Watch]?>
 
     /// Waits for the entry or its lock; gives up after `timeout`.
     static func wait(
         _ locks: any FleetLocks, _ location: StoreLocation, token: String, lease: Duration, timeout: Duration,
         on eventLoop: any EventLoop
     ) -> EventLoopFuture<Machine.Outcome> {
-        let waiter = FleetWaiter(locks, location, token: token, lease: lease, timeout: timeout, on: eventLoop)
-        waiter.begin()
-        return waiter.promise.futureResult
+        let now = Self.now()
+        return eventLoop.flatSubmit {
+            let waiter = FleetWaiter(locks, location, token: token, lease: lease, timeout: timeout, since: now, on: eventLoop)
+            waiter.begin()
+            return waiter.promise.futureResult
+        }
     }
 
     private init(
-        _ locks: any FleetLocks, _ location: StoreLocation, token: String, lease: Duration, timeout: Duration,
+        _ locks: any FleetLocks, _ location: StoreLocation, token: String, lease: Duration, timeout: Duration, since now: UInt64,
         on eventLoop: any EventLoop
     ) {
+        eventLoop.preconditionInEventLoop()
         self.locks = locks
         self.location = location
         self.token = token
         self.lease = lease
         self.eventLoop = eventLoop
         self.promise = eventLoop.makePromise()
-        self.machine = NIOLockedValueBox(
+        self.machine = NIOLoopBoundBox(
             Machine(
-                now: Self.now(), timeout: UInt64(max(0, TimeAmount(timeout).nanoseconds)),
-                firstPoll: UInt64(Self.firstPoll.nanoseconds), maxPoll: UInt64(Self.maxPoll.nanoseconds)))
+                now: now, timeout: UInt64(max(0, TimeAmount(timeout).nanoseconds)),
+                firstPoll: UInt64(Self.firstPoll.nanoseconds), maxPoll: UInt64(Self.maxPoll.nanoseconds)),
+            eventLoop: eventLoop)
+        self.watches = NIOLoopBoundBox(nil, eventLoop: eventLoop)
     }
 
     private static func now() -> UInt64 { NIODeadline.now().uptimeNanoseconds }
 
     private func begin() {
+        let eventLoop = self.eventLoop
         let watches = locks.watch(location) { [self] in
-            self.run(self.machine.withLockedValue { $0.changed() })
+            // An invalidation, on the listener's loop: handled on this waiter's.
+            eventLoop.execute { self.run(self.machine.value.changed()) }
         }
-        self.watches.withLockedValue { $0 = watches }
-        // A wake-up may have ended the wait before the watches were stored: then remove them here.
-        if machine.withLockedValue({ $0.isDone }) { unwatch() }
-        run(machine.withLockedValue { $0.start() })
+        self.watches.value = watches
+        run(machine.value.start())
     }
 
     private func unwatch() {
-        if let watches = watches.withLockedValue({ w -> [KeyWatchers.Watch]? in defer { w = [] }; return w }) {
+        if let watches = watches.value {
             locks.unwatch(watches)
+            self.watches.value = []
         }
     }
 
@@ -70,7 +79,7 @@ final class FleetWaiter: Sendable {
         case .none:
             break
         case .look:
-            locks.acquire(location, token: token, lease: lease, requireAbsent: true, on: eventLoop).whenComplete { result in
+            locks.acquire(location, token: token, lease: lease, requireAbsent: true, on: eventLoop).hop(to: eventLoop).whenComplete { result in
                 let look: Machine.Look
                 switch result {
                 case .success(.won): look = .won
@@ -80,11 +89,11 @@ final class FleetWaiter: Sendable {
                 case .failure(let error) where RedisCacheStore.isTryAgain(error): look = .held
                 case .failure(let error): look = .failed(error)
                 }
-                self.run(self.machine.withLockedValue { $0.lookEnded(look, now: Self.now()) })
+                self.run(self.machine.value.lookEnded(look, now: Self.now()))
             }
         case .schedulePoll(let generation, let delay):
             eventLoop.scheduleTask(in: .nanoseconds(Int64(delay))) {
-                self.run(self.machine.withLockedValue { $0.pollFired(generation, now: Self.now()) })
+                self.run(self.machine.value.pollFired(generation, now: Self.now()))
             }
         case .finish(let outcome):
             unwatch()
