@@ -70,14 +70,14 @@ final class FleetWaiter: Sendable {
         case .none:
             break
         case .look:
-            locks.acquire(location, token: token, lease: lease, requireAbsent: true, on: eventLoop).whenComplete { result in
+            // A look Redis did not run (a slot migrating under the two-key script) is answered `.held`:
+            // look again at the next poll.
+            locks.waiterLook(location, token: token, lease: lease, on: eventLoop).whenComplete { result in
                 let look: Machine.Look
                 switch result {
                 case .success(.won): look = .won
                 case .success(.held): look = .held
                 case .success(.present(let value)): look = .present(value)
-                // A slot migrating under the two-key look: look again at the next poll.
-                case .failure(let error) where RedisCacheStore.isTryAgain(error): look = .held
                 case .failure(let error): look = .failed(error)
                 }
                 self.run(self.machine.withLockedValue { $0.lookEnded(look, now: Self.now()) })
