@@ -118,6 +118,10 @@ extension RequestDispatcher {
             let token = FillCoordinator.makeToken()
             outcome = locks.acquire(entry, token: token, lease: keyConfig.leaseTimeout, requireAbsent: false, on: eventLoop)
                 .flatMap { acquired in
+                    if case .notRun = acquired {
+                        // A slot migrating: as a failed refresh (the old value is answered, a later read tries again).
+                        return eventLoop.makeFailedFuture(CachedError(.storeError, "Redis did not run the refresh's lock (a slot was migrating)"))
+                    }
                     guard case .won = acquired else {
                         self.fleetStats.count { $0.locksLost += 1 }
                         return eventLoop.makeSucceededFuture(.busy)

@@ -38,7 +38,7 @@ enum FleetLockStep {
                     return eventLoop.makeSucceededFuture(.won)
                 case .present(let value)?:
                     return eventLoop.makeSucceededFuture(.present(value))
-                case nil:
+                case nil, .notRun?:
                     return eventLoop.makeSucceededFuture(.alone(gaveUp: false))
                 case .held?:
                     stats.count {

@@ -44,6 +44,9 @@ public enum FleetAcquire: Sendable {
     case held
     /// The entry is present (only with `requireAbsent`).
     case present(ByteBuffer)
+    /// Redis did not run the lock's script (a cluster slot migrating under the two-key script): nothing
+    /// changed; a waiter looks again at its next poll, a fill goes on without the lock.
+    case notRun
 }
 
 /// When a fenced store may write.

@@ -86,7 +86,7 @@ final class FleetWaiter: Sendable {
                 case .success(.held): look = .held
                 case .success(.present(let value)): look = .present(value)
                 // A slot migrating under the two-key look: look again at the next poll.
-                case .failure(let error) where RedisCacheStore.isTryAgain(error): look = .held
+                case .success(.notRun): look = .held
                 case .failure(let error): look = .failed(error)
                 }
                 self.run(self.machine.value.lookEnded(look, now: Self.now()))

@@ -28,22 +28,22 @@ extension RedisCacheStore: FleetLocks {
         let localCache = self.localCache
         let command = Self.script(FleetLayout.readAged, keys: [address.storeKey, meta], [])
         let sentAt = NIODeadline.now()
-        return execute(command, key: address.storeKey, on: eventLoop).flatMapThrowing { (reply, route) in
-            guard case .array(let parts) = reply, parts.count == 3 else {
-                throw CachedError(.storeError, "unexpected reply from Redis to an aged read: \(reply)")
+        return Self.unlessNotRun(execute(command, key: address.storeKey, on: eventLoop)).flatMap { answer in
+            guard let (reply, route) = answer else {
+                // A cluster slot migrating: the two-key script gets TRYAGAIN; read the entry alone (no age).
+                return self.get(address, on: eventLoop).map { $0.map { StoredEntry(value: $0, age: nil) } }
             }
-            guard case .bulk(let value) = parts[0] else { return nil }
-            let age = Self.age(ttl: parts[1], delta: parts[2], policy: policy, sentAt: sentAt, now: .now())
-            if let expiresAt = Self.expiry(parts[1], now: sentAt) {  // nil: expiring this instant, keep nothing
-                localCache?.insert(address, value: value, readAt: readAt, route: route, age: age, expiresAt: expiresAt)
+            return route.connection.eventLoop.makeCompletedFuture { () throws -> StoredEntry? in
+                guard case .array(let parts) = reply, parts.count == 3 else {
+                    throw CachedError(.storeError, "unexpected reply from Redis to an aged read: \(reply)")
+                }
+                guard case .bulk(let value) = parts[0] else { return nil }
+                let age = Self.age(ttl: parts[1], delta: parts[2], policy: policy, sentAt: sentAt, now: .now())
+                if let expiresAt = Self.expiry(parts[1], now: sentAt) {  // nil: expiring this instant, keep nothing
+                    localCache?.insert(address, value: value, readAt: readAt, route: route, age: age, expiresAt: expiresAt)
+                }
+                return StoredEntry(value: value, age: age)
             }
-            return StoredEntry(value: value, age: age)
-        }.flatMapError { error in
-            // A cluster slot migrating: the two-key script gets TRYAGAIN; read the entry alone (no age).
-            guard Self.isTryAgain(error) else {
-                return eventLoop.makeFailedFuture(error)
-            }
-            return self.get(address, on: eventLoop).map { $0.map { StoredEntry(value: $0, age: nil) } }
         }
     }
 
@@ -69,26 +69,39 @@ extension RedisCacheStore: FleetLocks {
     public func acquire(
         _ location: StoreLocation, token: String, lease: Duration, requireAbsent: Bool, on eventLoop: any EventLoop
     ) -> EventLoopFuture<FleetAcquire> {
-        guard let meta = FleetLayout.metaKey(location.key) else { return eventLoop.makeSucceededFuture(.won) }
+        guard let sent = lock(location, token: token, lease: lease, requireAbsent: requireAbsent, on: eventLoop) else {
+            return eventLoop.makeSucceededFuture(.won)
+        }
+        return Self.unlessNotRun(sent).flatMapThrowing { reply in try reply.map(Self.acquired) ?? .notRun }
+    }
+
+    /// Sends the lock script (nil: the location has no lock); fails with ``RedisClientError``.
+    private func lock(
+        _ location: StoreLocation, token: String, lease: Duration, requireAbsent: Bool, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<RedisReply>? {
+        guard let meta = FleetLayout.metaKey(location.key) else { return nil }
         let command = Self.script(
             FleetLayout.acquire, keys: [location.key, meta],
             [
                 .string(FleetLayout.lockField(location)), .string(token), .string(Self.milliseconds(lease)),
                 .string(location.field ?? ""), .string(requireAbsent ? "1" : "0"),
             ])
-        return send(command, key: location.key, on: eventLoop).flatMapThrowing { reply in
-            guard case .array(let parts) = reply, case .integer(let code)? = parts.first else {
+        return send(command, key: location.key, on: eventLoop)
+    }
+
+    /// What the lock script's reply says.
+    private static func acquired(_ reply: RedisReply) throws -> FleetAcquire {
+        guard case .array(let parts) = reply, case .integer(let code)? = parts.first else {
+            throw CachedError(.storeError, "unexpected reply from Redis to a fill lock: \(reply)")
+        }
+        switch code {
+        case 1: return .won
+        case 2:
+            guard parts.count == 2, case .bulk(let value) = parts[1] else {
                 throw CachedError(.storeError, "unexpected reply from Redis to a fill lock: \(reply)")
             }
-            switch code {
-            case 1: return .won
-            case 2:
-                guard parts.count == 2, case .bulk(let value) = parts[1] else {
-                    throw CachedError(.storeError, "unexpected reply from Redis to a fill lock: \(reply)")
-                }
-                return .present(value)
-            default: return .held
-            }
+            return .present(value)
+        default: return .held
         }
     }
 
@@ -116,15 +129,14 @@ extension RedisCacheStore: FleetLocks {
                 .bytes(value ?? ByteBuffer()), .string(Self.milliseconds(ttl)), .bytes(expected),
                 .string(delta.map { String(max(0, Int(($0 / .milliseconds(1)).rounded()))) } ?? ""), .string(value == nil ? "1" : "0"),
             ])
-        return send(command, key: location.key, on: eventLoop).flatMapThrowing { reply in
+        return Self.unlessNotRun(send(command, key: location.key, on: eventLoop)).flatMapThrowing { reply in
             switch reply {
-            case .integer(1): return .stored
-            case .integer(0): return .lockLost
-            case .integer(-1): return .writtenMeanwhile
-            default: throw CachedError(.storeError, "unexpected reply from Redis to a fenced store: \(reply)")
+            case nil: return .notRun
+            case .integer(1)?: return .stored
+            case .integer(0)?: return .lockLost
+            case .integer(-1)?: return .writtenMeanwhile
+            case let reply?: throw CachedError(.storeError, "unexpected reply from Redis to a fenced store: \(reply)")
             }
-        }.flatMapError { error in
-            Self.isTryAgain(error) ? eventLoop.makeSucceededFuture(.notRun) : eventLoop.makeFailedFuture(error)
         }
     }
 

@@ -74,20 +74,19 @@ public final class RedisCacheStore: CacheStore {
             command = RedisCommand("GET", .string(address.storeKey))
         }
         guard let localCache, let route = topology.route(address.storeKey, preferring: eventLoop) else {
-            return execute(command, key: address.storeKey, on: eventLoop).flatMapThrowing { (reply, _) in try Self.value(reply) }
+            return Self.storeErrors(execute(command, key: address.storeKey, on: eventLoop)).flatMapThrowing { try Self.value($0.reply) }
         }
         let readAt = localCache.beginRead()
         let sentAt = NIODeadline.now()
         // The key's remaining time is read in the same round trip (pipelined on the same connection), so
         // the local copy never outlives the entry in Redis (Redis reports an expiry only when it deletes
         // the key, up to ~100 ms late).
-        let read = execute(command, key: address.storeKey, route: route, asking: false, attempt: 0)
+        let read = topology.execute(command, key: address.storeKey, route: route)
         let ttl = route.connection.send(RedisCommand("PTTL", .string(address.storeKey))).map(Optional.some).recover { _ in nil }
-        return read.and(ttl).flatMapThrowing { (answer, ttl) in
-            let (reply, answeredBy) = answer
-            let value = try Self.value(reply)
-            if let value, answeredBy.connection === route.connection, let expiresAt = Self.expiry(ttl, now: sentAt) {
-                localCache.insert(address, value: value, readAt: readAt, route: answeredBy, expiresAt: expiresAt)
+        return Self.storeErrors(read.and(ttl)).flatMapThrowing { (answer, ttl) in
+            let value = try Self.value(answer.reply)
+            if let value, answer.route.connection === route.connection, let expiresAt = Self.expiry(ttl, now: sentAt) {
+                localCache.insert(address, value: value, readAt: readAt, route: answer.route, expiresAt: expiresAt)
             }
             return value
         }
@@ -125,7 +124,7 @@ public final class RedisCacheStore: CacheStore {
         } else {
             sent = send(plain, key: address.storeKey, on: eventLoop)
         }
-        return sent.flatMapThrowing { reply in
+        return Self.storeErrors(sent).flatMapThrowing { reply in
             switch reply {
             case .status, .integer: return
             default: throw CachedError(.storeError, "unexpected reply from Redis to SET: \(reply)")
@@ -135,7 +134,8 @@ public final class RedisCacheStore: CacheStore {
 
     public func fill(_ address: EntryAddress, value: ByteBuffer, ttl: Duration, on eventLoop: any EventLoop) -> EventLoopFuture<Bool> {
         localCache?.invalidate(address.storeKey)
-        return send(Self.storeCommand(address, value, ttl: ttl, onlyIfAbsent: true), key: address.storeKey, on: eventLoop).flatMapThrowing { reply in
+        let sent = send(Self.storeCommand(address, value, ttl: ttl, onlyIfAbsent: true), key: address.storeKey, on: eventLoop)
+        return Self.storeErrors(sent).flatMapThrowing { reply in
             switch reply {
             case .status: return true  // SET ... NX stored
             case .null: return false  // SET ... NX: the key exists
@@ -226,21 +226,29 @@ public final class RedisCacheStore: CacheStore {
 
     // MARK: Helpers
 
-    private static let noConnection = CachedError(.storeUnavailable, "Redis unavailable: no connection to Redis is up")
-
     func integer(_ command: RedisCommand, key: String, on eventLoop: any EventLoop) -> EventLoopFuture<Int> {
         Self.integer(send(command, key: key, on: eventLoop))
     }
 
-    /// A redirect that outlasted the retries (`TRYAGAIN` while a cluster slot migrates under a multi-key
-    /// command, then `MOVED` or `ASK` once it moved): the command was not run.
+    /// Whether a command failed because it was not run: a redirect (`TRYAGAIN` while a cluster slot
+    /// migrates under a multi-key command, then `MOVED` or `ASK` once it moved) outlasted the retries.
+    /// Asked of this store's own futures before ``map(_:)``.
     static func isTryAgain(_ error: any Error) -> Bool {
-        guard let error = error as? CachedError, case .object(let data)? = error.data else { return false }
-        return ["TRYAGAIN", "MOVED", "ASK"].contains { data["redis"] == .string($0) }
+        (error as? RedisClientError)?.code == .notRun
     }
 
+    /// `future`'s value, or nil when its command was not run (``isTryAgain(_:)``); other failures become
+    /// ``CachedError``.
+    static func unlessNotRun<Value: Sendable>(_ future: EventLoopFuture<Value>) -> EventLoopFuture<Value?> {
+        future.map(Optional.some).flatMapError { error in
+            let loop = future.eventLoop
+            return isTryAgain(error) ? loop.makeSucceededFuture(nil) : loop.makeFailedFuture(map(error))
+        }
+    }
+
+    /// The reply as an integer; failures become ``CachedError``.
     static func integer(_ reply: EventLoopFuture<RedisReply>) -> EventLoopFuture<Int> {
-        reply.flatMapThrowing { reply in
+        storeErrors(reply).flatMapThrowing { reply in
             guard case .integer(let n) = reply else {
                 throw CachedError(.storeError, "unexpected reply from Redis: \(reply)")
             }
@@ -248,52 +256,25 @@ public final class RedisCacheStore: CacheStore {
         }
     }
 
-    /// Sends a command to the node that serves `key`; maps client errors and error replies to ``CachedError``.
+    /// Sends a command to the node that serves `key`, following redirects (``RedisTopology/send(_:key:on:)``);
+    /// fails with ``RedisClientError`` (an error reply too): callers map it with ``storeErrors(_:)``.
     func send(_ command: RedisCommand, key: String, on eventLoop: any EventLoop) -> EventLoopFuture<RedisReply> {
-        execute(command, key: key, on: eventLoop).map { $0.0 }
+        topology.send(command, key: key, on: eventLoop)
     }
 
-    /// The most cluster redirects one command follows (`MOVED`, `ASK`, `TRYAGAIN`); each means the
-    /// command was not run, so sending it again is safe.
-    static let maximumRedirects = 5
-
-    /// Sends a command to the node that serves `key`, following redirects; the reply with the route that
-    /// answered it. Client errors and error replies become ``CachedError``; the topology hears of every
-    /// error reply (`READONLY` after a Sentinel failover makes it re-resolve the master).
-    func execute(_ command: RedisCommand, key: String, on eventLoop: any EventLoop) -> EventLoopFuture<(RedisReply, RedisRoute)> {
-        guard let route = topology.route(key, preferring: eventLoop) else {
-            return eventLoop.makeFailedFuture(Self.noConnection)
-        }
-        return execute(command, key: key, route: route, asking: false, attempt: 0)
+    /// ``send(_:key:on:)`` with the route that answered.
+    func execute(_ command: RedisCommand, key: String, on eventLoop: any EventLoop) -> EventLoopFuture<(reply: RedisReply, route: RedisRoute)> {
+        topology.execute(command, key: key, on: eventLoop)
     }
 
-    func execute(
-        _ command: RedisCommand, key: String, route: RedisRoute, asking: Bool, attempt: Int
-    ) -> EventLoopFuture<(RedisReply, RedisRoute)> {
-        let sent = asking ? route.connection.sendAsking(command) : route.connection.send(command)
-        return sent.flatMapErrorThrowing { error in throw Self.map(error) }.flatMap { reply in
-            guard case .error(let message) = reply else { return route.connection.eventLoop.makeSucceededFuture((reply, route)) }
-            let loop = route.connection.eventLoop
-            if attempt < Self.maximumRedirects, let redirect = self.topology.errorReply(message, from: route.node, attempt: attempt, on: loop) {
-                switch redirect {
-                case .resend(let target, let asking):
-                    return self.execute(command, key: key, route: target, asking: asking, attempt: attempt + 1)
-                case .retry(let after):
-                    return after.flatMap {
-                        guard let again = self.topology.route(key, preferring: loop) else {
-                            return loop.makeFailedFuture(Self.noConnection)
-                        }
-                        return self.execute(command, key: key, route: again, asking: false, attempt: attempt + 1)
-                    }
-                }
-            }
-            return loop.makeFailedFuture(
-                CachedError(
-                    .storeError, "Redis error: \(message)",
-                    data: .object(["redis": .string(String(message.prefix { $0 != " " }))])))
-        }
+    /// `future` with its failures (this store's ``RedisClientError``s) as ``CachedError``.
+    static func storeErrors<Value>(_ future: EventLoopFuture<Value>) -> EventLoopFuture<Value> {
+        future.flatMapErrorThrowing { throw map($0) }
     }
 
+    /// The one place where a Redis client error becomes the ``CachedError`` clients see: -32000 when nothing
+    /// was sent, -32002 when the outcome is unknown, -32003 for an error reply (`data.redis`: its first
+    /// word, such as `OOM`, `READONLY`, `MOVED`).
     static func map(_ error: any Error) -> CachedError {
         guard let error = error as? RedisClientError else {
             return CachedError(.storeUnavailable, "Redis unavailable: \(error)")
@@ -303,7 +284,8 @@ public final class RedisCacheStore: CacheStore {
         case .connectionClosed:
             // The command was sent: Redis may have run it. "Unavailable" would promise nothing was written.
             return CachedError(.storeTimeout, "Redis unavailable: \(error.message)")
-        case .errorReply: return CachedError(.storeError, "Redis error: \(error.message)")
+        case .errorReply, .notRun:
+            return CachedError(.storeError, "Redis error: \(error.message)", data: error.redisCode.map { .object(["redis": .string($0)]) })
         default: return CachedError(.storeUnavailable, "Redis unavailable: \(error.message)")
         }
     }

@@ -17,6 +17,9 @@ public final class RedisNodeMetrics: Sendable {
         /// before the first connection attempt ended).
         public var up = false
         public var lastChange: Double?
+
+        /// No round trip yet, down.
+        public init() {}
     }
 
     private struct State {

@@ -102,3 +102,14 @@ extension RedisConfiguration.Endpoint: CustomStringConvertible {
         }
     }
 }
+
+extension RedisNodeEvent {
+    /// The node the event is about.
+    public var node: UInt64 {
+        switch self {
+        case .trackingUp(let node, _), .trackingDown(let node), .invalidate(let node, _), .invalidateAll(let node),
+            .connectionLost(let node), .connectFailed(let node), .removed(let node):
+            node
+        }
+    }
+}

@@ -17,7 +17,7 @@ public final class SingleNodeTopology: RedisTopology {
         return RedisRoute(node: node, connection: connection)
     }
 
-    public func errorReply(_ message: String, from node: RedisNode, attempt: Int, on eventLoop: any EventLoop) -> RedisRedirect? {
+    public func errorReply(_ reply: RedisErrorReply, from node: RedisNode, attempt: Int, on eventLoop: any EventLoop) -> RedisRedirect? {
         nil
     }
 
@@ -26,6 +26,6 @@ public final class SingleNodeTopology: RedisTopology {
     public func shutdown() async { await node.shutdown() }
 
     public var status: RedisTopologyStatus {
-        RedisTopologyStatus(kind: "single", nodes: [node.status(role: "master")], url: node.configuration.redactedDescription)
+        .single(.init(url: node.configuration.redactedDescription, node: node.status(role: "master")))
     }
 }
