@@ -25,53 +25,16 @@ import NIOCore
 /// then arrived. The proof is read under the entry's shard lock, so an invalidation applied before the proof
 /// that covers it can never be missed. Entries whose proof lapsed are dropped (``sweep(now:)``, and a hit that
 /// finds it lapsed), so a healed path never brings an old value back.
+///
+/// Every rule above but the hit's proof check is decided by ``LocalCacheCoherence``, a pure state machine kept
+/// behind the control lock; this class is its shell: the shards are plain storage, and the machine's actions
+/// are applied to them before that lock is released (control, then shard), so an insert's decision and its
+/// store are one step with respect to every invalidation.
 public final class LocalCache: Sendable {
-    /// What inserts, invalidations and flushes decide on; a hit never takes this lock.
-    struct Control {
-        var epoch: UInt64 = 0
-        var invalidatedAt: [String: UInt64] = [:]
-        var flushedAt: UInt64 = 0
-        /// The listener that is up, per node: a node's reads may be kept only while it has one.
-        var listeners: [UInt64: Int64] = [:]
-        /// When each node's entries were last dropped (an insert read before that is refused).
-        var nodeFlushedAt: [UInt64: UInt64] = [:]
-        /// Data connections whose reads are kept here (an entry's tag names one), and their node.
-        var sessions: [UInt64: UInt64] = [:]
-        /// What vouches for each session's entries, for the near caches' proof (``sweep(now:)``). A session
-        /// whose entries were dropped stays here, marked `leaving` by the epoch of that drop, until the
-        /// clients were told (the drop observer returned): only then may the proof leave it out.
-        var provers: [UInt64: Prover] = [:]
-        var invalidations = 0
-        /// Sessions whose proof lapsed, and entries dropped with them.
-        var proofLapses = 0
-        var droppedLapsed = 0
-        /// Times everything, or a node's part, was dropped, by reason.
-        var flushes: [FlushReason: Int] = [:]
-        var sessionsEnded = 0
-        var droppedWithSession = 0
-        var nodesRemoved = 0
-    }
-
-    struct Prover {
-        var proof: EntryProof
-        var node: UInt64
-        /// The epoch of the drop that emptied it, until its clients were told.
-        var leaving: UInt64?
-    }
-
+    /// The coherence rules, over the daemon's proofs.
+    typealias Coherence = LocalCacheCoherence<EntryProof>
     /// Why the local copy (or a node's part of it) was dropped.
-    enum FlushReason: String, CaseIterable {
-        /// Redis said everything may have changed (a FLUSHALL, a restart, its tracking table overflowed).
-        case invalidateAll = "invalidate_all"
-        /// A node's invalidation listener went down.
-        case trackingDown = "tracking_down"
-        /// A node's invalidation listener came (back) up: what was read before is not vouched for.
-        case trackingUp = "tracking_up"
-        /// A node left the topology (failover, reshard, removal).
-        case nodeRemoved = "node_removed"
-        /// Too many keys were invalidated to remember them one by one.
-        case overflow
-    }
+    typealias FlushReason = LocalCacheFlushReason
 
     /// A part of the entries, by a hash of the key: a hit locks one shard, nothing else.
     struct Shard {
@@ -87,7 +50,9 @@ public final class LocalCache: Sendable {
     /// Shards; a power of two.
     static let shardCount = 16
 
-    private let control = NIOLockedValueBox(Control())
+    /// The coherence rules' state: inserts, invalidations and drops decide under this lock (then take a
+    /// shard's); a hit never takes it.
+    private let control: NIOLockedValueBox<Coherence>
     private let shards: [NIOLockedValueBox<Shard>]
     private let maxAge: TimeAmount
     public let maxBytes: Int
@@ -103,6 +68,7 @@ public final class LocalCache: Sendable {
         self.maxBytes = maxBytes
         self.maxAge = maxAge
         self.maxStalenessNanos = UInt64(max(0, maxStaleness?.nanoseconds ?? 0))
+        self.control = NIOLockedValueBox(Coherence(maxStalenessNanos: maxStalenessNanos))
         self.shards = (0..<Self.shardCount).map { _ in NIOLockedValueBox(Shard(entries: LRUStore(maxBytes: maxBytes / Self.shardCount))) }
     }
 
@@ -166,29 +132,26 @@ public final class LocalCache: Sendable {
     ) {
         let connection = route.connection
         connection.eventLoop.preconditionInEventLoop()
+        // Closed or untracked: nothing could vouch for the value (the machine would refuse a closed one).
         guard connection.isActive, let tracking = connection.currentTracking else { return }
-        let redirect = tracking.redirect
         let now = NIODeadline.now()
         var encoded = EncodedValue(value)
         let session = connection.id
-        let node = route.node.id
         encoded.tag = session
         if maxStalenessNanos > 0 { encoded.proof = tracking.proof }
         encoded.age = age
         // Kept no longer than Redis keeps it.
         let expiry = min(age?.expiresAt ?? .distantFuture, expiresAt, now + maxAge)
         encoded.expiresAt = expiry
+        let read = Coherence.Read(key: address.storeKey, session: session, node: route.node.id, epoch: epoch, redirect: tracking.redirect)
         let shard = shard(address.storeKey)
-        let watch: Bool = control.withLockedValue { control in
-            guard let listener = control.listeners[node], redirect == listener, control.flushedAt <= epoch,
-                (control.nodeFlushedAt[node] ?? 0) <= epoch, (control.invalidatedAt[address.storeKey] ?? 0) <= epoch
-            else { return false }
-            let inserted = control.sessions.updateValue(node, forKey: session) == nil
-            control.provers[session] = Prover(proof: tracking.proof, node: node, leaving: nil)
+        let watch: Bool = control.withLockedValue { machine in
+            // Still on the connection's event loop: its close, which is seen there, cannot have come since.
+            guard case .store(let watch) = machine.insert(read, proof: tracking.proof, sessionOpen: connection.isActive) else { return false }
             tracking.proof.connection.isVouching = true  // its idle connection beats from now on
-            // Under the control lock: no invalidation or flush can come between the checks and the store.
+            // Under the control lock: no invalidation or drop can come between the decision and the store.
             shard.withLockedValue { $0.entries.set(address.storeKey, field: address.storeField, value: encoded, expiry: expiry, now: now) }
-            return inserted
+            return watch
         }
         if watch {
             // Runs on this event loop, after every reply already read from the connection.
@@ -199,71 +162,24 @@ public final class LocalCache: Sendable {
     /// Whether nothing reported a change of `storeKey` (an invalidation, a flush of any node) since
     /// `epoch` (from ``beginRead()``).
     func unchanged(_ storeKey: String, since epoch: UInt64) -> Bool {
-        control.withLockedValue { control in
-            control.flushedAt <= epoch && (control.invalidatedAt[storeKey] ?? 0) <= epoch
-                && control.nodeFlushedAt.values.allSatisfy { $0 <= epoch }
-        }
+        control.withLockedValue { $0.unchanged(storeKey, since: epoch) }
     }
 
     /// A data connection closed: Redis no longer tracks what it read, so nothing it read may be served.
     func sessionEnded(_ session: UInt64) {
-        let drop: UInt64? = control.withLockedValue { control in
-            guard control.sessions.removeValue(forKey: session) != nil else { return nil }
-            control.epoch += 1
-            control.sessionsEnded += 1
-            for shard in shards {
-                control.droppedWithSession += shard.withLockedValue { $0.entries.removeAll { $0.tag == session } }
-            }
-            control.provers[session]?.leaving = control.epoch
-            return control.epoch
-        }
-        if let drop { told(drop) }
-    }
-
-    /// The clients were told of the drop made at epoch `drop`: the sessions it emptied stop holding back
-    /// the proof (unless an insert since made them vouch for entries again).
-    private func told(_ drop: UInt64) {
-        dropObserver.withLockedValue { $0 }?()
-        control.withLockedValue { control in
-            control.provers = control.provers.filter { session, prover in
-                guard prover.leaving == drop else { return true }
-                prover.proof.connection.isVouching = false
-                return false
-            }
-        }
+        run { $0.sessionEnded(session) }
     }
 
     /// Applies what a node reports (see ``RedisNodeEvent``).
     public func handle(_ event: RedisNodeEvent) {
-        let drop: UInt64?
         switch event {
-        case .invalidate(_, let keys):
-            keys.forEach(invalidate)
-            return
-        case .invalidateAll(let node):
-            drop = control.withLockedValue { flush(node: node, .invalidateAll, &$0) }
-        case .trackingUp(let node, let listener):
-            drop = control.withLockedValue { control in
-                control.listeners[node] = listener
-                return flush(node: node, .trackingUp, &control)
-            }
-        case .trackingDown(let node):
-            drop = control.withLockedValue { control in
-                control.listeners[node] = nil
-                return flush(node: node, .trackingDown, &control)
-            }
-        case .removed(let node):
-            drop = control.withLockedValue { control in
-                control.listeners[node] = nil
-                control.nodesRemoved += 1
-                let drop = flush(node: node, .nodeRemoved, &control)
-                control.nodeFlushedAt[node] = nil  // ids are never reused: no insert can name it again
-                return drop
-            }
-        case .connectionLost, .connectFailed:
-            return  // the connection's close future already dropped what it read
+        case .invalidate(_, let keys): keys.forEach(invalidate)
+        case .invalidateAll(let node): run { $0.invalidateAll(node: node) }
+        case .trackingUp(let node, let listener): run { $0.listenerUp(node: node, listener: listener) }
+        case .trackingDown(let node): run { $0.listenerDown(node: node) }
+        case .removed(let node): run { $0.nodeRemoved(node) }
+        case .connectionLost, .connectFailed: return  // the connection's close future already dropped what it read
         }
-        if let drop { told(drop) }
     }
 
     /// Drops the entries of every session whose proof is older than the bound (the observer is told), and
@@ -271,91 +187,70 @@ public final class LocalCache: Sendable {
     /// an entry held here before that instant has been applied and told (`now` when no entry needs proof).
     /// Called on every beat of the proof publisher.
     func sweep(now: NIODeadline) -> NIODeadline {
-        let bound = maxStalenessNanos
-        let dropped: UInt64? = control.withLockedValue { control in
-            guard bound > 0 else { return nil }
-            let limit = now.uptimeNanoseconds
-            let lapsed = control.provers.filter { $0.value.leaving == nil && $0.value.proof.provenAt &+ bound < limit }.map(\.key)
-            guard !lapsed.isEmpty else { return nil }
-            control.epoch += 1
-            let sessions = Set(lapsed)
-            for session in lapsed { control.provers[session]?.leaving = control.epoch }
-            for shard in shards {
-                control.droppedLapsed += shard.withLockedValue { $0.entries.removeAll { sessions.contains($0.tag) } }
-            }
-            control.proofLapses += lapsed.count
-            return control.epoch
-        }
-        if let dropped { told(dropped) }
-        let provenAt: UInt64 = control.withLockedValue { control in
-            control.provers.values.reduce(now.uptimeNanoseconds) { min($0, $1.proof.provenAt) }
-        }
-        return NIODeadline.uptimeNanoseconds(provenAt)
+        run { $0.sweep(now: now.uptimeNanoseconds) }
+        return NIODeadline.uptimeNanoseconds(control.withLockedValue { $0.freshness(now: now.uptimeNanoseconds) })
     }
 
     /// A key changed: drop it (and every field, for a hash). Keys are dropped whatever node reported them:
     /// a key lives on one node, so this never drops less than needed.
     func invalidate(_ storeKey: String) {
-        let shard = shard(storeKey)
-        let overflow: UInt64? = control.withLockedValue { control in
-            control.epoch += 1
-            control.invalidations += 1
-            shard.withLockedValue { _ = $0.entries.delete(storeKey, field: nil, now: .now()) }
-            control.invalidatedAt[storeKey] = control.epoch
-            guard control.invalidatedAt.count > 100_000 else { return nil }
-            flush(.overflow, &control)
-            return control.epoch
-        }
-        if let overflow { told(overflow) }
+        run { $0.invalidate(storeKey) }
     }
 
     /// Everything may have changed.
     func invalidateAll() {
-        let drop = control.withLockedValue { control in
-            flush(.invalidateAll, &control)
-            return control.epoch
-        }
-        told(drop)
+        run { $0.invalidateAll() }
     }
 
-    /// Drops what `node`'s connections read. When no other node has entries here, everything is dropped
-    /// at once (new stores, no scan).
-    /// Returns the drop's epoch (see ``told(_:)``).
-    private func flush(node: UInt64, _ reason: FlushReason, _ control: inout Control) -> UInt64 {
-        if control.sessions.values.allSatisfy({ $0 == node }) {
-            flush(reason, &control)
-            return control.epoch
-        }
-        control.epoch += 1
-        control.nodeFlushedAt[node] = control.epoch
-        let epoch = control.epoch
-        for (session, prover) in control.provers where prover.node == node { control.provers[session]?.leaving = epoch }
-        // Sessions stay until their connection closes (their close callback is registered once).
-        let sessions = control.sessions
-        for shard in shards {
-            shard.withLockedValue { _ = $0.entries.removeAll { sessions[$0.tag] == node } }
-        }
-        control.flushes[reason, default: 0] += 1
-        return epoch
-    }
+    // MARK: The shell
 
-    private func flush(_ reason: FlushReason, _ control: inout Control) {
-        control.epoch += 1
-        control.flushedAt = control.epoch
-        control.invalidatedAt.removeAll()
-        let epoch = control.epoch
-        for session in control.provers.keys { control.provers[session]?.leaving = epoch }
-        for shard in shards {
-            shard.withLockedValue {
-                $0.evictionsBefore += $0.entries.evictions
-                $0.entries = LRUStore(maxBytes: $0.entries.maxBytes)
+    /// Feeds an event to the machine and applies its actions to the shards under the control lock, then,
+    /// after releasing it, tells the drop observer of a drop.
+    private func run(_ event: (inout Coherence) -> [Coherence.Action]) {
+        let drop: UInt64? = control.withLockedValue { machine in
+            var drop: UInt64?
+            for action in event(&machine) {
+                switch action {
+                case .dropKey(let key):
+                    shard(key).withLockedValue { _ = $0.entries.delete(key, field: nil, now: .now()) }
+                case .dropAll:
+                    for shard in shards {
+                        shard.withLockedValue {
+                            $0.evictionsBefore += $0.entries.evictions
+                            $0.entries = LRUStore(maxBytes: $0.entries.maxBytes)
+                        }
+                    }
+                case .dropNode(_, let sessions, _):
+                    for shard in shards {
+                        shard.withLockedValue { _ = $0.entries.removeAll { sessions.contains($0.tag) } }
+                    }
+                case .dropSessions(let sessions, let cause):
+                    var dropped = 0
+                    for shard in shards {
+                        dropped += shard.withLockedValue { $0.entries.removeAll { sessions.contains($0.tag) } }
+                    }
+                    machine.entriesDropped(dropped, cause)
+                case .notifyDropObserver(let epoch):
+                    drop = epoch
+                }
             }
+            return drop
         }
-        control.flushes[reason, default: 0] += 1
+        if let drop { told(drop) }
+    }
+
+    /// Tells the observer of the drop made at epoch `drop`, then the machine: the sessions it emptied stop
+    /// holding back the proof, and their connections stop beating for it.
+    private func told(_ drop: UInt64) {
+        dropObserver.withLockedValue { $0 }?()
+        control.withLockedValue { machine in
+            for proof in machine.dropTold(drop) { proof.connection.isVouching = false }
+        }
     }
 
     var status: JSONValue {
-        control.withLockedValue { c in
+        control.withLockedValue { machine in
+            let c = machine.counters
             var keys = 0
             var bytes = 0
             var hits = 0
@@ -374,7 +269,7 @@ public final class LocalCache: Sendable {
             }
             func number(_ n: Int) -> JSONValue { .number(String(n)) }
             return .object([
-                "enabled": .bool(!c.listeners.isEmpty), "keys": number(keys),
+                "enabled": .bool(machine.hasListener), "keys": number(keys),
                 "bytes": number(bytes), "maxBytes": number(maxBytes),
                 "hits": number(hits), "misses": number(misses), "evictions": number(evictions),
                 "invalidations": number(c.invalidations), "flushes": number(c.flushes.values.reduce(0, +)),
@@ -387,3 +282,5 @@ public final class LocalCache: Sendable {
         }
     }
 }
+
+extension EntryProof: LocalCacheProof {}
