@@ -141,16 +141,27 @@ public final class CacheServer: Sendable {
         switch listener {
         case .path(let path):
             try await Self.removeStaleSocket(path, group: group)
-            let channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false).get()
-            chmod(path, mode_t(configuration.startup.socketMode))
-            if let groupName = configuration.startup.socketGroup {
-                guard let gid = AccessPolicy.groupID(groupName) else {
-                    throw ConfigurationError("socket_group: no group named \(groupName)")
+            // Bound, given its mode and group, and only then listening: no client can connect while the
+            // socket still has the mode the umask gave it.
+            let fd = try Self.boundSocket(path)
+            do {
+                chmod(path, mode_t(configuration.startup.socketMode))
+                if let groupName = configuration.startup.socketGroup {
+                    guard let gid = AccessPolicy.groupID(groupName) else {
+                        throw ConfigurationError("socket_group: no group named \(groupName)")
+                    }
+                    guard chown(path, uid_t.max, gid) == 0 else {
+                        throw ConfigurationError("socket_group: cannot give \(path) to group \(groupName): \(String(cString: strerror(errno)))")
+                    }
                 }
-                guard chown(path, uid_t.max, gid) == 0 else {
-                    throw ConfigurationError("socket_group: cannot give \(path) to group \(groupName): \(String(cString: strerror(errno)))")
+                guard listen(fd, 4096) == 0 else {
+                    throw ConfigurationError("cannot listen on \(path): \(String(cString: strerror(errno)))")
                 }
+            } catch {
+                close(fd)
+                throw error
             }
+            let channel = try await bootstrap.withBoundSocket(fd).get()
             logger.info("serving", metadata: ["socket": "\(path)", "mode": "\(String(configuration.startup.socketMode, radix: 8))"])
             return channel
         case .adopted(let fd):
@@ -167,6 +178,31 @@ public final class CacheServer: Sendable {
     }
 
     /// Removes a socket file nobody serves; refuses to start if another server answers on it.
+    /// A non-blocking Unix stream socket bound to `path`, not yet listening.
+    static func boundSocket(_ path: String) throws -> CInt {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw ConfigurationError("socket path too long (at most \(MemoryLayout.size(ofValue: address.sun_path) - 1) bytes): \(path)")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw ConfigurationError("cannot create a socket for \(path): \(String(cString: strerror(errno)))") }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard bound == 0 else {
+            let message = String(cString: strerror(errno))
+            close(fd)
+            throw ConfigurationError("cannot bind \(path): \(message)")
+        }
+        return fd
+    }
+
     static func removeStaleSocket(_ path: String, group: any EventLoopGroup) async throws {
         var info = stat()
         guard lstat(path, &info) == 0 else { return }
