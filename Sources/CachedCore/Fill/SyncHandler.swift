@@ -39,16 +39,19 @@ public struct RequestContext: Sendable {
 /// A request's deadline: fixed when its line was read (the read time plus its `timeout`, or plus
 /// `[limits] request_timeout`), passed down to every wait, and answered -32009 at, never after.
 public struct RequestDeadline: Sendable, Hashable {
-    /// The instant.
-    public var instant: NIODeadline
-    /// The timeout it came from, in seconds (for the error's message and data).
+    /// When the request's read began.
+    public var start: NIODeadline
+    /// The timeout, in seconds (also for the error's message and data).
     public var seconds: Double
 
-    /// `seconds` after `start`.
+    /// `seconds` after `start` (the instant is worked out only when a request waits: a hit never needs it).
     public init(from start: NIODeadline, seconds: Double) {
-        self.instant = start + .nanoseconds(Int64((seconds * 1e9).rounded()))
+        self.start = start
         self.seconds = seconds
     }
+
+    /// The instant.
+    public var instant: NIODeadline { start + .nanoseconds(Int64((seconds * 1e9).rounded())) }
 
     /// Whether it has passed at `now`.
     public func hasPassed(_ now: NIODeadline = .now()) -> Bool { now >= instant }

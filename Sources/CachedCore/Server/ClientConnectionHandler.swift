@@ -69,6 +69,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
 
     /// `timeout`: the request's own (seconds), nil for `[limits] request_timeout`. The deadline counts from
     /// when the request's read batch began.
+    @inline(__always)
     private func requestContext(_ context: ChannelHandlerContext, timeout: Double?) -> RequestContext {
         let seconds = timeout ?? defaultTimeout
         return RequestContext(
@@ -122,7 +123,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     private func handleLine(_ line: ByteBuffer, context: ChannelHandlerContext) {
         // The hot path: a `get` in its common shape, read without a JSON tree (anything else returns nil).
         if let get = line.withUnsafeReadableBytes({ FastGetRequest.parse($0) }) {
-            let outcome = dispatcher.run(get.params, context: requestContext(context, timeout: get.timeout))
+            let requestContext = requestContext(context, timeout: get.timeout)
+            let outcome = dispatcher.run(get.params, context: requestContext)
             answer(outcome, id: get.id, method: "get", context: context)
             return
         }

@@ -4,7 +4,7 @@ extension RedisTopology {
     /// Sends `command` to the node that serves `key` and follows redirects; the reply (never an error
     /// reply) and the route that answered it.
     ///
-    /// Fails only with ``RedisClientError``: ``RedisClientError/Code/unavailable`` when no connection is
+    /// Fails with ``RedisClientError``: ``RedisClientError/Code/unavailable`` when no connection is
     /// up (nothing was sent), ``RedisClientError/Code/errorReply`` for an error reply,
     /// ``RedisClientError/Code/notRun`` when the last answer was a redirect and more than
     /// ``RedisRedirect/maximum`` were followed, and the transport's codes otherwise. The topology hears
@@ -24,8 +24,9 @@ extension RedisTopology {
     public func execute(
         _ command: RedisCommand, key: String, route: RedisRoute
     ) -> EventLoopFuture<(reply: RedisReply, route: RedisRoute)> {
+        // (No extra future to retype errors: the connection fails only with RedisClientError; a cancelled
+        // retry timer, the one other error, is mapped by the store like any unknown error: unavailable.)
         follow(command, key: key, route: route, asking: false, attempt: 0)
-            .flatMapErrorThrowing { throw RedisClientError.typed($0) }
     }
 
     /// ``execute(_:key:on:)`` without the route.
@@ -64,9 +65,4 @@ extension RedisTopology {
 extension RedisClientError {
     /// No route: no connection to the node that serves the key is up; nothing was sent.
     public static let noConnection = RedisClientError(.unavailable, "no connection to Redis is up")
-
-    /// `error` as a ``RedisClientError`` (anything else, say a cancelled timer, means nothing was sent).
-    static func typed(_ error: any Error) -> RedisClientError {
-        (error as? RedisClientError) ?? RedisClientError(.unavailable, "\(error)")
-    }
 }
