@@ -167,11 +167,11 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
 
     private(set) var records: [Entry: Record] = [:]
     /// Entries the handler said do not exist, until when (the negative cache).
-    private(set) var negatives: [Entry: NIODeadline] = [:]
+    private(set) var negatives = ExpiringMarks<Entry>(limit: 100_000)
     /// Handler calls running per key while the store is down.
     private(set) var fallbacks: [String: Int] = [:]
     /// Entries whose last refresh failed, until when no new refresh starts.
-    private(set) var refreshBackoffs: [Entry: NIODeadline] = [:]
+    private(set) var refreshBackoffs = ExpiringMarks<Entry>(limit: 10_000)
     private(set) var counters = Counters()
     private var nextFlightID: UInt64 = 0
     private let makeToken: @Sendable () -> String
@@ -359,7 +359,7 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     /// A whole hash is about to be deleted: as ``writeStarted(_:isDelete:)`` for every field under way.
     /// Returns the entries to pass to ``writeFinished(_:)`` when it is done.
     mutating func hashDeleteStarted(_ matches: (Entry) -> Bool) -> (entries: [Entry], actions: [Action]) {
-        for entry in negatives.keys where matches(entry) { negatives[entry] = nil }
+        negatives.removeAll(where: matches)
         var entries: [Entry] = []
         var actions: [Action] = []
         for entry in records.keys where matches(entry) {
@@ -387,7 +387,7 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     /// A `set` with a lease token. Accepted only for the live lease; the lease ends and a write is in
     /// flight until ``writeFinished(_:)``.
     mutating func redeem(_ entry: Entry, token: String) -> Redeem {
-        negatives[entry] = nil
+        negatives.remove(entry)
         guard var record = records[entry], case .lease(let lease)? = record.activity, lease.token == token else {
             counters.leasesRefused += 1
             return .refused
@@ -467,23 +467,17 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     /// Remembers that the handler said "no such entry", until `deadline` (bounded: past 100,000 entries
     /// they are all forgotten).
     mutating func rememberAbsent(_ entry: Entry, until deadline: NIODeadline) {
-        if negatives.count > 100_000 { negatives.removeAll() }
-        negatives[entry] = deadline
+        negatives.mark(entry, until: deadline)
     }
 
     /// Whether the handler said "no such entry" and that is still remembered at `now`.
     mutating func isKnownAbsent(_ entry: Entry, now: NIODeadline) -> Bool {
-        guard let deadline = negatives[entry] else { return false }
-        if deadline <= now {
-            negatives[entry] = nil
-            return false
-        }
-        return true
+        negatives.isMarked(entry, now: now)
     }
 
     /// The entry was written or deleted: it is no longer known to be absent.
     mutating func forgetAbsent(_ entry: Entry) {
-        negatives[entry] = nil
+        negatives.remove(entry)
     }
 
     // MARK: Refresh backoff
@@ -491,18 +485,12 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     /// A refresh of `entry` failed: no new refresh starts for it before `until` (bounded: past 10,000 entries
     /// they are all forgotten), so a failing origin is not called back-to-back by every stale or grace read.
     mutating func refreshFailed(_ entry: Entry, until: NIODeadline) {
-        if refreshBackoffs.count > 10_000 { refreshBackoffs.removeAll() }
-        refreshBackoffs[entry] = until
+        refreshBackoffs.mark(entry, until: until)
     }
 
     /// Whether a refresh of `entry` failed a moment ago (before `now`'s backoff ends).
     mutating func isBackingOff(_ entry: Entry, now: NIODeadline) -> Bool {
-        guard let until = refreshBackoffs[entry] else { return false }
-        if until <= now {
-            refreshBackoffs[entry] = nil
-            return false
-        }
-        return true
+        refreshBackoffs.isMarked(entry, now: now)
     }
 
     // MARK: The fallback cap
@@ -610,3 +598,39 @@ extension FillStateMachine.Pending: Sendable where Entry: Sendable, Waiter: Send
 public struct FillReadTicket: Hashable, Sendable {
     let epoch: UInt64
 }
+
+/// Entries marked until an instant (the negative cache, the refresh backoff): bounded, past `limit` marks
+/// they are all forgotten; a mark is dropped when it is found expired.
+struct ExpiringMarks<Entry: Hashable> {
+    let limit: Int
+    private(set) var until: [Entry: NIODeadline] = [:]
+
+    init(limit: Int) { self.limit = limit }
+
+    var isEmpty: Bool { until.isEmpty }
+
+    mutating func mark(_ entry: Entry, until deadline: NIODeadline) {
+        if until.count > limit { until.removeAll() }
+        until[entry] = deadline
+    }
+
+    /// Whether `entry` is marked at `now`.
+    mutating func isMarked(_ entry: Entry, now: NIODeadline) -> Bool {
+        guard let deadline = until[entry] else { return false }
+        if deadline <= now {
+            until[entry] = nil
+            return false
+        }
+        return true
+    }
+
+    mutating func remove(_ entry: Entry) {
+        until[entry] = nil
+    }
+
+    mutating func removeAll(where matches: (Entry) -> Bool) {
+        for entry in until.keys where matches(entry) { until[entry] = nil }
+    }
+}
+
+extension ExpiringMarks: Sendable where Entry: Sendable {}
