@@ -412,6 +412,61 @@ struct FillStateMachineTests {
         #expect(h.machine.records.isEmpty)
     }
 
+    /// A fill without the fleet lock (or with the store down) is not fenced against a write through
+    /// another daemon made after the handler was called: its value is only for the gets already waiting;
+    /// one that joins after the call reads again.
+    @Test func anUnfencedFillAnswersOnlyTheGetsThatWaitedBeforeTheHandlerCall() {
+        let h = Harness()
+        let first = h.waiter()
+        guard case .start(let id, _) = h.machine.requestFlight("e", waiter: first) else {
+            Issue.record("no flight started")
+            return
+        }
+        let before = h.waiter()
+        #expect(h.join("e", before))
+        #expect(h.flightMissed("e", id))
+        h.machine.flightCallsUnfenced("e", flight: id)
+        let after = h.waiter()
+        #expect(h.join("e", after))
+        let end = h.machine.finishFlight("e", flight: id, unfenced: true)
+        #expect(end.answer == [first, before])
+        #expect(end.readAgain == [after])
+        #expect(h.machine.records.isEmpty)
+    }
+
+    @Test func aFencedOrLocalOutcomeStillAnswersLateJoiners() {
+        let h = Harness()
+        let first = h.waiter()
+        guard case .start(let id, _) = h.machine.requestFlight("e", waiter: first) else {
+            Issue.record("no flight started")
+            return
+        }
+        #expect(h.flightMissed("e", id))
+        h.machine.flightCallsUnfenced("e", flight: id)
+        let after = h.waiter()
+        #expect(h.join("e", after))
+        // The store answered for the flight after all (e.g. its read found the entry): good for everyone.
+        let end = h.machine.finishFlight("e", flight: id, unfenced: false)
+        #expect(end.answer == [first, after])
+        #expect(end.readAgain.isEmpty)
+    }
+
+    @Test func aFleetWideLeaseWhoseLockWasNotWonStoresNothing() {
+        let h = Harness()
+        let w = h.waiter()
+        h.apply(h.machine.readMissed("e", h.machine.readStarted("e"), waiter: w,
+                                     policy: .lease(ConnectionID(1), timeout: .seconds(5), fleetWide: true)))
+        let grant = h.fleetGrants[0]
+        #expect(h.machine.fleetLockTaken("e", lease: grant.lease, fleetToken: grant.lock, won: false).live)
+        #expect(h.machine.leaseFence("e", lease: grant.lease) == .unfenced)
+        #expect(h.machine.leaseFence("e", lease: "not-the-lease") == nil)
+        // One daemon: no lock behind the lease.
+        let local = Harness()
+        let holder = local.miss("e", 1)
+        #expect(local.machine.leaseFence("e", lease: local.leases["e"]!.token) == .local)
+        _ = holder
+    }
+
     @Test func theHolderCannotLeaveItGivesTheLeaseBack() {
         let h = Harness()
         let holder = h.miss("e", 1)
@@ -432,7 +487,7 @@ struct FillStateMachineTests {
         let firstLease = h.fleetGrants[0].lease
         let r1 = h.machine.fleetLockTaken("e", lease: firstLease, fleetToken: lock, won: true)
         #expect(r1.live && !r1.orphaned)
-        #expect(h.machine.wonFleetToken("e", lease: firstLease) == lock)
+        #expect(h.machine.leaseFence("e", lease: firstLease) == .fenced(token: lock))
         // The holder gives up: the next asker is granted under the same lock, which stays held.
         h.apply(h.machine.release("e", token: firstLease).1)
         #expect(h.fleetGrants.map(\.lock) == [lock, lock])

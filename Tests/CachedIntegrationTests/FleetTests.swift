@@ -334,6 +334,50 @@ struct FleetTests {
         print("fencing: fencedOut \(fenced)")
     }
 
+    /// The soak's one `stale-fill` (docs/reliability.md): a fill made without the lock used to be stored with
+    /// `SET NX`, which a write through another daemon followed by a delete does not stop, so the older value
+    /// got in. Now such a fill is not stored, and a get that joins it after the handler call reads again.
+    @Test func aFillWithoutTheLockIsNotStoredAfterAWriteAndADeleteThroughAnotherDaemon() throws {
+        let redis = try RedisServer()
+        let dir = try makeTemporaryDirectory("fleet")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let counter = dir + "/calls"
+        let lease = 1.0  // daemon 1 gives up waiting after 2 x 1 + 1 = 3 s; a fill (0.8 s) fits in its lock
+        let daemons = try Self.fleet(
+            [Self.studentKey(delay: 0.8, counter: counter, extra: "lease_timeout = \(lease)"),
+             Self.studentKey(counter: counter, extra: "lease_timeout = \(lease)")],
+            redis: redis)
+        // A lock that nobody will end in time: another daemon's, stuck (a minute from Redis's now).
+        let now = try redis.cli(["TIME"]).split(separator: "\n").map { Int($0.trimmingCharacters(in: .whitespaces)) ?? 0 }
+        let until = now[0] * 1000 + now[1] / 1000 + 60_000
+        _ = try redis.cli(["HSET", Self.fillHash(21), "lock", "stuck \(until)"])
+        let first = try daemons[0].client()
+        let late = try daemons[0].client()
+        let sent = Date()
+        try first.send(requestLine(id: int(1), method: "get", params: Self.entry(21)) + "\n")
+        #expect(try waitUntil(timeout: 8) { FillWorker.calls(counter) == 1 }, "daemon 1 gave up waiting and called its handler")
+        // While the handler runs: a set and a delete through daemon 2 (the set ends the stuck lock).
+        let other = try daemons[1].client()
+        #expect(try other.call("set", Self.entry(21).merging(["value": .string("written-21")]) { $1 })["result"]?["stored"] == .bool(true))
+        #expect(try other.call("delete", Self.entry(21))["result"]?["deleted"] == .number("1"))
+        // A get that begins now, after the write: the fill's value (read from its source before the
+        // write) is not for it.
+        try late.send(requestLine(id: int(2), method: "get", params: Self.entry(21)) + "\n")
+        let a1 = try first.readJSON(timeout: 8)
+        print("unfenced fill: answered \(jsonText(a1)) \(Self.ms(Date().timeIntervalSince(sent))) after the get")
+        #expect(a1["result"]?["cached"] == .bool(false), "a fill without the lock is answered as not stored")
+        #expect(a1["result"]?["value"] != nil && a1["result"]?["value"] != .null)
+        Thread.sleep(forTimeInterval: 0.2)
+        #expect(try redis.cli(["EXISTS", Self.storeKey(21)]) == "0", "the fill without the lock was stored after the write and the delete")
+        // The late get read again: a new flight, under the (now free) lock, with a second handler call.
+        let a2 = try late.readJSON(timeout: 8)
+        print("unfenced fill: the late get answered \(jsonText(a2))")
+        #expect(a2["result"]?["value"] != nil && a2["result"]?["value"] != .null, "late get: \(jsonText(a2))")
+        #expect(a2["result"]?["cached"] == nil, "the late get's fill took the lock and was stored: \(jsonText(a2))")
+        #expect(FillWorker.calls(counter) == 2, "the late get read again instead of taking the unfenced value")
+        #expect(Self.fleetStat(try Self.stats(daemons[0]), "unfencedFills") == 1)
+    }
+
     @Test func aFillThatOutlivesItsLockLosesToTheNextHoldersFill() throws {
         let redis = try RedisServer()
         let dir = try makeTemporaryDirectory("fleet")

@@ -101,8 +101,9 @@ would accept it, since a fill's write lasts until its first sighting. The rule i
 before it (a flight that started before a write may answer only the gets that joined it before the write
 was visible). Direct writes and restarts
 end no lock and fence nothing; nor does a write that a failover may have lost (sent before the promotion of a
-failover of the entry's master that came before the read). A daemon that filled without the lock (``waitsGaveUp``, or when Redis
-failed the lock) is not fenced either, and this rule would then report what that costs.
+failover of the entry's master that came before the read). A daemon that cannot take the lock (``waitsGaveUp``, or Redis failed the lock)
+stores nothing, and answers its value only to the gets that were waiting before it called the handler
+(``unfencedFills``), so this rule holds for it too.
 
 **Aged entries** (a ``stale_ttl``, ``grace`` or early refresh: ``History.aging``). Redis keeps each value
 stored by ``cached`` (or by a direct ``SET ... PX`` with the same lifetime: ``Write.expires``) for

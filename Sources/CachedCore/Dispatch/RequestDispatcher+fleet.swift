@@ -49,15 +49,25 @@ extension RequestDispatcher {
                         self.logger.warning(
                             "gave up waiting for another daemon's fill; filling without the fleet lock", metadata: ["entry": "\(entry)"])
                     }
-                    // Fill as one daemon would (stored only if absent).
-                    return self.fillAndStore(
-                        id, entry, handler, params.address, params.arguments, keyConfig, ttl: keyConfig.ttl, on: eventLoop)
+                    return self.unfencedFill(id, entry, handler, params, on: eventLoop)
                 case .deadlinePassed:
                     // Not for a flight (it takes the lock without a deadline); as a lock that never came free.
-                    return self.fillAndStore(
-                        id, entry, handler, params.address, params.arguments, keyConfig, ttl: keyConfig.ttl, on: eventLoop)
+                    return self.unfencedFill(id, entry, handler, params, on: eventLoop)
                 }
             }
+    }
+
+    /// A fill without the fleet's lock (Redis failed it, or the wait for another daemon's fill gave up): the
+    /// handler answers the gets already waiting, and its value is **not stored**. A `SET NX` would not be
+    /// fenced: a write through another daemon after the handler read its source, followed by a delete,
+    /// would let the older value in, and every daemon would then serve it. Gets that join after the call
+    /// read again (``FillCoordinator/FillOutcome/filledUnfenced(_:)``).
+    private func unfencedFill(
+        _ id: UInt64, _ entry: StoreLocation, _ handler: any SyncHandler, _ params: GetParams, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<FillCoordinator.FillOutcome> {
+        fleetStats.count { $0.unfencedFills += 1 }
+        coordinator.flightCallsUnfenced(entry, flight: id)
+        return callHandler(handler, params.address, params.arguments, on: eventLoop).map { .filledUnfenced($0) }
     }
 
     /// Calls the handler while holding the lock `token` and stores its value with a fenced store (only

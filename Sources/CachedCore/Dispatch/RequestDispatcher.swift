@@ -356,7 +356,7 @@ public final class RequestDispatcher: Sendable {
                             .whenComplete { self.coordinator.finishFlight(entry, flight: id, $0) }
                     }
                 case .failure(let error):
-                    self.fallback(after: error, handler, params, keyConfig, on: eventLoop)
+                    self.fallback(after: error, id, entry, handler, params, keyConfig, on: eventLoop)
                         .whenComplete { self.coordinator.finishFlight(entry, flight: id, $0) }
                 }
             }
@@ -364,9 +364,12 @@ public final class RequestDispatcher: Sendable {
 
     /// The store failed the flight's read: for an unavailable or timed-out store the handler still answers
     /// (its value is not stored), with at most `fallback_concurrency` such calls per key; other errors fail.
+    ///
+    /// The value is not fenced against a write through another daemon that could reach the store
+    /// (``FillCoordinator/FillOutcome/filledUnfenced(_:)``): it answers only the gets already waiting.
     private func fallback(
-        after error: any Error, _ handler: any SyncHandler, _ params: GetParams, _ keyConfig: DaemonConfiguration.KeyConfiguration,
-        on eventLoop: any EventLoop
+        after error: any Error, _ id: UInt64, _ entry: StoreLocation, _ handler: any SyncHandler, _ params: GetParams,
+        _ keyConfig: DaemonConfiguration.KeyConfiguration, on eventLoop: any EventLoop
     ) -> EventLoopFuture<FillCoordinator.FillOutcome> {
         let address = params.address
         guard let cached = error as? CachedError, cached.code == .storeUnavailable || cached.code == .storeTimeout,
@@ -376,8 +379,9 @@ public final class RequestDispatcher: Sendable {
             return eventLoop.makeFailedFuture(
                 CachedError(.overloaded, "store unavailable and \(keyConfig.fallbackConcurrency) handler calls already running for key \(address.key)"))
         }
+        coordinator.flightCallsUnfenced(entry, flight: id)
         return callHandler(handler, address, params.arguments, on: eventLoop)
-            .map { .filled($0, stored: false) }
+            .map { .filledUnfenced($0) }
             .always { _ in self.coordinator.releaseFallback(address.key.uppercased()) }
     }
 
@@ -467,7 +471,7 @@ public final class RequestDispatcher: Sendable {
         }
 
         if let token = params.lease {
-            guard let (waiters, fleetToken) = coordinator.redeemLease(entry, token: token) else {
+            guard let (waiters, fence) = coordinator.redeemLease(entry, token: token) else {
                 return eventLoop.makeSucceededFuture(
                     .storedRefused("lease no longer valid: the entry was written or deleted, or the lease expired or was released"))
             }
@@ -476,7 +480,14 @@ public final class RequestDispatcher: Sendable {
             // under the fleet's fill lock, only while this daemon still holds it.
             let storeTTL = keyConfig.storeTTL(ttl)
             let stored: EventLoopFuture<(Bool, String?)>
-            if let fleetToken, let locks = store.fleet {
+            if case .unfenced = fence {
+                // The lock could not be taken for this lease: a store could not be fenced against a write
+                // through another daemon made after the value was computed. Not stored; the waiters read
+                // again (they may have begun after such a write was visible).
+                fleetStats.count { $0.unfencedFills += 1 }
+                stored = eventLoop.makeSucceededFuture(
+                    (false, "this daemon could not take the entry's fleet fill lock (Redis failed it, or another daemon's fill never ended); the lease's value was not stored"))
+            } else if case .fenced(let fleetToken) = fence, let locks = store.fleet {
                 stored = locks.store(entry, token: fleetToken, value: value, ttl: storeTTL, mode: .fill, delta: nil, on: eventLoop)
                     .map { outcome in
                         switch outcome {

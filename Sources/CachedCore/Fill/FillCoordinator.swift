@@ -18,6 +18,10 @@ public final class FillCoordinator: Sendable {
         case filled(ByteBuffer?, stored: Bool)
         /// A refresh found another daemon refreshing the entry (its fill lock held): no value.
         case busy
+        /// The handler's value (nil = no such entry), filled without the fleet's fill lock or with the store
+        /// down (``FillCoordinator/flightCallsUnfenced(_:flight:)``): not stored, and answered only to the
+        /// waiters that were there before the handler was called; the others read again.
+        case filledUnfenced(ByteBuffer?)
         /// The fill's value was refused by the store (the entry was written meanwhile, or its fill lock
         /// was ended by a write through another daemon): it may be older than what is stored, so every
         /// waiter reads again.
@@ -151,14 +155,23 @@ public final class FillCoordinator: Sendable {
         state.withLockedValue { $0.machine.flightMayStore(key, flight: id) }
     }
 
+    /// The flight is about to call its handler without the fleet's fill lock, or with the store down: its
+    /// value is not stored and is for the waiters already there (``FillOutcome/filledUnfenced(_:)``).
+    public func flightCallsUnfenced(_ key: StoreLocation, flight id: UInt64) {
+        state.withLockedValue { $0.machine.flightCallsUnfenced(key, flight: id) }
+    }
+
     /// The flight ended: every waiter gets its outcome.
     public func finishFlight(_ key: StoreLocation, flight id: UInt64, _ result: Result<FillOutcome, any Error>) {
-        let end = state.withLockedValue { $0.machine.finishFlight(key, flight: id) }
+        var unfenced = false
+        if case .success(.filledUnfenced) = result { unfenced = true }
+        let end = state.withLockedValue { $0.machine.finishFlight(key, flight: id, unfenced: unfenced) }
         for waiter in end.readAgain { waiter.succeed(.readAgain) }
         for waiter in end.answer {
             switch result {
             case .success(.inStore(let value)): waiter.succeed(.inStore(value))
             case .success(.filled(let value, let stored)): waiter.succeed(.value(value, cached: stored))
+            case .success(.filledUnfenced(let value)): waiter.succeed(.value(value, cached: false))
             case .success(.busy): waiter.succeed(.busy)
             case .success(.overtaken): waiter.succeed(.readAgain)
             case .failure(let error): waiter.fail(error)
@@ -214,17 +227,17 @@ public final class FillCoordinator: Sendable {
     /// A `set` with a lease token: nil if the token is not the entry's live lease; otherwise the lease
     /// ended, a write is in flight (end it with ``writeFinished(_:)``) and these waiters wait for it.
     ///
-    /// `fleetToken` is the fleet lock's token when this daemon holds the entry's lock for the lease: the
-    /// store must then be fenced with it (taken in the same step as the lease ends, so nothing can drop
-    /// the lock's bookkeeping in between).
-    public func redeemLease(_ key: StoreLocation, token: String) -> (wake: [EventLoopPromise<Verdict>], fleetToken: String?)? {
-        let (redeem, fleetToken) = state.withLockedValue { state -> (Machine.Redeem, String?) in
-            let fleetToken = state.machine.wonFleetToken(key, lease: token)
-            return (state.machine.redeem(key, token: token), fleetToken)
+    /// `fence` says how the value may be stored: with the fleet lock's token when this daemon holds the
+    /// entry's lock for the lease (taken in the same step as the lease ends, so nothing can drop the lock's
+    /// bookkeeping in between), not at all when the lease is fleet-wide but the lock could not be taken.
+    func redeemLease(_ key: StoreLocation, token: String) -> (wake: [EventLoopPromise<Verdict>], fence: Machine.LeaseFence)? {
+        let (redeem, fence) = state.withLockedValue { state -> (Machine.Redeem, Machine.LeaseFence?) in
+            let fence = state.machine.leaseFence(key, lease: token)
+            return (state.machine.redeem(key, token: token), fence)
         }
-        guard case .accepted(let wake, let actions) = redeem else { return nil }
+        guard case .accepted(let wake, let actions) = redeem, let fence else { return nil }
         run(actions)
-        return (wake, fleetToken)
+        return (wake, fence)
     }
 
     /// The holder gives its lease back: the next waiter gets a new one at once. False when the token is

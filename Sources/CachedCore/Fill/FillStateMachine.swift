@@ -61,6 +61,9 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
         var reads = 1
         /// Started by a `set` without value (a refresh): its value replaces what is stored.
         var overwrite: Bool
+        /// The handler was called for a fill without the fleet lock (``FillStateMachine/flightCallsUnfenced(_:flight:)``):
+        /// its value is good only for the waiters that were there before the call.
+        var unfencedCall = false
     }
 
     /// A waiter of a flight, with what it takes to know whether the flight's answer is good for it.
@@ -70,6 +73,8 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
         var clean: Bool
         /// The flight's reads sent when it joined: a read sent after it joined is good for it too.
         var readsBefore: Int
+        /// It joined after the flight called its handler without the fleet lock.
+        var afterUnfencedCall = false
     }
 
     /// What a flight's end means for its waiters.
@@ -321,14 +326,29 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
         return (record.epoch == flight.readEpoch && record.writes == 0, flight.overwrite)
     }
 
+    /// The flight is about to call its handler without the fleet's fill lock (Redis failed the lock, or the
+    /// wait for another daemon's fill gave up), or with the store down. Nothing fences that value against a
+    /// write through another daemon made after the call, so it is not stored, and it is good only for the
+    /// waiters already there: a get that joins later may have begun after such a write was visible.
+    mutating func flightCallsUnfenced(_ entry: Entry, flight id: UInt64) {
+        guard var record = records[entry], case .flight(var flight)? = record.activity, flight.id == id else { return }
+        flight.unfencedCall = true
+        record.activity = .flight(flight)
+        records[entry] = record
+    }
+
     /// The flight ended: the waiters its outcome is good for, and those that must read again.
-    mutating func finishFlight(_ entry: Entry, flight id: UInt64) -> FlightEnd {
+    /// `unfenced`: the outcome is a value filled after ``flightCallsUnfenced(_:flight:)``; the waiters
+    /// that joined after that call read again.
+    mutating func finishFlight(_ entry: Entry, flight id: UInt64, unfenced: Bool = false) -> FlightEnd {
         guard var record = records[entry], case .flight(let flight)? = record.activity, flight.id == id else { return FlightEnd() }
         record.activity = nil
         store(entry, record)
         var end = FlightEnd()
         for w in flight.waiters {
-            if w.clean || w.readsBefore < flight.reads {
+            if unfenced && w.afterUnfencedCall {
+                end.readAgain.append(w.waiter)
+            } else if w.clean || w.readsBefore < flight.reads {
                 end.answer.append(w.waiter)
             } else {
                 end.readAgain.append(w.waiter)
@@ -455,11 +475,23 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
         return (true, false)
     }
 
-    /// The fleet lock's token when this daemon holds it for the live lease `token`: a `set` with that lease
-    /// must be a fenced store with it.
-    func wonFleetToken(_ entry: Entry, lease token: String) -> String? {
-        guard case .lease(let lease)? = records[entry]?.activity, lease.token == token, let fleet = lease.fleet, fleet.won else { return nil }
-        return fleet.token
+    /// How a `set` with the live lease `token` may store.
+    enum LeaseFence: Equatable {
+        /// No fleet lock behind the lease (one daemon, or `fleet_single_flight` off): stored if still absent.
+        case local
+        /// This daemon holds the fleet lock: a fenced store with its token.
+        case fenced(token: String)
+        /// The lease is fleet-wide but the lock could not be taken (Redis failed it, or the wait for another
+        /// daemon's fill gave up): nothing fences the store against a write through another daemon, so the
+        /// value is not stored.
+        case unfenced
+    }
+
+    /// How a `set` with lease `token` may store (nil: not the entry's live lease).
+    func leaseFence(_ entry: Entry, lease token: String) -> LeaseFence? {
+        guard case .lease(let lease)? = records[entry]?.activity, lease.token == token else { return nil }
+        guard let fleet = lease.fleet else { return .local }
+        return fleet.won ? .fenced(token: fleet.token) : .unfenced
     }
 
     // MARK: Negative entries
@@ -545,7 +577,8 @@ struct FillStateMachine<Entry: Hashable, Waiter> {
     /// good for it: no write of the entry started since that read was sent, and none is in flight.
     private func join(_ waiter: Waiter, _ flight: inout Flight, _ record: Record) {
         let clean = record.epoch == flight.readEpoch && record.writes == 0
-        flight.waiters.append(FlightWaiter(waiter: waiter, clean: clean, readsBefore: flight.reads))
+        flight.waiters.append(
+            FlightWaiter(waiter: waiter, clean: clean, readsBefore: flight.reads, afterUnfencedCall: flight.unfencedCall))
     }
 
     /// Ends the holder's lease: the first waiter gets a new one, or the lease ends when nobody waits.

@@ -14,6 +14,9 @@ public final class FleetStats: Sendable {
         public var waitsGaveUp = 0
         /// Fenced stores refused because the lock had passed on (a fill that outlived its lock).
         public var fencedOut = 0
+        /// Handler fills and lease values not stored because this daemon could not take the fleet lock
+        /// (Redis failed it, or the wait gave up): such a store could not be fenced.
+        public var unfencedFills = 0
         /// Gets answered at once with a stale entry (stale window).
         public var staleAnswers = 0
         /// Gets answered with the old value after a failed refresh (grace).
@@ -41,7 +44,7 @@ public final class FleetStats: Sendable {
         func n(_ v: Int) -> JSONValue { .number(String(v)) }
         return .object([
             "locksWon": n(c.locksWon), "locksLost": n(c.locksLost), "waits": n(c.waits), "waitsGaveUp": n(c.waitsGaveUp),
-            "fencedOut": n(c.fencedOut), "staleAnswers": n(c.staleAnswers), "graceAnswers": n(c.graceAnswers),
+            "fencedOut": n(c.fencedOut), "unfencedFills": n(c.unfencedFills), "staleAnswers": n(c.staleAnswers), "graceAnswers": n(c.graceAnswers),
             "refreshes": n(c.refreshes), "refreshesFailed": n(c.refreshesFailed), "earlyRefreshes": n(c.earlyRefreshes),
         ])
     }

@@ -185,6 +185,7 @@ public final class MetricsExporter: Sendable {
                 ("waits", "cached_fleet_waits_total", "Fills that waited for another daemon's fill."),
                 ("waitsGaveUp", "cached_fleet_waits_gave_up_total", "Waits that ended at their deadline (filled without the lock)."),
                 ("fencedOut", "cached_fleet_fenced_out_total", "Fills whose lock ended before their store (not stored)."),
+                ("unfencedFills", "cached_fleet_unfenced_fills_total", "Fills made without the fleet lock (Redis failed it, or the wait gave up): not stored."),
                 ("staleAnswers", "cached_stale_answers_total", "Gets answered with a stale entry in its stale window."),
                 ("graceAnswers", "cached_grace_answers_total", "Gets answered with the old value after a failed refresh (grace)."),
                 ("refreshes", "cached_refreshes_total", "Background refreshes started."),
