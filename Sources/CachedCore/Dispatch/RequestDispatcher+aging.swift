@@ -3,52 +3,10 @@ import Logging
 import NIOCore
 
 /// Stale-while-revalidate, grace and early refresh (XFetch) for keys with `stale_ttl`, `grace` or
-/// `early_refresh_beta`: the entry's phase (from Redis's `PTTL`, see ``EntryAge``) decides whether a get
-/// is a plain hit, a stale answer with one background refresh, or a wait for a refresh in grace.
+/// `early_refresh_beta`: the refreshes themselves. The entry's phase (from Redis's `PTTL`, see ``EntryAge``)
+/// decides, in ``GetFlow``, whether a get is a plain hit, a stale answer with one background refresh, or a
+/// wait for a refresh in grace.
 extension RequestDispatcher {
-    /// The answer to a get of an entry with an age.
-    func agedAnswer(_ params: GetParams, _ value: EncodedValue, _ age: EntryAge, context: RequestContext, attempt: Int = 0) -> Completion {
-        let now = NIODeadline.now()
-        switch age.phase(at: now) {
-        case .fresh:
-            if age.beta > 0, age.shouldRefreshEarly(at: now, random: Double.random(in: 0..<1)) {
-                startRefresh(params, expected: value.raw, early: true, context: context)
-            }
-            return .now(.hit(value))
-        case .stale:
-            fleetStats.count { $0.staleAnswers += 1 }
-            startRefresh(params, expected: value.raw, early: false, context: context)
-            return .now(.stale(value))
-        case .grace:
-            return .later(graceGet(params, stale: value, context: context, attempt: attempt))
-        case .expired:
-            // Gone from Redis by now (the local copy never outlives it; this is the instant in between).
-            return .later(get(params, context: context, attempt: attempt, agedRead: true))
-        }
-    }
-
-    /// A get of a key with an age that missed the local copy: one aged read, then as ``agedAnswer``; a
-    /// miss goes to the flight. Nil when the key has no age (or no handler to refresh it).
-    func agedGet(_ params: GetParams, context: RequestContext, attempt: Int) -> EventLoopFuture<MethodResult>? {
-        let keyConfig = currentConfiguration.key(params.address.key)
-        guard let policy = keyConfig.aging, handlers.handler(for: params.address.key) != nil else { return nil }
-        let eventLoop = context.eventLoop
-        return store.readAged(params.address, policy: policy, on: eventLoop).flatMap { entry -> EventLoopFuture<MethodResult> in
-            guard let entry else { return self.get(params, context: context, attempt: attempt, agedRead: false) }
-            guard let age = entry.age else { return eventLoop.makeSucceededFuture(.get(hit: true, value: entry.value)) }
-            var encoded = EncodedValue(entry.value)
-            encoded.age = age
-            switch self.agedAnswer(params, encoded, age, context: context, attempt: attempt) {
-            case .now(let result): return eventLoop.makeSucceededFuture(result)
-            case .later(let future): return future
-            }
-        }.flatMapError { error in
-            // Redis is down: the flight's fallback (the handler's value, not stored) answers.
-            guard let cached = error as? CachedError, cached.code == .storeUnavailable else { return eventLoop.makeFailedFuture(error) }
-            return self.get(params, context: context, attempt: attempt, agedRead: false)
-        }
-    }
-
     /// Starts one background refresh of the entry, unless a flight for it is under way here already
     /// (fleet-wide, the fill lock lets one daemon refresh).
     func startRefresh(_ params: GetParams, expected: ByteBuffer, early: Bool, context: RequestContext) {
@@ -63,46 +21,6 @@ extension RequestDispatcher {
                 if early { $0.earlyRefreshes += 1 }
             }
             self.runRefresh(id, entry, handler, params, keyConfig, expected: expected, on: eventLoop)
-        }
-    }
-
-    /// In grace: wait for one refresh; if it fails (or another daemon is refreshing), answer the old
-    /// value marked stale instead of the error.
-    func graceGet(_ params: GetParams, stale: EncodedValue, context: RequestContext, attempt: Int) -> EventLoopFuture<MethodResult> {
-        let eventLoop = context.eventLoop
-        guard let handler = handlers.handler(for: params.address.key) else { return eventLoop.makeSucceededFuture(.stale(stale)) }
-        let entry = params.address.location
-        let keyConfig = currentConfiguration.key(params.address.key)
-        let mark = store.changeMark()
-        let backingOff = coordinator.isBackingOff(entry)
-        /// The old value, unless the entry changed meanwhile (a delete through another daemon): then
-        /// what is stored now is the answer.
-        @Sendable func staleAnswer() -> EventLoopFuture<MethodResult> {
-            guard self.store.unchanged(params.address, since: mark) else {
-                return self.get(params, context: context, attempt: attempt + 1)
-            }
-            self.fleetStats.count { $0.graceAnswers += 1 }
-            return eventLoop.makeSucceededFuture(.stale(stale))
-        }
-        // A refresh of this entry failed a moment ago: the old value at once, not another call right away.
-        if backingOff { return staleAnswer() }
-        return coordinator.requestFlight(entry, on: eventLoop, overwrite: true) { id in
-            self.fleetStats.count { $0.refreshes += 1 }
-            self.runRefresh(id, entry, handler, params, keyConfig, expected: stale.raw, on: eventLoop)
-        }.flatMap { verdict -> EventLoopFuture<MethodResult> in
-            switch verdict {
-            case .value(let value?, let cached): return eventLoop.makeSucceededFuture(.fill(value: value, lease: nil, cached: cached))
-            case .inStore(let value?): return eventLoop.makeSucceededFuture(.get(hit: true, value: value))
-            case .value(nil, _), .inStore(nil): return eventLoop.makeSucceededFuture(.get(hit: false, value: nil))
-            case .busy:
-                return staleAnswer()
-            case .readAgain, .miss, .lease:
-                // A write of the entry overtook the refresh: what it wrote is the answer.
-                return self.get(params, context: context, attempt: attempt + 1)
-            }
-        }.flatMapError { error in
-            self.logger.debug("answering a stale entry in grace after a failed refresh", metadata: ["entry": "\(entry)", "error": "\(error)"])
-            return staleAnswer()
         }
     }
 

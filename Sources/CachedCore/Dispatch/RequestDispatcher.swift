@@ -255,84 +255,11 @@ public final class RequestDispatcher: Sendable {
         return (.object(members), latency)
     }
 
-    // MARK: get
-
-    /// How many times a miss is read again after a write overtook it before it is answered as a plain
-    /// miss (lease flow) or the handler is called anyway (handler flight).
-    static let maximumRereads = 3
-
-    func get(_ params: GetParams, context: RequestContext, attempt: Int = 0, agedRead: Bool = true) -> EventLoopFuture<MethodResult> {
-        // A get asked again (a write overtook its read) after its deadline: nobody waits for it any longer.
-        if attempt > 0, let passed = deadlinePassed(context, method: "get") { return passed }
-        let entry = params.address.location
-        let flight: EventLoopFuture<FillCoordinator.Verdict>
-        if agedRead, attempt < Self.maximumRereads, let aged = agedGet(params, context: context, attempt: attempt) {
-            // A key with a stale window, grace or early refresh: its own read first (a refresh under way
-            // must not make it wait), then the flight below on a miss.
-            return aged
-        } else if attempt >= Self.maximumRereads {
-            // Writes kept overtaking the flights this get joined: one plain read, no flight, no lease.
-            var plain = params
-            plain.mayLease = false
-            return leaseGet(plain, entry, context: context, attempt: attempt)
-        } else if let joined = coordinator.joinFlight(entry, on: context.eventLoop, deadline: context.deadline) {
-            // A flight for this entry is under way: wait for its answer, with no store read of our own.
-            flight = joined
-        } else if let handler = handlers.handler(for: params.address.key) {
-            // A key with a handler: one flight per entry, registered before the store read, so every concurrent
-            // get of the entry joins it and a stampede costs one store read and at most one handler call.
-            let keyConfig = currentConfiguration.key(params.address.key)
-            flight = coordinator.requestFlight(entry, on: context.eventLoop, deadline: context.deadline) { id in
-                self.runFlight(id, entry, handler, params, keyConfig, on: context.eventLoop, attempt: 0)
-            }
-        } else {
-            return leaseGet(params, entry, context: context, attempt: attempt)
-        }
-        // A flight's answer is not good for a get that joined after a write of the entry started: it asks again.
-        return flight.flatMap { answer in
-            switch answer {
-            case .readAgain, .busy: return self.get(params, context: context, attempt: attempt + 1)
-            default: return context.eventLoop.makeSucceededFuture(Self.result(of: answer))
-            }
-        }
-    }
-
-    /// A key without a handler: read the store; a trusted miss gets a lease, waits for the holder's
-    /// value, or (`lease: false`) is answered at once. A miss that a write overtook reads again.
-    private func leaseGet(
-        _ params: GetParams, _ entry: StoreLocation, context: RequestContext, attempt: Int
-    ) -> EventLoopFuture<MethodResult> {
-        let eventLoop = context.eventLoop
-        if attempt > 0, let passed = deadlinePassed(context, method: "get") { return passed }
-        let ticket = coordinator.readStarted(entry)
-        return read(params.address, currentConfiguration.key(params.address.key), on: eventLoop).flatMapError { error in
-            self.coordinator.readFinished(entry, ticket)
-            return eventLoop.makeFailedFuture(error)
-        }.flatMap { value -> EventLoopFuture<MethodResult> in
-            if let value {
-                self.coordinator.readFinished(entry, ticket)
-                return eventLoop.makeSucceededFuture(.get(hit: true, value: value))
-            }
-            let keyConfig = self.currentConfiguration.key(params.address.key)
-            // After repeated overtaken reads, a miss is still a miss that was true at some instant, but
-            // not trusted enough to make someone fill: it is answered without a lease.
-            let mayLease = params.mayLease && attempt < Self.maximumRereads
-            return self.coordinator.readMissed(
-                entry, ticket, context: context, mayLease: mayLease, leaseTimeout: keyConfig.leaseTimeout,
-                deadline: context.deadline,
-                fleetWide: self.fleetWide(keyConfig)
-            )
-                .flatMap { answer in
-                    if case .readAgain = answer { return self.leaseGet(params, entry, context: context, attempt: attempt + 1) }
-                    if case .busy = answer { return self.leaseGet(params, entry, context: context, attempt: attempt + 1) }
-                    return eventLoop.makeSucceededFuture(Self.result(of: answer))
-                }
-        }
-    }
+    // MARK: get (the flow: GetFlow, run by RequestDispatcher+getFlow.swift)
 
     /// One handler flight: read the store; on a trusted miss call the handler and store its value (only
     /// if the entry is still absent and no write or delete happened since the read); answer every waiter.
-    private func runFlight(
+    func runFlight(
         _ id: UInt64, _ entry: StoreLocation, _ handler: any SyncHandler, _ params: GetParams,
         _ keyConfig: DaemonConfiguration.KeyConfiguration, on eventLoop: any EventLoop, attempt: Int
     ) {
@@ -346,7 +273,7 @@ public final class RequestDispatcher: Sendable {
                 case .success(nil):
                     if self.coordinator.isKnownAbsent(entry) {
                         self.coordinator.finishFlight(entry, flight: id, .success(.inStore(nil)))
-                    } else if !self.coordinator.flightReadMissed(entry, flight: id) && attempt < Self.maximumRereads {
+                    } else if !self.coordinator.flightReadMissed(entry, flight: id) && attempt < GetFlow.maximumRereads {
                         self.runFlight(id, entry, handler, params, keyConfig, on: eventLoop, attempt: attempt + 1)
                     } else if let locks = self.fleetLocks(keyConfig, entry) {
                         self.fleetFill(id, entry, handler, params, keyConfig, locks, on: eventLoop)
@@ -372,8 +299,7 @@ public final class RequestDispatcher: Sendable {
         _ keyConfig: DaemonConfiguration.KeyConfiguration, on eventLoop: any EventLoop
     ) -> EventLoopFuture<FillCoordinator.FillOutcome> {
         let address = params.address
-        guard let cached = error as? CachedError, cached.code == .storeUnavailable || cached.code == .storeTimeout,
-            keyConfig.fallbackConcurrency > 0
+        guard CachedError.isStoreDown(error), keyConfig.fallbackConcurrency > 0
         else { return eventLoop.makeFailedFuture(error) }
         guard coordinator.acquireFallback(address.key.uppercased(), limit: keyConfig.fallbackConcurrency) else {
             return eventLoop.makeFailedFuture(
@@ -383,15 +309,6 @@ public final class RequestDispatcher: Sendable {
         return callHandler(handler, address, params.arguments, on: eventLoop)
             .map { .filledUnfenced($0) }
             .always { _ in self.coordinator.releaseFallback(address.key.uppercased()) }
-    }
-
-    static func result(of answer: FillCoordinator.Verdict) -> MethodResult {
-        switch answer {
-        case .inStore(let value): .get(hit: value != nil, value: value)
-        case .value(let value, let cached): .fill(value: value, lease: nil, cached: cached)
-        case .lease(let token): .fill(value: nil, lease: token, cached: true)
-        case .miss, .readAgain, .busy: .get(hit: false, value: nil)
-        }
     }
 
     /// Runs the handler and stores its value, unless the entry was written or deleted since the flight's
@@ -542,7 +459,7 @@ extension EventLoopFuture where Value == MethodResult {
             stats.record(method: method, key: key, outcome: outcome(result))
             return result
         }.flatMapErrorThrowing { error in
-            let error = (error as? CachedError) ?? CachedError(.internalError, "Internal error: \(error)")
+            let error = CachedError(failure: error)
             stats.record(method: method, key: key, outcome: .error(error.code))
             throw error
         }

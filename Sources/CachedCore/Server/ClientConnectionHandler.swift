@@ -188,7 +188,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
                 futures.append(
                     dispatcher.dispatch(request, context: requestContext(context, timeout: timeout(of: request))).hop(to: context.eventLoop)
                         .map { (request.id, .success($0)) }
-                        .recover { (request.id, .failure(($0 as? CachedError) ?? CachedError(.internalError, "Internal error"))) })
+                        .recover { (request.id, .failure(CachedError(failure: $0))) })
             }
         }
         let ids: [JSONRPCID] = entries.compactMap {
@@ -361,6 +361,6 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
 
 extension Result where Success == MethodResult {
     func mapCachedError() -> Result<MethodResult, CachedError> {
-        mapError { ($0 as? CachedError) ?? CachedError(.internalError, "Internal error") }
+        mapError { CachedError(failure: $0) }
     }
 }
