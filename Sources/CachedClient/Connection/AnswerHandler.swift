@@ -96,6 +96,21 @@ final class AnswerHandler: ChannelDuplexHandler, TickFlushing {
             fatal(context: context, .protocolViolation("answer has neither result nor error"))
             return
         }
+        if case .failure(let error) = outcome, Self.daemonCloses(after: error) {
+            // The daemon closes the connection right after this answer: close our side first, before any
+            // caller sees the error, so that the next call reconnects instead of racing the daemon's close
+            // (and failing with `.connectionClosed`).
+            var recipients: [EventLoopPromise<DaemonAnswer>] = []
+            if case .number(let raw)? = members["id"], let id = Int(raw) {
+                if let promise = pending.removeValue(forKey: id) { recipients = [promise] }
+            } else {
+                recipients = Array(pending.values)
+                pending.removeAll()
+            }
+            fatal(context: context, .connectionClosed("the daemon closed the connection after: \(error)"))
+            for promise in recipients { promise.succeed(outcome) }
+            return
+        }
         switch members["id"] {
         case .number(let raw)? where Int(raw) != nil:
             // An unknown id is a late answer to a request already failed: drop it.
@@ -113,6 +128,20 @@ final class AnswerHandler: ChannelDuplexHandler, TickFlushing {
             for (_, promise) in waiting { promise.succeed(outcome) }
         default:
             fatal(context: context, .protocolViolation("answer id \(members["id"]!) was never sent"))
+        }
+    }
+
+    /// Error answers after which the daemon closes the connection (docs/protocol.md, "Errors"): -32001 for a
+    /// line over `max_line_bytes` or a connection over `max_connections`, and -32008 access denied.
+    static func daemonCloses(after error: CachedError) -> Bool {
+        switch error.code {
+        case .accessDenied:
+            return true
+        case .limitExceeded:
+            guard case .object(let data)? = error.data, case .string(let limit)? = data["limit"] else { return false }
+            return limit == "max_line_bytes" || limit == "max_connections"
+        default:
+            return false
         }
     }
 
