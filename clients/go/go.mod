@@ -1,0 +1,3 @@
+module github.com/cached-dev/cached/clients/go
+
+go 1.19
