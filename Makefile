@@ -10,7 +10,7 @@ REDIS_URL ?=
 ## keep them, so a violation still traps in the tests.
 RELEASE_FLAGS ?= -c release -Xswiftc -enforce-exclusivity=unchecked
 
-.PHONY: all deps build release run test test-swift test-python test-coherence soak soak-sentinel soak-cluster install clean bench fuzz fuzz-replay
+.PHONY: all deps build release run test test-swift test-python test-coherence test-clients test-node test-go test-php test-interop soak soak-sentinel soak-cluster install clean bench fuzz fuzz-replay
 
 all: build
 
@@ -64,7 +64,26 @@ run: build
 test: build
 	$(MAKE) test-swift
 	$(MAKE) test-python
+	$(MAKE) test-clients
 	$(MAKE) test-coherence
+
+## The Node.js, Go and PHP clients, each with its own runner and the shared conformance suite
+## (clients/conformance) against real daemons; then every client reads what every other one wrote.
+CACHED_DEBUG_BIN = $$($(SWIFT) build --show-bin-path)/cached
+test-clients: test-node test-go test-php test-interop
+
+test-node: build
+	CACHED_BIN=$(CACHED_DEBUG_BIN) node --test clients/node/test/*.test.js
+
+test-go: build
+	cd clients/go && GOFLAGS=-mod=mod GOPROXY=off go vet ./... && \
+		CACHED_BIN=$(CACHED_DEBUG_BIN) GOFLAGS=-mod=mod GOPROXY=off go test -race -count=1 ./...
+
+test-php: build
+	CACHED_BIN=$(CACHED_DEBUG_BIN) phpunit --configuration clients/php/phpunit.xml
+
+test-interop: build
+	CACHED_BIN=$(CACHED_DEBUG_BIN) $(PYTHON) -m pytest clients/conformance/test_interop.py -q
 
 ## Serial: the integration tests block on sockets and processes; run in parallel with the worker-pool
 ## tests on a 2-core machine they starve Swift's cooperative thread pool. All suites take about a minute.
