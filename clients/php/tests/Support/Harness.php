@@ -69,7 +69,13 @@ final class Harness
     public static function binary(): string
     {
         $bin = getenv('CACHED_BIN');
-        return is_string($bin) && $bin !== '' ? $bin : '/work/helper-bin/cached';
+        if (is_string($bin) && $bin !== '') {
+            return $bin;
+        }
+        // The repository's debug build, as `swift build --show-bin-path` names it.
+        $root = dirname(__DIR__, 4);
+        $path = trim((string) shell_exec('cd ' . escapeshellarg($root) . ' && swift build --show-bin-path 2>/dev/null'));
+        return ($path !== '' ? $path : $root . '/.build/debug') . '/cached';
     }
 
     public static function conformanceDir(): string
