@@ -19,7 +19,8 @@ bound ``[local_cache] max_staleness = --max-staleness``), then for ``--seconds``
   ``release`` with -32601, or ``"lease": false`` with -32602, is run without them;
 - one *direct writer* that ``SET``/``DEL``/``HSET``/``HDEL``s the same Redis keys itself, as another
   application would (aged entries seldom, and always with their key's whole lifetime as TTL);
-- a fault injector (a fault every 0.5-2 s, each enabled kind once per round in a random order):
+- a fault injector (a fault every 0.5-2 s, each enabled kind once per round in a random order; the run goes
+  on past ``--seconds`` until the first round is whole, so every enabled kind is injected at least once):
   ``kill-data`` (``CLIENT KILL`` of the daemon's data connections), ``kill-listener`` (its invalidation
   connection), ``pause`` (``CLIENT PAUSE`` 50-400 ms, ``ALL`` or ``WRITE``), ``timeout`` (a pause longer
   than the daemon's command timeout), ``restart`` (``kill -9`` of Redis, restarted empty on the same
@@ -3338,8 +3339,14 @@ class Run:
         if self.o.faults:
             tasks.append(loop.create_task(self.fault_injector(random.Random(self.rng.random()))))
         deadline = time.monotonic() + self.o.seconds
-        while time.monotonic() < deadline and not self.stopping:
-            await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        # A run with faults goes on past --seconds until every enabled kind has been injected once (a whole
+        # round), so a short run's verdict always covers every kind; capped, and the shortfall shows in "faults".
+        cap = deadline + max(2 * self.o.seconds, 60.0)
+        while not self.stopping:
+            t = time.monotonic()
+            if t >= deadline and (t >= cap or all(self.faults[k] > 0 for k in self.o.faults)):
+                break
+            await asyncio.sleep(0.2 if t >= deadline else min(0.2, max(0.0, deadline - t)))
         self.elapsed = (now() - self.t0) / 1e9
         # Drain: no new requests; every request sent is answered or passes the unanswered bound.
         self.stopping = True

@@ -124,7 +124,7 @@ def run_checker(arguments: list[str], seconds: float) -> dict:
     run = subprocess.run(
         [sys.executable, str(HERE / "checker.py"), "--seconds", str(seconds), *arguments, "--json", "--bin", BINARY,
          "--redis-server", str(REDIS)],
-        capture_output=True, text=True, timeout=seconds + 120)
+        capture_output=True, text=True, timeout=3 * seconds + 180)
     assert run.returncode in (0, 1), "checker failed to run (%d):\n%s\n%s" % (run.returncode, run.stdout, run.stderr)
     return json.loads(run.stdout)
 
