@@ -116,6 +116,47 @@ struct HeartbeatTests {
         _ = try channel.finish(acceptAlreadyClosed: true)
     }
 
+    /// Until Redis has run the `SUBSCRIBE`, it drops (sends nothing for) every invalidation for a listener that is
+    /// not in Pub/Sub mode: the listener must not be announced, and no data connection redirected to it, before
+    /// the confirmation arrived. A pong or an invalidation push does not count as the confirmation.
+    @Test func theListenerIsAnnouncedOnlyOnceRedisConfirmedTheSubscription() throws {
+        let channel = try activeChannel()
+        let subscribed = channel.eventLoop.makePromise(of: Void.self)
+        let done = EventLog()
+        subscribed.futureResult.whenComplete { _ in done.mark() }
+        try channel.pipeline.syncOperations.addHandler(
+            RedisSubscriptionHandler(proof: ProofClock(), heartbeat: .milliseconds(50), timeout: .seconds(5), subscribed: subscribed) { _ in })
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == RedisCommand("SUBSCRIBE", "__redis__:invalidate").encoded)
+        #expect(!done.marked)
+        channel.embeddedEventLoop.advanceTime(by: .milliseconds(50))
+        try channel.writeInbound(Self.push([Self.bulk("message"), Self.bulk("__redis__:invalidate"), .array([Self.bulk("k1")])]))
+        #expect(!done.marked)
+        try channel.writeInbound(Self.push([Self.bulk("subscribe"), Self.bulk("__redis__:invalidate"), .integer(1)]))
+        #expect(done.marked)
+        try subscribed.futureResult.wait()
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    @Test func aSubscriptionThatIsNeverConfirmedFailsAndCloses() throws {
+        for closeFirst in [false, true] {
+            let channel = try activeChannel()
+            let subscribed = channel.eventLoop.makePromise(of: Void.self)
+            try channel.pipeline.syncOperations.addHandler(
+                RedisSubscriptionHandler(proof: ProofClock(), heartbeat: nil, timeout: .milliseconds(300), subscribed: subscribed) { _ in })
+            _ = try channel.readOutbound(as: ByteBuffer.self)
+            if closeFirst {
+                try channel.close().wait()
+            } else {
+                channel.embeddedEventLoop.advanceTime(by: .milliseconds(299))
+                #expect(channel.isActive)
+                channel.embeddedEventLoop.advanceTime(by: .milliseconds(1))
+                #expect(!channel.isActive)
+            }
+            #expect(throws: RedisClientError.self) { try subscribed.futureResult.wait() }
+            _ = try? channel.finish(acceptAlreadyClosed: true)
+        }
+    }
+
     @Test func aListenerThatStopsAnsweringIsClosed() throws {
         let clock = ProofClock()
         let channel = try activeChannel()
@@ -141,4 +182,7 @@ final class EventLog: @unchecked Sendable {
         lock.withLock { if case .invalidate(let keys) = event { _keys.append(keys) } }
     }
     var keys: [[String]] { lock.withLock { _keys } }
+    private var _marked = false
+    func mark() { lock.withLock { _marked = true } }
+    var marked: Bool { lock.withLock { _marked } }
 }

@@ -94,11 +94,20 @@ public final class RedisInvalidationListener: Sendable {
                 return channel.eventLoop.makeFailedFuture(error)
             }
             let proof = ProofClock()
+            let subscribed = channel.eventLoop.makePromise(of: Void.self)
             return sync.removeHandler(handler).flatMapThrowing {
                 try channel.pipeline.syncOperations.addHandler(
                     RedisSubscriptionHandler(
-                        proof: proof, heartbeat: configuration.heartbeatInterval, timeout: configuration.commandTimeout, onEvent: onEvent))
+                        proof: proof, heartbeat: configuration.heartbeatInterval, timeout: configuration.commandTimeout,
+                        subscribed: subscribed, onEvent: onEvent))
+            }.flatMap {
+                // Announced (and redirected to) only once Redis confirmed the subscription: until Redis has run
+                // the SUBSCRIBE, it drops every invalidation for a RESP2 redirect target that is not in Pub/Sub
+                // mode (tracking.c, sendTrackingMessage), sending nothing, while this connection's heartbeats
+                // would go on proving it.
+                subscribed.futureResult
             }.map { Subscription(channel: channel, clientID: id, proof: proof) }.flatMapErrorThrowing { error in
+                subscribed.fail(error)  // the handler may never have been added
                 channel.close(promise: nil)
                 throw error
             }
@@ -121,20 +130,33 @@ final class RedisSubscriptionHandler: ChannelInboundHandler {
     /// Send instants of the commands (`SUBSCRIBE`, then `PING`s) whose answers are still to come.
     private var unanswered = CircularBuffer<NIODeadline>(initialCapacity: 8)
     private var heartbeatTask: RepeatedTask?
+    /// Succeeded by Redis's confirmation of the `SUBSCRIBE`; failed if the connection ends (or `timeout`
+    /// passes) first.
+    private var subscribed: EventLoopPromise<Void>?
+    private var subscribeTimeout: Scheduled<Void>?
 
     init(
-        proof: ProofClock, heartbeat: TimeAmount?, timeout: TimeAmount,
+        proof: ProofClock, heartbeat: TimeAmount?, timeout: TimeAmount, subscribed: EventLoopPromise<Void>? = nil,
         onEvent: @escaping @Sendable (RedisInvalidationListener.Event) -> Void
     ) {
         self.proof = proof
         self.heartbeat = heartbeat
         self.timeout = timeout
+        self.subscribed = subscribed
         self.onEvent = onEvent
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         unanswered.append(.now())
         context.writeAndFlush(wrapOutboundOut(RedisCommand("SUBSCRIBE", "__redis__:invalidate").encoded), promise: nil)
+        if subscribed != nil {
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            subscribeTimeout = context.eventLoop.scheduleTask(in: timeout) {
+                let (handler, context) = loopBound.value
+                handler.endSubscribing(RedisClientError(.timeout, "SUBSCRIBE to invalidations unanswered after \(handler.timeout)"))
+                context.close(promise: nil)
+            }
+        }
         guard let heartbeat else { return }
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         heartbeatTask = context.eventLoop.scheduleRepeatedTask(initialDelay: heartbeat, delay: heartbeat) { _ in
@@ -146,12 +168,23 @@ final class RedisSubscriptionHandler: ChannelInboundHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         heartbeatTask?.cancel()
         heartbeatTask = nil
+        endSubscribing(RedisClientError(.unavailable, "the invalidation connection closed before its SUBSCRIBE was answered"))
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         heartbeatTask?.cancel()
         heartbeatTask = nil
+        endSubscribing(RedisClientError(.unavailable, "the invalidation connection closed before its SUBSCRIBE was answered"))
         context.fireChannelInactive()
+    }
+
+    /// Completes the wait for the subscription: with success once Redis confirmed it, else with `error`.
+    private func endSubscribing(_ error: RedisClientError?) {
+        subscribeTimeout?.cancel()
+        subscribeTimeout = nil
+        guard let promise = subscribed else { return }
+        subscribed = nil
+        if let error { promise.fail(error) } else { promise.succeed() }
     }
 
     private static let ping: ByteBuffer = RedisCommand("PING").encoded
@@ -176,6 +209,7 @@ final class RedisSubscriptionHandler: ChannelInboundHandler {
             // `subscribe` (the confirmation) or `pong` (RESP2 answers PING in subscribed mode with
             // ["pong", ""]): the answer to the oldest command still unanswered.
             if let sentAt = unanswered.popFirst() { proof.prove(sentAt: sentAt) }
+            if subscribed != nil, kind.readableBytes == 9, String(buffer: kind) == "subscribe" { endSubscribing(nil) }
             return
         }
         switch parts[2] {
