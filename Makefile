@@ -10,7 +10,7 @@ REDIS_URL ?=
 ## keep them, so a violation still traps in the tests.
 RELEASE_FLAGS ?= -c release -Xswiftc -enforce-exclusivity=unchecked
 
-.PHONY: all deps build release run test test-swift test-python test-coherence test-clients test-node test-go test-php test-interop soak soak-sentinel soak-cluster install clean bench fuzz fuzz-replay
+.PHONY: all deps build release run test test-swift test-python test-coherence test-access test-clients test-node test-go test-php test-interop soak soak-sentinel soak-cluster install clean bench fuzz fuzz-replay
 
 all: build
 
@@ -25,6 +25,10 @@ release: deps
 
 ## Coherence (Tests/Coherence): unit tests of the history check, then a 20 s checker run against a
 ## real redis-server and cached with every fault kind (docs/reliability.md).
+## Per-key access ([[access]]): clients run as users the test makes (needs root, setpriv, useradd).
+test-access: build
+	CACHED_BIN=$$($(SWIFT) build --show-bin-path)/cached $(PYTHON) -m pytest Tests/Access -q
+
 test-coherence:
 	CACHED_BIN=$$($(SWIFT) build --show-bin-path)/cached $(PYTHON) -m pytest Tests/Coherence -q
 
@@ -65,6 +69,7 @@ test: build
 	$(MAKE) test-swift
 	$(MAKE) test-python
 	$(MAKE) test-clients
+	$(MAKE) test-access
 	$(MAKE) test-coherence
 
 ## The Node.js, Go and PHP clients, each with its own runner and the shared conformance suite

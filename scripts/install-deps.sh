@@ -2,13 +2,14 @@
 # Installs what building and testing cached needs, skipping what is already there.
 # Debian packages: hiredis and libsystemd headers, redis-server/redis-cli, socat, systemd tooling, openssl
 # (the TLS tests make their certificates with it), iptables and iproute2 (the silent-fault tests drop
-# packets on loopback ports and in network namespaces they make).
+# packets on loopback ports and in network namespaces they make), passwd and util-linux (the per-key access
+# tests make users with useradd and run clients as them with setpriv).
 # The clients' toolchains (clients/, each tested with its own runner): nodejs and node-typescript (tsc checks
 # the .d.ts), golang-go (Go 1.19; gcc for `go test -race`), php-cli, php-psr-simple-cache and phpunit.
 # Python packages: pytest for the shim's suite, prometheus_client (its parser checks the daemon's /metrics).
 set -euo pipefail
 
-packages=(libhiredis-dev libsystemd-dev redis-server redis-tools socat systemd openssl iptables iproute2
+packages=(libhiredis-dev libsystemd-dev redis-server redis-tools socat systemd openssl iptables iproute2 passwd util-linux
           nodejs node-typescript golang-go gcc php-cli php-psr-simple-cache phpunit)
 missing=()
 for p in "${packages[@]}"; do

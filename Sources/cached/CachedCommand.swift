@@ -63,6 +63,10 @@ struct CachedCommand: AsyncParsableCommand {
         let (config, socket, redis, logLevel) = (self.config, self.socket, self.redis, self.logLevel)
         let configuration = try Self.load(config: config, socket: socket, redis: redis, logLevel: logLevel)
         if checkConfig {
+            let (problems, notes) = configuration.accessReport()
+            for note in notes { print("note: \(note)") }
+            for problem in problems { print("problem: \(problem)") }
+            guard problems.isEmpty else { throw ExitCode(1) }
             print("configuration OK")
             return
         }

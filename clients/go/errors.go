@@ -24,6 +24,9 @@ const (
 	CodeShuttingDown     = -32007
 	CodeAccessDenied     = -32008
 	CodeDeadlineExceeded = -32009
+	// CodeAccessRefused: the daemon's [[access]] rules do not allow this request for this peer
+	// ("uid 33 may not write Student"); the connection stays open.
+	CodeAccessRefused = -32010
 )
 
 // Error is an error answered by the daemon (a JSON-RPC error object), or a request the client
@@ -78,6 +81,7 @@ var (
 	ErrShuttingDown     = &Error{Code: CodeShuttingDown, Message: "shutting down"}
 	ErrAccessDenied     = &Error{Code: CodeAccessDenied, Message: "access denied"}
 	ErrDeadlineExceeded = &Error{Code: CodeDeadlineExceeded, Message: "deadline exceeded"}
+	ErrAccessRefused    = &Error{Code: CodeAccessRefused, Message: "access refused"}
 )
 
 // ErrUnavailable is matched (errors.Is) by every transport failure: the daemon's socket cannot be

@@ -121,6 +121,8 @@ export declare const codes: {
   readonly SHUTTING_DOWN: -32007;
   readonly ACCESS_DENIED: -32008;
   readonly DEADLINE_EXCEEDED: -32009;
+  /** The peer's [[access]] rules do not allow this request ("uid 33 may not write Student"). */
+  readonly ACCESS_REFUSED: -32010;
   readonly CONNECTION_ERROR: -1;
 };
 
@@ -139,6 +141,7 @@ export declare const OVERLOADED: -32006;
 export declare const SHUTTING_DOWN: -32007;
 export declare const ACCESS_DENIED: -32008;
 export declare const DEADLINE_EXCEEDED: -32009;
+export declare const ACCESS_REFUSED: -32010;
 export declare const CONNECTION_ERROR: -1;
 
 export declare const DEFAULT_SOCKET: "/run/cached/cached.sock";

@@ -30,6 +30,22 @@ extension DaemonConfiguration {
         if let v = try root.intArray("allow_uids", range: 0...Int(UInt32.max - 1)) { live.allowUIDs = v.map { UInt32($0) } }
         if let v = try root.stringOrIntArray("allow_groups") { live.allowGroups = v }
         if let v = try root.duration("shutdown_timeout") { live.shutdownTimeout = v }
+        for (index, var t) in (try root.tables("access") ?? []).enumerated() {
+            var rule = AccessRule(name: try t.string("name") ?? "access[\(index)]")
+            rule.users = try t.stringOrIntArray("users") ?? []
+            rule.groups = try t.stringOrIntArray("groups") ?? []
+            guard !rule.users.isEmpty || !rule.groups.isEmpty else {
+                throw ConfigurationError("access \(rule.name): name the users or groups it is for (users = [...], groups = [...])")
+            }
+            rule.read = try (t.stringArray("read") ?? []).map { text throws(ConfigurationError) in try KeyPattern(text) }
+            rule.write = try (t.stringArray("write") ?? []).map { text throws(ConfigurationError) in try KeyPattern(text) }
+            rule.admin = try t.bool("admin") ?? false
+            try t.finish()
+            guard !live.access.contains(where: { $0.name == rule.name }) else {
+                throw ConfigurationError("access: two rules named \(rule.name)")
+            }
+            live.access.append(rule)
+        }
         if let v = try root.string("redis") { startup.store = Store(redisURL: v) }
         if let v = try root.string("log_level") { startup.logLevel = try Self.logLevel(v) }
         if let v = try root.int("threads", range: 0...256) { startup.threads = v }
@@ -291,6 +307,19 @@ struct TableReader {
         for k in t.keys {
             guard let s = t[k]?.string else { throw ConfigurationError("\(name(key)).\(k) must be a string") }
             result[k] = s
+        }
+        return result
+    }
+
+    /// An array of tables (`[[key]]`).
+    mutating func tables(_ key: String) throws(ConfigurationError) -> [TableReader]? {
+        used.insert(key)
+        guard let value = table[key] else { return nil }
+        guard let array = value.array else { throw ConfigurationError("\(name(key)) must be an array of tables ([[\(name(key))]])") }
+        var result: [TableReader] = []
+        for (i, element) in array.enumerated() {
+            guard let t = element.table else { throw ConfigurationError("\(name(key)) must be an array of tables ([[\(name(key))]])") }
+            result.append(TableReader(t, path: "\(name(key))[\(i)]"))
         }
         return result
     }

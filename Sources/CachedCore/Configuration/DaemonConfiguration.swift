@@ -23,6 +23,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
         /// If set, only peers in one of these groups (names or numbers; primary or supplementary) may connect.
         /// When both lists are set, a peer allowed by either is accepted.
         public var allowGroups: [String]?
+        /// Per-key access by peer (`[[access]]`); empty: every peer that may connect may do everything.
+        public var access: [AccessRule] = []
         /// The time in-flight requests get to finish at shutdown; the rest are answered -32007.
         public var shutdownTimeout: Duration = .seconds(10)
         public init() {}

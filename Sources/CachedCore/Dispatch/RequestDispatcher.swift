@@ -19,6 +19,8 @@ public final class RequestDispatcher: Sendable {
     /// The near caches' proof (the staleness bound), once the daemon made it.
     let proofPublisher = NIOLockedValueBox<ProofPublisher?>(nil)
     private let configuration: NIOLockedValueBox<DaemonConfiguration>
+    /// Per-key access (`[[access]]`): the rules in force and what they refused.
+    let access: AccessControl
     private let startTime = NIODeadline.now()
     let logger: Logger
 
@@ -32,6 +34,7 @@ public final class RequestDispatcher: Sendable {
         self.handlers = handlers ?? HandlerRegistry(factory: { key, _ in UnavailableHandler(key: key) })
         self.configuration = NIOLockedValueBox(configuration)
         self.logger = logger
+        self.access = AccessControl(rules: configuration.live.access, logger: logger)
         self.metrics = MetricsExporter(topKeys: configuration.startup.metrics.topKeys)
         let tracking = ClientTracking(logger: logger)
         self.tracking = tracking
@@ -51,6 +54,12 @@ public final class RequestDispatcher: Sendable {
     /// Replaces the live configuration (TTLs and key settings take effect for the next request).
     public func updateConfiguration(_ new: DaemonConfiguration) {
         configuration.withLockedValue { $0 = new }
+        if access.update(new.live.access) {
+            // Near caches may hold entries of keys their peer can no longer read: every tracking connection
+            // drops everything (a notification that names nothing), and open connections use the new rules
+            // from their next request.
+            tracking.changedAll()
+        }
     }
 
     /// Where a request is counted: its event loop's shard (``Stats/Shard``).
@@ -86,6 +95,19 @@ public final class RequestDispatcher: Sendable {
 
     /// Runs a `get` whose params are already validated (by ``FastGetRequest`` or ``GetParams``).
     public func run(_ params: GetParams, context: RequestContext) -> Completion {
+        var params = params
+        if let access = context.control?.access {
+            // Checked before anything else. A peer that may read but not write never takes a lease (it could
+            // not store the value): its miss is answered like a `"lease": false` get.
+            switch access.access(params.address.key) {
+            case .write: break
+            case .read: params.mayLease = false
+            case .none:
+                let refusal = access.refusal(.read(key: params.address.key), method: "get")
+                counters(context).record(method: "get", key: params.address.key, outcome: .error(refusal.code))
+                return .later(context.eventLoop.makeFailedFuture(refusal))
+            }
+        }
         // A tracking connection's get is tracked before the lookup: a change from then on is notified.
         let tracked = context.control.map { control in
             guard control.isTracking else { return false }
@@ -252,6 +274,7 @@ public final class RequestDispatcher: Sendable {
             trackingStatus = .object(t)
         }
         members["tracking"] = trackingStatus
+        members["access"] = access.status
         return (.object(members), latency)
     }
 

@@ -172,6 +172,13 @@ public final class MetricsExporter: Sendable {
             gauge("cached_fills_in_flight", fills?["fillsInFlight"]?.double, help: "Handler flights under way.")
             gauge("cached_leases_out", fills?["leasesOut"]?.double, help: "Leases held by clients now.")
 
+            for (rule, keys) in s["access"]?["refusedBy"]?.members ?? [] {
+                for (key, n) in keys.members ?? [] {
+                    counter(
+                        "cached_access_refused_total", labels: [("rule", rule), ("key", key)], n.double,
+                        help: "Requests refused by the [[access]] rules, by the peer's rules and key ((admin): stats or metrics; (any): a peer no rule names).")
+                }
+            }
             let tracking = s["tracking"]
             gauge("cached_tracking_connections", tracking?["connections"]?.double, help: "Client connections that asked for tracking (near caches).")
             gauge("cached_tracking_entries", tracking?["entries"]?.double, help: "Entries tracked for those connections.")

@@ -114,21 +114,26 @@ public final class CacheServer: Sendable {
                         channel,
                         .limitExceeded("Too many connections (limit \(limits.maxConnections))", limit: "max_connections", value: limits.maxConnections))
                 }
-                let policy = AccessPolicy(configuration: dispatcher.currentConfiguration)
-                let serve: @Sendable () -> EventLoopFuture<Void> = {
+                let policy = ConnectionGate(configuration: dispatcher.currentConfiguration)
+                let serve: @Sendable (PeerCredentials?) -> EventLoopFuture<Void> = { peer in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandlers([
                             ConnectionDeadlineHandler(
                                 lineTimeout: limits.lineTimeout > .zero ? TimeAmount(limits.lineTimeout) : nil,
                                 idleTimeout: limits.idleTimeout > .zero ? TimeAmount(limits.idleTimeout) : nil,
                                 logger: logger),
-                            ClientConnectionHandler(dispatcher: dispatcher, limits: limits, logger: logger, answerBuffers: answerBuffers),
+                            ClientConnectionHandler(
+                                dispatcher: dispatcher, limits: limits, logger: logger, answerBuffers: answerBuffers, peer: peer),
                         ])
                     }
                 }
-                guard policy.isRestricted else { return serve() }
+                // The peer is read at accept: the connection gate, and the per-key access rules (`[[access]]`, which a
+                // reload can add, so always) go by it.
+                guard policy.isRestricted else {
+                    return PeerCredentials.of(channel).map(Optional.some).recover { _ in nil }.flatMap(serve)
+                }
                 return PeerCredentials.of(channel).flatMap { peer in
-                    if policy.allows(peer) { return serve() }
+                    if policy.allows(peer) { return serve(peer) }
                     dispatcher.stats.connectionRefused()
                     logger.warning("connection refused: peer not allowed", metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)"])
                     return Self.refuse(channel, CachedError(.accessDenied, "Access denied for uid \(peer.uid)"))
@@ -147,7 +152,7 @@ public final class CacheServer: Sendable {
             do {
                 chmod(path, mode_t(configuration.startup.socketMode))
                 if let groupName = configuration.startup.socketGroup {
-                    guard let gid = AccessPolicy.groupID(groupName) else {
+                    guard let gid = ConnectionGate.groupID(groupName) else {
                         throw ConfigurationError("socket_group: no group named \(groupName)")
                     }
                     guard chown(path, uid_t.max, gid) == 0 else {

@@ -49,8 +49,15 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     /// What the daemon's client tracking needs of this connection (set when the handler is added).
     private var control: ConnectionControl?
 
-    init(dispatcher: RequestDispatcher, limits: DaemonConfiguration.Limits, logger: Logger, answerBuffers: LoopAnswerBuffers? = nil) {
+    /// The peer, from `SO_PEERCRED` at accept (nil: unknown).
+    private let peer: PeerCredentials?
+
+    init(
+        dispatcher: RequestDispatcher, limits: DaemonConfiguration.Limits, logger: Logger, answerBuffers: LoopAnswerBuffers? = nil,
+        peer: PeerCredentials? = nil
+    ) {
         self.dispatcher = dispatcher
+        self.peer = peer
         self.answerBuffers = answerBuffers
         self.limits = limits
         self.logger = logger
@@ -64,7 +71,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler, TickFlushing {
     func handlerAdded(context: ChannelHandlerContext) {
         stats = dispatcher.stats.shard(for: context.eventLoop)
         answerBuffer = answerBuffers?.of(context.eventLoop) ?? LoopAnswerBuffer(eventLoop: context.eventLoop)
-        control = ConnectionControl(id: connectionID, channel: context.channel)
+        control = ConnectionControl(
+            id: connectionID, channel: context.channel,
+            access: ConnectionAccess(peer: peer, control: dispatcher.access, eventLoop: context.eventLoop))
     }
 
     /// `timeout`: the request's own (seconds), nil for `[limits] request_timeout`. The deadline counts from

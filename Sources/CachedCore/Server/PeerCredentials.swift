@@ -24,7 +24,7 @@ public struct PeerCredentials: Sendable, Hashable, CustomStringConvertible {
 }
 
 /// Who may connect: `allow_uids` and `allow_groups`.
-struct AccessPolicy: Sendable {
+struct ConnectionGate: Sendable {
     var uids: Set<UInt32>?
     var gids: Set<UInt32>?
 

@@ -23,9 +23,13 @@ public final class ConnectionControl: Sendable {
         case on(ConnectionControl)
     }
 
-    init(id: ConnectionID, channel: any Channel) {
+    /// The peer's permissions (`[[access]]`); nil: not from a client socket (everything allowed).
+    let access: ConnectionAccess?
+
+    init(id: ConnectionID, channel: any Channel, access: ConnectionAccess? = nil) {
         self.id = id
         self.channel = channel
+        self.access = access
     }
 
     var isTracking: Bool { tracking.load(ordering: .relaxed) }
@@ -105,7 +109,10 @@ public final class ClientTracking: Sendable {
     /// connection is waiting for that token.
     func claim(_ token: String, by notifier: ConnectionControl) -> Bool {
         state.withLockedValue { state in
-            guard let tracked = state.unclaimed.removeValue(forKey: token) else { return false }
+            guard let tracked = state.unclaimed[token] else { return false }
+            // Another peer's notifications would name entries only the tracked connection's peer may read.
+            guard tracked.access?.peer?.uid == notifier.access?.peer?.uid else { return false }
+            state.unclaimed[token] = nil
             guard case .waiting(let waiting) = tracked.notifier.withLockedValue({ $0 }), waiting == token else { return false }
             tracked.notifier.withLockedValue { $0 = .on(notifier) }
             state.notifiers[notifier.id] = tracked
@@ -171,6 +178,14 @@ public final class ClientTracking: Sendable {
         guard let channel = control.notificationChannel else {
             // Its notification connection has not claimed them yet: its client keeps nothing until it has.
             return control.channel.eventLoop.makeSucceededVoidFuture()
+        }
+        var notification = notification
+        if case .entries(let entries) = notification, let access = control.access,
+            !entries.allSatisfy({ access.mayRead(fromAnyThread: $0.key) })
+        {
+            // Never name an entry of a key the peer may not read (now: a reload can take a permission away):
+            // its near cache drops everything instead, which names nothing.
+            notification = .all
         }
         var buffer = channel.allocator.buffer(capacity: 128)
         buffer.writeInvalidateNotification(notification)

@@ -43,6 +43,9 @@ public struct CachedError: Error, Sendable, Hashable, CustomStringConvertible {
         /// be answered. Work other requests wait for (a handler fill, a lease) goes on for them; a write
         /// that was sent may still take effect.
         public static let deadlineExceeded = Code(rawValue: -32009)
+        /// The peer may connect, but this request needs a permission its `[[access]]` rules do not give (read
+        /// or write on the key, or admin); the message says which, e.g. "uid 33 may not write Student".
+        public static let accessRefused = Code(rawValue: -32010)
 
         public var description: String { String(rawValue) }
     }

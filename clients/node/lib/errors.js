@@ -17,6 +17,7 @@ const codes = Object.freeze({
   SHUTTING_DOWN: -32007,
   ACCESS_DENIED: -32008,
   DEADLINE_EXCEEDED: -32009,
+  ACCESS_REFUSED: -32010,
   /** Not a JSON-RPC code (the daemon never sends it): the client could not reach the daemon, or the
    * connection ended before the answer (CachedConnectionError). */
   CONNECTION_ERROR: -1,

@@ -29,6 +29,7 @@ class CachedException extends \RuntimeException
     public const SHUTTING_DOWN = -32007;
     public const ACCESS_DENIED = -32008;
     public const DEADLINE_EXCEEDED = -32009;
+    public const ACCESS_REFUSED = -32010;
 
     /**
      * @param string $message the daemon's message

@@ -24,6 +24,8 @@ enum ErrorCode: int
     case ShuttingDown = -32007;
     case AccessDenied = -32008;
     case DeadlineExceeded = -32009;
+    /** The peer's [[access]] rules do not allow this request ("uid 33 may not write Student"); the connection stays open. */
+    case AccessRefused = -32010;
 
     /**
      * Whether the daemon closes the connection after this error (the client then discards it).

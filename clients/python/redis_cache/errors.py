@@ -26,6 +26,8 @@ OVERLOADED = -32006
 SHUTTING_DOWN = -32007
 ACCESS_DENIED = -32008
 DEADLINE_EXCEEDED = -32009
+#: The peer may connect, but its ``[[access]]`` rules do not allow this request ("uid 33 may not write Student").
+ACCESS_REFUSED = -32010
 
 
 class CachedError(Exception):
