@@ -19,13 +19,17 @@ package final class Reconnector<Connection: AnyObject & Sendable>: Sendable {
     private let closeFuture: @Sendable (Connection) -> EventLoopFuture<Void>
     private let close: @Sendable (Connection) -> EventLoopFuture<Void>
     private let onEvent: @Sendable (Event) -> Void
-    private let state: NIOLockedValueBox<State>
+    /// Confined to ``eventLoop``: every step (start, attempts, losses, retries, shutdown) runs there.
+    private let state: NIOLoopBoundBox<State>
+    /// The connection that is up, for readers on any thread (requests pick a connection from their own loop);
+    /// written only on ``eventLoop``.
+    private let published = NIOLockedValueBox<Connection?>(nil)
 
     struct State {
         var machine: ReconnectStateMachine
-        var connection: Connection?
-        var retry: Scheduled<Void>?
-        var firstAttempt: EventLoopPromise<Void>?
+        var connection: Connection? = nil
+        var retry: Scheduled<Void>? = nil
+        var firstAttempt: EventLoopPromise<Void>? = nil
     }
 
     /// - Parameters:
@@ -45,64 +49,75 @@ package final class Reconnector<Connection: AnyObject & Sendable>: Sendable {
         self.closeFuture = closeFuture
         self.close = close
         self.onEvent = onEvent
-        self.state = NIOLockedValueBox(State(machine: ReconnectStateMachine(backoff: backoff)))
+        self.state = NIOLoopBoundBox.makeBoxSendingValue(State(machine: ReconnectStateMachine(backoff: backoff)), eventLoop: eventLoop)
     }
 
     /// The connection that is up, if any.
     package var current: Connection? {
-        state.withLockedValue { $0.connection }
+        published.withLockedValue { $0 }
+    }
+
+    /// Sets the connection in use (on ``eventLoop``).
+    private func use(_ connection: Connection?) {
+        state.value.connection = connection
+        published.withLockedValue { $0 = connection }
     }
 
     /// Starts connecting; returns once the first attempt has ended (up or not).
     package func start() async {
         let promise = eventLoop.makePromise(of: Void.self)
-        let action = state.withLockedValue { state -> ReconnectStateMachine.Action in
-            state.firstAttempt = promise
-            return state.machine.start()
-        }
-        if action == .connect {
-            eventLoop.execute { self.attempt() }
-        } else {
-            promise.succeed()
+        eventLoop.execute {
+            self.state.value.firstAttempt = promise
+            if self.state.value.machine.start() == .connect {
+                self.attempt()
+            } else {
+                self.state.value.firstAttempt = nil
+                promise.succeed()
+            }
         }
         try? await promise.futureResult.get()
     }
 
     /// Stops reconnecting and closes the connection.
     package func shutdown() async {
-        let (action, connection, retry, first) = state.withLockedValue { state in
-            let result = (state.machine.stop(), state.connection, state.retry, state.firstAttempt)
-            state.connection = nil
-            state.retry = nil
-            state.firstAttempt = nil
-            return result
+        let closing: EventLoopFuture<Void> = eventLoop.flatSubmit {
+            let action = self.state.value.machine.stop()
+            let (connection, retry, first) = (self.state.value.connection, self.state.value.retry, self.state.value.firstAttempt)
+            self.use(nil)
+            self.state.value.retry = nil
+            self.state.value.firstAttempt = nil
+            first?.succeed()
+            guard action == .shutDown else { return self.eventLoop.makeSucceededVoidFuture() }
+            retry?.cancel()
+            guard let connection else { return self.eventLoop.makeSucceededVoidFuture() }
+            return self.close(connection)
         }
+        try? await closing.get()
+    }
+
+    /// Ends the wait of ``start()`` (the first attempt is over, whatever its outcome).
+    private func endFirstAttempt() {
+        let first = state.value.firstAttempt
+        state.value.firstAttempt = nil
         first?.succeed()
-        guard action == .shutDown else { return }
-        retry?.cancel()
-        if let connection { try? await close(connection).get() }
     }
 
     private func attempt() {
-        connect().whenComplete { result in
+        connect().hop(to: eventLoop).whenComplete { result in
             switch result {
             case .success(let connection):
-                let (action, failures, first) = self.state.withLockedValue { state in
-                    let failures = state.machine.failures
-                    let action = state.machine.attemptSucceeded()
-                    if action == .use { state.connection = connection }
-                    defer { state.firstAttempt = nil }
-                    return (action, failures, state.firstAttempt)
-                }
-                first?.succeed()
+                let failures = self.state.value.machine.failures
+                let action = self.state.value.machine.attemptSucceeded()
+                self.endFirstAttempt()
                 guard action == .use else {
                     _ = self.close(connection)
                     return
                 }
-                self.closeFuture(connection).whenComplete { _ in self.lost(connection) }
+                self.use(connection)
+                self.closeFuture(connection).hop(to: self.eventLoop).whenComplete { _ in self.lost(connection) }
                 self.onEvent(.up(connection, afterFailures: failures))
             case .failure(let error):
-                let action = self.state.withLockedValue { $0.machine.attemptFailed(random: Double.random(in: 0...1)) }
+                let action = self.state.value.machine.attemptFailed(random: Double.random(in: 0...1))
                 if case .retry(let delay, let failures) = action {
                     self.onEvent(.failed(error, failures: failures, retry: delay))
                 }
@@ -112,31 +127,20 @@ package final class Reconnector<Connection: AnyObject & Sendable>: Sendable {
     }
 
     private func lost(_ connection: Connection) {
-        let action = state.withLockedValue { state -> ReconnectStateMachine.Action in
-            guard state.connection === connection else { return .none }
-            state.connection = nil
-            return state.machine.connectionLost(random: Double.random(in: 0...1))
-        }
+        guard state.value.connection === connection else { return }
+        use(nil)
+        let action = state.value.machine.connectionLost(random: Double.random(in: 0...1))
         guard action != .none else { return }
         onEvent(.lost(connection))
         run(action)
     }
 
     private func run(_ action: ReconnectStateMachine.Action) {
-        let first = state.withLockedValue { state in
-            defer { state.firstAttempt = nil }
-            return state.firstAttempt
+        endFirstAttempt()
+        guard case .retry(let delay, _) = action, !state.value.machine.isStopped else { return }
+        state.value.retry = eventLoop.scheduleTask(in: delay) {
+            self.state.value.retry = nil
+            if self.state.value.machine.retryDue() == .connect { self.attempt() }
         }
-        first?.succeed()
-        guard case .retry(let delay, _) = action else { return }
-        let task = eventLoop.scheduleTask(in: delay) {
-            let next = self.state.withLockedValue { $0.machine.retryDue() }
-            if next == .connect { self.attempt() }
-        }
-        let stopped = state.withLockedValue { state in
-            if !state.machine.isStopped { state.retry = task }
-            return state.machine.isStopped
-        }
-        if stopped { task.cancel() }
     }
 }
