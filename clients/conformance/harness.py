@@ -266,7 +266,7 @@ class Daemon:
         if store != "redis":
             lines = [line for line in lines if "redis-only" not in line]
         self.config = directory / "cached.toml"
-        self.config.write_text("".join(lines))
+        self.config.write_text("".join(lines).replace("@UID@", str(os.getuid())))
         self.starts = 0
 
     def start(self) -> None:
