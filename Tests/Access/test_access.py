@@ -410,3 +410,70 @@ def test_cachectl_and_the_python_shim_show_the_refusal(daemon: Daemon, users: di
     assert "stored: 0" in out.stdout, out  # pyredis-cache's contract: 0, and the reason logged
     assert "log: " in out.stdout and "uid %d may not write Class" % r in out.stdout, out
     assert "code: True uid %d may not write Class" % r in out.stdout, out
+
+
+def test_no_bypass_from_a_read_only_peer(daemon: Daemon, users: dict) -> None:
+    """Every method, alone, as a notification (no id), in a batch of one, in a batch of all, and in a batch
+    whose members are notifications, from a peer that may only read Student: only reads of Student, ping and
+    track go through, nothing reaches Redis, and every request with an id gets exactly one answer."""
+    reader, writer, root = Peer(daemon, READER), Peer(daemon, WRITER), Peer(daemon, None)
+    r = users[READER]
+    try:
+        assert writer.call("set", entry("Student", 1, value="seed"))["result"]["stored"] is True
+        assert writer.call("set", entry("Class", 1, value="seed"))["result"]["stored"] is True
+        assert writer.call("set", entry("Student", 1, value="in a hash", hashKey="Class", hashId=9))["result"]["stored"] is True
+        before = sorted(daemon.redis.command([b"KEYS", b"*"]))
+        values_before = {k: daemon.redis.command([b"DUMP", k]) for k in before}
+        requests = [
+            ("get", entry("Student", 1, lease=False), True),
+            ("get", entry("Student", 2), True),  # a miss: never a lease (it may not write)
+            ("get", entry("Class", 1), False),
+            ("get", entry("Student", 1, hashKey="Class", hashId=9, lease=False), True),
+            ("get", entry("Class", 1, hashKey="Student", hashId=9), False),
+            ("set", entry("Student", 1, value="x"), False),
+            ("set", entry("Student", 1, value="x", hashKey="Class", hashId=9), False),
+            ("set", entry("Class", 1, value="x"), False),
+            ("delete", entry("Student", 1), False),
+            ("delete", entry("Class", 1), False),
+            ("deleteHash", {"hashKey": "Student", "hashId": 1}, False),
+            ("deleteHash", {"hashKey": "Class", "hashId": 9}, False),
+            ("release", entry("Student", 2, lease="forged"), False),
+            ("stats", None, False),
+            ("metrics", None, False),
+            ("ping", None, True),
+            ("track", {"enabled": False}, True),
+        ]
+
+        def check(answer: dict, method: str, params: Optional[dict], allowed: bool) -> None:
+            if allowed:
+                assert "result" in answer, (method, params, answer)
+                if method == "get":
+                    assert "lease" not in answer["result"], answer
+            else:
+                assert answer.get("error", {}).get("code") == REFUSED, (method, params, answer)
+                assert answer["error"]["message"].startswith("uid %d may not" % r), answer
+
+        for method, params, allowed in requests:
+            check(reader.send(reader.message(method, params)), method, params, allowed)
+            notification = reader.message(method, params)
+            del notification["id"]
+            batch_with_notification = [notification, reader.message("ping")]
+            answers = reader.send(batch_with_notification)
+            assert [a["id"] for a in answers] == [batch_with_notification[1]["id"]], answers  # one answer: the ping's
+            one = reader.message(method, params)
+            (answer,) = reader.send([one])
+            check(answer, method, params, allowed)
+        batch = [reader.message(m, p) for m, p, _ in requests]
+        answers = {a["id"]: a for a in reader.send(batch)}
+        assert len(answers) == len(batch)
+        for message, (method, params, allowed) in zip(batch, requests):
+            check(answers[message["id"]], method, params, allowed)
+        # Notifications of another peer's tracking connection cannot be claimed.
+        t = writer.call("track", {"separate": True})["result"]["token"]
+        assert reader.call("notifications", {"token": t})["error"]["code"] == -32602
+        after = sorted(daemon.redis.command([b"KEYS", b"*"]))
+        assert after == before and {k: daemon.redis.command([b"DUMP", k]) for k in after} == values_before
+        assert root.call("stats")["result"]["access"]["refused"] > 0
+    finally:
+        for p in (reader, writer, root):
+            p.close()
