@@ -10,7 +10,7 @@ REDIS_URL ?=
 ## keep them, so a violation still traps in the tests.
 RELEASE_FLAGS ?= -c release -Xswiftc -enforce-exclusivity=unchecked
 
-.PHONY: all deps build release run test test-swift test-python test-coherence test-access test-clients test-node test-go test-php test-interop soak soak-sentinel soak-cluster install clean bench fuzz fuzz-replay
+.PHONY: all deps build release run test test-swift test-python test-coherence test-access test-allocations test-clients test-node test-go test-php test-interop soak soak-sentinel soak-cluster install clean bench fuzz fuzz-replay
 
 all: build
 
@@ -28,6 +28,10 @@ release: deps
 ## Per-key access ([[access]]): clients run as users the test makes (needs root, setpriv, useradd).
 test-access: build
 	CACHED_BIN=$$($(SWIFT) build --show-bin-path)/cached $(PYTHON) -m pytest Tests/Access -q
+
+## Heap allocations per get hit (a preloaded malloc counter), gated at the figure in Tests/Allocations.
+test-allocations: build
+	CACHED_BIN=$$($(SWIFT) build --show-bin-path)/cached $(PYTHON) -m pytest Tests/Allocations -q
 
 test-coherence:
 	CACHED_BIN=$$($(SWIFT) build --show-bin-path)/cached $(PYTHON) -m pytest Tests/Coherence -q
@@ -70,6 +74,7 @@ test: build
 	$(MAKE) test-python
 	$(MAKE) test-clients
 	$(MAKE) test-access
+	$(MAKE) test-allocations
 	$(MAKE) test-coherence
 
 ## The Node.js, Go and PHP clients, each with its own runner and the shared conformance suite

@@ -334,7 +334,7 @@ class Bench:
             lines += ["[[access]]", 'name = "team%d"' % i, "users = [%d]" % (60000 + i),
                       'read = ["Team%dStudent", "Team%dClass", "Team%d*"]' % (i, i, i), 'write = ["Team%dSession"]' % i, ""]
         lines += ["[[access]]", 'name = "bench"', "users = [%d]" % os.getuid(),
-                  'read = ["Student", "Class", "Bench", "Report*"]', 'write = ["Session"]', ""]
+                  'read = ["Student", "Class", "Report*"]', 'write = ["Session", "Bench"]', ""]
         return lines
 
     def handler_key(self, name, func, workers, count_file, settings=(), stamp=False):
