@@ -43,16 +43,16 @@ struct AccessTests {
 
     @Test func permissionsAreTheUnionOfTheRulesThatNameThePeer() throws {
         let rules = AccessRules(try Self.rules())
-        let reader = rules.permissions(uid: 4242, groups: [1])
+        let reader = rules.permissions(uid: 4242, groups: { [1] })
         #expect(reader.rules == ["readers"] && reader.access("Student") == .read && reader.access("Class") == .none && !reader.admin)
-        let both = rules.permissions(uid: 4242, groups: [4343])
+        let both = rules.permissions(uid: 4242, groups: { [4343] })
         #expect(both.rules == ["readers", "billing"] && both.label == "readers+billing")
         #expect(both.access("Student") == .read && both.access("Class") == .write && both.access("Billing") == .read)
-        let nobody = rules.permissions(uid: 1, groups: [1])
+        let nobody = rules.permissions(uid: 1, groups: { [1] })
         #expect(nobody.rules.isEmpty && nobody.label == "(none)" && nobody.access("Student") == .none)
-        #expect(rules.permissions(uid: 4444, groups: []).admin)
+        #expect(rules.permissions(uid: 4444, groups: { [] }).admin)
         // Without any rule, everything is allowed (the socket's mode and allow_uids are the gate).
-        let open = AccessRules([]).permissions(uid: 1, groups: [])
+        let open = AccessRules([]).permissions(uid: 1, groups: { [] })
         #expect(!open.restricted && open.access("Anything") == .write && open.admin)
     }
 

@@ -65,7 +65,7 @@ final class AccessControl: Sendable {
     }
 
     /// The permissions of a peer under the rules in force, and their generation.
-    func permissions(uid: UInt32, groups: Set<UInt32>) -> (UInt64, Permissions) {
+    func permissions(uid: UInt32, groups: () -> Set<UInt32>) -> (UInt64, Permissions) {
         current.withLockedValue { ($0.generation, $0.rules.permissions(uid: uid, groups: groups)) }
     }
 
@@ -136,8 +136,9 @@ final class AccessControl: Sendable {
 final class ConnectionAccess: Sendable {
     /// From `SO_PEERCRED` at accept (nil: none could be read; with rules, such a peer may only `ping`).
     let peer: PeerCredentials?
-    /// Its primary group and the supplementary groups of its user.
-    private let groups: Set<UInt32>
+    /// Its primary group and the supplementary groups of its user, looked up (in the user database) the first
+    /// time a rule that names groups needs them.
+    private let groupsFound = NIOLockedValueBox<Set<UInt32>?>(nil)
     private let control: AccessControl
     private let state: NIOLoopBoundBox<State>
     /// The same permissions for other threads (tracking notifications), with their generation.
@@ -153,14 +154,28 @@ final class ConnectionAccess: Sendable {
 
     init(peer: PeerCredentials?, control: AccessControl, eventLoop: any EventLoop) {
         self.peer = peer
-        let groups = peer.map { ConnectionGate.groups(ofUID: $0.uid, primary: $0.gid).union([$0.gid]) } ?? []
-        self.groups = groups
         self.control = control
+        let groupsFound = self.groupsFound
+        let groups = { Self.groups(of: peer, found: groupsFound) }
         let (generation, permissions) =
             peer.map { control.permissions(uid: $0.uid, groups: groups) }
             ?? (control.generation.load(ordering: .acquiring), Self.withoutCredentials(control))
         self.state = NIOLoopBoundBox(State(generation: generation, permissions: permissions), eventLoop: eventLoop)
         self.shared = NIOLockedValueBox((generation, permissions))
+    }
+
+    /// The peer's primary and supplementary gids (looked up once).
+    private static func groups(of peer: PeerCredentials?, found: NIOLockedValueBox<Set<UInt32>?>) -> Set<UInt32> {
+        guard let peer else { return [] }
+        if let known = found.withLockedValue({ $0 }) { return known }
+        let groups = ConnectionGate.groups(ofUID: peer.uid, primary: peer.gid).union([peer.gid])
+        found.withLockedValue { $0 = groups }
+        return groups
+    }
+
+    private var groups: () -> Set<UInt32> {
+        let (peer, found) = (self.peer, groupsFound)
+        return { Self.groups(of: peer, found: found) }
     }
 
     /// A peer whose credentials could not be read: everything without rules, only `ping` with them.

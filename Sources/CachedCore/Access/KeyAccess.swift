@@ -70,10 +70,12 @@ struct AccessRules: Sendable {
     /// Whether any rule is configured (without one, every peer that may connect may do everything).
     var isEmpty: Bool { rules.isEmpty }
 
-    /// The permissions of a peer with `uid` and `groups` (its primary and supplementary gids).
-    func permissions(uid: UInt32, groups: Set<UInt32>) -> Permissions {
+    /// The permissions of a peer with `uid` and `groups` (its primary and supplementary gids; asked for only
+    /// when some rule names groups: they come from the user database).
+    func permissions(uid: UInt32, groups: () -> Set<UInt32>) -> Permissions {
         guard !rules.isEmpty else { return .unrestricted }
-        let matching = rules.filter { $0.uids.contains(uid) || !$0.gids.isDisjoint(with: groups) }
+        let gids = rules.contains { !$0.gids.isEmpty } ? groups() : []
+        let matching = rules.filter { $0.uids.contains(uid) || !$0.gids.isDisjoint(with: gids) }
         return Permissions(
             restricted: true, rules: matching.map(\.name), read: matching.flatMap(\.read), write: matching.flatMap(\.write),
             admin: matching.contains { $0.admin })
