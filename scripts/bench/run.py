@@ -659,6 +659,143 @@ class Bench:
         log("  swift client: %s" % res["swift_client"])
         return res
 
+    # ---------------------------------------------------------------- client libraries vs their floor
+
+    CLIENTS_KEY = "Bench"
+    CLIENTS_ENTRIES = 64
+
+    # The Python shim's side of the clients section, run with the shim's venv (`python -c`): the same
+    # variants and output as node_client.js. Falls back to clients/python when the venv has no shim.
+    PY_CLIENTS_SCRIPT = r'''
+import json, socket, statistics, sys, time
+sock_path, calls, rounds, key, entries, root = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), sys.argv[6]
+source = "installed"
+try:
+    import redis_cache
+except ImportError:
+    sys.path.insert(0, root + "/clients/python")
+    import redis_cache
+    source = "clients/python (not installed in this interpreter)"
+
+def never(identity, *a, **k):
+    raise AssertionError("sync_func called for %r: the entry should have been a hit" % (identity,))
+
+raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+raw.connect(sock_path)
+key_json = json.dumps(key)
+buf = bytearray()
+
+def floor(i):
+    global buf
+    raw.sendall(b'{"jsonrpc":"2.0","id":%d,"method":"get","params":{"key":%s,"identity":%d}}\n' % (i, key_json.encode(), i % entries))
+    while True:
+        end = buf.find(b"\n")
+        if end >= 0:
+            line = bytes(buf[:end])
+            del buf[:end + 1]
+            return line
+        chunk = raw.recv(65536)
+        if not chunk:
+            raise EOFError("the floor connection ended")
+        buf += chunk
+
+plain = redis_cache.CacheClient(sock_path, key, never)
+near = redis_cache.CacheClient(sock_path, key, never, near_cache=entries)
+for i in range(entries):
+    a = json.loads(floor(i))
+    if (a.get("result") or {}).get("hit") is not True:
+        print(json.dumps({"language": "python", "error": "floor get of %d is not a hit: %r" % (i, a)})); sys.exit(1)
+    got = plain.get(i)
+    if got != a["result"]["value"].encode():
+        print(json.dumps({"language": "python", "error": "plain get of %d: %r" % (i, got)})); sys.exit(1)
+
+def near_state():
+    return getattr(getattr(near.connection, "_local", None), "state", None)
+
+deadline = time.monotonic() + 10
+while True:  # the near cache keeps an entry from its second read
+    for i in range(entries):
+        near.get(i)
+    st = near_state()
+    if st is not None and st.near is not None and len(st.near.entries) >= entries:
+        break
+    if time.monotonic() > deadline:
+        print(json.dumps({"language": "python", "error": "the near cache did not keep the entries"})); sys.exit(1)
+
+def run_floor(n):
+    for i in range(n):
+        floor(i)
+
+def run_plain(n, get=plain.get):
+    for i in range(n):
+        get(i % entries)
+
+def run_near(n, get=near.get):
+    for i in range(n):
+        get(i % entries)
+
+variants = (("floor", run_floor), ("plain", run_plain), ("near", run_near))
+for _, run in variants:
+    run(min(2000, calls))
+results = {name: [] for name, _ in variants}
+h0 = near_state().near.hits
+m0 = near_state().near.misses
+for _ in range(rounds):
+    for name, run in variants:
+        t0 = time.perf_counter_ns()
+        run(calls)
+        results[name].append((time.perf_counter_ns() - t0) / calls / 1000.0)
+out = {"language": "python", "runtime": sys.version.split()[0], "shim": source, "callsPerRound": calls, "rounds": rounds, "entries": entries}
+for name, xs in results.items():
+    out[name] = {"usPerCall": round(statistics.median(xs), 2), "usPerCallBest": round(min(xs), 2), "rounds": [round(x, 2) for x in xs]}
+out["near"].update(hits=near_state().near.hits - h0, misses=near_state().near.misses - m0, calls=calls * rounds)
+print(json.dumps(out))
+'''
+
+    def clients(self):
+        """A get hit's cost per call through each language's client (plain, and with its near cache where it has
+        one) beside that language's bare Unix-socket round trip (the floor), all against one daemon of its own,
+        every language's variants interleaved in rounds inside one process (median round)."""
+        a = self.a
+        config = os.path.join(self.tmp, "cached-clients.toml")
+        self.write_config(config, self.cached_redis_url(), with_handlers=False)  # no [[access]] rules
+        p, sock = self.start_cached("cached-clients", config)
+        key, n = self.CLIENTS_KEY, self.CLIENTS_ENTRIES
+        out = {"ran": True, "key": key, "entries": n, "callsPerRound": a.clients_calls, "rounds": a.clients_rounds, "languages": {}}
+        try:
+            for i in range(n):
+                value = json.dumps({"id": i, "name": "bench %d" % i, "tags": ["a", "b", "c"], "score": 12.5})
+                answer = self.rpc(sock, "set", {"key": key, "identity": i, "value": value, "ttl": 0})
+                if (answer.get("result") or {}).get("stored") is not True:
+                    return {"ran": False, "reason": "set %s/%d failed: %s" % (key, i, json.dumps(answer)[:300])}
+            args = [sock, str(a.clients_calls), str(a.clients_rounds), key, str(n)]
+            go_env = dict(os.environ, GOFLAGS="-mod=mod", GOPROXY="off")
+            plan = (
+                ("node", a.node, [a.node, os.path.join(HERE, "node_client.js")] + args, None, None),
+                ("go", a.go, [a.go, "run", "./cmd/cached-bench-client"] + args, os.path.join(ROOT, "clients", "go"), go_env),
+                ("php", a.php, [a.php, os.path.join(HERE, "php_client.php")] + args, None, None),
+                ("python", a.venv_shim, [a.venv_shim, "-c", self.PY_CLIENTS_SCRIPT] + args + [ROOT], None, None),
+            )
+            for name, tool, argv, cwd, env in plan:
+                if not shutil.which(tool):
+                    out["languages"][name] = {"skipped": "%s not found" % tool}
+                    log("  clients %s: skipped, %s not found" % (name, tool))
+                    continue
+                t0 = time.monotonic()
+                try:
+                    r = self.run(argv, timeout=600, check=False, cwd=cwd, env=env)
+                    res = json.loads(r.stdout.strip().splitlines()[-1])
+                except subprocess.TimeoutExpired:
+                    res = {"error": "timed out after 600 s"}
+                except (IndexError, ValueError):
+                    res = {"error": "exit %d: %s %s" % (r.returncode, r.stdout[-400:], r.stderr[-400:])}
+                res["seconds"] = round(time.monotonic() - t0, 1)
+                out["languages"][name] = res
+                log("  clients %s (%.0f s): %s" % (name, res["seconds"], json.dumps(res)[:600]))
+        finally:
+            self.stop(p)
+        return out
+
     def cold_once(self, sock, identity, tag):
         """One run of cold_gets.py; the handler's (or the floor's) own stamps come from the count file."""
         try:
@@ -980,7 +1117,10 @@ class Bench:
         if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
             return {"error": "valgrind not installed"}
         config = os.path.join(self.tmp, "cg.toml")
-        self.write_config(config, self.cached_redis_url(), with_handlers=False, keys=self.access_rules(self.a.access_rules))
+        # Under valgrind the daemon runs ~50x slower: a loaded machine can push a reply past the default 1 s
+        # command timeout (a -32002 in the warm-up); a longer one changes no instruction on the hit path.
+        self.write_config(config, self.cached_redis_url(), with_handlers=False,
+                          keys=["[redis_options]", "command_timeout = 10", ""] + (self.access_rules(self.a.access_rules) or []))
         out_base = os.path.join(self.tmp, "callgrind.out")
         # Valgrind 3.19 cannot read the DWARF 5 debug info of Swift 6 binaries: profile a copy without it
         # (symbols stay, so functions are still named).
@@ -1177,6 +1317,17 @@ class Bench:
         if self.wanted("python"):
             log("python per-call")
             self.results["python"] = self.python_calls(sock)
+        if self.wanted("clients"):
+            log("clients: get hit per call, %d calls x %d rounds per variant, Node / Go / PHP / Python shim vs each one's bare "
+                "Unix-socket round trip" % (a.clients_calls, a.clients_rounds))
+            t0 = time.monotonic()
+            try:
+                self.results["clients"] = self.clients()
+            except Exception as e:  # report, do not abort the other figures
+                self.results["clients"] = {"ran": False, "reason": "error: %s" % str(e)[:500]}
+            if not self.results["clients"].get("ran"):
+                log("  clients: did not run: %s" % self.results["clients"]["reason"])
+            log("  clients: %.0f s" % (time.monotonic() - t0))
         if self.wanted("cold"):
             log("1000 concurrent cold gets")
             try:
@@ -1269,6 +1420,70 @@ class Bench:
                 "redis": m.group(1) if m else redis, "rev": rev + ("+dirty" if dirty else ""),
                 "python": platform.python_version(),
                 "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+    CLIENT_LABELS = (("node", "Node.js (`clients/node`, `CachedClient`)"), ("go", "Go (`clients/go`, `cached.Client`)"),
+                     ("php", "PHP (`clients/php`, `Cached\\Client`)"), ("python", "Python shim (`clients/python`, `CacheClient`)"))
+
+    def render_clients(self, cl):
+        """The clients section: its own table (language | floor | plain | plain/floor | near | near/floor) and how it is made."""
+        def us(x):
+            return "-" if x is None else ("%.2f" % x if x < 10 else "%.1f" % x)
+
+        def ratio(x, y):
+            return "-" if x is None or not y else "%.2fx" % (x / y)
+
+        out = ["Client libraries: a get hit, us per call (median round; best round in parentheses), beside the same language's "
+               "bare Unix-socket round trip (the floor):", ""]
+        if not cl.get("ran"):
+            self.notes.append("Clients section did not run: %s" % cl.get("reason"))
+            return out + ["(did not run: see Notes)", ""]
+        out += ["| language | floor us | plain us | plain/floor | near us | near/floor |", "|---|---|---|---|---|---|"]
+        langs = cl.get("languages") or {}
+        for name, label in self.CLIENT_LABELS:
+            res = langs.get(name)
+            if res is None:
+                continue
+            if res.get("skipped"):
+                out.append("| %s | skipped: %s | - | - | - | - |" % (label, res["skipped"]))
+                self.notes.append("clients, %s: skipped (%s)" % (name, res["skipped"]))
+                continue
+            if res.get("error"):
+                out.append("| %s | could not run | - | - | - | - |" % label)
+                self.notes.append("clients, %s: %s" % (name, res["error"].replace("\n", " ")[:500]))
+                continue
+            fl, pl, nr = res.get("floor") or {}, res.get("plain") or {}, res.get("near")
+            f, pv = fl.get("usPerCall"), pl.get("usPerCall")
+            if nr:
+                nv = nr.get("usPerCall")
+                near_cell, near_ratio = "%s (%s)" % (us(nv), us(nr.get("usPerCallBest"))), ratio(nv, f)
+                if nr.get("calls") and nr.get("hits") != nr.get("calls"):
+                    self.notes.append("clients, %s near: %s of %s measured gets were near hits" % (name, nr.get("hits"), nr.get("calls")))
+            else:
+                near_cell, near_ratio = "none: %s" % res.get("nearNote", "no near cache"), "-"
+            runtime = res.get("runtime")
+            out.append("| %s%s | %s (%s) | %s (%s) | %s | %s | %s |" % (
+                label, " %s" % runtime if runtime else "", us(f), us(fl.get("usPerCallBest")), us(pv), us(pl.get("usPerCallBest")),
+                ratio(pv, f), near_cell, near_ratio))
+            if name == "python" and res.get("shim", "installed") != "installed":
+                self.notes.append("clients, python: the shim came from %s" % res["shim"])
+        out += ["",
+                "How: one daemon of its own (no handlers, no `[[access]]` rules) on the bench's redis-server; %d entries `%s`/0..%d "
+                "(small JSON values, no expiry) stored with `set`; then one process per language (`scripts/bench/node_client.js`, "
+                "`clients/go/cmd/cached-bench-client` via `go run` with `GOFLAGS=-mod=mod GOPROXY=off`, `scripts/bench/php_client.php`, "
+                "the shim's venv running the script in `run.py`) checks every entry once (a hit, the same bytes through the floor and "
+                "the client), reads each through the near-cache client until all are kept, warms each variant up for 2,000 calls, then "
+                "runs %d rounds, each running every variant for %s sequential gets of `identity = i %% %d` (floor, plain, near, floor, "
+                "...): us per call is the round's time / calls, the median round reported. floor: that language writing one "
+                "`{\"jsonrpc\":\"2.0\",\"id\":i,\"method\":\"get\",\"params\":{\"key\":\"%s\",\"identity\":i %% %d}}` line on a "
+                "raw Unix socket and reading the answer line (Node `net.createConnection`, Go `net.Dial` + `bufio.Reader`, PHP "
+                "`stream_socket_client` + `fwrite`/`fgets`, Python `socket` `sendall`/`recv`); nothing parsed. plain: the client's "
+                "`get` (Node, Go, PHP: `get` with `\"lease\": false`; the shim: its read-through `CacheClient.get`, here always a hit; "
+                "each sends its `timeout` and decodes the answer). near: the same client with its near cache (`nearCache: %d`, "
+                "`WithNearCache(%d)`, `near_cache=%d`); the measured gets are near hits (counted). The PHP client has no near cache. "
+                "Ratios within one language are from the same interleaved rounds; across languages the floors differ." % (
+                    cl["entries"], cl["key"], cl["entries"] - 1, cl["rounds"], "{:,}".format(cl["callsPerRound"]), cl["entries"],
+                    cl["key"], cl["entries"], cl["entries"], cl["entries"], cl["entries"]), ""]
+        return out
 
     def render(self):
         a, r = self.a, self.results
@@ -1625,6 +1840,9 @@ class Bench:
                        "handler log; fleet locks won and lost from the daemons' `stats` (`fleet`); latency as for cold gets, the median "
                        "round being the one with the median max over the handler's own duration." % (
                            fl["daemons"], a.handler_seconds, 10 * fl["daemons"], fl["getsPerDaemon"] // 10, 10, fl["rounds"]))
+        cl = r.get("clients")
+        if cl:
+            out += self.render_clients(cl)
         pf = r.get("perf") or {}
         if pf.get("self"):
             top = []
@@ -1646,7 +1864,7 @@ class Bench:
 
 
 # What --only can name (the --skip-* flags name the same sections).
-SECTIONS = ("throughput", "scrape", "tls", "cluster", "python", "cold", "fleet", "expiry", "perf", "idle", "callgrind")
+SECTIONS = ("throughput", "scrape", "tls", "cluster", "python", "clients", "cold", "fleet", "expiry", "perf", "idle", "callgrind")
 
 
 def sections(text):
@@ -1689,6 +1907,11 @@ def main():
     p.add_argument("--keyspace", type=int, default=10000)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--python-calls", type=int, default=20000)
+    p.add_argument("--clients-calls", type=int, default=20000, help="gets per variant per round in the clients section")
+    p.add_argument("--clients-rounds", type=int, default=5, help="interleaved rounds in the clients section (median round)")
+    p.add_argument("--node", default="node", help="node for the clients section (skipped when missing)")
+    p.add_argument("--go", default="go", help="go for the clients section (skipped when missing)")
+    p.add_argument("--php", default="php", help="php for the clients section (skipped when missing)")
     p.add_argument("--handler-seconds", default="0.2")
     p.add_argument("--fleet-gets", type=int, default=300, help="concurrent cold gets to each fleet daemon per round (a multiple of 10)")
     p.add_argument("--fleet-rounds", type=int, default=5, help="rounds of the fleet stampede, for each fleet_single_flight setting")
@@ -1705,6 +1928,7 @@ def main():
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-scrape", action="store_true", help="leave out get-hit throughput with /metrics scraped once a second")
     p.add_argument("--skip-python", action="store_true")
+    p.add_argument("--skip-clients", action="store_true", help="leave out the Node/Go/PHP/Python client rows against their floors")
     p.add_argument("--skip-callgrind", action="store_true")
     p.add_argument("--skip-perf", action="store_true")
     p.add_argument("--skip-tls", action="store_true", help="leave out the get-hit row over TLS (rediss://)")
