@@ -131,36 +131,42 @@ final class AccessControl: Sendable {
     }
 }
 
-/// One connection's peer and its permissions, worked out at accept and again when the rules change. Used on
-/// the connection's event loop only (the dispatcher checks each request there before anything else).
-final class ConnectionAccess: Sendable {
+/// One connection's peer and its permissions, worked out at accept and again when the rules change.
+///
+/// Confined to the connection's event loop, as its channel handler's fields are (the dispatcher checks each
+/// request there, before anything else): the hit path's check is an atomic load of the rules' generation and
+/// a comparison with the last key asked about, with no lock and no copy of the permissions. Only
+/// ``mayRead(fromAnyThread:)`` (tracking notifications, sent from other loops) takes the locked copy.
+final class ConnectionAccess: @unchecked Sendable {
     /// From `SO_PEERCRED` at accept (nil: none could be read; with rules, such a peer may only `ping`).
     let peer: PeerCredentials?
     /// Its primary group and the supplementary groups of its user, looked up (in the user database) the first
     /// time a rule that names groups needs them.
     private let groupsFound = NIOLockedValueBox<Set<UInt32>?>(nil)
     private let control: AccessControl
-    private let state: NIOLoopBoundBox<State>
+    private let eventLoop: any EventLoop
     /// The same permissions for other threads (tracking notifications), with their generation.
     private let shared: NIOLockedValueBox<(UInt64, Permissions)>
 
-    struct State {
-        var generation: UInt64
-        var permissions: Permissions
-        /// The last key asked about and its answer (a connection mostly asks about the same few keys).
-        var lastKey: String?
-        var lastAccess: KeyAccess = .none
-    }
+    // On `eventLoop` only (see the type's documentation); never handed out `inout`, so no run-time
+    // exclusivity checks are needed.
+    @exclusivity(unchecked) private var generation: UInt64
+    @exclusivity(unchecked) private var permissions: Permissions
+    /// The last key asked about and its answer (a connection mostly asks about the same few keys).
+    @exclusivity(unchecked) private var lastKey: String?
+    @exclusivity(unchecked) private var lastAccess: KeyAccess = .none
 
     init(peer: PeerCredentials?, control: AccessControl, eventLoop: any EventLoop) {
         self.peer = peer
         self.control = control
+        self.eventLoop = eventLoop
         let groupsFound = self.groupsFound
         let groups = { Self.groups(of: peer, found: groupsFound) }
         let (generation, permissions) =
             peer.map { control.permissions(uid: $0.uid, groups: groups) }
             ?? (control.generation.load(ordering: .acquiring), Self.withoutCredentials(control))
-        self.state = NIOLoopBoundBox(State(generation: generation, permissions: permissions), eventLoop: eventLoop)
+        self.generation = generation
+        self.permissions = permissions
         self.shared = NIOLockedValueBox((generation, permissions))
     }
 
@@ -184,26 +190,30 @@ final class ConnectionAccess: Sendable {
     }
 
     /// The permissions under the rules in force (worked out again after a reload changed them).
-    @inline(__always)
     private func refreshed() -> Permissions {
-        let generation = control.generation.load(ordering: .relaxed)
-        if state.value.generation != generation {
-            let (g, p) =
+        eventLoop.assertInEventLoop()
+        let now = control.generation.load(ordering: .relaxed)
+        if generation != now {
+            (generation, permissions) =
                 peer.map { control.permissions(uid: $0.uid, groups: groups) }
-                ?? (generation, Self.withoutCredentials(control))
-            state.value = State(generation: g, permissions: p)
+                ?? (now, Self.withoutCredentials(control))
+            lastKey = nil
         }
-        return state.value.permissions
+        return permissions
     }
 
     /// What the peer may do with `key`'s entries now.
     @inline(__always)
     func access(_ key: String) -> KeyAccess {
-        let generation = control.generation.load(ordering: .relaxed)
-        if state.value.generation == generation, let last = state.value.lastKey, last == key { return state.value.lastAccess }
+        if generation == control.generation.load(ordering: .relaxed), lastKey == key { return lastAccess }
+        return accessWorkedOut(key)
+    }
+
+    @inline(never)
+    private func accessWorkedOut(_ key: String) -> KeyAccess {
         let access = refreshed().access(key)
-        state.value.lastKey = key
-        state.value.lastAccess = access
+        lastKey = key
+        lastAccess = access
         return access
     }
 

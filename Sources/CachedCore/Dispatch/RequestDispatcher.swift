@@ -95,19 +95,29 @@ public final class RequestDispatcher: Sendable {
 
     /// Runs a `get` whose params are already validated (by ``FastGetRequest`` or ``GetParams``).
     public func run(_ params: GetParams, context: RequestContext) -> Completion {
-        var params = params
         if let access = context.control?.access {
             // Checked before anything else. A peer that may read but not write never takes a lease (it could
             // not store the value): its miss is answered like a `"lease": false` get.
             switch access.access(params.address.key) {
             case .write: break
-            case .read: params.mayLease = false
+            case .read:
+                if params.mayLease {
+                    var readOnly = params
+                    readOnly.mayLease = false
+                    return runAllowed(readOnly, context: context)
+                }
             case .none:
                 let refusal = access.refusal(.read(key: params.address.key), method: "get")
                 counters(context).record(method: "get", key: params.address.key, outcome: .error(refusal.code))
                 return .later(context.eventLoop.makeFailedFuture(refusal))
             }
         }
+        return runAllowed(params, context: context)
+    }
+
+    /// Runs a `get` the peer may make.
+    @inline(__always)
+    private func runAllowed(_ params: GetParams, context: RequestContext) -> Completion {
         // A tracking connection's get is tracked before the lookup: a change from then on is notified.
         let tracked = context.control.map { control in
             guard control.isTracking else { return false }
