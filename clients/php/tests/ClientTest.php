@@ -231,9 +231,10 @@ final class ClientTest extends DaemonTestCase
         $socket = $this->harness()->socket;
         $id = self::unique();
         $children = [];
-        for ($i = 0; $i < 6; $i++) {
+        // The issue's stampede: 100 processes (PHP-FPM workers are processes) fetch one cold entry at once.
+        for ($i = 0; $i < 100; $i++) {
             $children[] = $this->startStep($socket, ['op' => 'fetch', 'key' => 'Session', 'identity' => $id, 'client' => "c$i",
-                'fill' => ['value' => ['utf8' => "from child $i"], 'delayMs' => 300]]);
+                'fill' => ['value' => ['utf8' => "from child $i"], 'delayMs' => 1000]]);
         }
         $outcomes = array_map(fn (array $pipes): array => $this->finish($pipes), $children);
         $filled = array_values(array_filter($outcomes, static fn (array $o): bool => $o['fillCalled'] === true));
