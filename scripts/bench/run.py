@@ -322,6 +322,17 @@ class Bench:
         with open(path, "w") as f:
             f.write("\n".join(lines))
 
+    def timed_section(self, name, measure):
+        """Runs a section that reports {"ran": ...}: its failure is reported, never aborts the other figures."""
+        t0 = time.monotonic()
+        try:
+            self.results[name] = measure()
+        except Exception as e:  # report, do not abort the other figures
+            self.results[name] = {"ran": False, "reason": "error: %s" % str(e)[:500]}
+        if not self.results[name].get("ran"):
+            log("  %s: did not run: %s" % (name, self.results[name]["reason"]))
+        log("  %s: %.0f s" % (name, time.monotonic() - t0))
+
     @staticmethod
     def access_rules(n):
         """`n` [[access]] rules (#26's cost target): n - 1 for other uids, each with a few patterns, and last the
@@ -1320,14 +1331,7 @@ print(json.dumps(out))
         if self.wanted("clients"):
             log("clients: get hit per call, %d calls x %d rounds per variant, Node / Go / PHP / Python shim vs each one's bare "
                 "Unix-socket round trip" % (a.clients_calls, a.clients_rounds))
-            t0 = time.monotonic()
-            try:
-                self.results["clients"] = self.clients()
-            except Exception as e:  # report, do not abort the other figures
-                self.results["clients"] = {"ran": False, "reason": "error: %s" % str(e)[:500]}
-            if not self.results["clients"].get("ran"):
-                log("  clients: did not run: %s" % self.results["clients"]["reason"])
-            log("  clients: %.0f s" % (time.monotonic() - t0))
+            self.timed_section("clients", self.clients)
         if self.wanted("cold"):
             log("1000 concurrent cold gets")
             try:
@@ -1338,14 +1342,7 @@ print(json.dumps(out))
         if self.wanted("fleet"):
             log("cold stampede across %d daemons sharing one redis-server, %d gets to each, %d rounds per setting" % (
                 self.FLEET_DAEMONS, a.fleet_gets, a.fleet_rounds))
-            t0 = time.monotonic()
-            try:
-                self.results["fleet"] = self.fleet()
-            except Exception as e:  # report, do not abort the other figures
-                self.results["fleet"] = {"ran": False, "reason": "error: %s" % str(e)[:500]}
-            if not self.results["fleet"].get("ran"):
-                log("  fleet: did not run: %s" % self.results["fleet"]["reason"])
-            log("  fleet: %.0f s" % (time.monotonic() - t0))
+            self.timed_section("fleet", self.fleet)
         if self.wanted("expiry"):
             log("one hot entry across expiry boundaries (ttl %d s), stale_ttl 0 and %d, %g gets/s for %g s, %d rounds each" % (
                 self.EXPIRY_TTL, self.EXPIRY_STALE_TTL, a.expiry_rate, a.expiry_seconds, a.repeat))

@@ -49,7 +49,7 @@ final class AccessControl: Sendable {
         let compiled = AccessRules(rules)
         for line in compiled.unknown { logger.warning("\(line): the rule cannot match it") }
         return current.withLockedValue { state in
-            guard state.rules.rules.map(\.name) != compiled.rules.map(\.name) || Self.differ(state.rules, compiled) else { return false }
+            guard Self.differ(state.rules, compiled) else { return false }
             state.rules = compiled
             state.generation += 1
             generation.store(state.generation, ordering: .releasing)
@@ -60,7 +60,7 @@ final class AccessControl: Sendable {
     private static func differ(_ a: AccessRules, _ b: AccessRules) -> Bool {
         guard a.rules.count == b.rules.count else { return true }
         return zip(a.rules, b.rules).contains { x, y in
-            x.uids != y.uids || x.gids != y.gids || x.read != y.read || x.write != y.write || x.admin != y.admin
+            x.name != y.name || x.uids != y.uids || x.gids != y.gids || x.read != y.read || x.write != y.write || x.admin != y.admin
         }
     }
 

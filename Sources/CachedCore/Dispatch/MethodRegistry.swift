@@ -27,9 +27,12 @@ struct MethodHandler: Sendable {
         let method = Parameters.method.rawValue
         body = { dispatcher, params, context throws(CachedError) in
             let parameters = try Parameters(params)
-            if let peer = context.control?.access, let refusal = peer.check(access(parameters), method: method) {
-                dispatcher.counters(context).record(method: method, key: Self.key(of: access(parameters)), outcome: .error(refusal.code))
-                return context.eventLoop.makeFailedFuture(refusal)
+            if let peer = context.control?.access {
+                let need = access(parameters)
+                if let refusal = peer.check(need, method: method) {
+                    dispatcher.counters(context).record(method: method, key: Self.key(of: need), outcome: .error(refusal.code))
+                    return context.eventLoop.makeFailedFuture(refusal)
+                }
             }
             return run(dispatcher, parameters, context)
         }
