@@ -108,12 +108,14 @@ package final class Reconnector<Connection: AnyObject & Sendable>: Sendable {
             case .success(let connection):
                 let failures = self.state.value.machine.failures
                 let action = self.state.value.machine.attemptSucceeded()
-                self.endFirstAttempt()
                 guard action == .use else {
+                    self.endFirstAttempt()
                     _ = self.close(connection)
                     return
                 }
+                // Published before `start()` returns: a caller may send at once.
                 self.use(connection)
+                self.endFirstAttempt()
                 self.closeFuture(connection).hop(to: self.eventLoop).whenComplete { _ in self.lost(connection) }
                 self.onEvent(.up(connection, afterFailures: failures))
             case .failure(let error):
